@@ -1,0 +1,334 @@
+"""The single YAML config both roles read (the Kubernetes ConfigMap): one frozen model per section.
+
+`load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at once, each
+with its dotted path (`scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .durations import Duration, format_duration
+from .secrets import check_reference
+
+DATABASE_TYPES = ("postgresql", "mysql", "mongodb", "redis")
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mongodb": 27017, "redis": 6379}
+CONFIG_ENV_VAR = "DBINTEL_CONFIG"
+
+_ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_KEYS = frozenset({"password"})  # these stay references; the agent resolves them
+
+
+def _rule_errors(problems: list[tuple[str, str]]) -> None:
+    """Raise every cross-field problem of one section at once (see ConfigError.from_validation)."""
+    if problems:
+        raise PydanticCustomError("config_rules", "{summary}", {"summary": "; ".join(f"{f}: {m}" for f, m in problems),
+                                                                 "problems": problems})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _host_port(value: str, *, allow_empty_host: bool = False) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (port 1-65535)")
+    if not host and not allow_empty_host:
+        raise ValueError(f"{value!r} has no host")
+    return value
+
+
+class TLSSettings(_Section):
+    """TLS for a client connection. Files are paths; nothing secret is inline."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "TLSSettings":
+        problems = []
+        if bool(self.cert_file) != bool(self.key_file):
+            problems.append(("cert_file", "cert_file and key_file go together"))
+        if not self.enabled and (self.ca_file or self.cert_file or self.insecure_skip_verify):
+            problems.append(("enabled", "TLS files or options are set but enabled is false"))
+        _rule_errors(problems)
+        return self
+
+
+class RedisSettings(_Section):
+    address: str = "localhost:6379"
+    db: int = Field(0, ge=0, le=15)
+    key_prefix: str = Field("dbintel:scaling:", min_length=1)
+    leader_ttl: Duration = timedelta(seconds=30)
+    username: str | None = None
+    password: str | None = None
+    tls: TLSSettings = TLSSettings()
+
+    _address = field_validator("address")(lambda v: _host_port(v))
+
+    @field_validator("password")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return None if value is None else check_reference(value)
+
+    @model_validator(mode="after")
+    def _ttl(self) -> "RedisSettings":
+        problems = []
+        if self.leader_ttl < timedelta(seconds=1):
+            problems.append(("leader_ttl", "must be at least 1s"))
+        _rule_errors(problems)
+        return self
+
+
+class CoordinatorScaling(_Section):
+    heartbeat_interval: Duration = timedelta(seconds=30)
+    node_timeout: Duration = timedelta(seconds=90)
+    rebalance_interval: Duration = timedelta(minutes=5)
+    min_rebalance_interval: Duration = timedelta(minutes=1)
+    # A periodic cost rebalance is applied only if it improves the spread by at least this share.
+    rebalance_improvement: float = Field(0.10, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "CoordinatorScaling":
+        problems = []
+        if self.heartbeat_interval < timedelta(milliseconds=100):
+            problems.append(("heartbeat_interval", "must be at least 100ms"))
+        if self.node_timeout < self.heartbeat_interval:
+            problems.append(("node_timeout", f"must be ≥ heartbeat_interval ({format_duration(self.heartbeat_interval)})"))
+        if self.min_rebalance_interval > self.rebalance_interval:
+            problems.append(("min_rebalance_interval",
+                             f"must be ≤ rebalance_interval ({format_duration(self.rebalance_interval)})"))
+        _rule_errors(problems)
+        return self
+
+
+class ReceiverScaling(_Section):
+    check_interval: Duration = timedelta(seconds=30)
+    resource_prefix: str = "db:"
+    ignore_assignments: bool = False
+    on_coordinator_loss: Literal["keep", "stop"] = "keep"
+
+    @model_validator(mode="after")
+    def _interval(self) -> "ReceiverScaling":
+        problems = []
+        if self.check_interval < timedelta(milliseconds=100):
+            problems.append(("check_interval", "must be at least 100ms"))
+        _rule_errors(problems)
+        return self
+
+
+class ScalingConfig(_Section):
+    enabled: bool = True
+    mode: Literal["redis", "memory"] = "memory"
+    redis: RedisSettings = RedisSettings()
+    coordinator: CoordinatorScaling = CoordinatorScaling()
+    receiver_scaling: ReceiverScaling = ReceiverScaling()
+
+
+class MetricToggle(_Section):
+    enabled: bool
+
+
+class DatabaseConfig(_Section):
+    """One monitored database. The password is a reference the agent resolves."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    type: Literal["postgresql", "mysql", "mongodb", "redis"]
+    endpoint: str
+    username: str | None = None
+    password: str | None = None
+    database: str | None = None
+    interval: Duration = timedelta(seconds=30)
+    timeout: Duration | None = None  # per poll; default min(10s, interval)
+    labels: dict[str, str] = {}
+    tls: TLSSettings = TLSSettings()
+    pin: str | None = None  # agent id this database must stay on while that agent is live
+    metrics: dict[str, MetricToggle] = {}
+
+    _endpoint = field_validator("endpoint")(lambda v: _host_port(v))
+
+    @field_validator("password")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return None if value is None else check_reference(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", k) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"invalid Prometheus label names: {', '.join(sorted(bad))}")
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> "DatabaseConfig":
+        problems = []
+        if self.interval < timedelta(seconds=1):
+            problems.append(("interval", "must be at least 1s"))
+        if self.timeout is not None and not timedelta(0) < self.timeout <= self.interval:
+            problems.append(("timeout", f"must be > 0 and ≤ interval ({format_duration(self.interval)})"))
+        if self.type == "redis" and self.database is not None and not self.database.isdigit():
+            problems.append(("database", "for redis, the database is a db number like 0"))
+        if "dbintel_resource" in self.labels:
+            problems.append(("labels", "dbintel_resource is set by dbintel itself"))
+        _rule_errors(problems)
+        return self
+
+    @property
+    def poll_timeout(self) -> timedelta:
+        return self.timeout or min(timedelta(seconds=10), self.interval)
+
+    def resource_id(self, prefix: str) -> str:
+        return f"{prefix}{self.type}/{self.name}"
+
+
+class CoordinatorSettings(_Section):
+    """The coordinator role: where it listens."""
+
+    grpc_listen: str = "0.0.0.0:50051"
+    metrics_listen: str = "0.0.0.0:8889"
+    health_listen: str = "0.0.0.0:13133"
+    # Long-lived Heartbeat streams are closed after this age so they spread over new replicas.
+    max_connection_age: Duration = timedelta(minutes=10)
+    max_connection_age_grace: Duration = timedelta(seconds=30)
+    # How often the inventory file is checked for changes (a mounted ConfigMap is rewritten in place).
+    config_reload_interval: Duration = timedelta(seconds=5)
+
+    _listens = field_validator("grpc_listen", "metrics_listen", "health_listen")(
+        lambda v: _host_port(v, allow_empty_host=True))
+
+
+class OTLPSettings(_Section):
+    enabled: bool = False
+    endpoint: str = "localhost:4317"
+    insecure: bool = True
+    interval: Duration = timedelta(seconds=30)
+    headers: dict[str, str] = {}
+
+
+class AgentSettings(_Section):
+    """The agent role: its coordinator, where it listens, how it polls."""
+
+    coordinator: str = "localhost:50051"
+    metrics_listen: str = "0.0.0.0:8889"
+    health_listen: str = "0.0.0.0:13133"
+    max_concurrent_polls: int = Field(32, ge=1, le=10_000)
+    shutdown_grace: Duration = timedelta(seconds=10)
+    zone: str = ""
+    capacity: int = Field(0, ge=0)  # most databases this agent takes; 0 = no limit
+    otlp: OTLPSettings = OTLPSettings()
+
+    _coordinator = field_validator("coordinator")(lambda v: _host_port(v))
+    _listens = field_validator("metrics_listen", "health_listen")(lambda v: _host_port(v, allow_empty_host=True))
+
+
+class Config(_Section):
+    scaling: ScalingConfig = ScalingConfig()
+    coordinator: CoordinatorSettings = CoordinatorSettings()
+    agent: AgentSettings = AgentSettings()
+    databases: list[DatabaseConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Config":
+        problems, seen = [], {}
+        for index, db in enumerate(self.databases):
+            key = (db.type, db.name)
+            if key in seen:
+                problems.append((f"databases[{index}].name",
+                                 f"duplicate {db.type} name {db.name!r} (also databases[{seen[key]}])"))
+            seen.setdefault(key, index)
+        _rule_errors(problems)
+        return self
+
+    def resources(self) -> dict[str, DatabaseConfig]:
+        """The inventory keyed by resource id."""
+        prefix = self.scaling.receiver_scaling.resource_prefix
+        return {db.resource_id(prefix): db for db in self.databases}
+
+
+class ConfigError(Exception):
+    """Every problem of a config at once, each as `path: message`."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, source: str) -> "ConfigError":
+        problems: list[str] = []
+        for item in error.errors(include_url=False, include_input=False):
+            path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in item["loc"]).replace(".[", "[")
+            if item["type"] == "config_rules":
+                for field, message in item["ctx"]["problems"]:
+                    problems.append(f"{path + '.' if path else ''}{field}: {message}")
+                continue
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling)"
+            problems.append(f"{path or '(top level)'}: {message}")
+        return cls(problems, source)
+
+
+def _expand_env(node: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Expand ${env:NAME} in every string except secrets, which stay references."""
+    if isinstance(node, dict):
+        return {k: (v if k in _SECRET_KEYS else _expand_env(v, environ, f"{path}.{k}" if path else str(k), problems))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return match.group(0)
+            return environ[name]
+        return _ENV_REFERENCE.sub(substitute, node)
+    return node
+
+
+def parse_config(text: str, source: str = "config", environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(YAML) {exc}".replace("\n", " ")], source) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): must be a mapping of sections"], source)
+    problems: list[str] = []
+    expanded = _expand_env(raw, environ, "", problems)
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(problems + ConfigError.from_validation(exc, source).problems, source) from None
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config from `path`, else $DBINTEL_CONFIG, else all defaults."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV_VAR)
+    if not path:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    return parse_config(text, str(path), environ)

@@ -1,0 +1,88 @@
+"""The two HTTP endpoints both roles serve: Prometheus metrics (:8889/metrics) and health (:13133).
+
+Metrics use prometheus_client's threaded server with a registry passed in (never the global one),
+so a slow scrape cannot stall the event loop. Health is served *on* the event loop on purpose:
+`/` answering proves the loop is alive; `/ready` asks the role whether it is ready for traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], tuple[bool, str]]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return (host or "0.0.0.0").strip("[]"), int(port)
+
+
+class MetricsEndpoint:
+    """Serves `registry` at http://listen/metrics from a background thread."""
+
+    def __init__(self, listen: str, registry: CollectorRegistry):
+        self._listen, self._registry = listen, registry
+        self._server = None
+        self.port: int | None = None
+
+    def start(self) -> None:
+        host, port = split_listen(self._listen)
+        self._server, _thread = start_http_server(port, addr=host, registry=self._registry)
+        self.port = self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class HealthEndpoint:
+    """`GET /` (liveness) and `GET /ready` (readiness); JSON bodies, 200 or 503."""
+
+    def __init__(self, listen: str, readiness: Readiness):
+        self._listen, self._readiness = listen, readiness
+        self._server: asyncio.base_events.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        host, port = split_listen(self._listen)
+        self._server = await asyncio.start_server(self._handle, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass  # headers are not needed
+            parts = request_line.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+            if path in ("/", "/healthz", "/livez"):
+                status, body = 200, {"status": "alive"}
+            elif path in ("/ready", "/readyz"):
+                ready, detail = self._readiness()
+                status, body = (200 if ready else 503), {"status": "ready" if ready else "not ready", "detail": detail}
+            else:
+                status, body = 404, {"status": "not found", "paths": ["/", "/ready"]}
+            payload = json.dumps(body).encode()
+            reason = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}[status]
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
