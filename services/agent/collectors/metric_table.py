@@ -16,8 +16,21 @@ from typing import Iterable, Literal
 _UNIT_SUFFIXES = {
     "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes", "s": "seconds", "ms": "milliseconds",
     "us": "microseconds", "ns": "nanoseconds", "%": "percent", "Hz": "hertz", "min": "minutes", "h": "hours",
-    "d": "days", "By/s": "bytes_per_second",
+    "d": "days",
 }
+_PER_UNIT = {"s": "second", "m": "minute", "h": "hour", "d": "day", "min": "minute"}
+
+
+def unit_suffix(unit: str, metric_type: str) -> str:
+    """The Prometheus unit suffix for a UCUM unit: By -> bytes, {ops}/s -> per_second, 1 on a gauge -> ratio."""
+    if "/" in unit:
+        left, _, right = unit.partition("/")
+        main = _UNIT_SUFFIXES.get(left, "")
+        per = _PER_UNIT.get(right, "" if right.startswith("{") else right)
+        return "_".join(p for p in (main, f"per_{per}" if per else "") if p)
+    if unit == "1":
+        return "ratio" if metric_type == "gauge" else ""
+    return _UNIT_SUFFIXES.get(unit, "")
 
 
 def _sanitize(name: str) -> str:
@@ -41,9 +54,7 @@ class MetricSpec:
     @property
     def prometheus_name(self) -> str:
         base = _sanitize(self.name)
-        suffix = _UNIT_SUFFIXES.get(self.unit)
-        if suffix is None and self.unit == "1" and self.type == "gauge":
-            suffix = "ratio"
+        suffix = unit_suffix(self.unit, self.type)
         if suffix and not base.endswith("_" + suffix):
             base = f"{base}_{suffix}"
         if self.is_counter:

@@ -1,0 +1,152 @@
+"""The `dbintel` command: coordinator, agent, up, status, validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+
+from dbintel import __version__
+from dbintel.common.config import CONFIG_ENV_VAR, Config, ConfigError, load_config
+from dbintel.common.durations import format_duration
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("asyncio", "grpc", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"dbintel: refusing to start, {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _until_signal(start, stop) -> None:
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    await start()
+    try:
+        await stop_event.wait()
+    finally:
+        await stop()
+
+
+# -- subcommands ----------------------------------------------------------------------------------------
+def cmd_validate(args) -> int:
+    path = args.file or args.config or os.environ.get(CONFIG_ENV_VAR)
+    if not path:
+        print("dbintel validate: give a file (dbintel validate FILE) or --config", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    scaling = config.scaling
+    print(f"{path}: valid — mode {scaling.mode}, {len(config.databases)} database(s), heartbeat "
+          f"{format_duration(scaling.coordinator.heartbeat_interval)}, node_timeout "
+          f"{format_duration(scaling.coordinator.node_timeout)}")
+    return 0
+
+
+def cmd_coordinator(args) -> int:
+    from dbintel.coordinator.server import Coordinator
+    config = _load(args)
+    coordinator = Coordinator(config, config_path=args.config or os.environ.get(CONFIG_ENV_VAR),
+                              grpc_listen=args.grpc_listen, metrics_listen=args.metrics_listen,
+                              health_listen=args.health_listen)
+    asyncio.run(_until_signal(coordinator.start, coordinator.shutdown))
+    return 0
+
+
+def agent_id_from_env() -> str:
+    return os.environ.get("NODE_ID") or socket.gethostname()
+
+
+def cmd_agent(args) -> int:
+    from dbintel.agent.runtime import Agent
+    config = _load(args)
+    agent = Agent(config, agent_id=args.agent_id or agent_id_from_env(), coordinator=args.coordinator,
+                  metrics_listen=args.metrics_listen, health_listen=args.health_listen,
+                  config_path=args.config or os.environ.get(CONFIG_ENV_VAR))
+    asyncio.run(agent.run_until_signal())
+    return 0
+
+
+def cmd_status(args) -> int:
+    from dbintel.common.status import fetch_status, render_status
+    try:
+        status = asyncio.run(fetch_status(args.coordinator, agent_filter=args.agent, timeout=args.timeout))
+    except ConnectionError as exc:
+        print(f"dbintel status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2, sort_keys=True) if args.json else render_status(status))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from dbintel.up import run_up
+    return run_up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dbintel", description="Horizontally scalable database monitoring.")
+    parser.add_argument("--version", action="version", version=f"dbintel {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("DBINTEL_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", help=f"YAML config file (default: ${CONFIG_ENV_VAR})")
+        return p
+
+    p = with_config(sub.add_parser("validate", help="check a config file; report every problem at once"))
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=cmd_validate)
+
+    p = with_config(sub.add_parser("coordinator", help="run a coordinator replica"))
+    p.add_argument("--grpc-listen")
+    p.add_argument("--metrics-listen")
+    p.add_argument("--health-listen")
+    p.set_defaults(func=cmd_coordinator)
+
+    p = with_config(sub.add_parser("agent", help="run an agent"))
+    p.add_argument("--coordinator", help="coordinator host:port (default: agent.coordinator)")
+    p.add_argument("--agent-id", help="default: $NODE_ID, else the host name")
+    p.add_argument("--metrics-listen")
+    p.add_argument("--health-listen")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("status", help="cluster, agents and assignments as a table")
+    p.add_argument("--coordinator", default="localhost:50051")
+    p.add_argument("--agent", default="", help="only this agent's assignments")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("up", help="a coordinator and two agents on this machine, for trying it out"))
+    p.add_argument("--agents", type=int, default=2)
+    p.add_argument("--base-port", type=int, default=50051, help="gRPC port; metrics/health ports follow the defaults")
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""AgentService: heartbeat streams, the GetAssignments fallback and Leave. Every replica serves it.
+
+Each stream is a `Session` with an outbound queue. Replies to heartbeats and pushes of new
+assignments (on the leader's "assignments" event) go through that queue, so an assignment reaches
+a connected agent within moments of the leader's write, not on its next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dbintel.common.config import Config
+from dbintel.v1 import agent_service_pb2 as pb
+from dbintel.v1 import agent_service_pb2_grpc
+from dbintel.v1 import types_pb2
+
+from . import validation
+from .store.base import ScalingStore, StoreEvent
+from .store.health import StoreHealth
+from .store.records import AgentIdConflict, AssignmentRecord, Registration, StoreUnavailable
+from .telemetry import CoordinatorMetrics
+
+log = logging.getLogger(__name__)
+
+
+def assignment_message(agent_id: str, record: AssignmentRecord | None) -> types_pb2.Assignment:
+    if record is None:
+        return types_pb2.Assignment(agent_id=agent_id)
+    grants = []
+    for rid in sorted(record.grants):
+        grant = types_pb2.ResourceGrant(resource_id=rid)
+        if record.grants[rid] > 0:
+            grant.last_poll_time.CopyFrom(Timestamp(seconds=record.grants[rid] // 1000,
+                                                    nanos=(record.grants[rid] % 1000) * 1_000_000))
+        grants.append(grant)
+    return types_pb2.Assignment(agent_id=agent_id, assignment_epoch=record.epoch, leader_epoch=record.leader_epoch,
+                                resources=grants)
+
+
+@dataclass(eq=False)
+class Session:
+    agent_id: str
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    last_sent_epoch: int = 0
+    registration: Registration | None = None
+
+
+class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
+    def __init__(self, store: ScalingStore, *, coordinator_id: str, config_source: Callable[[], Config],
+                 metrics: CoordinatorMetrics, store_health: StoreHealth, leader_epoch: Callable[[], int]):
+        self._store, self._id, self._config_source = store, coordinator_id, config_source
+        self._metrics, self._health, self._leader_epoch = metrics, store_health, leader_epoch
+        self.sessions: dict[str, Session] = {}
+        self._fanout: asyncio.Task | None = None
+        self._subscription = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._subscription = self._store.subscribe()
+        self._fanout = asyncio.create_task(self._push_assignments(), name="assignment-fanout")
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            session.outbox.put_nowait(None)
+        if self._fanout is not None:
+            self._fanout.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fanout
+        if self._subscription is not None:
+            self._subscription.close()
+
+    def _timing(self):
+        return self._config_source().scaling.coordinator
+
+    # -- Heartbeat ------------------------------------------------------------------------------------
+    async def Heartbeat(self, request_iterator, context):
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            report = validation.heartbeat(first, None, self._id)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        session = Session(agent_id=report.agent_id, registration=report.registration)
+        previous = self.sessions.get(report.agent_id)
+        if previous is not None:
+            previous.outbox.put_nowait(("abort", grpc.StatusCode.ABORTED, "superseded by a newer stream"))
+        self.sessions[report.agent_id] = session
+        self._metrics.connected_agents.set(len(self.sessions))
+        reader = asyncio.create_task(self._read(session, first, request_iterator))
+        try:
+            while True:
+                item = await session.outbox.get()
+                if item is None:
+                    return
+                if isinstance(item, tuple):
+                    _, code, message = item
+                    await context.abort(code, message)
+                if item.HasField("assignment"):
+                    session.last_sent_epoch = max(session.last_sent_epoch, item.assignment.assignment_epoch)
+                yield item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if self.sessions.get(session.agent_id) is session:
+                del self.sessions[session.agent_id]
+            self._metrics.connected_agents.set(len(self.sessions))
+
+    async def _read(self, session: Session, first, request_iterator) -> None:
+        """Record each heartbeat and queue its reply; ends the stream on a bad message."""
+        try:
+            await self._handle(session, first)
+            async for request in request_iterator:
+                if request.agent_id != session.agent_id:
+                    raise validation.InvalidArgument("agent_id: must not change within a stream")
+                await self._handle(session, request)
+            session.outbox.put_nowait(None)
+        except validation.InvalidArgument as exc:
+            session.outbox.put_nowait(("abort", grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        except AgentIdConflict as exc:
+            session.outbox.put_nowait(("abort", grpc.StatusCode.ALREADY_EXISTS, str(exc)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away, or a bug: end this stream only
+            log.debug("heartbeat stream of %s ended: %s", session.agent_id, type(exc).__name__)
+            session.outbox.put_nowait(None)
+
+    async def _handle(self, session: Session, request: pb.HeartbeatRequest) -> None:
+        report = validation.heartbeat(request, session.registration, self._id)
+        session.registration = report.registration
+        self._metrics.heartbeats.inc()
+        timeout_ms = int(self._timing().node_timeout.total_seconds() * 1000)
+        degraded = False
+        try:
+            outcome = await self._store.record_heartbeat(report, timeout_ms)
+            await self._health.succeeded()
+            if outcome.changed:
+                await self._store.publish(StoreEvent("membership", (report.agent_id,)))
+        except StoreUnavailable:
+            self._health.failed("heartbeat")
+            degraded = True
+        response = self._response(degraded)
+        if not degraded:
+            try:
+                record = (await self._store.read_assignments([report.agent_id])).get(report.agent_id)
+                if record is not None and record.epoch > report.applied_epoch:
+                    response.assignment.CopyFrom(assignment_message(report.agent_id, record))
+            except StoreUnavailable:
+                self._health.failed("read_assignment")
+                response.degraded = True
+        session.outbox.put_nowait(response)
+
+    def _response(self, degraded: bool) -> pb.HeartbeatResponse:
+        interval = Duration()
+        interval.FromTimedelta(self._timing().heartbeat_interval)
+        return pb.HeartbeatResponse(degraded=degraded, heartbeat_interval=interval, coordinator_id=self._id,
+                                    leader_epoch=self._leader_epoch())
+
+    async def _push_assignments(self) -> None:
+        """Push the leader's new assignments to the agents streaming to this replica."""
+        async for event in self._subscription:
+            if event.kind not in ("assignments", "resync"):
+                continue
+            agents = [a for a in (event.agents if event.kind == "assignments" else self.sessions) if a in self.sessions]
+            if not agents:
+                continue
+            try:
+                records = await self._store.read_assignments(agents)
+            except StoreUnavailable:
+                self._health.failed("push_assignments")
+                continue
+            for agent_id, record in records.items():
+                session = self.sessions.get(agent_id)
+                if session is not None and record.epoch > session.last_sent_epoch:
+                    response = self._response(False)
+                    response.assignment.CopyFrom(assignment_message(agent_id, record))
+                    session.last_sent_epoch = record.epoch
+                    session.outbox.put_nowait(response)
+
+    # -- unary ------------------------------------------------------------------------------------------
+    async def GetAssignments(self, request, context):
+        try:
+            agent = validation.agent_id(request.agent_id)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            record = (await self._store.read_assignments([agent])).get(agent)
+            await self._health.succeeded()
+        except StoreUnavailable:
+            self._health.failed("get_assignments")
+            return pb.GetAssignmentsResponse(assignment=types_pb2.Assignment(agent_id=agent), degraded=True)
+        return pb.GetAssignmentsResponse(assignment=assignment_message(agent, record))
+
+    async def Leave(self, request, context):
+        try:
+            agent = validation.agent_id(request.agent_id)
+            validation._text(request.reason, "reason", 1024)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            released = await self._store.record_leave(agent)
+            await self._store.publish(StoreEvent("membership", (agent,)))
+        except StoreUnavailable:
+            self._health.failed("leave")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")
+        log.info("agent %s left (%s), releasing %d database(s)", agent, request.reason or "no reason", released)
+        return pb.LeaveResponse(released_resources=released)

@@ -1,0 +1,300 @@
+"""Leader election (a fenced lease) and the leader's step loop.
+
+`Leadership` keeps trying for the lease, renews it every ttl/3, and stops leading at once when a
+renewal says the lease is someone else's (or when it could not renew for a whole ttl). `LeaderLoop`
+runs only while this replica leads: it wakes on store events (an agent joined, left or acked a
+hand-off) or every tick, computes one step with `planning.plan_step` and writes it fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from dbintel.common.config import Config
+
+from .engine.assignment import Move
+from .planning import InventoryItem, StepInput, StepPlan, moves_between, plan_step
+from .store.base import ScalingStore, StoreEvent
+from .store.records import FencedError, Lease, StoreUnavailable
+from .telemetry import CoordinatorMetrics
+
+log = logging.getLogger(__name__)
+
+JOIN_SETTLE_S = 2.0  # joins closer than this are absorbed in one balancing move
+TICK_S = 1.0
+
+
+class Leadership:
+    def __init__(self, store: ScalingStore, holder: str, ttl_s: float, address: str,
+                 metrics: CoordinatorMetrics, on_change: Callable[[bool], Awaitable[None]] | None = None):
+        self._store, self._holder, self._ttl_ms, self._address = store, holder, int(ttl_s * 1000), address
+        self._metrics, self._on_change = metrics, on_change
+        self.lease: Lease | None = None
+        self.highest_epoch_seen = 0
+        self._last_renewed = 0.0
+        self._stopping = False
+        self.changed = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is not None
+
+    async def _set(self, lease: Lease | None) -> None:
+        was = self.is_leader
+        self.lease = lease
+        if lease is not None:
+            self.highest_epoch_seen = max(self.highest_epoch_seen, lease.epoch)
+        self._metrics.leader.set(1 if lease else 0)
+        if lease:
+            self._metrics.leader_epoch.set(lease.epoch)
+        if was != self.is_leader:
+            log.info("%s leadership (epoch %s)", "acquired" if lease else "lost", lease.epoch if lease else "-")
+            self.changed.set()
+            if self._on_change is not None:
+                await self._on_change(self.is_leader)
+
+    async def run(self) -> None:
+        period = self._ttl_ms / 3000.0
+        while not self._stopping:
+            sleep_for = period
+            try:
+                if self.lease is None:
+                    lease = await self._store.try_acquire_leadership(self._holder, self._ttl_ms, self._address,
+                                                                     self.highest_epoch_seen)
+                    if lease is not None:
+                        self._last_renewed = time.monotonic()
+                        await self._set(lease)
+                    else:
+                        current = await self._store.read_leader()
+                        if current is not None:
+                            self.highest_epoch_seen = max(self.highest_epoch_seen, current.epoch)
+                        # Poll faster than ttl/3 so a crashed leader is replaced soon after its lease ends.
+                        sleep_for = min(period, 0.5)
+                elif await self._store.renew_leadership(self.lease, self._ttl_ms):
+                    self._last_renewed = time.monotonic()
+                else:
+                    await self._set(None)  # someone else holds it now: stop at once
+                    sleep_for = 0
+            except StoreUnavailable:
+                self._metrics.store_errors.labels("leadership").inc()
+                if self.lease is not None and time.monotonic() - self._last_renewed >= self._ttl_ms / 1000.0:
+                    await self._set(None)  # our lease has run out in Redis by now
+                sleep_for = min(period, 0.5)
+            await asyncio.sleep(sleep_for)
+
+    async def release(self) -> None:
+        """Give the lease up on shutdown so a successor takes over at once."""
+        self._stopping = True
+        lease = self.lease
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await self._store.release_leadership(lease)
+            await self._set(None)
+
+
+@dataclass
+class OperatorRequest:
+    kind: str  # "rebalance" or "drain"
+    dry_run: bool
+    agent_id: str = ""
+    result: asyncio.Future | None = None
+
+
+@dataclass(frozen=True)
+class OperatorResult:
+    moves: list[Move]
+    applied: bool
+    spread_before: float = 1.0
+    spread_after: float = 1.0
+
+
+class LeaderLoop:
+    """The leader's decisions. Runs only while `leadership.is_leader`; every write is fenced."""
+
+    def __init__(self, store: ScalingStore, leadership: Leadership, config_source: Callable[[], Config],
+                 metrics: CoordinatorMetrics):
+        self._store, self._leadership, self._config_source, self._metrics = store, leadership, config_source, metrics
+        self._wake = asyncio.Event()
+        self._requests: asyncio.Queue[OperatorRequest] = asyncio.Queue()
+        self._known_live: set[str] | None = None
+        self._first_pending_join: float | None = None
+        self._last_join: float = 0.0
+        self._last_balance = 0.0
+        self._last_periodic = time.monotonic()
+        self._inventory_version = None
+        self.last_plan: StepPlan | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def inventory_changed(self) -> None:
+        self._inventory_version = object()
+        self.wake()
+
+    async def submit(self, request: OperatorRequest) -> OperatorResult:
+        request.result = asyncio.get_running_loop().create_future()
+        await self._requests.put(request)
+        self.wake()
+        return await request.result
+
+    def _inventory(self, config: Config) -> dict[str, InventoryItem]:
+        return {rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
+                for rid, db in config.resources().items()}
+
+    async def _read_input(self, config: Config) -> StepInput:
+        agents, target, assignments, meta, now_ms = await asyncio.gather(
+            self._store.read_agents(), self._store.read_target(), self._store.read_assignments(),
+            self._store.read_meta(), self._store.now_ms())
+        self._meta = meta
+        return StepInput(inventory=self._inventory(config), agents=agents, target=target,
+                         assigned={a: frozenset(r.grants) for a, r in assignments.items()},
+                         now_ms=now_ms, node_timeout_ms=int(config.scaling.coordinator.node_timeout.total_seconds() * 1000),
+                         grace_from_ms=meta.grace_from_ms)
+
+    async def run(self) -> None:
+        """Step while leading; sleep on the wake event otherwise."""
+        while True:
+            if not self._leadership.is_leader:
+                self._known_live = None
+                self._fail_pending("not the leader")
+                await self._leadership.changed.wait()
+                self._leadership.changed.clear()
+                continue
+            try:
+                await self._step_once()
+            except FencedError:
+                log.warning("a leader write was fenced off: another coordinator leads now")
+            except StoreUnavailable:
+                self._metrics.store_errors.labels("leader_step").inc()
+            except Exception:  # a bug must not end leadership silently: log and go on
+                log.exception("leader step failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+
+    def _fail_pending(self, why: str) -> None:
+        while not self._requests.empty():
+            request = self._requests.get_nowait()
+            if request.result is not None and not request.result.done():
+                request.result.set_exception(RuntimeError(why))
+
+    async def _step_once(self) -> None:
+        lease = self._leadership.lease
+        if lease is None:
+            return
+        config = self._config_source()
+        timing = config.scaling.coordinator
+        step = await self._read_input(config)
+        now = time.monotonic()
+
+        live_now = {a for a, r in step.agents.items() if r.is_member}
+        balance, reason = False, ""
+        if self._known_live is None:
+            self._known_live = live_now  # just took over: what is there is not "joining"
+            silence_ms = step.now_ms - self._meta.last_heartbeat_write_ms
+            if live_now and silence_ms > timing.heartbeat_interval.total_seconds() * 1000:
+                # Nobody recorded heartbeats for a while (every coordinator was down, or the store
+                # was): the agents were not silent, we were. Give them a fresh node_timeout.
+                await self._store.mark_recovered()
+                step = await self._read_input(config)
+        joined = live_now - self._known_live
+        left = self._known_live - live_now
+        if joined:
+            self._first_pending_join = self._first_pending_join or now
+            self._last_join = now
+        if left:
+            reason = "agent_left"
+        settle = min(JOIN_SETTLE_S, timing.min_rebalance_interval.total_seconds())
+        if self._first_pending_join is not None and (
+                now - self._last_join >= settle
+                or now - self._first_pending_join >= timing.min_rebalance_interval.total_seconds()):
+            balance, reason = True, "agent_joined"
+
+        request = None if self._requests.empty() else self._requests.get_nowait()
+        if request is not None:
+            await self._serve_request(request, lease, step)
+            return
+
+        cost_rebalance = None
+        if (not balance and now - self._last_periodic >= timing.rebalance_interval.total_seconds()
+                and now - self._last_balance >= timing.min_rebalance_interval.total_seconds()):
+            cost_rebalance, reason = timing.rebalance_improvement, "periodic"
+            self._last_periodic = now
+        if not step.target and self._first_pending_join is not None and not balance:
+            return  # a fresh cluster: wait for the first agents to settle before the first placement
+        plan = plan_step(step, balance=balance, cost_rebalance=cost_rebalance,
+                         reason=reason or self._reason_for(step))
+        await self._apply(lease, plan, step)
+        if balance:
+            self._first_pending_join, self._last_balance = None, now
+        self._known_live = live_now - set(plan.expired)
+
+    def _reason_for(self, step: StepInput) -> str:
+        if set(step.target) != set(step.inventory):
+            return "inventory"
+        return "agent_expired" if any(r.is_member for r in step.agents.values()) else "placement"
+
+    async def _apply(self, lease: Lease, plan: StepPlan, step: StepInput) -> None:
+        self.last_plan = plan
+        self._observe(plan)
+        if plan.is_noop:
+            return
+        started = time.perf_counter()
+        epochs = await self._store.write_placement(lease, plan.write)
+        if plan.target_changed:
+            self._metrics.rebalances.inc()
+            self._metrics.rebalance_duration.observe(time.perf_counter() - started)
+        self._metrics.moves.inc(plan.write.moves)
+        if plan.write.expire:
+            log.info("expired agents silent for over node_timeout: %s", ", ".join(plan.write.expire))
+        if epochs:
+            await self._store.publish(StoreEvent("assignments", tuple(sorted(epochs))))
+
+    def _observe(self, plan: StepPlan) -> None:
+        m = self._metrics
+        m.nodes.set(len(plan.live))
+        m.assignments.set(sum(len(s) for s in plan.holdings.values()))
+        m.unassigned.set(len(plan.placement.unassigned))
+
+    async def _serve_request(self, request: OperatorRequest, lease: Lease, step: StepInput) -> None:
+        from .engine.assignment import spread
+        try:
+            if request.kind == "drain":
+                if not request.dry_run:
+                    await self._store.set_draining(request.agent_id, True)
+                    step = await self._read_input(self._config_source())
+                plan = plan_step(_as_draining(step, request.agent_id), reason="drain")
+            else:
+                plan = plan_step(step, cost_rebalance=0.0, reason="operator")
+            before_loads = _loads(step.target, plan.costs, plan.live)
+            moves = moves_between(step.target, plan.placement.owners)
+            if not request.dry_run:
+                await self._apply(lease, plan, step)
+            result = OperatorResult(moves=moves, applied=not request.dry_run,
+                                    spread_before=spread(before_loads), spread_after=spread(plan.placement.loads))
+            if request.result is not None and not request.result.done():
+                request.result.set_result(result)
+        except Exception as exc:
+            if request.result is not None and not request.result.done():
+                request.result.set_exception(exc)
+
+
+def _as_draining(step: StepInput, agent_id: str) -> StepInput:
+    import dataclasses
+    agents = dict(step.agents)
+    if agent_id in agents and agents[agent_id].is_member:
+        agents[agent_id] = dataclasses.replace(agents[agent_id], state="draining")
+    return dataclasses.replace(step, agents=agents)
+
+
+def _loads(owners, costs, live) -> dict[str, float]:
+    loads = {a: 0.0 for a in live}
+    for rid, agent in owners.items():
+        if agent in loads:
+            loads[agent] += costs.get(rid, 1.0)
+    return loads

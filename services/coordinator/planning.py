@@ -1,0 +1,140 @@
+"""One leader step as a pure function: from what the store says to what the leader writes.
+
+No I/O and no clock reads: the leader passes `now_ms` (the store's clock). It combines the
+assignment engine (who should own what) with the hand-off reconciliation (what each agent may
+hold right now) and turns the difference into one fenced `PlacementWrite`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .engine.assignment import AgentSlot, Move, Placement, ResourceDemand, place, plan_cost_rebalance
+from .engine.handoff import changed, holdings
+from .store.records import AgentRecord, PlacementWrite
+
+
+@dataclass(frozen=True)
+class InventoryItem:
+    resource_id: str
+    type: str
+    interval_s: float
+    pin: str | None = None
+
+
+@dataclass(frozen=True)
+class StepInput:
+    inventory: Mapping[str, InventoryItem]
+    agents: Mapping[str, AgentRecord]
+    target: Mapping[str, str]  # the previous target placement
+    assigned: Mapping[str, frozenset[str]]  # agent -> what it was last told to hold
+    now_ms: int
+    node_timeout_ms: int
+    grace_from_ms: int = 0
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    write: PlacementWrite
+    placement: Placement
+    holdings: Mapping[str, frozenset[str]]
+    live: tuple[str, ...]
+    expired: tuple[str, ...]
+    costs: Mapping[str, float] = field(default_factory=dict)
+    target_changed: bool = False
+
+    @property
+    def is_noop(self) -> bool:
+        w = self.write
+        return not (w.target_set or w.target_delete or w.assignments or w.expire)
+
+
+def liveness(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int,
+             grace_from_ms: int = 0) -> tuple[list[str], list[str]]:
+    """(live members, members to expire). Silence is counted from the later of the last heartbeat
+    and the end of a store outage (`grace_from_ms`), so nobody is expired for the store's silence."""
+    live, expire = [], []
+    for agent_id, record in agents.items():
+        if not record.is_member:
+            continue
+        silent_since = max(record.last_heartbeat_ms, grace_from_ms)
+        (expire if now_ms - silent_since > node_timeout_ms else live).append(agent_id)
+    return sorted(live), sorted(expire)
+
+
+def measured_costs(inventory: Mapping[str, InventoryItem], agents: Mapping[str, AgentRecord],
+                   live: list[str]) -> dict[str, float]:
+    """cost = last poll duration ÷ interval, from the live agent polling it. An unmeasured database
+    costs the mean measured cost of its type (1.0 when nothing of that type is measured yet), so a
+    fresh database neither looks free nor a thousand times dearer than its measured siblings."""
+    measured: dict[str, float] = {}
+    for agent_id in live:
+        for rid, status in agents[agent_id].current.items():
+            item = inventory.get(rid)
+            if item is not None and status.polls > 0 and status.duration_ms > 0:
+                measured[rid] = max(status.duration_ms / 1000.0 / item.interval_s, 1e-6)
+    by_type: dict[str, list[float]] = {}
+    for rid, cost in measured.items():
+        by_type.setdefault(inventory[rid].type, []).append(cost)
+    mean = {t: sum(v) / len(v) for t, v in by_type.items()}
+    return {rid: measured.get(rid, mean.get(item.type, 1.0)) for rid, item in inventory.items()}
+
+
+def last_poll_times(agents: Mapping[str, AgentRecord]) -> dict[str, int]:
+    """Newest reported poll of each database across every agent record (live or not): the grant
+    carries it so the new owner continues the schedule."""
+    newest: dict[str, int] = {}
+    for record in agents.values():
+        for rid, status in record.current.items():
+            if status.last_poll_ms > newest.get(rid, 0):
+                newest[rid] = status.last_poll_ms
+    return newest
+
+
+def plan_step(step: StepInput, *, balance: bool = False, cost_rebalance: float | None = None,
+              reason: str = "") -> StepPlan:
+    """Compute one leader step. `balance`: move the minimum needed to balance (agents joined);
+    `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share."""
+    live, expire = liveness(step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms)
+    current = {a: frozenset(r for r in step.agents[a].current if r in step.inventory) for a in live}
+    costs = measured_costs(step.inventory, step.agents, live)
+
+    live_set = set(live)
+    previous = {r: a for r, a in step.target.items() if r in step.inventory and a in live_set}
+    for agent_id in live:  # after a store data loss, what agents still poll is the best stickiness hint
+        for rid in current[agent_id]:
+            previous.setdefault(rid, agent_id)
+
+    slots = [AgentSlot(agent_id=a, capacity=step.agents[a].registration.capacity,
+                       zone=step.agents[a].registration.zone, draining=step.agents[a].state == "draining")
+             for a in live]
+    demands = [ResourceDemand(resource_id=rid, cost=costs[rid], pinned_agent=item.pin)
+               for rid, item in sorted(step.inventory.items())]
+    if cost_rebalance is not None:
+        placement, _improved = plan_cost_rebalance(demands, slots, previous, min_improvement=cost_rebalance)
+    else:
+        placement = place(demands, slots, previous, balance=balance)
+
+    held = holdings(placement.owners, current)
+    before = {a: s for a, s in step.assigned.items() if s}
+    changed_agents = changed(before, held)
+    polls = last_poll_times(step.agents)
+    assignments = {a: {rid: polls.get(rid, 0) for rid in sorted(held.get(a, frozenset()))}
+                   for a in sorted(changed_agents)}
+
+    target_set = {r: a for r, a in placement.owners.items() if step.target.get(r) != a}
+    target_delete = tuple(sorted(r for r in step.target if r not in placement.owners))
+    target_changed = bool(target_set or target_delete)
+    real_moves = [m for m in placement.moves if step.target.get(m.resource_id) != m.to_agent]
+    write = PlacementWrite(target_set=target_set, target_delete=target_delete, assignments=assignments,
+                           expire=tuple(expire), rebalance_reason=(reason or "placement") if target_changed else None,
+                           moves=len(real_moves))
+    return StepPlan(write=write, placement=placement, holdings=held, live=tuple(live), expired=tuple(expire),
+                    costs=costs, target_changed=target_changed)
+
+
+def moves_between(before: Mapping[str, str], after: Mapping[str, str]) -> list[Move]:
+    """The owner changes between two target placements (for dry runs and operator replies)."""
+    return [Move(resource_id=r, from_agent=before.get(r), to_agent=a)
+            for r, a in sorted(after.items()) if before.get(r) != a]

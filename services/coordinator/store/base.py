@@ -1,0 +1,136 @@
+"""The one storage interface of the coordinator. It stores; it does not decide placement.
+
+Two implementations: `RedisScalingStore` (shared state, fenced Lua writes) and
+`MemoryScalingStore` (one coordinator, no Redis). tests/integration/test_store_contract.py runs
+the same suite against both.
+
+Writes fall in two groups:
+- membership writes (heartbeats, leave, drain flags) come from whichever replica holds the agent's
+  stream, unfenced: they record what agents say;
+- leader writes (target placement, assignments, expiry) are fenced: they check, atomically inside
+  the store, that the writer still holds the lease at its epoch.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from .records import (AgentRecord, AssignmentRecord, ClusterMeta, HeartbeatOutcome, HeartbeatReport, LeaderInfo,
+                      Lease, PlacementWrite)
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """`membership`: an agent joined, left or reported a different set (the leader should look now).
+    `assignments`: the leader wrote assignments for `agents` (replicas push them to their streams)."""
+
+    kind: str
+    agents: tuple[str, ...] = ()
+
+
+class ScalingStore(abc.ABC):
+    mode: str
+
+    # -- leadership -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def try_acquire_leadership(self, holder: str, ttl_ms: int, address: str = "",
+                                     min_epoch: int = 0) -> Lease | None:
+        """Take the lease if nobody holds it. The epoch is above every epoch seen before
+        (`min_epoch` carries the caller's memory across a store that lost its data)."""
+
+    @abc.abstractmethod
+    async def renew_leadership(self, lease: Lease, ttl_ms: int) -> bool:
+        """Extend the lease; False if it is no longer ours (lost: stop leading at once)."""
+
+    @abc.abstractmethod
+    async def release_leadership(self, lease: Lease) -> None:
+        """Give the lease up so a successor takes over now rather than after the TTL."""
+
+    @abc.abstractmethod
+    async def read_leader(self) -> LeaderInfo | None: ...
+
+    # -- membership (unfenced) ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
+        """Upsert the agent (re-registering it if the store does not know it) and its current set.
+        Raises AgentIdConflict when a live agent of another pod holds the id."""
+
+    @abc.abstractmethod
+    async def record_leave(self, agent_id: str) -> int:
+        """Mark the agent left; returns how many databases it reported polling."""
+
+    @abc.abstractmethod
+    async def set_draining(self, agent_id: str, draining: bool) -> bool:
+        """Flag a member agent as draining (or active again); False if it is not a member."""
+
+    @abc.abstractmethod
+    async def read_agents(self) -> dict[str, AgentRecord]: ...
+
+    @abc.abstractmethod
+    async def mark_recovered(self) -> None:
+        """Record that the store was unreachable and is back: agents get a fresh node_timeout."""
+
+    # -- placement (fenced) ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
+        """Apply a leader step atomically; returns agent -> new assignment epoch.
+        Raises FencedError if `lease` is no longer the current one."""
+
+    @abc.abstractmethod
+    async def read_target(self) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    async def read_assignments(self, agent_ids: list[str] | None = None) -> dict[str, AssignmentRecord]: ...
+
+    @abc.abstractmethod
+    async def read_meta(self) -> ClusterMeta: ...
+
+    @abc.abstractmethod
+    async def now_ms(self) -> int:
+        """The store's clock (Redis TIME), so replicas with skewed clocks agree."""
+
+    # -- notifications ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def publish(self, event: StoreEvent) -> None: ...
+
+    def subscribe(self) -> "EventSubscription":
+        subscription = EventSubscription(self)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def _deliver(self, event: StoreEvent) -> None:
+        for subscription in list(self._subscribers):
+            subscription.queue.put_nowait(event)
+
+    _subscribers: set["EventSubscription"]
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start background work (the Redis event listener). Idempotent."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Idempotent; safe without start()."""
+
+
+class EventSubscription:
+    """An in-process queue of store events for one consumer (the leader, or the stream fan-out)."""
+
+    def __init__(self, store: ScalingStore):
+        self._store = store
+        self.queue: asyncio.Queue[StoreEvent] = asyncio.Queue()
+
+    def close(self) -> None:
+        self._store._subscribers.discard(self)
+
+    def __aiter__(self) -> AsyncIterator[StoreEvent]:
+        return self
+
+    async def __anext__(self) -> StoreEvent:
+        return await self.queue.get()

@@ -1,0 +1,143 @@
+"""In-process store for a single coordinator (`scaling.mode: memory`): same contract as Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+
+from .base import ScalingStore, StoreEvent
+from .records import (AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
+                      HeartbeatReport, LeaderInfo, Lease, PlacementWrite)
+
+
+class MemoryScalingStore(ScalingStore):
+    mode = "memory"
+
+    def __init__(self, clock=time.time):
+        self._clock = clock  # wall clock in seconds; injectable for the contract tests
+        self._subscribers = set()
+        self._lease: Lease | None = None
+        self._lease_expires_ms = 0
+        self._leader_address = ""
+        self._epoch_counter = 0
+        self._agents: dict[str, AgentRecord] = {}
+        self._target: dict[str, str] = {}
+        self._assignments: dict[str, AssignmentRecord] = {}
+        self._meta = ClusterMeta()
+
+    async def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _current_lease(self) -> Lease | None:
+        if self._lease is not None and self._now() >= self._lease_expires_ms:
+            self._lease = None
+        return self._lease
+
+    async def try_acquire_leadership(self, holder, ttl_ms, address="", min_epoch=0):
+        if self._current_lease() is not None:
+            return None
+        self._epoch_counter = max(self._epoch_counter + 1, min_epoch + 1)
+        self._lease = Lease(holder=holder, epoch=self._epoch_counter, token=secrets.token_hex(8))
+        self._lease_expires_ms = self._now() + ttl_ms
+        self._leader_address = address
+        return self._lease
+
+    async def renew_leadership(self, lease, ttl_ms):
+        if self._current_lease() != lease:
+            return False
+        self._lease_expires_ms = self._now() + ttl_ms
+        return True
+
+    async def release_leadership(self, lease):
+        if self._current_lease() == lease:
+            self._lease = None
+
+    async def read_leader(self):
+        lease = self._current_lease()
+        return None if lease is None else LeaderInfo(lease.holder, lease.epoch, self._leader_address)
+
+    async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
+        now = self._now()
+        old = self._agents.get(report.agent_id)
+        state, changed, rejoined = "active", True, True
+        if old is not None:
+            if old.is_member:
+                if (old.registration.instance_id != report.registration.instance_id
+                        and old.registration.pod_name != report.registration.pod_name
+                        and now - old.last_heartbeat_ms < node_timeout_ms):
+                    raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {old.registration.pod_name!r}")
+                state, rejoined = old.state, False
+                changed = (old.applied_epoch != report.applied_epoch or set(old.current) != set(report.current)
+                           or old.registration != report.registration)
+        self._agents[report.agent_id] = AgentRecord(report.agent_id, report.registration, state, now,
+                                                    report.applied_epoch, dict(report.current), report.coordinator_id)
+        self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
+        return HeartbeatOutcome(changed=changed, rejoined=rejoined)
+
+    async def record_leave(self, agent_id):
+        old = self._agents.get(agent_id)
+        if old is None:
+            return 0
+        self._agents[agent_id] = dataclasses.replace(old, state="left")
+        return len(old.current)
+
+    async def set_draining(self, agent_id, draining):
+        old = self._agents.get(agent_id)
+        if old is None or not old.is_member:
+            return False
+        self._agents[agent_id] = dataclasses.replace(old, state="draining" if draining else "active")
+        return True
+
+    async def read_agents(self):
+        return dict(self._agents)
+
+    async def mark_recovered(self):
+        self._meta = dataclasses.replace(self._meta, grace_from_ms=self._now())
+
+    async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
+        if self._current_lease() != lease:
+            raise FencedError("lease lost")
+        now = self._now()
+        self._target.update(write.target_set)
+        for resource in write.target_delete:
+            self._target.pop(resource, None)
+        for agent_id in write.expire:
+            old = self._agents.get(agent_id)
+            if old is not None and old.is_member:
+                self._agents[agent_id] = dataclasses.replace(old, state="expired")
+        epoch, epochs = self._meta.assignment_epoch, {}
+        for agent_id, grants in write.assignments.items():
+            epoch = max(epoch + 1, now)  # hybrid epoch: monotonic even if the store is ever emptied
+            self._assignments[agent_id] = AssignmentRecord(agent_id, epoch, lease.epoch, dict(grants))
+            epochs[agent_id] = epoch
+        meta = dataclasses.replace(self._meta, assignment_epoch=epoch, leader_tick_ms=now,
+                                   moves_total=self._meta.moves_total + write.moves)
+        if write.rebalance_reason:
+            meta = dataclasses.replace(meta, rebalances_total=meta.rebalances_total + 1, last_rebalance_ms=now,
+                                       last_rebalance_reason=write.rebalance_reason)
+        self._meta = meta
+        return epochs
+
+    async def read_target(self):
+        return dict(self._target)
+
+    async def read_assignments(self, agent_ids=None):
+        if agent_ids is None:
+            return dict(self._assignments)
+        return {a: self._assignments[a] for a in agent_ids if a in self._assignments}
+
+    async def read_meta(self):
+        return self._meta
+
+    async def publish(self, event: StoreEvent) -> None:
+        self._deliver(event)
+
+    async def ping(self):
+        return True
+
+    async def close(self):
+        self._subscribers.clear()

@@ -1,0 +1,138 @@
+"""The records the coordinator keeps in its store, as plain frozen dataclasses (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class FencedError(Exception):
+    """A leader write was refused because the writer no longer holds the lease at its epoch."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (network, timeout). Callers degrade; nothing is lost."""
+
+
+class AgentIdConflict(Exception):
+    """A live agent of another pod already uses this agent id."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held leadership lease. `value` is what the store holds; every fenced write checks it."""
+
+    holder: str
+    epoch: int
+    token: str
+
+    @property
+    def value(self) -> str:
+        return f"{self.epoch}:{self.token}:{self.holder}"
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    holder: str
+    epoch: int
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class PollStatus:
+    """What an agent reports about one database it polls."""
+
+    last_poll_ms: int = 0
+    duration_ms: float = 0.0
+    polls: int = 0
+    errors: int = 0
+    up: bool = False
+
+    def to_list(self) -> list:
+        return [self.last_poll_ms, self.duration_ms, self.polls, self.errors, 1 if self.up else 0]
+
+    @classmethod
+    def from_list(cls, raw: list) -> "PollStatus":
+        return cls(int(raw[0]), float(raw[1]), int(raw[2]), int(raw[3]), bool(raw[4]))
+
+
+@dataclass(frozen=True)
+class Registration:
+    pod_name: str = ""
+    zone: str = ""
+    version: str = ""
+    capacity: int = 0
+    instance_id: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatReport:
+    """One heartbeat as a replica records it."""
+
+    agent_id: str
+    registration: Registration
+    applied_epoch: int
+    current: Mapping[str, PollStatus]
+    coordinator_id: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatOutcome:
+    """`changed`: the registration, applied epoch or current set differ from the stored ones (the
+    leader should look now); `rejoined`: the agent was unknown, left or expired before."""
+
+    changed: bool
+    rejoined: bool
+
+
+AGENT_STATES = ("active", "draining", "left", "expired")
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    agent_id: str
+    registration: Registration
+    state: str  # one of AGENT_STATES
+    last_heartbeat_ms: int
+    applied_epoch: int
+    current: Mapping[str, PollStatus]
+    coordinator_id: str = ""
+
+    @property
+    def is_member(self) -> bool:
+        return self.state in ("active", "draining")
+
+
+@dataclass(frozen=True)
+class AssignmentRecord:
+    """What an agent is told to hold at an epoch; `grants` maps resource id -> previous owner's
+    last poll time in ms (0 when unknown)."""
+
+    agent_id: str
+    epoch: int
+    leader_epoch: int
+    grants: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlacementWrite:
+    """Everything one leader step writes, applied atomically under the fence."""
+
+    target_set: Mapping[str, str] = field(default_factory=dict)  # resource -> agent
+    target_delete: tuple[str, ...] = ()
+    assignments: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # agent -> grants
+    expire: tuple[str, ...] = ()
+    rebalance_reason: str | None = None  # set when the target placement changed
+    moves: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterMeta:
+    assignment_epoch: int = 0
+    rebalances_total: int = 0
+    moves_total: int = 0
+    last_rebalance_ms: int = 0
+    last_rebalance_reason: str = ""
+    grace_from_ms: int = 0  # no agent is expired for silence before grace_from + node_timeout
+    last_heartbeat_write_ms: int = 0
+    leader_tick_ms: int = 0

@@ -1,0 +1,364 @@
+"""Shared state in Redis (`scaling.mode: redis`), every leader write fenced inside a Lua script.
+
+Key layout under `key_prefix` (P), documented in docs/architecture.md:
+  P leader            string  "<epoch>:<token>:<holder>" with PX = leader_ttl (the lease)
+  P leader:epoch      string  fencing epoch counter (INCR, never below an epoch a replica has seen)
+  P leader:info       hash    holder, epoch, address (where to forward leader-only RPCs)
+  P agents            hash    agent id -> JSON {reg, state, hb, applied, cur, ckey, coord}
+  P target            hash    resource id -> agent id (the leader's target placement)
+  P assignments       hash    agent id -> JSON {epoch, leader_epoch, grants: {resource: last_poll_ms}}
+  P meta              hash    assignment_epoch, rebalances_total, moves_total, last_rebalance_ms,
+                              last_rebalance_reason, grace_from_ms, last_heartbeat_write_ms, leader_tick_ms
+  P events            pub/sub channel of StoreEvent JSON
+Redis TIME is the clock for every timestamp, so replicas with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import ssl
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dbintel.common.config import RedisSettings
+from dbintel.common.secrets import resolve_secret
+
+from .base import ScalingStore, StoreEvent
+from .records import (AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
+                      HeartbeatReport, LeaderInfo, Lease, PlacementWrite, PollStatus, Registration,
+                      StoreUnavailable)
+
+log = logging.getLogger(__name__)
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS: leader, epoch counter, info. ARGV: holder, token, ttl_ms, address, min_epoch
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('GET', KEYS[1])} end
+local epoch = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[5]) + 1
+if epoch < floor then epoch = floor redis.call('SET', KEYS[2], epoch) end
+redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], 'holder', ARGV[1], 'epoch', epoch, 'address', ARGV[4])
+return {1, epoch}
+"""
+# KEYS: leader. ARGV: lease value, ttl_ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
+# node_timeout_ms, digest of the current key set. Returns {changed, rejoined} or {-1, pod holding the id}.
+_HEARTBEAT = _NOW + """
+local reg = cjson.decode(ARGV[2])
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local state, changed, rejoined = 'active', 1, 1
+if raw then
+  local old = cjson.decode(raw)
+  if old.state == 'active' or old.state == 'draining' then
+    if old.reg.instance_id ~= reg.instance_id and old.reg.pod_name ~= reg.pod_name
+       and now - tonumber(old.hb) < tonumber(ARGV[6]) then
+      return {-1, old.reg.pod_name}
+    end
+    state, rejoined, changed = old.state, 0, 0
+    if tonumber(old.applied) ~= tonumber(ARGV[3]) or old.ckey ~= ARGV[7] or old.reg.instance_id ~= reg.instance_id
+       or tonumber(old.reg.capacity) ~= tonumber(reg.capacity) or old.reg.zone ~= reg.zone then
+      changed = 1
+    end
+  end
+end
+local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cjson.decode(ARGV[4]),
+             ckey = ARGV[7], coord = ARGV[5]}
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
+redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
+return {changed, rejoined}
+"""
+# KEYS: agents. ARGV: agent id, new state, only-if-member flag. Returns the agent's current count or -1.
+_SET_STATE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return -1 end
+local doc = cjson.decode(raw)
+if ARGV[3] == '1' and doc.state ~= 'active' and doc.state ~= 'draining' then return -1 end
+doc.state = ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
+local n = 0
+for _ in pairs(doc.cur) do n = n + 1 end
+return n
+"""
+# KEYS: leader, target, assignments, agents, meta. ARGV: lease value, payload JSON.
+# The fence: nothing is written unless the caller's lease value is the current one.
+_WRITE_PLACEMENT = _NOW + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease lost') end
+local p = cjson.decode(ARGV[2])
+for r, a in pairs(p.tset) do redis.call('HSET', KEYS[2], r, a) end
+for _, r in ipairs(p.tdel) do redis.call('HDEL', KEYS[2], r) end
+for _, a in ipairs(p.expire) do
+  local raw = redis.call('HGET', KEYS[4], a)
+  if raw then
+    local doc = cjson.decode(raw)
+    if doc.state == 'active' or doc.state == 'draining' then
+      doc.state = 'expired'
+      redis.call('HSET', KEYS[4], a, cjson.encode(doc))
+    end
+  end
+end
+local epoch = tonumber(redis.call('HGET', KEYS[5], 'assignment_epoch') or '0')
+local out = {}
+for _, a in ipairs(p.order) do
+  epoch = math.max(epoch + 1, now)
+  redis.call('HSET', KEYS[3], a, cjson.encode({epoch = epoch, leader_epoch = p.leader_epoch, grants = p.assign[a]}))
+  out[#out + 1] = a
+  out[#out + 1] = tostring(epoch)
+end
+redis.call('HSET', KEYS[5], 'assignment_epoch', string.format('%d', epoch), 'leader_tick_ms', now)
+if p.moves > 0 then redis.call('HINCRBY', KEYS[5], 'moves_total', p.moves) end
+if p.reason ~= '' then
+  redis.call('HINCRBY', KEYS[5], 'rebalances_total', 1)
+  redis.call('HSET', KEYS[5], 'last_rebalance_ms', now, 'last_rebalance_reason', p.reason)
+end
+return out
+"""
+_MARK_RECOVERED = _NOW + "redis.call('HSET', KEYS[1], 'grace_from_ms', now) return now"
+_TIME = _NOW + "return now"
+
+
+def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    tls = settings.tls
+    if not tls.enabled:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+            "ssl_cert_reqs": ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+            "ssl_check_hostname": not tls.insecure_skip_verify}
+
+
+def _digest(keys) -> str:
+    return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+class RedisScalingStore(ScalingStore):
+    mode = "redis"
+
+    def __init__(self, settings: RedisSettings, *, operation_timeout: float = 2.0):
+        self._prefix = settings.key_prefix
+        host, _, port = settings.address.rpartition(":")
+        password = resolve_secret(settings.password)
+        self._client = aioredis.Redis(
+            host=host, port=int(port), db=settings.db, username=settings.username,
+            password=password.get_secret_value() if password else None,
+            socket_timeout=operation_timeout, socket_connect_timeout=operation_timeout,
+            health_check_interval=10, decode_responses=True, **_ssl_kwargs(settings))
+        k = self._key
+        self._keys = {"leader": k("leader"), "epoch": k("leader:epoch"), "info": k("leader:info"),
+                      "agents": k("agents"), "target": k("target"), "assignments": k("assignments"),
+                      "meta": k("meta"), "events": k("events")}
+        self._scripts = {name: self._client.register_script(src) for name, src in {
+            "acquire": _ACQUIRE, "renew": _RENEW, "release": _RELEASE, "heartbeat": _HEARTBEAT,
+            "set_state": _SET_STATE, "write_placement": _WRITE_PLACEMENT, "mark_recovered": _MARK_RECOVERED,
+            "time": _TIME}.items()}
+        self._subscribers = set()
+        self._listener: asyncio.Task | None = None
+        self._closed = False
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    async def _call(self, operation):
+        """Run one Redis operation, mapping transport trouble to StoreUnavailable (never leaking args)."""
+        try:
+            return await operation
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}") from None
+        except ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise FencedError("lease lost: another coordinator leads now") from None
+            raise
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]):
+        return await self._call(self._scripts[name](keys=keys, args=args))
+
+    # -- leadership ----------------------------------------------------------------------------
+    async def try_acquire_leadership(self, holder, ttl_ms, address="", min_epoch=0):
+        token = secrets.token_hex(8)
+        k = self._keys
+        ok, value = await self._script("acquire", [k["leader"], k["epoch"], k["info"]],
+                                       [holder, token, ttl_ms, address, min_epoch])
+        return Lease(holder=holder, epoch=int(value), token=token) if int(ok) == 1 else None
+
+    async def renew_leadership(self, lease, ttl_ms):
+        return int(await self._script("renew", [self._keys["leader"]], [lease.value, ttl_ms])) == 1
+
+    async def release_leadership(self, lease):
+        await self._script("release", [self._keys["leader"]], [lease.value])
+
+    async def read_leader(self):
+        value, info = await self._call(self._pipeline_get_leader())
+        if not value:
+            return None
+        epoch, _, holder = value.split(":", 2)
+        address = info.get("address", "") if info and info.get("epoch") == epoch else ""
+        return LeaderInfo(holder=holder, epoch=int(epoch), address=address)
+
+    async def _pipeline_get_leader(self):
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(self._keys["leader"])
+            pipe.hgetall(self._keys["info"])
+            return await pipe.execute()
+
+    # -- membership --------------------------------------------------------------------------------
+    async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
+        reg = report.registration
+        registration = {"pod_name": reg.pod_name, "zone": reg.zone, "version": reg.version,
+                        "capacity": reg.capacity, "instance_id": reg.instance_id}
+        current = {rid: status.to_list() for rid, status in report.current.items()}
+        result = await self._script(
+            "heartbeat", [self._keys["agents"], self._keys["meta"]],
+            [report.agent_id, json.dumps(registration, sort_keys=True), report.applied_epoch,
+             json.dumps(current) if current else "{}", report.coordinator_id, node_timeout_ms,
+             _digest(report.current)])
+        if int(result[0]) == -1:
+            raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {result[1]!r}")
+        return HeartbeatOutcome(changed=int(result[0]) == 1, rejoined=int(result[1]) == 1)
+
+    async def record_leave(self, agent_id):
+        return max(0, int(await self._script("set_state", [self._keys["agents"]], [agent_id, "left", "0"])))
+
+    async def set_draining(self, agent_id, draining):
+        state = "draining" if draining else "active"
+        return int(await self._script("set_state", [self._keys["agents"]], [agent_id, state, "1"])) >= 0
+
+    async def read_agents(self):
+        raw = await self._call(self._client.hgetall(self._keys["agents"]))
+        return {agent_id: _agent_from_json(agent_id, doc) for agent_id, doc in raw.items()}
+
+    async def mark_recovered(self):
+        await self._script("mark_recovered", [self._keys["meta"]], [])
+
+    # -- placement ------------------------------------------------------------------------------------
+    async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
+        order = sorted(write.assignments)
+        payload = {"tset": dict(write.target_set) or {}, "tdel": list(write.target_delete),
+                   "assign": {a: dict(g) for a, g in write.assignments.items()}, "order": order,
+                   "expire": list(write.expire), "reason": write.rebalance_reason or "", "moves": write.moves,
+                   "leader_epoch": lease.epoch}
+        k = self._keys
+        raw = json.dumps(payload)
+        result = await self._script("write_placement",
+                                    [k["leader"], k["target"], k["assignments"], k["agents"], k["meta"]],
+                                    [lease.value, raw])
+        return {result[i]: int(result[i + 1]) for i in range(0, len(result), 2)}
+
+    async def read_target(self):
+        return await self._call(self._client.hgetall(self._keys["target"]))
+
+    async def read_assignments(self, agent_ids=None):
+        key = self._keys["assignments"]
+        if agent_ids is None:
+            raw = await self._call(self._client.hgetall(key))
+        else:
+            if not agent_ids:
+                return {}
+            values = await self._call(self._client.hmget(key, agent_ids))
+            raw = {a: v for a, v in zip(agent_ids, values) if v is not None}
+        return {agent_id: _assignment_from_json(agent_id, doc) for agent_id, doc in raw.items()}
+
+    async def read_meta(self):
+        raw = await self._call(self._client.hgetall(self._keys["meta"]))
+        ints = {f: int(float(raw[f])) for f in ("assignment_epoch", "rebalances_total", "moves_total",
+                                                "last_rebalance_ms", "grace_from_ms", "last_heartbeat_write_ms",
+                                                "leader_tick_ms") if f in raw}
+        return ClusterMeta(last_rebalance_reason=raw.get("last_rebalance_reason", ""), **ints)
+
+    async def now_ms(self):
+        return int(await self._script("time", [], []))
+
+    # -- notifications ----------------------------------------------------------------------------------
+    async def publish(self, event: StoreEvent) -> None:
+        await self._call(self._client.publish(self._keys["events"],
+                                              json.dumps({"kind": event.kind, "agents": list(event.agents)})))
+
+    async def start(self) -> None:
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.create_task(self._listen(), name="redis-events")
+
+    async def _listen(self) -> None:
+        """Relay pub/sub events to in-process subscribers; reconnect forever with backoff."""
+        delay = 0.1
+        while not self._closed:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._keys["events"])
+                delay = 0.1
+                # A (re)subscription may have missed events: tell consumers to look now.
+                self._deliver(StoreEvent("resync"))
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    try:
+                        data = json.loads(message["data"])
+                        self._deliver(StoreEvent(str(data["kind"]), tuple(data.get("agents", ()))))
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("ignoring a malformed event on %s", self._keys["events"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the listener must outlive any Redis trouble
+                log.debug("event listener: %s; reconnecting in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def ping(self):
+        try:
+            return bool(await asyncio.wait_for(self._client.ping(), 2))
+        except Exception:
+            return False
+
+    async def close(self):
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        self._subscribers.clear()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
+    doc = json.loads(raw)
+    reg = doc.get("reg") or {}
+    current = doc.get("cur") or {}
+    return AgentRecord(
+        agent_id=agent_id,
+        registration=Registration(pod_name=reg.get("pod_name", ""), zone=reg.get("zone", ""),
+                                  version=reg.get("version", ""), capacity=int(reg.get("capacity", 0)),
+                                  instance_id=reg.get("instance_id", "")),
+        state=doc.get("state", "active"), last_heartbeat_ms=int(doc.get("hb", 0)),
+        applied_epoch=int(doc.get("applied", 0)),
+        current={rid: PollStatus.from_list(v) for rid, v in current.items()} if isinstance(current, dict) else {},
+        coordinator_id=doc.get("coord", ""))
+
+
+def _assignment_from_json(agent_id: str, raw: str) -> AssignmentRecord:
+    doc = json.loads(raw)
+    grants = doc.get("grants") or {}
+    return AssignmentRecord(agent_id=agent_id, epoch=int(doc["epoch"]), leader_epoch=int(doc.get("leader_epoch", 0)),
+                            grants={r: int(ms) for r, ms in grants.items()} if isinstance(grants, dict) else {})

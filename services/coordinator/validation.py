@@ -1,0 +1,87 @@
+"""Checks on RPC input. Each failure names the field; the servicers turn it into INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import re
+
+from dbintel.v1 import agent_service_pb2, types_pb2
+
+from .store.records import HeartbeatReport, PollStatus, Registration
+
+_AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
+MAX_RESOURCES_PER_REPORT = 100_000
+MAX_TEXT = 253
+
+
+class InvalidArgument(ValueError):
+    """A request field is malformed or out of range; the message names the field."""
+
+
+def agent_id(value: str, field: str = "agent_id") -> str:
+    if not value:
+        raise InvalidArgument(f"{field}: required")
+    if not _AGENT_ID.match(value):
+        raise InvalidArgument(f"{field}: must be 1-253 characters of letters, digits, '.', '_', ':' or '-', "
+                              "starting with a letter or digit")
+    return value
+
+
+def _text(value: str, field: str, limit: int = MAX_TEXT) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(f"{field}: longer than {limit} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidArgument(f"{field}: contains control characters")
+    return value
+
+
+def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
+    return Registration(pod_name=_text(message.pod_name, "registration.pod_name"),
+                        zone=_text(message.zone, "registration.zone", 128),
+                        version=_text(message.version, "registration.version", 128),
+                        capacity=message.capacity,
+                        instance_id=_text(message.instance_id, "registration.instance_id", 128))
+
+
+def _status(index: int, status: types_pb2.ResourceStatus) -> tuple[str, PollStatus]:
+    field = f"current[{index}]"
+    if not status.resource_id:
+        raise InvalidArgument(f"{field}.resource_id: required")
+    _text(status.resource_id, f"{field}.resource_id", 1024)
+    if status.last_poll_time.seconds < 0:
+        raise InvalidArgument(f"{field}.last_poll_time: before 1970")
+    duration = status.last_poll_duration
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise InvalidArgument(f"{field}.last_poll_duration: negative")
+    if duration.seconds > 86_400:
+        raise InvalidArgument(f"{field}.last_poll_duration: longer than a day")
+    last_ms = status.last_poll_time.seconds * 1000 + status.last_poll_time.nanos // 1_000_000
+    return status.resource_id, PollStatus(last_poll_ms=last_ms,
+                                          duration_ms=duration.seconds * 1000 + duration.nanos / 1e6,
+                                          polls=status.polls_total, errors=status.errors_total, up=status.up)
+
+
+def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration | None,
+              coordinator_id: str) -> HeartbeatReport:
+    """Validate one heartbeat; the first of a stream must carry the registration."""
+    agent = agent_id(request.agent_id)
+    if request.HasField("registration"):
+        reg = registration(request.registration)
+        if not reg.instance_id:
+            raise InvalidArgument("registration.instance_id: required")
+    elif cached is None:
+        raise InvalidArgument("registration: required on the first message of a Heartbeat stream")
+    else:
+        reg = cached
+    if len(request.current) > MAX_RESOURCES_PER_REPORT:
+        raise InvalidArgument(f"current: more than {MAX_RESOURCES_PER_REPORT} entries")
+    current = dict(_status(i, s) for i, s in enumerate(request.current))
+    if len(current) != len(request.current):
+        raise InvalidArgument("current: a resource_id appears twice")
+    return HeartbeatReport(agent_id=agent, registration=reg, applied_epoch=request.applied_assignment_epoch,
+                           current=current, coordinator_id=coordinator_id)
+
+
+def resource_type(value: str) -> str:
+    if value and value not in ("postgresql", "mysql", "mongodb", "redis"):
+        raise InvalidArgument("type: must be empty or one of postgresql, mysql, mongodb, redis")
+    return value
