@@ -38,10 +38,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _host_port(value: str, *, allow_empty_host: bool = False) -> str:
+def _host_port(value: str, *, allow_empty_host: bool = False, listen: bool = False) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port (port 1-65535)")
+    lowest = 0 if listen else 1  # a listen address may ask for any free port
+    if not sep or not port.isdigit() or not lowest <= int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port (port {lowest}-65535)")
     if not host and not allow_empty_host:
         raise ValueError(f"{value!r} has no host")
     return value
@@ -208,7 +209,7 @@ class CoordinatorSettings(_Section):
     config_reload_interval: Duration = timedelta(seconds=5)
 
     _listens = field_validator("grpc_listen", "metrics_listen", "health_listen")(
-        lambda v: _host_port(v, allow_empty_host=True))
+        lambda v: _host_port(v, allow_empty_host=True, listen=True))
 
 
 class OTLPSettings(_Section):
@@ -232,7 +233,7 @@ class AgentSettings(_Section):
     otlp: OTLPSettings = OTLPSettings()
 
     _coordinator = field_validator("coordinator")(lambda v: _host_port(v))
-    _listens = field_validator("metrics_listen", "health_listen")(lambda v: _host_port(v, allow_empty_host=True))
+    _listens = field_validator("metrics_listen", "health_listen")(lambda v: _host_port(v, allow_empty_host=True, listen=True))
 
 
 class Config(_Section):

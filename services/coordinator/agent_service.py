@@ -25,7 +25,7 @@ from dbintel.v1 import types_pb2
 from . import validation
 from .store.base import ScalingStore, StoreEvent
 from .store.health import StoreHealth
-from .store.records import AgentIdConflict, AssignmentRecord, Registration, StoreUnavailable
+from .store.records import AgentIdConflict, AssignmentRecord, HeartbeatReport, Registration, StoreUnavailable
 from .telemetry import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Session:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     last_sent_epoch: int = 0
     registration: Registration | None = None
+    last_report: HeartbeatReport | None = None  # re-recorded at once if the store loses its data
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
@@ -91,11 +92,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         session = Session(agent_id=report.agent_id, registration=report.registration)
-        previous = self.sessions.get(report.agent_id)
-        if previous is not None:
-            previous.outbox.put_nowait(("abort", grpc.StatusCode.ABORTED, "superseded by a newer stream"))
-        self.sessions[report.agent_id] = session
-        self._metrics.connected_agents.set(len(self.sessions))
         reader = asyncio.create_task(self._read(session, first, request_iterator))
         try:
             while True:
@@ -120,6 +116,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         """Record each heartbeat and queue its reply; ends the stream on a bad message."""
         try:
             await self._handle(session, first)
+            # Only a stream whose registration the store accepted replaces an older one.
+            previous = self.sessions.get(session.agent_id)
+            if previous is not None and previous is not session:
+                previous.outbox.put_nowait(("abort", grpc.StatusCode.ABORTED, "superseded by a newer stream"))
+            self.sessions[session.agent_id] = session
+            self._metrics.connected_agents.set(len(self.sessions))
             async for request in request_iterator:
                 if request.agent_id != session.agent_id:
                     raise validation.InvalidArgument("agent_id: must not change within a stream")
@@ -144,6 +146,11 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         try:
             outcome = await self._store.record_heartbeat(report, timeout_ms)
             await self._health.succeeded()
+            if outcome.rejoined and session.last_report is not None:
+                # The store forgot an agent that never left: it lost its data. Every replica
+                # re-records its streams now, so the leader sees the whole fleet before placing.
+                await self._store.publish(StoreEvent("reregister"))
+            session.last_report = report
             if outcome.changed:
                 await self._store.publish(StoreEvent("membership", (report.agent_id,)))
         except StoreUnavailable:
@@ -169,6 +176,9 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def _push_assignments(self) -> None:
         """Push the leader's new assignments to the agents streaming to this replica."""
         async for event in self._subscription:
+            if event.kind == "reregister":
+                await self._reregister_all()
+                continue
             if event.kind not in ("assignments", "resync"):
                 continue
             agents = [a for a in (event.agents if event.kind == "assignments" else self.sessions) if a in self.sessions]
@@ -186,6 +196,21 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                     response.assignment.CopyFrom(assignment_message(agent_id, record))
                     session.last_sent_epoch = record.epoch
                     session.outbox.put_nowait(response)
+
+    async def _reregister_all(self) -> None:
+        timeout_ms = int(self._timing().node_timeout.total_seconds() * 1000)
+        for session in list(self.sessions.values()):
+            if session.last_report is None:
+                continue
+            try:
+                await self._store.record_heartbeat(session.last_report, timeout_ms)
+            except AgentIdConflict:
+                pass  # another pod took the id meanwhile; its own stream decides
+            except StoreUnavailable:
+                self._health.failed("reregister")
+                return
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.publish(StoreEvent("membership"))
 
     # -- unary ------------------------------------------------------------------------------------------
     async def GetAssignments(self, request, context):

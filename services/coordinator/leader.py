@@ -126,6 +126,7 @@ class LeaderLoop:
         self._last_join: float = 0.0
         self._last_balance = 0.0
         self._last_periodic = time.monotonic()
+        self._took_over_at = 0.0
         self._inventory_version = None
         self.last_plan: StepPlan | None = None
 
@@ -196,6 +197,7 @@ class LeaderLoop:
         balance, reason = False, ""
         if self._known_live is None:
             self._known_live = live_now  # just took over: what is there is not "joining"
+            self._took_over_at = now
             silence_ms = step.now_ms - self._meta.last_heartbeat_write_ms
             if live_now and silence_ms > timing.heartbeat_interval.total_seconds() * 1000:
                 # Nobody recorded heartbeats for a while (every coordinator was down, or the store
@@ -225,8 +227,12 @@ class LeaderLoop:
                 and now - self._last_balance >= timing.min_rebalance_interval.total_seconds()):
             cost_rebalance, reason = timing.rebalance_improvement, "periodic"
             self._last_periodic = now
-        if not step.target and self._first_pending_join is not None and not balance:
-            return  # a fresh cluster: wait for the first agents to settle before the first placement
+        if not step.target and step.inventory and (
+                (self._first_pending_join is not None and not balance)
+                or now - self._took_over_at < min(JOIN_SETTLE_S, timing.heartbeat_interval.total_seconds())):
+            # Nothing placed yet (a new cluster, or a store that lost its data): let the agents
+            # register (or re-register) first, so the first placement is balanced and sticky.
+            return
         plan = plan_step(step, balance=balance, cost_rebalance=cost_rebalance,
                          reason=reason or self._reason_for(step))
         await self._apply(lease, plan, step)

@@ -82,13 +82,15 @@ def measured_costs(inventory: Mapping[str, InventoryItem], agents: Mapping[str, 
 
 
 def last_poll_times(agents: Mapping[str, AgentRecord]) -> dict[str, int]:
-    """Newest reported poll of each database across every agent record (live or not): the grant
-    carries it so the new owner continues the schedule."""
+    """Newest reported poll of each database across every agent record (live or not), including
+    the final poll of databases an agent released: the grant carries it so the new owner
+    continues the schedule."""
     newest: dict[str, int] = {}
     for record in agents.values():
-        for rid, status in record.current.items():
-            if status.last_poll_ms > newest.get(rid, 0):
-                newest[rid] = status.last_poll_ms
+        reported = [(rid, s.last_poll_ms) for rid, s in record.current.items()] + list(record.released.items())
+        for rid, last_poll_ms in reported:
+            if last_poll_ms > newest.get(rid, 0):
+                newest[rid] = last_poll_ms
     return newest
 
 

@@ -42,8 +42,8 @@ def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
                         instance_id=_text(message.instance_id, "registration.instance_id", 128))
 
 
-def _status(index: int, status: types_pb2.ResourceStatus) -> tuple[str, PollStatus]:
-    field = f"current[{index}]"
+def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current") -> tuple[str, PollStatus]:
+    field = f"{name}[{index}]"
     if not status.resource_id:
         raise InvalidArgument(f"{field}.resource_id: required")
     _text(status.resource_id, f"{field}.resource_id", 1024)
@@ -74,11 +74,14 @@ def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration 
         reg = cached
     if len(request.current) > MAX_RESOURCES_PER_REPORT:
         raise InvalidArgument(f"current: more than {MAX_RESOURCES_PER_REPORT} entries")
+    if len(request.released) > MAX_RESOURCES_PER_REPORT:
+        raise InvalidArgument(f"released: more than {MAX_RESOURCES_PER_REPORT} entries")
     current = dict(_status(i, s) for i, s in enumerate(request.current))
     if len(current) != len(request.current):
         raise InvalidArgument("current: a resource_id appears twice")
+    released = dict(_status(i, s, "released") for i, s in enumerate(request.released))
     return HeartbeatReport(agent_id=agent, registration=reg, applied_epoch=request.applied_assignment_epoch,
-                           current=current, coordinator_id=coordinator_id)
+                           current=current, coordinator_id=coordinator_id, released=released)
 
 
 def resource_type(value: str) -> str:

@@ -25,16 +25,18 @@ class AgentRegistration(_message.Message):
     def __init__(self, pod_name: _Optional[str] = ..., zone: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("agent_id", "registration", "applied_assignment_epoch", "current")
+    __slots__ = ("agent_id", "registration", "applied_assignment_epoch", "current", "released")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTRATION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_ASSIGNMENT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     registration: AgentRegistration
     applied_assignment_epoch: int
     current: _containers.RepeatedCompositeFieldContainer[_types_pb2.ResourceStatus]
-    def __init__(self, agent_id: _Optional[str] = ..., registration: _Optional[_Union[AgentRegistration, _Mapping]] = ..., applied_assignment_epoch: _Optional[int] = ..., current: _Optional[_Iterable[_Union[_types_pb2.ResourceStatus, _Mapping]]] = ...) -> None: ...
+    released: _containers.RepeatedCompositeFieldContainer[_types_pb2.ResourceStatus]
+    def __init__(self, agent_id: _Optional[str] = ..., registration: _Optional[_Union[AgentRegistration, _Mapping]] = ..., applied_assignment_epoch: _Optional[int] = ..., current: _Optional[_Iterable[_Union[_types_pb2.ResourceStatus, _Mapping]]] = ..., released: _Optional[_Iterable[_Union[_types_pb2.ResourceStatus, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("assignment", "degraded", "heartbeat_interval", "coordinator_id", "leader_epoch")

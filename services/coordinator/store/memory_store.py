@@ -73,8 +73,13 @@ class MemoryScalingStore(ScalingStore):
                 state, rejoined = old.state, False
                 changed = (old.applied_epoch != report.applied_epoch or set(old.current) != set(report.current)
                            or old.registration != report.registration)
+        released = dict(old.released) if old is not None else {}
+        released.update({rid: s.last_poll_ms for rid, s in report.released.items()})
+        for rid in report.current:
+            released.pop(rid, None)
         self._agents[report.agent_id] = AgentRecord(report.agent_id, report.registration, state, now,
-                                                    report.applied_epoch, dict(report.current), report.coordinator_id)
+                                                    report.applied_epoch, dict(report.current), report.coordinator_id,
+                                                    released)
         self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
         return HeartbeatOutcome(changed=changed, rejoined=rejoined)
 

@@ -74,6 +74,7 @@ class HeartbeatReport:
     applied_epoch: int
     current: Mapping[str, PollStatus]
     coordinator_id: str = ""
+    released: Mapping[str, PollStatus] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class AgentRecord:
     applied_epoch: int
     current: Mapping[str, PollStatus]
     coordinator_id: str = ""
+    released: Mapping[str, int] = field(default_factory=dict)  # resource -> last poll ms when given up
 
     @property
     def is_member(self) -> bool:

@@ -25,6 +25,8 @@ import ssl
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -63,7 +65,7 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 # KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
-# node_timeout_ms, digest of the current key set. Returns {changed, rejoined} or {-1, pod holding the id}.
+# node_timeout_ms, digest of the current key set, released JSON {resource: last_poll_ms}. Returns {changed, rejoined} or {-1, pod holding the id}.
 _HEARTBEAT = _NOW + """
 local reg = cjson.decode(ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -82,7 +84,12 @@ if raw then
     end
   end
 end
-local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cjson.decode(ARGV[4]),
+local rel = {}
+if raw then rel = cjson.decode(raw).rel or {} end
+for r, ms in pairs(cjson.decode(ARGV[8])) do rel[r] = ms end
+local cur = cjson.decode(ARGV[4])
+for r in pairs(cur) do rel[r] = nil end
+local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cur, rel = rel,
              ckey = ARGV[7], coord = ARGV[5]}
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
@@ -153,7 +160,7 @@ def _digest(keys) -> str:
 class RedisScalingStore(ScalingStore):
     mode = "redis"
 
-    def __init__(self, settings: RedisSettings, *, operation_timeout: float = 2.0):
+    def __init__(self, settings: RedisSettings, *, operation_timeout: float = 1.0):
         self._prefix = settings.key_prefix
         host, _, port = settings.address.rpartition(":")
         password = resolve_secret(settings.password)
@@ -161,7 +168,10 @@ class RedisScalingStore(ScalingStore):
             host=host, port=int(port), db=settings.db, username=settings.username,
             password=password.get_secret_value() if password else None,
             socket_timeout=operation_timeout, socket_connect_timeout=operation_timeout,
-            health_check_interval=10, decode_responses=True, **_ssl_kwargs(settings))
+            health_check_interval=10, decode_responses=True,
+            # One quick retry at most: callers degrade on failure, and a heartbeat reply must not
+            # wait out a long retry ladder while Redis is away.
+            retry=Retry(NoBackoff(), 1), **_ssl_kwargs(settings))
         k = self._key
         self._keys = {"leader": k("leader"), "epoch": k("leader:epoch"), "info": k("leader:info"),
                       "agents": k("agents"), "target": k("target"), "assignments": k("assignments"),
@@ -229,7 +239,7 @@ class RedisScalingStore(ScalingStore):
             "heartbeat", [self._keys["agents"], self._keys["meta"]],
             [report.agent_id, json.dumps(registration, sort_keys=True), report.applied_epoch,
              json.dumps(current) if current else "{}", report.coordinator_id, node_timeout_ms,
-             _digest(report.current)])
+             _digest(report.current), json.dumps({r: s.last_poll_ms for r, s in report.released.items()})])
         if int(result[0]) == -1:
             raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {result[1]!r}")
         return HeartbeatOutcome(changed=int(result[0]) == 1, rejoined=int(result[1]) == 1)
@@ -354,7 +364,8 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
         state=doc.get("state", "active"), last_heartbeat_ms=int(doc.get("hb", 0)),
         applied_epoch=int(doc.get("applied", 0)),
         current={rid: PollStatus.from_list(v) for rid, v in current.items()} if isinstance(current, dict) else {},
-        coordinator_id=doc.get("coord", ""))
+        coordinator_id=doc.get("coord", ""),
+        released={rid: int(ms) for rid, ms in (doc.get("rel") or {}).items()} if isinstance(doc.get("rel"), dict) else {})
 
 
 def _assignment_from_json(agent_id: str, raw: str) -> AssignmentRecord:

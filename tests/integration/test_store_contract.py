@@ -1,0 +1,149 @@
+"""One contract, two stores: the in-memory store and a real Redis must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from dbintel.common.config import RedisSettings
+from dbintel.coordinator.store.base import StoreEvent
+from dbintel.coordinator.store.memory_store import MemoryScalingStore
+from dbintel.coordinator.store.records import (AgentIdConflict, FencedError, HeartbeatReport, PlacementWrite,
+                                               PollStatus, Registration)
+from dbintel.coordinator.store.redis_store import RedisScalingStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request, monkeypatch):
+    if request.param == "memory":
+        s = MemoryScalingStore()
+    else:
+        server = request.getfixturevalue("redis_server")
+        monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
+        s = RedisScalingStore(RedisSettings(address=server.address, password="${env:TEST_STORE_REDIS_PW}",
+                                            key_prefix=f"contract:{uuid.uuid4().hex[:8]}:"))
+    await s.start()
+    yield s
+    await s.close()
+
+
+def report(agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0):
+    return HeartbeatReport(agent_id=agent, registration=Registration(pod_name=pod, instance_id=instance,
+                                                                     capacity=capacity),
+                           applied_epoch=applied, current=current or {})
+
+
+async def test_lease_is_exclusive_and_epochs_increase(store):
+    first = await store.try_acquire_leadership("c1", 5000, "10.0.0.1:50051")
+    assert first is not None and first.epoch >= 1
+    assert await store.try_acquire_leadership("c2", 5000) is None
+    leader = await store.read_leader()
+    assert (leader.holder, leader.epoch, leader.address) == ("c1", first.epoch, "10.0.0.1:50051")
+    assert await store.renew_leadership(first, 5000)
+    await store.release_leadership(first)
+    assert await store.read_leader() is None
+    assert not await store.renew_leadership(first, 5000)
+    second = await store.try_acquire_leadership("c2", 5000, min_epoch=first.epoch + 10)
+    assert second.epoch == first.epoch + 11  # never below an epoch a replica has seen
+
+
+async def test_lease_expires_after_ttl(store):
+    lease = await store.try_acquire_leadership("c1", 200)
+    await asyncio.sleep(0.35)
+    assert await store.read_leader() is None
+    assert not await store.renew_leadership(lease, 200)
+    assert await store.try_acquire_leadership("c2", 1000) is not None
+
+
+async def test_fenced_write_refused_after_lease_loss(store):
+    lease = await store.try_acquire_leadership("c1", 200)
+    await asyncio.sleep(0.35)
+    successor = await store.try_acquire_leadership("c2", 5000)
+    await store.write_placement(successor, PlacementWrite(target_set={"db:x": "a2"}, assignments={"a2": {"db:x": 0}}))
+    with pytest.raises(FencedError):
+        await store.write_placement(lease, PlacementWrite(target_set={"db:x": "a1"}, assignments={"a1": {"db:x": 0}}))
+    assert await store.read_target() == {"db:x": "a2"}
+    assert set(await store.read_assignments()) == {"a2"}
+
+
+async def test_heartbeat_registers_and_reports_changes(store):
+    first = await store.record_heartbeat(report(current={"db:x": PollStatus(1000, 2.5, 3, 1, True)}), 90_000)
+    assert first.changed and first.rejoined
+    same = await store.record_heartbeat(report(current={"db:x": PollStatus(2000, 2.0, 4, 1, True)}), 90_000)
+    assert not same.changed and not same.rejoined  # only poll stats moved
+    acked = await store.record_heartbeat(report(applied=7, current={}), 90_000)
+    assert acked.changed
+    agents = await store.read_agents()
+    record = agents["a1"]
+    assert record.state == "active" and record.applied_epoch == 7 and record.current == {}
+    assert record.registration.pod_name == "pod-1"
+    assert abs(record.last_heartbeat_ms - await store.now_ms()) < 5_000
+
+
+async def test_agent_id_of_live_pod_is_refused_but_same_pod_restart_is_not(store):
+    await store.record_heartbeat(report(pod="pod-1", instance="i1"), 90_000)
+    with pytest.raises(AgentIdConflict) as info:
+        await store.record_heartbeat(report(pod="pod-2", instance="i2"), 90_000)
+    assert "pod-1" in str(info.value)
+    # A restarted container in the same pod takes its id back at once.
+    outcome = await store.record_heartbeat(report(pod="pod-1", instance="i3"), 90_000)
+    assert outcome.changed
+    # Once the old holder is silent past node_timeout, another pod may take the id.
+    await asyncio.sleep(0.05)
+    await store.record_heartbeat(report(pod="pod-2", instance="i2"), 10)
+
+
+async def test_leave_drain_and_rejoin(store):
+    await store.record_heartbeat(report(current={"db:x": PollStatus(), "db:y": PollStatus()}), 90_000)
+    assert await store.set_draining("a1", True)
+    assert (await store.read_agents())["a1"].state == "draining"
+    assert await store.record_leave("a1") == 2
+    assert (await store.read_agents())["a1"].state == "left"
+    assert not await store.set_draining("a1", True)  # not a member any more
+    outcome = await store.record_heartbeat(report(), 90_000)
+    assert outcome.rejoined and (await store.read_agents())["a1"].state == "active"
+
+
+async def test_placement_write_is_atomic_and_epochs_monotonic(store):
+    lease = await store.try_acquire_leadership("c1", 5000)
+    await store.record_heartbeat(report("a1"), 90_000)
+    await store.record_heartbeat(report("a2", pod="pod-2", instance="i2"), 90_000)
+    epochs = await store.write_placement(lease, PlacementWrite(
+        target_set={"db:x": "a1", "db:y": "a2"}, assignments={"a1": {"db:x": 1234}, "a2": {"db:y": 0}},
+        rebalance_reason="agent_joined", moves=2))
+    assert set(epochs) == {"a1", "a2"} and epochs["a1"] != epochs["a2"]
+    again = await store.write_placement(lease, PlacementWrite(
+        target_delete=("db:y",), assignments={"a2": {}}, expire=("a2",), rebalance_reason="agent_expired", moves=0))
+    assert again["a2"] > max(epochs.values())
+    assert await store.read_target() == {"db:x": "a1"}
+    assignments = await store.read_assignments()
+    assert assignments["a1"].grants == {"db:x": 1234} and assignments["a1"].leader_epoch == lease.epoch
+    assert assignments["a2"].grants == {}
+    assert (await store.read_assignments(["a2", "nobody"])).keys() == {"a2"}
+    assert (await store.read_agents())["a2"].state == "expired"
+    meta = await store.read_meta()
+    assert meta.rebalances_total == 2 and meta.moves_total == 2 and meta.last_rebalance_reason == "agent_expired"
+    assert meta.assignment_epoch == again["a2"]
+
+
+async def test_mark_recovered_sets_grace(store):
+    before = await store.now_ms()
+    await store.mark_recovered()
+    assert (await store.read_meta()).grace_from_ms >= before
+
+
+async def test_events_reach_subscribers(store):
+    subscription = store.subscribe()
+    try:
+        await asyncio.sleep(0.2)  # let the Redis listener subscribe
+        await store.publish(StoreEvent("assignments", ("a1", "a2")))
+        async with asyncio.timeout(5):
+            while True:
+                event = await subscription.queue.get()
+                if event.kind == "assignments":
+                    break
+        assert event.agents == ("a1", "a2")
+    finally:
+        subscription.close()

@@ -1,0 +1,164 @@
+"""Config parsing: the verbatim scaling block, every problem at once, durations, secret references."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbintel.common.config import ConfigError, load_config, parse_config
+from dbintel.common.durations import format_duration, parse_duration
+from dbintel.common.secrets import SecretResolutionError, resolve_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DESIGN_SCALING_BLOCK = """
+scaling:
+  enabled: true
+  mode: redis            # redis: shared state in Redis; memory: single coordinator, no Redis
+  redis: {address: host:6379, db: 0, key_prefix: "dbintel:scaling:", leader_ttl: 30s}
+  coordinator:
+    heartbeat_interval: 30s      # how often agents report
+    node_timeout: 90s            # silent this long => agent is dead, its databases move
+    rebalance_interval: 5m       # periodic rebalance for drift in load
+    min_rebalance_interval: 1m   # no two load-driven rebalances closer than this
+  receiver_scaling:
+    check_interval: 30s          # agent's fallback assignment poll when its stream is down
+    resource_prefix: "db:"       # resource ids are <prefix><type>/<name>
+    ignore_assignments: false    # true => the agent polls every configured database
+"""
+
+
+def test_design_scaling_block_is_accepted_verbatim():
+    config = parse_config(DESIGN_SCALING_BLOCK)
+    s = config.scaling
+    assert s.enabled and s.mode == "redis"
+    assert (s.redis.address, s.redis.db, s.redis.key_prefix, s.redis.leader_ttl) == (
+        "host:6379", 0, "dbintel:scaling:", timedelta(seconds=30))
+    assert s.coordinator.node_timeout == timedelta(seconds=90)
+    assert s.coordinator.rebalance_interval == timedelta(minutes=5)
+    assert s.receiver_scaling.resource_prefix == "db:" and not s.receiver_scaling.ignore_assignments
+
+
+def test_defaults_are_the_embedded_memory_mode():
+    config = parse_config("")
+    assert config.scaling.mode == "memory" and config.databases == []
+    assert config.coordinator.grpc_listen.endswith(":50051")
+    assert config.agent.metrics_listen.endswith(":8889") and config.agent.health_listen.endswith(":13133")
+
+
+def test_example_config_is_valid():
+    config = load_config(ROOT / "examples" / "config.yaml")
+    assert {db.type for db in config.databases} == {"postgresql", "mysql", "mongodb", "redis"}
+    assert all(db.password is None or db.password.startswith("${") for db in config.databases)
+
+
+def test_every_problem_is_reported_at_once_with_its_path():
+    text = """
+scaling:
+  mode: postgres
+  coordinator: {heartbeat_interval: 30s, node_timeout: 10s, min_rebalance_interval: 10m}
+  receiver_scaling: {check_interval: 30}
+agent: {coordinator: "nohost"}
+databases:
+  - {name: orders, type: postgresql, endpoint: "10.0.0.5:5432", password: hunter2}
+  - {name: orders, type: postgresql, endpoint: "10.0.0.5:5432"}
+  - {name: x, type: oracle, endpoint: "a:1", intervl: 5s}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    problems = info.value.problems
+    expected = [
+        "scaling.mode:",
+        "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)",
+        "scaling.coordinator.min_rebalance_interval: must be ≤ rebalance_interval (5m)",
+        "scaling.receiver_scaling.check_interval: a duration needs a unit",
+        "agent.coordinator:",
+        "databases[0].password: must be a reference",
+        "databases[2].type:",
+        "databases[2].intervl: unknown field",
+    ]
+    for prefix in expected:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+    assert "hunter2" not in str(info.value)
+
+
+def test_duplicate_names_within_a_type():
+    with pytest.raises(ConfigError) as info:
+        parse_config("databases: [{name: a, type: redis, endpoint: 'h:1'}, {name: a, type: redis, endpoint: 'h:2'},"
+                     " {name: a, type: mysql, endpoint: 'h:3'}]")
+    assert info.value.problems == ["databases[1].name: duplicate redis name 'a' (also databases[0])"]
+
+
+def test_env_expansion_everywhere_but_passwords():
+    config = parse_config("agent: {coordinator: '${env:COORD}'}\n"
+                          "databases: [{name: a, type: redis, endpoint: '${env:HOST}:6379', password: '${env:PW}'}]",
+                          environ={"COORD": "c:50051", "HOST": "10.1.1.1", "PW": "secret"})
+    assert config.agent.coordinator == "c:50051"
+    assert config.databases[0].endpoint == "10.1.1.1:6379"
+    assert config.databases[0].password == "${env:PW}"  # stays a reference until the agent connects
+    with pytest.raises(ConfigError) as info:
+        parse_config("agent: {coordinator: '${env:MISSING}:1'}", environ={})
+    assert info.value.problems == ["agent.coordinator: environment variable MISSING is not set"]
+
+
+def test_secret_references_resolve_without_leaking(tmp_path):
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("s3cret\n")
+    assert resolve_secret(f"${{file:{secret_file}}}").get_secret_value() == "s3cret"
+    assert resolve_secret("${env:PW}", {"PW": "x"}).get_secret_value() == "x"
+    assert "x" not in repr(resolve_secret("${env:PW}", {"PW": "x"}))
+    with pytest.raises(SecretResolutionError) as info:
+        resolve_secret("${env:NOPE}", {})
+    assert "NOPE" in str(info.value)
+    with pytest.raises(SecretResolutionError):
+        resolve_secret("${file:/nonexistent/pw}")
+
+
+def test_resource_ids_use_the_prefix():
+    config = parse_config("scaling: {receiver_scaling: {resource_prefix: 'x/'}}\n"
+                          "databases: [{name: orders, type: postgresql, endpoint: 'h:5432'}]")
+    assert list(config.resources()) == ["x/postgresql/orders"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 500), st.sampled_from(["ms", "s", "m", "h"])), min_size=1, max_size=3))
+def test_duration_round_trip(parts):
+    text = "".join(f"{n}{u}" for n, u in parts)
+    value = parse_duration(text)
+    assert parse_duration(format_duration(value)) == value
+
+
+@pytest.mark.parametrize("bad", ["", "30", "s", "5 m", "1x", "-5s", "1.5.2s"])
+def test_bad_durations_are_rejected(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                    lambda children: st.lists(children, max_size=3)
+                    | st.dictionaries(st.sampled_from(["scaling", "databases", "agent", "coordinator", "mode", "name",
+                                                       "type", "endpoint", "redis", "interval", "x"]), children,
+                                      max_size=4), max_leaves=12))
+def test_arbitrary_yaml_shapes_give_config_errors_not_crashes(document):
+    import yaml
+    try:
+        parse_config(yaml.safe_dump(document))
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and ":" in p for p in exc.problems)
+
+
+def test_validate_command_exit_codes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scaling: {coordinator: {heartbeat_interval: 30s, node_timeout: 10s}}\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", *a], capture_output=True,
+                                    text=True)
+    failed = run(str(bad))
+    assert failed.returncode == 1
+    assert "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)" in failed.stderr
+    ok = run(str(ROOT / "examples" / "config.yaml"))
+    assert ok.returncode == 0 and "valid" in ok.stdout
