@@ -127,6 +127,7 @@ class LeaderLoop:
         self._last_balance = 0.0
         self._last_periodic = time.monotonic()
         self._took_over_at = 0.0
+        self._sent: dict[str, dict[int, frozenset[str]]] = {}
         self._inventory_version = None
         self.last_plan: StepPlan | None = None
 
@@ -154,8 +155,26 @@ class LeaderLoop:
         self._meta = meta
         return StepInput(inventory=self._inventory(config), agents=agents, target=target,
                          assigned={a: frozenset(r.grants) for a, r in assignments.items()},
+                         in_flight=self._track_in_flight(agents, assignments),
                          now_ms=now_ms, node_timeout_ms=int(config.scaling.coordinator.node_timeout.total_seconds() * 1000),
                          grace_from_ms=meta.grace_from_ms)
+
+    def _track_in_flight(self, agents, assignments) -> dict[str, frozenset[str]]:
+        """Remember every assignment sent until the agent acknowledges an epoch at least as new.
+        (A new leader starts from the latest unacknowledged one, the best the store can tell.)"""
+        for agent_id, record in assignments.items():
+            self._sent.setdefault(agent_id, {})[record.epoch] = frozenset(record.grants)
+        in_flight = {}
+        for agent_id, sent in list(self._sent.items()):
+            applied = agents[agent_id].applied_epoch if agent_id in agents else None
+            if applied is None:
+                del self._sent[agent_id]
+                continue
+            for epoch in [e for e in sent if e <= applied]:
+                del sent[epoch]
+            if sent:
+                in_flight[agent_id] = frozenset().union(*sent.values())
+        return in_flight
 
     async def run(self) -> None:
         """Step while leading; sleep on the wake event otherwise."""

@@ -32,6 +32,8 @@ class StepInput:
     now_ms: int
     node_timeout_ms: int
     grace_from_ms: int = 0
+    # agent -> union of every grant set sent to it at an epoch it has not acknowledged yet
+    in_flight: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,14 @@ def liveness(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: in
         silent_since = max(record.last_heartbeat_ms, grace_from_ms)
         (expire if now_ms - silent_since > node_timeout_ms else live).append(agent_id)
     return sorted(live), sorted(expire)
+
+
+def _may_be_polling(step: StepInput, agent_id: str) -> frozenset[str]:
+    """What an agent may be polling: what it reports, plus everything granted by assignments it has
+    not acknowledged yet (it may still apply them). Otherwise a database granted to A and retargeted
+    to B before A's ack would be granted to B too, and A would apply its older grant late."""
+    reported = frozenset(step.agents[agent_id].current) | step.in_flight.get(agent_id, frozenset())
+    return frozenset(r for r in reported if r in step.inventory)
 
 
 def measured_costs(inventory: Mapping[str, InventoryItem], agents: Mapping[str, AgentRecord],
@@ -99,7 +109,7 @@ def plan_step(step: StepInput, *, balance: bool = False, cost_rebalance: float |
     """Compute one leader step. `balance`: move the minimum needed to balance (agents joined);
     `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share."""
     live, expire = liveness(step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms)
-    current = {a: frozenset(r for r in step.agents[a].current if r in step.inventory) for a in live}
+    current = {a: _may_be_polling(step, a) for a in live}
     costs = measured_costs(step.inventory, step.agents, live)
 
     live_set = set(live)

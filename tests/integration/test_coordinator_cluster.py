@@ -210,6 +210,7 @@ async def test_agent_id_collision_between_live_pods_is_refused(cluster_config):
     coordinator = await start_coordinator(config, "c1")
     address = f"127.0.0.1:{coordinator.grpc_port}"
     first = ScriptedAgent("agent-x", address, pod_name="pod-a").start()
+    await wait_for(lambda: first.held == resources(config), message="the first pod registered")
     impostor = ScriptedAgent("agent-x", address, pod_name="pod-b", reconnect=False).start()
     try:
         await wait_for(lambda: impostor.error is not None, message="refusal")

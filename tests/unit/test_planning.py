@@ -120,3 +120,19 @@ def test_hold_sets_never_create_a_second_poller(n_resources, n_agents, data):
         new = told - pollers_now
         assert not new or not (pollers_now - new)
         assert len(told) <= 1
+
+
+def test_a_grant_not_yet_acknowledged_blocks_a_second_grant():
+    inv = inventory(1)
+    (rid,) = inv
+    # a was granted rid at an epoch it has not acked (reports nothing yet); the target moves to b.
+    a, b = agent("a"), agent("b")
+    with_in_flight = StepInput(inventory=inv, agents={"a": a, "b": b}, target={rid: "b"},
+                               assigned={"a": frozenset()}, now_ms=NOW, node_timeout_ms=90_000,
+                               in_flight={"a": frozenset(inv)})
+    still_blocked = plan_step(with_in_flight)
+    assert rid not in still_blocked.holdings.get("b", frozenset())
+    assert still_blocked.write.assignments.get("b", {}) == {}
+    acked = plan_step(StepInput(inventory=inv, agents={"a": a, "b": b}, target={rid: "b"},
+                                assigned={"a": frozenset()}, now_ms=NOW, node_timeout_ms=90_000))
+    assert acked.holdings["b"] == frozenset(inv)

@@ -53,9 +53,12 @@ Movement
   (resources without a valid owner) + sum over agents of max(0, s_a - t_a), where s_a is what the
   agent keeps after steps 1-2 and t_a in {q, q+1} (q = N // A) gives q+1 to the N % A agents that
   keep the most. Each step moves a unit from an agent over its target to one under it.
-- With costs, moves prefer the largest resource that fits the band, so a join moves about as many
-  resources as the same join would with equal costs (tests check at most 2x plus one per newcomer
-  for costs within a 4:1 ratio; the benchmark in docs/benchmarks.md reports real figures).
+- With costs there is no cheap exact minimum; moves prefer the largest resource that fits the band,
+  so a join moves about a fair share's worth. Property-tested (not proved): for costs within a 4:1
+  ratio, a join from a balanced placement moves at most 2 * (equal-cost minimum + newcomers);
+  docs/benchmarks.md has measured figures.
+- `Move.from_agent` is the previous owner when it is still in `agents` (draining included: it must
+  hand the resource off), None when it is gone or there was none.
 
 `zone` is carried for the leader and operators; this engine does not balance across zones.
 """

@@ -1,0 +1,153 @@
+"""The PostgreSQL collector: at most five statements per collection over one reused connection.
+
+Design (cost to the monitored server first):
+
+- One asyncpg connection to the configured `database` (default "postgres"), opened lazily, reused
+  by every collection, replaced only after it broke or a collection was cancelled mid-query.
+- Database-level statistics (pg_stat_database, backends, XID age, sizes) cover *all* non-template
+  databases: those views are cluster-wide, readable from any one connection. Table and index
+  statistics (pg_stat_user_tables / _indexes are per database) cover the configured database
+  only: the OTel receiver opens one connection per database for them, which would multiply
+  connections and statements by the number of databases. To watch tables of several databases,
+  configure one entry per database.
+- Statements per collection, each a single round trip, skipped when all its metrics are disabled:
+    1. fetch_database_stats     pg_stat_database ⋈ pg_database ⋈ (pg_stat_activity per datid)
+    2. fetch_server_stats       pg_stat_bgwriter (+ pg_stat_checkpointer, 17+), pg_stat_archiver,
+                                max_connections, pg_is_in_recovery(), pg_stat_activity by state
+    3. fetch_table_stats        pg_stat_user_tables ⋈ pg_statio_user_tables
+    4. fetch_index_stats        pg_stat_user_indexes
+    5. fetch_replication_stats  pg_stat_replication
+  Sizes (pg_database_size, pg_relation_size: one stat() per file) are folded into statements 1, 3
+  and 4 on slow rounds, at most every SLOW_REFRESH seconds, and the cached size samples are
+  re-emitted in between; so slow rounds also send five statements. Sizes of relations under an
+  ACCESS EXCLUSIVE lock are skipped that round rather than queueing behind the lock.
+- The server version (for the PostgreSQL 17 pg_stat_checkpointer split) comes from the startup
+  parameters of the connection, read once per connection at no statement's cost.
+- Privileges: pg_monitor (or pg_read_all_stats) shows other users' activity states and lets
+  pg_database_size() read databases the user may not CONNECT to; without it, those sizes are
+  withheld and reported as a permission error while everything else flows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+
+from pydantic import SecretStr
+
+from dbintel.common.config import DatabaseConfig
+
+from ..base import DatabaseCollector
+from ..metric_table import CollectionResult, QueryError, Sample
+from . import mapping
+from .client import PostgresqlClient, describe_error
+from .metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
+
+SLOW_REFRESH = 300.0  # seconds between size refreshes
+
+
+class _ConnectionLost(Exception):
+    """Raised inside collect() to stop after a query found the connection gone."""
+
+
+class PostgresqlCollector(DatabaseCollector):
+    type = "postgresql"
+    table = TABLE
+
+    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(database, password=password, enabled=enabled)
+        self.client = PostgresqlClient(database, password)
+        self._clock = clock
+        self._sizes_at: dict[str, float] = {}  # query -> clock time of its last size refresh
+        self._size_samples: dict[str, list[Sample]] = {}  # query -> size samples re-emitted between refreshes
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._password.get_secret_value(),) if self._password is not None else ()
+
+    def _error(self, query: str, exc: BaseException) -> QueryError:
+        reason, message = describe_error(exc, user=self.database.username, secrets=self._secrets())
+        return QueryError(query, reason, message)  # type: ignore[arg-type]
+
+    def _wanted(self, query: str) -> frozenset[str]:
+        return METRICS_BY_QUERY[query] & self.enabled
+
+    def _sizes_due(self, query: str, now: float) -> bool:
+        if not self._wanted(query) & SIZE_METRICS:
+            return False
+        last = self._sizes_at.get(query)
+        return last is None or now - last >= SLOW_REFRESH
+
+    async def collect(self) -> CollectionResult:
+        result = CollectionResult()
+        before = self.client.statements
+        try:
+            await self.client.connect()
+        except Exception as exc:  # any failure to connect: the database is down for us this round
+            _, message = describe_error(exc, user=self.database.username, secrets=self._secrets())
+            return CollectionResult(up=False, errors=[QueryError("connect", "connection", message)])
+        now = self._clock()
+        database = self.client.database_name
+        try:
+            await self._sized(result, now, "fetch_database_stats",
+                              lambda sizes: self.client.fetch_database_stats(
+                                  sizes=sizes, conflicts="postgresql.query.conflicts" in self.enabled),
+                              lambda rows: mapping.database_samples(rows, self.enabled),
+                              withheld=mapping.unsized_databases)
+            await self._plain(result, "fetch_server_stats", self.client.fetch_server_stats,
+                              lambda row: mapping.server_samples(row, self.enabled))
+            await self._sized(result, now, "fetch_table_stats",
+                              lambda sizes: self.client.fetch_table_stats(sizes=sizes),
+                              lambda rows: mapping.table_samples(rows, database, self.enabled))
+            await self._sized(result, now, "fetch_index_stats",
+                              lambda sizes: self.client.fetch_index_stats(sizes=sizes),
+                              lambda rows: mapping.index_samples(rows, database, self.enabled))
+            await self._plain(result, "fetch_replication_stats", self.client.fetch_replication_stats,
+                              lambda rows: mapping.replication_samples(rows, self.enabled))
+        except _ConnectionLost:
+            result.up = False
+        result.statements = self.client.statements - before
+        return result
+
+    async def _plain(self, result: CollectionResult, query: str, fetch: Callable[[], Awaitable],
+                     to_samples: Callable[[object], list[Sample]]) -> None:
+        if not self._wanted(query):
+            return
+        try:
+            result.samples.extend(to_samples(await fetch()))
+        except Exception as exc:
+            self._record(result, query, exc)
+
+    async def _sized(self, result: CollectionResult, now: float, query: str,
+                     fetch: Callable[[bool], Awaitable], to_samples: Callable[[list], list[Sample]],
+                     withheld: Callable[[list], list[str]] | None = None) -> None:
+        """A query whose size columns are fetched on slow rounds only; cached size samples fill the others."""
+        if not self._wanted(query):
+            return
+        sizes = self._sizes_due(query, now)
+        try:
+            rows = await fetch(sizes)
+            samples = to_samples(rows)
+        except Exception as exc:
+            self._record(result, query, exc)
+            return
+        if sizes:
+            self._size_samples[query] = [s for s in samples if s.spec.name in SIZE_METRICS]
+            self._sizes_at[query] = now
+            missing = withheld(rows) if withheld else []
+            if missing:
+                result.errors.append(QueryError(query, "permission", (
+                    f"size withheld for {', '.join(missing)}: no CONNECT privilege "
+                    f"(grant pg_read_all_stats or pg_monitor to {self.database.username or '<user>'})")))
+        else:
+            samples = samples + self._size_samples.get(query, [])
+        result.samples.extend(samples)
+
+    def _record(self, result: CollectionResult, query: str, exc: Exception) -> None:
+        error = self._error(query, exc)
+        result.errors.append(error)
+        if error.reason == "connection" and not self.client.connected:
+            raise _ConnectionLost from None
+
+    async def close(self) -> None:
+        await self.client.close()

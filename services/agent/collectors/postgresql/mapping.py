@@ -1,0 +1,162 @@
+"""Rows -> samples, as pure functions (no I/O), one per client query.
+
+Rows are dicts keyed by the catalog column names each query selects (see client.py), so they can
+be written down exactly as PostgreSQL 12-17 document their views. Only enabled metrics produce
+samples; a NULL value produces none (the receiver skips those too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any, Iterable, Mapping
+
+from ..metric_table import Sample
+from .metrics import TABLE
+
+Row = Mapping[str, Any]
+
+# pg_stat_activity.state values (PostgreSQL 12-17), used verbatim as the `state` label.
+ACTIVITY_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)",
+                   "fastpath function call", "disabled")
+
+_BLOCK_SOURCES = ("heap_read", "heap_hit", "idx_read", "idx_hit", "toast_read", "toast_hit", "tidx_read", "tidx_hit")
+_CONFLICT_TYPES = ("tablespace", "lock", "snapshot", "bufferpin", "deadlock")
+_DB_COLUMNS = {
+    "postgresql.commits": "xact_commit", "postgresql.rollbacks": "xact_rollback",
+    "postgresql.blks_hit": "blks_hit", "postgresql.blks_read": "blks_read", "postgresql.deadlocks": "deadlocks",
+    "postgresql.temp.io": "temp_bytes", "postgresql.temp_files": "temp_files",
+    "postgresql.tup_deleted": "tup_deleted", "postgresql.tup_fetched": "tup_fetched",
+    "postgresql.tup_inserted": "tup_inserted", "postgresql.tup_returned": "tup_returned",
+    "postgresql.tup_updated": "tup_updated",
+    "postgresql.backends": "backends", "postgresql.database.frozen_xid_age": "frozen_xid_age",
+    "postgresql.db_size": "size",
+}
+_LAG_COLUMNS = (("write", "write_lag"), ("flush", "flush_lag"), ("replay", "replay_lag"))
+
+
+class _Emitter:
+    """Collects samples of enabled metrics, skipping NULLs."""
+
+    def __init__(self, enabled: frozenset[str]):
+        self.enabled = enabled
+        self.samples: list[Sample] = []
+
+    def __call__(self, name: str, value: Any, *attributes: str) -> None:
+        if value is None or name not in self.enabled:
+            return
+        if isinstance(value, dt.timedelta):
+            value = value.total_seconds()
+        self.samples.append(Sample(TABLE[name], float(value), tuple(attributes)))
+
+
+def namespace(database: str, schema: str) -> str:
+    """db.namespace for relation-level metrics: `{database}|{schema}`, as the receiver formats it."""
+    return f"{database}|{schema}" if schema else database
+
+
+def database_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
+    """fetch_database_stats rows (pg_stat_database columns + backends, frozen_xid_age, size?, confl_*?)."""
+    emit = _Emitter(enabled)
+    rows = list(rows)
+    emit("postgresql.database.count", len(rows))
+    for row in rows:
+        name = row["datname"]
+        for metric, column in _DB_COLUMNS.items():
+            emit(metric, row.get(column), name, name)
+        for conflict in _CONFLICT_TYPES:
+            emit("postgresql.query.conflicts", row.get(f"confl_{conflict}"), conflict, name, name)
+    return emit.samples
+
+
+def unsized_databases(rows: Iterable[Row]) -> list[str]:
+    """Databases whose size was asked for but withheld (no CONNECT privilege, not pg_read_all_stats)."""
+    return sorted(row["datname"] for row in rows if "size" in row and row["size"] is None)
+
+
+def _seconds_between(later: dt.datetime | None, earlier: dt.datetime | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return (later - earlier).total_seconds()
+
+
+def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_server_stats' one row: pg_stat_bgwriter (+ pg_stat_checkpointer on 17+) columns under their
+    catalog names, plus last_archived_time, server_now, max_connections, in_recovery, one count column per
+    ACTIVITY_STATES value and oldest_xact_age (seconds)."""
+    emit = _Emitter(enabled)
+    if "checkpoints_timed" in row:  # PostgreSQL <= 16: everything in pg_stat_bgwriter
+        checkpoints = {"requested": row["checkpoints_req"], "scheduled": row["checkpoints_timed"]}
+        durations = {"sync": row["checkpoint_sync_time"], "write": row["checkpoint_write_time"]}
+        writes = {"bgwriter": row["buffers_clean"], "checkpoints": row["buffers_checkpoint"],
+                  "backend": row["buffers_backend"], "backend_fsync": row["buffers_backend_fsync"]}
+    else:  # 17+: checkpoint columns moved to pg_stat_checkpointer; backend writes to pg_stat_io
+        checkpoints = {"requested": row["num_requested"], "scheduled": row["num_timed"]}
+        durations = {"sync": row["sync_time"], "write": row["write_time"]}
+        writes = {"bgwriter": row["buffers_clean"], "checkpoints": row["buffers_written"]}
+    emit("postgresql.bgwriter.buffers.allocated", row["buffers_alloc"])
+    for source, value in writes.items():
+        emit("postgresql.bgwriter.buffers.writes", value, source)
+    for kind, value in checkpoints.items():
+        emit("postgresql.bgwriter.checkpoint.count", value, kind)
+    for kind, value in durations.items():
+        emit("postgresql.bgwriter.duration", value, kind)
+    emit("postgresql.bgwriter.maxwritten", row["maxwritten_clean"])
+    emit("postgresql.connection.max", row["max_connections"])
+    wal_age = _seconds_between(row["server_now"], row["last_archived_time"])
+    emit("postgresql.wal.age", None if wal_age is None else int(wal_age))
+    for state in ACTIVITY_STATES:
+        emit("postgresql.connection.count", row[state], state)
+    emit("postgresql.transaction.oldest_age", row["oldest_xact_age"] or 0.0)
+    emit("postgresql.recovery.active", int(bool(row["in_recovery"])))
+    return emit.samples
+
+
+def table_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_table_stats rows: pg_stat_user_tables + pg_statio_user_tables columns (+ table_size on slow rounds)."""
+    emit = _Emitter(enabled)
+    rows = list(rows)
+    emit("postgresql.table.count", len(rows), database, database)
+    for row in rows:
+        schema, table = row["schemaname"], row["relname"]
+        # The receiver's legacy resource names a table schema-qualified in postgresql.table.name.
+        labels = (namespace(database, schema), table, database, schema, f"{schema}.{table}")
+        emit("postgresql.rows", row["n_live_tup"], "live", *labels)
+        emit("postgresql.rows", row["n_dead_tup"], "dead", *labels)
+        for operation in ("ins", "upd", "del", "hot_upd"):
+            emit("postgresql.operations", row[f"n_tup_{operation}"], operation, *labels)
+        emit("postgresql.table.vacuum.count", row["vacuum_count"], *labels)
+        emit("postgresql.sequential_scans", row["seq_scan"], *labels)
+        emit("postgresql.table.size", row.get("table_size"), *labels)
+        for source in _BLOCK_SOURCES:
+            kind, _, what = source.partition("_")
+            emit("postgresql.blocks_read", row[f"{kind}_blks_{what}"] or 0, source, *labels)
+    return emit.samples
+
+
+def index_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_index_stats rows: pg_stat_user_indexes columns (+ index_size on slow rounds)."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        schema, table, index = row["schemaname"], row["relname"], row["indexrelname"]
+        labels = (namespace(database, schema), table, index, database, schema, table)
+        emit("postgresql.index.scans", row["idx_scan"], *labels)
+        emit("postgresql.index.size", row.get("index_size"), *labels)
+    return emit.samples
+
+
+def replication_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
+    """fetch_replication_stats rows: client_addr (text, NULL for a Unix socket), replay_bytes, *_lag intervals."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        client = row["client_addr"] or "unix"
+        emit("postgresql.replication.data_delay", row["replay_bytes"], client)
+        for operation, column in _LAG_COLUMNS:
+            lag = row[column]
+            if lag is None:
+                continue
+            seconds = lag.total_seconds()
+            emit("postgresql.wal.delay", seconds, operation, client)
+            # Whole seconds rounded half up, like the receiver's ::integer cast of the epoch.
+            emit("postgresql.wal.lag", math.floor(seconds + 0.5), operation, client)
+    return emit.samples

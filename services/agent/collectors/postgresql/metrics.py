@@ -1,0 +1,155 @@
+"""Every PostgreSQL metric, as data, grouped by the one query (client method) it comes from.
+
+Names, types, monotonicity, units and data-point attributes follow the OTel postgresqlreceiver
+(tests/reference/metrics/postgresql.tsv). The receiver's resource attributes that tell series
+apart are appended after the data-point attributes, as labels: postgresql.database.name on
+database-level metrics; postgresql.database.name, postgresql.schema.name, postgresql.table.name
+on table and index metrics (postgresql.index.name is already a data-point attribute there).
+"""
+
+from __future__ import annotations
+
+from ..metric_table import MetricSpec, MetricTable
+
+DATABASE_ATTRS = ("db.namespace", "postgresql.database.name")
+RELATION_RESOURCE = ("postgresql.database.name", "postgresql.schema.name", "postgresql.table.name")
+TABLE_ATTRS = ("db.namespace", "db.collection.name") + RELATION_RESOURCE
+INDEX_ATTRS = ("db.namespace", "db.collection.name", "postgresql.index.name") + RELATION_RESOURCE
+REPLICATION_CLIENT = ("replication_client",)
+
+_DB_SOURCE = "fetch_database_stats: pg_stat_database JOIN pg_database (non-template)"
+_SERVER_SOURCE = "fetch_server_stats"
+_TABLE_SOURCE = "fetch_table_stats: pg_stat_user_tables JOIN pg_statio_user_tables (configured database)"
+_INDEX_SOURCE = "fetch_index_stats: pg_stat_user_indexes (configured database)"
+_REPLICATION_SOURCE = "fetch_replication_stats: pg_stat_replication"
+
+
+def _counter(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
+    return MetricSpec(name, "sum", unit, description, source, monotonic=True, attributes=attributes, **kw)
+
+
+def _updown(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
+    return MetricSpec(name, "sum", unit, description, source, monotonic=False, attributes=attributes, **kw)
+
+
+def _gauge(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
+    return MetricSpec(name, "gauge", unit, description, source, attributes=attributes, **kw)
+
+
+def _db_counter(name, unit, column, description, **kw) -> MetricSpec:
+    return _counter(name, unit, description, f"{_DB_SOURCE}: {column}", DATABASE_ATTRS, **kw)
+
+
+DATABASE_SPECS = (
+    _updown("postgresql.backends", "1", "Backend processes per database (all states and backend types).",
+            f"{_DB_SOURCE}: count(*) of pg_stat_activity per datid", DATABASE_ATTRS),
+    _db_counter("postgresql.commits", "1", "xact_commit", "Committed transactions."),
+    _db_counter("postgresql.rollbacks", "1", "xact_rollback", "Rolled-back transactions."),
+    _updown("postgresql.database.count", "{databases}", "Number of non-template databases.",
+            f"{_DB_SOURCE}: row count"),
+    _updown("postgresql.db_size", "By", "Disk space used by the database (refreshed on the slow schedule).",
+            f"{_DB_SOURCE}: pg_database_size(oid), slow rounds only", DATABASE_ATTRS),
+    _db_counter("postgresql.blks_hit", "{blks_hit}", "blks_hit", "Block reads satisfied from shared buffers.",
+                enabled_by_default=False),
+    _db_counter("postgresql.blks_read", "{blks_read}", "blks_read", "Disk blocks read.", enabled_by_default=False),
+    _db_counter("postgresql.deadlocks", "{deadlock}", "deadlocks", "Deadlocks detected.", enabled_by_default=False),
+    _db_counter("postgresql.temp.io", "By", "temp_bytes", "Bytes written to temporary files.",
+                enabled_by_default=False),
+    _db_counter("postgresql.temp_files", "{temp_file}", "temp_files", "Temporary files created.",
+                enabled_by_default=False),
+    _db_counter("postgresql.tup_deleted", "{tup_deleted}", "tup_deleted", "Rows deleted by queries.",
+                enabled_by_default=False),
+    _db_counter("postgresql.tup_fetched", "{tup_fetched}", "tup_fetched", "Rows fetched by queries.",
+                enabled_by_default=False),
+    _db_counter("postgresql.tup_inserted", "{tup_inserted}", "tup_inserted", "Rows inserted by queries.",
+                enabled_by_default=False),
+    _db_counter("postgresql.tup_returned", "{tup_returned}", "tup_returned", "Rows returned by queries.",
+                enabled_by_default=False),
+    _db_counter("postgresql.tup_updated", "{tup_updated}", "tup_updated", "Rows updated by queries.",
+                enabled_by_default=False),
+    _counter("postgresql.query.conflicts", "{query}",
+             "Standby queries cancelled by recovery conflicts (0 on a primary).",
+             f"{_DB_SOURCE} LEFT JOIN pg_stat_database_conflicts: confl_*",
+             ("postgresql.conflict.type",) + DATABASE_ATTRS, enabled_by_default=False),
+    _gauge("postgresql.database.frozen_xid_age", "{transactions}",
+           "Transactions since the database's oldest unfrozen XID; wraparound is forced near 2^31.",
+           f"{_DB_SOURCE}: age(datfrozenxid)", DATABASE_ATTRS, tier="beyond"),
+)
+
+SERVER_SPECS = (
+    _counter("postgresql.bgwriter.buffers.allocated", "{buffers}", "Shared buffers allocated.",
+             f"{_SERVER_SOURCE}: pg_stat_bgwriter.buffers_alloc"),
+    _counter("postgresql.bgwriter.buffers.writes", "{buffers}",
+             "Buffers written, by writer (backend and backend_fsync absent on PostgreSQL 17+).",
+             f"{_SERVER_SOURCE}: pg_stat_bgwriter buffers_clean/_backend/_backend_fsync/_checkpoint; "
+             "17+: pg_stat_checkpointer.buffers_written", ("source",)),
+    _counter("postgresql.bgwriter.checkpoint.count", "{checkpoints}", "Checkpoints performed (requested vs timed).",
+             f"{_SERVER_SOURCE}: pg_stat_bgwriter checkpoints_req/_timed; 17+: pg_stat_checkpointer "
+             "num_requested/num_timed", ("type",)),
+    _counter("postgresql.bgwriter.duration", "ms", "Checkpoint time spent writing and syncing files.",
+             f"{_SERVER_SOURCE}: pg_stat_bgwriter checkpoint_write_time/_sync_time; 17+: pg_stat_checkpointer "
+             "write_time/sync_time", ("type",)),
+    _counter("postgresql.bgwriter.maxwritten", "1",
+             "Times the background writer stopped a cleaning scan after writing too many buffers.",
+             f"{_SERVER_SOURCE}: pg_stat_bgwriter.maxwritten_clean"),
+    _gauge("postgresql.connection.max", "{connections}", "Configured max_connections.",
+           f"{_SERVER_SOURCE}: current_setting('max_connections')"),
+    _gauge("postgresql.wal.age", "s", "Seconds since the last WAL file was archived (absent until one is).",
+           f"{_SERVER_SOURCE}: pg_stat_archiver.last_archived_time vs now()"),
+    _updown("postgresql.connection.count", "{connections}", "Backends by pg_stat_activity state.",
+            f"{_SERVER_SOURCE}: count(*) FILTER (WHERE state = …) over pg_stat_activity", ("state",),
+            tier="beyond"),
+    _gauge("postgresql.transaction.oldest_age", "s", "Age of the oldest open transaction (0 when none).",
+           f"{_SERVER_SOURCE}: now() - min(pg_stat_activity.xact_start)", tier="beyond"),
+    _gauge("postgresql.recovery.active", "{bool}", "1 when the server is a standby in recovery, else 0.",
+           f"{_SERVER_SOURCE}: pg_is_in_recovery()", tier="beyond"),
+)
+
+TABLE_SPECS = (
+    _counter("postgresql.blocks_read", "1", "Per-table block reads and hits for heap, index, TOAST, TOAST index.",
+             f"{_TABLE_SOURCE}: pg_statio_user_tables *_blks_read/*_blks_hit",
+             ("source",) + TABLE_ATTRS),
+    _counter("postgresql.operations", "1", "Row operations per table by kind.",
+             f"{_TABLE_SOURCE}: n_tup_ins/_upd/_del/_hot_upd", ("operation",) + TABLE_ATTRS),
+    _updown("postgresql.rows", "1", "Estimated live and dead rows per table.",
+            f"{_TABLE_SOURCE}: n_live_tup/n_dead_tup", ("state",) + TABLE_ATTRS),
+    _updown("postgresql.table.count", "{table}", "User tables in the configured database.",
+            f"{_TABLE_SOURCE}: row count", DATABASE_ATTRS),
+    _updown("postgresql.table.size", "By", "Main-fork size of each table (refreshed on the slow schedule).",
+            f"{_TABLE_SOURCE}: pg_relation_size(relid), slow rounds only", TABLE_ATTRS),
+    _counter("postgresql.table.vacuum.count", "{vacuum}", "Manual VACUUM count per table.",
+             f"{_TABLE_SOURCE}: vacuum_count", TABLE_ATTRS),
+    _counter("postgresql.sequential_scans", "{sequential_scan}", "Sequential scans per table.",
+             f"{_TABLE_SOURCE}: seq_scan", TABLE_ATTRS, enabled_by_default=False),
+)
+
+INDEX_SPECS = (
+    _counter("postgresql.index.scans", "{scans}", "Index scans per index.", f"{_INDEX_SOURCE}: idx_scan",
+             INDEX_ATTRS),
+    _gauge("postgresql.index.size", "By", "On-disk size of each index (refreshed on the slow schedule).",
+           f"{_INDEX_SOURCE}: pg_relation_size(indexrelid), slow rounds only", INDEX_ATTRS),
+)
+
+REPLICATION_SPECS = (
+    _gauge("postgresql.replication.data_delay", "By", "Bytes of WAL not yet replayed by each standby.",
+           f"{_REPLICATION_SOURCE}: pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)", REPLICATION_CLIENT),
+    _gauge("postgresql.wal.lag", "s", "Standby write/flush/replay lag, whole seconds.",
+           f"{_REPLICATION_SOURCE}: write_lag/flush_lag/replay_lag", ("operation",) + REPLICATION_CLIENT),
+    _gauge("postgresql.wal.delay", "s", "Standby write/flush/replay lag, fractional seconds.",
+           f"{_REPLICATION_SOURCE}: write_lag/flush_lag/replay_lag", ("operation",) + REPLICATION_CLIENT,
+           enabled_by_default=False),
+)
+
+TABLE = MetricTable(DATABASE_SPECS + SERVER_SPECS + TABLE_SPECS + INDEX_SPECS + REPLICATION_SPECS)
+
+# Which metrics each client method feeds: a query runs only if one of its metrics is enabled.
+METRICS_BY_QUERY = {
+    "fetch_database_stats": frozenset(s.name for s in DATABASE_SPECS),
+    "fetch_server_stats": frozenset(s.name for s in SERVER_SPECS),
+    "fetch_table_stats": frozenset(s.name for s in TABLE_SPECS),
+    "fetch_index_stats": frozenset(s.name for s in INDEX_SPECS),
+    "fetch_replication_stats": frozenset(s.name for s in REPLICATION_SPECS),
+}
+
+# Sizes stat() every file of a relation or database: fetched on the slow schedule only.
+SIZE_METRICS = frozenset({"postgresql.db_size", "postgresql.table.size", "postgresql.index.size"})

@@ -1,0 +1,140 @@
+"""The agent's Prometheus exposition: the last snapshot of each held database, plus self-metrics.
+
+A custom collector on the registry it is given (never the global one). A scrape only reads the
+scheduler's immutable snapshots: no I/O and no lock on the scrape path, and a database revoked from
+this agent disappears from the next scrape because its snapshot is gone.
+
+Every database series carries `dbintel_resource`, the database's configured `labels:` (dropped where
+they collide with the metric's own label names: the metric wins) and the metric's attribute labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from .scheduler import ResourceSnapshot
+
+RESOURCE_LABEL = "dbintel_resource"
+
+# Poll durations span sub-millisecond Redis INFO to multi-second PostgreSQL catalog scans.
+POLL_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+UTILIZATION_HELP = (
+    "Share of this agent's poll capacity in use: the sum over held databases of last poll duration / "
+    "interval (the mean number of polls in flight), divided by agent.max_concurrent_polls. "
+    "1 means the poll slots are busy all the time; the agent HPA scales on it.")
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """The agent-level numbers the exposition shows besides the databases."""
+
+    assigned_databases: int
+    assignment_epoch: int
+    coordinator_degraded: bool
+    coordinator_connected: bool
+
+
+def utilization(snapshots: Iterable[ResourceSnapshot], max_concurrent_polls: int) -> float:
+    """Σ(last poll duration / interval) over the databases ÷ max_concurrent_polls (see UTILIZATION_HELP)."""
+    busy = sum((s.last_poll_duration or 0.0) / s.interval for s in snapshots if s.interval > 0)
+    return busy / max_concurrent_polls
+
+
+def _family(prometheus_name: str, documentation: str, typ: str) -> tuple[Metric, str]:
+    """A metric family and the sample name its values take (counters: family name + _total)."""
+    if typ == "counter":
+        base = prometheus_name.removesuffix("_total")
+        return Metric(base, documentation, "counter"), base + "_total"
+    return Metric(prometheus_name, documentation, typ), prometheus_name
+
+
+class AgentExposition(Collector):
+    """Renders database snapshots and agent self-metrics on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, *, snapshots: Callable[[], Mapping[str, ResourceSnapshot]],
+                 status: Callable[[], AgentStatus], max_concurrent_polls: int):
+        self._snapshots = snapshots
+        self._status = status
+        self._max_concurrent_polls = max_concurrent_polls
+        # By type only (bounded cardinality), so a standard histogram that outlives revocations is right.
+        self._poll_duration = Histogram(
+            "dbintel_agent_poll_duration_seconds", "Duration of one poll (one collection) of a database, by type.",
+            ["type"], registry=registry, buckets=POLL_DURATION_BUCKETS)
+        registry.register(self)
+
+    def observe_poll(self, db_type: str, seconds: float) -> None:
+        self._poll_duration.labels(type=db_type).observe(seconds)
+
+    def describe(self) -> list[Metric]:
+        return []  # the database families depend on what is held; nothing to pre-declare
+
+    def collect(self) -> Iterable[Metric]:
+        snapshots = list(self._snapshots().values())
+        yield from self._database_families(snapshots)
+        yield from self._self_families(snapshots)
+
+    @staticmethod
+    def _database_families(snapshots: list[ResourceSnapshot]) -> Iterable[Metric]:
+        families: dict[str, tuple[Metric, str]] = {}
+        for snapshot in snapshots:
+            for samples in snapshot.samples_by_metric.values():
+                spec = samples[0].spec
+                entry = families.get(spec.prometheus_name)
+                if entry is None:
+                    entry = families[spec.prometheus_name] = _family(
+                        spec.prometheus_name, spec.description, spec.prometheus_type)
+                family, sample_name = entry
+                base = {RESOURCE_LABEL: snapshot.resource_id, **snapshot.user_labels(spec)}
+                for sample in samples:
+                    labels = dict(base)
+                    labels.update(zip(spec.label_names, (str(a) for a in sample.attributes)))
+                    family.add_sample(sample_name, labels, float(sample.value))
+        return [family for family, _ in families.values()]
+
+    def _self_families(self, snapshots: list[ResourceSnapshot]) -> Iterable[Metric]:
+        status = self._status()
+        for name, help_text, value in (
+                ("dbintel_agent_assigned_databases", "Databases assigned to this agent (its held assignment).",
+                 status.assigned_databases),
+                ("dbintel_agent_assignment_epoch", "Epoch of the assignment this agent applied (0 before the first).",
+                 status.assignment_epoch),
+                ("dbintel_agent_coordinator_degraded",
+                 "1 while the agent has no coordinator link or the coordinator reports its store unreachable; "
+                 "the agent keeps (or, with on_coordinator_loss: stop, drops) its assignment meanwhile.",
+                 int(status.coordinator_degraded)),
+                ("dbintel_agent_coordinator_connected", "1 while the Heartbeat stream to a coordinator is open.",
+                 int(status.coordinator_connected)),
+                ("dbintel_agent_utilization", UTILIZATION_HELP,
+                 utilization(snapshots, self._max_concurrent_polls))):
+            family, sample_name = _family(name, help_text, "gauge")
+            family.add_sample(sample_name, {}, float(value))
+            yield family
+
+        polled = [s for s in snapshots if s.polled]
+        up, up_name = _family("dbintel_database_up", "1 if the last poll reached the database, else 0.", "gauge")
+        polls, polls_name = _family("dbintel_agent_polls_total", "Polls of the database since this agent took it.",
+                                    "counter")
+        errors, errors_name = _family(
+            "dbintel_agent_poll_errors_total",
+            "Errors while polling the database since this agent took it, by reason (timeout, connection, "
+            "permission, unsupported, server_error, bad_reply, secret, config, collector_error).", "counter")
+        statements, statements_name = _family(
+            "dbintel_agent_statements_per_poll", "Statements (commands) the last poll sent to the database.", "gauge")
+        last, last_name = _family(
+            "dbintel_agent_last_poll_timestamp_seconds", "Unix time at which this agent's last poll started.", "gauge")
+        for s in polled:
+            resource = {RESOURCE_LABEL: s.resource_id}
+            up.add_sample(up_name, {**resource, "type": s.db_type}, 1.0 if s.up else 0.0)
+            polls.add_sample(polls_name, resource, float(s.polls_total))
+            for reason, count in sorted(s.error_counts.items()):
+                errors.add_sample(errors_name, {**resource, "reason": reason}, float(count))
+            statements.add_sample(statements_name, resource, float(s.statements))
+            if s.last_poll_time is not None:
+                last.add_sample(last_name, resource, s.last_poll_time)
+        yield from (up, polls, errors, statements, last)

@@ -1,0 +1,326 @@
+"""Polls the databases an agent holds: one task per database on an anchored, jittered schedule.
+
+Every database has its own task, its own collector (one pooled connection, reused across polls) and
+its own timeout, so a slow, refusing or black-holed database marks only itself down. Concurrency is
+bounded by one semaphore; a poll holds it for at most its timeout, because the collection runs in a
+child task that is abandoned (cancelled) when the timeout expires, even if it ignores cancellation.
+
+The results are published as immutable `ResourceSnapshot`s in a dict that is replaced, never mutated
+(copy-on-write), so the Prometheus scrape thread and the OTLP export thread read a consistent view
+with no lock and no I/O on their path.
+
+The schedule arithmetic is pure (`first_poll_delay`, `next_slot`) and unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from dbintel.common.config import DatabaseConfig
+
+from .collectors.base import DatabaseCollector
+from .collectors.metric_table import CollectionResult, MetricSpec, Sample
+
+log = logging.getLogger(__name__)
+
+# A revoked database's collector gets this long to close its connection before it is abandoned.
+CLOSE_TIMEOUT = 5.0
+
+
+def first_poll_delay(interval: float, now: float, last_poll_time: float | None, jitter: float) -> float:
+    """Seconds from `now` (wall clock) until a newly granted database's first poll.
+
+    With the previous owner's `last_poll_time`, the first poll lands where that owner's next one would
+    have (no gap, no double sample); if that moment has passed, at once. A last poll time in the future
+    (clock skew between hosts) never delays the first poll by more than one interval. Without one, a
+    phase `jitter * interval` (jitter in [0, 1)) spreads databases granted together over the interval.
+    """
+    if last_poll_time is None:
+        return jitter * interval
+    return min(max(0.0, last_poll_time + interval - now), interval)
+
+
+def next_slot(previous_slot: float, interval: float, now: float) -> float:
+    """The slot after `previous_slot` that is not in the past: anchored, and missed slots are skipped.
+
+    Anchoring on the scheduled slot (not on when the poll finished) keeps the phase fixed, so poll
+    durations do not make the schedule drift; a poll that overran skips the slots it covered instead
+    of firing them in a burst.
+    """
+    slot = previous_slot + interval
+    if slot < now:
+        slot += math.ceil((now - slot) / interval) * interval
+    return slot
+
+
+class CollectorSetupError(Exception):
+    """A collector could not be created (secret unresolvable, unknown type, bad metric override).
+
+    `reason` becomes the error counter label; the message names references, never secret values.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+CollectorFactory = Callable[[str, DatabaseConfig], DatabaseCollector]
+
+
+@dataclass(frozen=True)
+class ResourceSnapshot:
+    """What the agent knows about one database it polls, as of its last poll. Never mutated."""
+
+    resource_id: str
+    database: DatabaseConfig
+    polls_total: int = 0
+    errors_total: int = 0  # failed polls: unreachable, timed out, collector failure or not set up
+    error_counts: Mapping[str, int] = field(default_factory=dict)  # by reason, polls and queries alike
+    up: bool = False
+    samples_by_metric: Mapping[str, tuple[Sample, ...]] = field(default_factory=dict, repr=False)  # by OTel name
+    statements: int = 0  # statements the last poll sent
+    last_poll_time: float | None = None  # wall clock, when this agent's last poll started
+    last_poll_duration: float | None = None
+    inherited_last_poll_time: float | None = None  # the previous owner's, until this agent polls
+    down_reason: str = ""
+
+    @property
+    def db_type(self) -> str:
+        return self.database.type
+
+    @property
+    def interval(self) -> float:
+        return self.database.interval.total_seconds()
+
+    @property
+    def polled(self) -> bool:
+        return self.polls_total > 0
+
+    def user_labels(self, spec: MetricSpec) -> dict[str, str]:
+        """The database's configured labels for `spec`'s series; the metric's own labels win a collision."""
+        own = spec.label_names
+        return {k: v for k, v in self.database.labels.items() if k not in own}
+
+    def after_poll(self, *, started: float, duration: float, result: CollectionResult | None,
+                   failure: tuple[str, str] | None) -> "ResourceSnapshot":
+        """The snapshot after one poll: `result` when the collector returned, else `failure` = (reason, message)."""
+        counts = dict(self.error_counts)
+        reasons = [e.reason for e in result.errors] if result is not None else []
+        failed = result is None or not result.up
+        if failure is not None:
+            reasons.append(failure[0])
+        elif result is not None and not result.up and not result.errors:
+            reasons.append("connection")  # the collector said down without saying why
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        by_metric: dict[str, list[Sample]] = {}
+        if result is not None:
+            for sample in result.samples:
+                by_metric.setdefault(sample.spec.name, []).append(sample)
+        if failure is not None:
+            down_reason = f"{failure[0]}: {failure[1]}"
+        elif failed:
+            down_reason = "; ".join(f"{e.reason}: {e.message}" for e in result.errors) or "connection"
+        else:
+            down_reason = ""
+        return ResourceSnapshot(
+            resource_id=self.resource_id, database=self.database,
+            polls_total=self.polls_total + 1, errors_total=self.errors_total + (1 if failed else 0),
+            error_counts=counts, up=not failed,
+            samples_by_metric={name: tuple(samples) for name, samples in by_metric.items()},
+            statements=result.statements if result is not None else 0,
+            last_poll_time=started, last_poll_duration=duration,
+            inherited_last_poll_time=self.inherited_last_poll_time, down_reason=down_reason)
+
+
+class _Poller:
+    """The loop-side state of one held database."""
+
+    def __init__(self, resource_id: str, database: DatabaseConfig, first_slot: float):
+        self.resource_id = resource_id
+        self.database = database
+        self.first_slot = first_slot
+        self.collector: DatabaseCollector | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.inflight: asyncio.Task[CollectionResult] | None = None  # the running collect()
+
+
+def _consume_outcome(task: asyncio.Task) -> None:
+    """Retrieve an abandoned task's exception so asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+class PollScheduler:
+    """Runs the polls of the held databases and publishes their snapshots."""
+
+    def __init__(self, collector_factory: CollectorFactory, *, max_concurrent_polls: int,
+                 on_poll: Callable[[str, float], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self._factory = collector_factory
+        self._semaphore = asyncio.Semaphore(max_concurrent_polls)
+        self.max_concurrent_polls = max_concurrent_polls
+        self._on_poll = on_poll  # (db_type, seconds) for the poll-duration histogram
+        self._wall = wall_clock
+        self._rng = rng or random.Random()
+        self._pollers: dict[str, _Poller] = {}
+        self._snapshots: dict[str, ResourceSnapshot] = {}  # replaced on every change, never mutated
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # -- views ----------------------------------------------------------------------------------
+    @property
+    def held(self) -> frozenset[str]:
+        """Resource ids with a poll loop (granted and not revoked)."""
+        return frozenset(self._pollers)
+
+    def snapshots(self) -> Mapping[str, ResourceSnapshot]:
+        """The current snapshots; safe to iterate from any thread (the dict is never mutated)."""
+        return self._snapshots
+
+    def _publish(self, resource_id: str, snapshot: ResourceSnapshot | None) -> None:
+        snapshots = dict(self._snapshots)
+        if snapshot is None:
+            snapshots.pop(resource_id, None)
+        else:
+            snapshots[resource_id] = snapshot
+        self._snapshots = snapshots
+
+    # -- grants and revocations -----------------------------------------------------------------
+    def add(self, resource_id: str, database: DatabaseConfig, *, last_poll_time: float | None = None) -> None:
+        """Start polling a database; its first poll follows `first_poll_delay`. No-op if already held."""
+        if resource_id in self._pollers:
+            return
+        loop = asyncio.get_running_loop()
+        interval = database.interval.total_seconds()
+        delay = first_poll_delay(interval, self._wall(), last_poll_time, self._rng.random())
+        poller = _Poller(resource_id, database, loop.time() + delay)
+        self._pollers[resource_id] = poller
+        self._publish(resource_id, ResourceSnapshot(resource_id, database, inherited_last_poll_time=last_poll_time))
+        poller.task = loop.create_task(self._run(poller), name=f"poll {resource_id}")
+        log.debug("polling %s every %ss, first poll in %.3fs", resource_id, interval, delay)
+
+    async def remove(self, resource_ids: set[str] | frozenset[str]) -> None:
+        """Stop polling: the series vanish at once, the loops are cancelled before this returns, and the
+        collectors close their connections in the background (bounded by CLOSE_TIMEOUT)."""
+        pollers = [self._pollers.pop(rid) for rid in resource_ids if rid in self._pollers]
+        if not pollers:
+            return
+        snapshots = dict(self._snapshots)
+        for poller in pollers:
+            snapshots.pop(poller.resource_id, None)
+        self._snapshots = snapshots
+        await self._stop_loops(pollers)
+        for poller in pollers:
+            task = asyncio.get_running_loop().create_task(self._retire(poller), name=f"close {poller.resource_id}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def stop(self) -> None:
+        """Stop every poll loop but keep the snapshots (for a final report); `close()` afterwards."""
+        await self._stop_loops(list(self._pollers.values()))
+
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop everything and close every collector, waiting at most `timeout` for the connections."""
+        await self.remove(set(self._pollers))
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=timeout)
+
+    async def wait_closed(self) -> None:
+        """Wait until the collectors of revoked databases have closed (tests, shutdown)."""
+        while self._retiring:
+            await asyncio.wait(set(self._retiring))
+
+    @staticmethod
+    async def _stop_loops(pollers: list[_Poller]) -> None:
+        tasks = [p.task for p in pollers if p.task is not None and not p.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # The loops never block on the collector (see _poll), so this returns promptly.
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _retire(self, poller: _Poller) -> None:
+        if poller.inflight is not None and not poller.inflight.done():
+            await asyncio.wait({poller.inflight}, timeout=1.0)  # let the cancelled collect() unwind
+        if poller.collector is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await poller.collector.close()
+        except TimeoutError:
+            log.warning("closing the collector of %s timed out; abandoning its connection", poller.resource_id)
+        except Exception as exc:  # a broken close must not break the agent
+            log.warning("closing the collector of %s failed: %s", poller.resource_id, type(exc).__name__)
+
+    # -- the poll loop --------------------------------------------------------------------------
+    async def _run(self, poller: _Poller) -> None:
+        loop = asyncio.get_running_loop()
+        interval = poller.database.interval.total_seconds()
+        slot = poller.first_slot
+        while True:
+            await asyncio.sleep(max(0.0, slot - loop.time()))
+            try:
+                await self._poll(poller)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the schedule of this database
+                log.exception("poll of %s failed unexpectedly", poller.resource_id)
+            slot = next_slot(slot, interval, loop.time())
+
+    async def _poll(self, poller: _Poller) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = poller.database.poll_timeout.total_seconds()
+        async with self._semaphore:
+            started_wall, started = self._wall(), loop.time()
+            result: CollectionResult | None = None
+            failure: tuple[str, str] | None = None
+            if poller.inflight is not None and not poller.inflight.done():
+                failure = ("timeout", "the previous poll has not finished (its collector ignores cancellation)")
+            else:
+                if poller.collector is None:
+                    try:
+                        poller.collector = self._factory(poller.resource_id, poller.database)
+                    except CollectorSetupError as exc:
+                        failure = (exc.reason, str(exc))
+                if poller.collector is not None:
+                    result, failure = await self._collect(poller, timeout)
+            duration = loop.time() - started
+        snapshot = self._snapshots.get(poller.resource_id)
+        if snapshot is None or self._pollers.get(poller.resource_id) is not poller:
+            return  # revoked while polling: publish nothing
+        updated = snapshot.after_poll(started=started_wall, duration=duration, result=result, failure=failure)
+        self._publish(poller.resource_id, updated)
+        if not updated.up and (snapshot.up or not snapshot.polled or snapshot.down_reason != updated.down_reason):
+            log.warning("%s is down: %s", poller.resource_id, updated.down_reason)  # once per change, not per poll
+        elif updated.up and snapshot.polled and not snapshot.up:
+            log.info("%s is up again", poller.resource_id)
+        if self._on_poll is not None and poller.collector is not None:
+            self._on_poll(poller.database.type, duration)
+
+    async def _collect(self, poller: _Poller, timeout: float) -> tuple[CollectionResult | None, tuple[str, str] | None]:
+        assert poller.collector is not None
+        task = asyncio.get_running_loop().create_task(poller.collector.collect())
+        task.add_done_callback(_consume_outcome)
+        poller.inflight = task
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()  # revoked or shutting down
+            raise
+        if not done:
+            task.cancel()  # the semaphore is released now, whether or not the collector unwinds
+            return None, ("timeout", f"no answer within {timeout:g}s")
+        if task.cancelled():
+            return None, ("timeout", "the collection was cancelled")
+        exc = task.exception()
+        if exc is not None:
+            log.error("collector of %s raised %s", poller.resource_id, type(exc).__name__,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            return None, ("collector_error", type(exc).__name__)
+        return task.result(), None

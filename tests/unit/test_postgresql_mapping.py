@@ -1,0 +1,438 @@
+"""PostgreSQL collector without a server: declarations vs the reference TSV, SQL per version vs the
+documented catalog columns of PostgreSQL 12, 15 and 17, and rows -> samples mapping."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import re
+import ssl
+from pathlib import Path
+
+import asyncpg
+import pytest
+from asyncpg.types import ServerVersion
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbintel.agent.collectors.postgresql import client, mapping
+from dbintel.agent.collectors.postgresql.metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
+from dbintel.common.config import TLSSettings
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "metrics" / "postgresql.tsv"
+ALL = TABLE.enabled({name: True for name in TABLE.by_name})
+UTC = dt.timezone.utc
+
+
+def reference_rows() -> list[dict[str, str]]:
+    with REFERENCE.open(newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+# --- documented catalog columns (PostgreSQL docs, "Monitoring Database Activity") ----------------
+_STAT_DATABASE_12 = {
+    "datid", "datname", "numbackends", "xact_commit", "xact_rollback", "blks_read", "blks_hit", "tup_returned",
+    "tup_fetched", "tup_inserted", "tup_updated", "tup_deleted", "conflicts", "temp_files", "temp_bytes",
+    "deadlocks", "checksum_failures", "checksum_last_failure", "blk_read_time", "blk_write_time", "stats_reset"}
+_STAT_DATABASE_14 = _STAT_DATABASE_12 | {
+    "session_time", "active_time", "idle_in_transaction_time", "sessions", "sessions_abandoned", "sessions_fatal",
+    "sessions_killed"}
+_USER_TABLES_12 = {
+    "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+    "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze", "last_vacuum",
+    "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count", "autovacuum_count", "analyze_count",
+    "autoanalyze_count"}
+_USER_TABLES_15 = _USER_TABLES_12 | {"n_ins_since_vacuum"}
+_USER_TABLES_17 = _USER_TABLES_15 | {"last_seq_scan", "last_idx_scan", "n_tup_newpage_upd"}
+_STATIO_USER_TABLES = {
+    "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+    "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit"}
+_USER_INDEXES_12 = {"relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read",
+                    "idx_tup_fetch"}
+_USER_INDEXES_17 = _USER_INDEXES_12 | {"last_idx_scan"}
+_BGWRITER_12 = {
+    "checkpoints_timed", "checkpoints_req", "checkpoint_write_time", "checkpoint_sync_time", "buffers_checkpoint",
+    "buffers_clean", "maxwritten_clean", "buffers_backend", "buffers_backend_fsync", "buffers_alloc", "stats_reset"}
+_BGWRITER_17 = {"buffers_clean", "maxwritten_clean", "buffers_alloc", "stats_reset"}
+_CHECKPOINTER_17 = {"num_timed", "num_requested", "restartpoints_timed", "restartpoints_req", "restartpoints_done",
+                    "write_time", "sync_time", "buffers_written", "stats_reset"}
+_ARCHIVER = {"archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
+             "last_failed_time", "stats_reset"}
+_CONFLICTS_12 = {"datid", "datname", "confl_tablespace", "confl_lock", "confl_snapshot", "confl_bufferpin",
+                 "confl_deadlock"}
+_CONFLICTS_17 = _CONFLICTS_12 | {"confl_active_logicalslot"}
+_REPLICATION = {
+    "pid", "usesysid", "usename", "application_name", "client_addr", "client_hostname", "client_port",
+    "backend_start", "backend_xmin", "state", "sent_lsn", "write_lsn", "flush_lsn", "replay_lsn", "write_lag",
+    "flush_lag", "replay_lag", "sync_priority", "sync_state", "reply_time"}
+
+# alias in our SQL -> documented columns of the view it stands for, per major version
+VIEWS = {
+    12: {"s": _STAT_DATABASE_12, "bg": _BGWRITER_12, "ar": _ARCHIVER, "c": _CONFLICTS_12},
+    15: {"s": _STAT_DATABASE_14, "bg": _BGWRITER_12, "ar": _ARCHIVER, "c": _CONFLICTS_12},
+    17: {"s": _STAT_DATABASE_14, "bg": _BGWRITER_17, "cp": _CHECKPOINTER_17, "ar": _ARCHIVER, "c": _CONFLICTS_17},
+}
+TABLE_VIEWS = {12: (_USER_TABLES_12, _USER_INDEXES_12), 15: (_USER_TABLES_15, _USER_INDEXES_12),
+               17: (_USER_TABLES_17, _USER_INDEXES_17)}
+
+
+def qualified_columns(sql: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for alias, column in re.findall(r"\b(s|bg|cp|ar|c|io|d|a|locked)\.([a-z_]+)\b", sql):
+        found.setdefault(alias, set()).add(column)
+    return found
+
+
+# --- declarations vs the reference --------------------------------------------------------------
+def _attribute_names(text: str) -> tuple[str, ...]:
+    return tuple(part.split("=")[0] for part in text.split(",") if part)
+
+
+@pytest.mark.parametrize("row", [r for r in reference_rows() if r["metric_name"] in TABLE.by_name],
+                         ids=lambda r: r["metric_name"])
+def test_declared_metrics_match_the_reference(row: dict[str, str]) -> None:
+    spec = TABLE[row["metric_name"]]
+    assert spec.enabled_by_default == (row["enabled_by_default"] == "true")
+    assert spec.tier == "reference"
+    assert spec.type == row["type"]
+    assert spec.monotonic == (row["monotonic"] == "true")
+    assert spec.unit == row["unit"]
+    attributes = _attribute_names(row["attributes"])
+    assert spec.attributes[:len(attributes)] == attributes
+    resource = {name.removesuffix("(off)") for name in row["resource_attributes"].split(",")}
+    assert set(spec.attributes[len(attributes):]) <= resource - {"server.address", "server.port", "service.instance.id",
+                                                                 "service.name", "service.namespace"}
+
+
+def test_every_default_reference_metric_is_declared_and_enabled() -> None:
+    defaults = {r["metric_name"] for r in reference_rows() if r["enabled_by_default"] == "true"}
+    assert len(defaults) == 22
+    assert defaults <= TABLE.enabled()
+
+
+def test_beyond_metrics_are_on_by_default_and_not_in_the_reference() -> None:
+    reference = {r["metric_name"] for r in reference_rows()}
+    beyond = {s.name for s in TABLE if s.tier == "beyond"}
+    assert beyond == {"postgresql.connection.count", "postgresql.transaction.oldest_age",
+                      "postgresql.recovery.active", "postgresql.database.frozen_xid_age"}
+    assert not beyond & reference
+    assert beyond <= TABLE.enabled()
+    assert TABLE["postgresql.transaction.oldest_age"].prometheus_name == "postgresql_transaction_oldest_age_seconds"
+
+
+def test_every_metric_belongs_to_exactly_one_query() -> None:
+    owners = [name for names in METRICS_BY_QUERY.values() for name in names]
+    assert sorted(owners) == sorted(TABLE.by_name)
+    assert SIZE_METRICS <= set(owners)
+
+
+# --- SQL per version vs documented columns -----------------------------------------------------------
+@pytest.mark.parametrize("major", [12, 15, 17])
+def test_server_sql_reads_only_columns_the_version_has(major: int) -> None:
+    sql = client.server_stats_sql(major * 10000 + 3)
+    used = qualified_columns(sql)
+    views = VIEWS[major]
+    for alias, columns in used.items():
+        assert columns <= views[alias], (major, alias, columns - views[alias])
+    assert ("cp" in used) == (major >= 17)
+    assert "pg_stat_checkpointer" in sql if major >= 17 else "pg_stat_checkpointer" not in sql
+
+
+@pytest.mark.parametrize("major", [12, 15, 17])
+@pytest.mark.parametrize("sizes", [False, True])
+def test_relation_and_database_sql_read_only_documented_columns(major: int, sizes: bool) -> None:
+    tables, indexes = TABLE_VIEWS[major]
+    database_sql = client.database_stats_sql(sizes=sizes, conflicts=True)
+    used = qualified_columns(database_sql)
+    assert used["s"] <= VIEWS[major]["s"] and used["c"] <= VIEWS[major]["c"]
+    assert ("pg_database_size" in database_sql) == sizes
+    used = qualified_columns(client.table_stats_sql(sizes=sizes))
+    assert used["s"] <= tables and used["io"] <= _STATIO_USER_TABLES
+    used = qualified_columns(client.index_stats_sql(sizes=sizes))
+    assert used["s"] <= indexes
+    assert ("pg_relation_size" in client.table_stats_sql(sizes=sizes)) == sizes
+    assert ("pg_relation_size" in client.index_stats_sql(sizes=sizes)) == sizes
+
+
+def test_replication_sql_reads_only_documented_columns() -> None:
+    body, _, source = client.REPLICATION_SQL.partition("FROM")
+    assert source.split() == ["pg_stat_replication"]
+    functions = {"varchar", "pg_wal_lsn_diff", "pg_is_in_recovery", "pg_last_wal_receive_lsn", "pg_current_wal_lsn",
+                 "float8"}
+    columns = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", body)) - functions - {"replay_bytes"}
+    assert columns == {"client_addr", "replay_lsn", "write_lag", "flush_lag", "replay_lag"} <= _REPLICATION
+
+
+def test_conflicts_join_only_when_asked() -> None:
+    assert "pg_stat_database_conflicts" not in client.database_stats_sql(sizes=False, conflicts=False)
+
+
+@pytest.mark.parametrize("version, expected", [
+    (ServerVersion(12, 0, 22, "final", 0), 120022),
+    (ServerVersion(15, 0, 18, "final", 0), 150018),
+    (ServerVersion(17, 0, 2, "final", 0), 170002),
+    (ServerVersion(9, 6, 24, "final", 0), 90624),
+])
+def test_server_version_num(version: ServerVersion, expected: int) -> None:
+    assert client.server_version_num(version) == expected
+
+
+# --- server row: pg_stat_bgwriter / pg_stat_checkpointer -------------------------------------------
+def _activity(**counts: int) -> dict:
+    row = {state: 0 for state in mapping.ACTIVITY_STATES}
+    row.update({k.replace("_", " "): v for k, v in counts.items()})
+    return row
+
+
+def _extras(**overrides) -> dict:
+    row = {"last_archived_time": None, "server_now": dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC),
+           "max_connections": 100, "in_recovery": False, "oldest_xact_age": None}
+    row.update(_activity(active=2, idle=5, idle_in_transaction=1))
+    row.update(overrides)
+    return row
+
+
+BGWRITER_PRE17 = {  # pg_stat_bgwriter on 12-16: every column, as documented
+    "checkpoints_timed": 41, "checkpoints_req": 3, "checkpoint_write_time": 1250.5, "checkpoint_sync_time": 12.25,
+    "buffers_checkpoint": 900, "buffers_clean": 70, "maxwritten_clean": 2, "buffers_backend": 3100,
+    "buffers_backend_fsync": 0, "buffers_alloc": 5000, "stats_reset": dt.datetime(2024, 1, 1, tzinfo=UTC)}
+BGWRITER_17 = {"buffers_clean": 70, "maxwritten_clean": 2, "buffers_alloc": 5000,
+               "stats_reset": dt.datetime(2024, 1, 1, tzinfo=UTC)}
+CHECKPOINTER_17 = {"num_timed": 41, "num_requested": 3, "restartpoints_timed": 0, "restartpoints_req": 0,
+                   "restartpoints_done": 0, "write_time": 1250.5, "sync_time": 12.25, "buffers_written": 900,
+                   "stats_reset": dt.datetime(2024, 1, 1, tzinfo=UTC)}
+
+
+def by_key(samples) -> dict[tuple[str, tuple[str, ...]], float]:
+    keyed = {}
+    for sample in samples:
+        key = (sample.spec.name, sample.attributes)
+        assert key not in keyed, f"duplicate series {key}"
+        keyed[key] = sample.value
+    return keyed
+
+
+@pytest.mark.parametrize("major", [12, 15])
+def test_bgwriter_before_17(major: int) -> None:
+    got = by_key(mapping.server_samples({**BGWRITER_PRE17, **_extras()}, ALL))
+    assert got[("postgresql.bgwriter.buffers.allocated", ())] == 5000
+    assert got[("postgresql.bgwriter.buffers.writes", ("bgwriter",))] == 70
+    assert got[("postgresql.bgwriter.buffers.writes", ("checkpoints",))] == 900
+    assert got[("postgresql.bgwriter.buffers.writes", ("backend",))] == 3100
+    assert got[("postgresql.bgwriter.buffers.writes", ("backend_fsync",))] == 0
+    assert got[("postgresql.bgwriter.checkpoint.count", ("requested",))] == 3
+    assert got[("postgresql.bgwriter.checkpoint.count", ("scheduled",))] == 41
+    assert got[("postgresql.bgwriter.duration", ("write",))] == 1250.5
+    assert got[("postgresql.bgwriter.duration", ("sync",))] == 12.25
+    assert got[("postgresql.bgwriter.maxwritten", ())] == 2
+
+
+def test_bgwriter_and_checkpointer_on_17() -> None:
+    got = by_key(mapping.server_samples({**BGWRITER_17, **CHECKPOINTER_17, **_extras()}, ALL))
+    assert got[("postgresql.bgwriter.checkpoint.count", ("requested",))] == 3
+    assert got[("postgresql.bgwriter.checkpoint.count", ("scheduled",))] == 41
+    assert got[("postgresql.bgwriter.duration", ("write",))] == 1250.5
+    assert got[("postgresql.bgwriter.buffers.writes", ("checkpoints",))] == 900
+    assert got[("postgresql.bgwriter.buffers.writes", ("bgwriter",))] == 70
+    # 17 moved backend writes to pg_stat_io: no backend/backend_fsync series rather than a made-up value
+    assert ("postgresql.bgwriter.buffers.writes", ("backend",)) not in got
+    assert ("postgresql.bgwriter.buffers.writes", ("backend_fsync",)) not in got
+
+
+def test_server_extras_connections_recovery_and_wal_age() -> None:
+    now = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    row = {**BGWRITER_PRE17, **_extras(last_archived_time=now - dt.timedelta(seconds=95.7), in_recovery=True,
+                                       oldest_xact_age=12.5)}
+    got = by_key(mapping.server_samples(row, ALL))
+    assert got[("postgresql.wal.age", ())] == 95  # whole seconds, truncated like the receiver
+    assert got[("postgresql.connection.max", ())] == 100
+    assert got[("postgresql.recovery.active", ())] == 1
+    assert got[("postgresql.transaction.oldest_age", ())] == 12.5
+    assert got[("postgresql.connection.count", ("active",))] == 2
+    assert got[("postgresql.connection.count", ("idle in transaction",))] == 1
+    assert got[("postgresql.connection.count", ("disabled",))] == 0
+    assert len([k for k in got if k[0] == "postgresql.connection.count"]) == len(mapping.ACTIVITY_STATES)
+
+
+def test_never_archived_gives_no_wal_age_and_no_open_transaction_gives_zero() -> None:
+    got = by_key(mapping.server_samples({**BGWRITER_PRE17, **_extras()}, ALL))
+    assert not any(name == "postgresql.wal.age" for name, _ in got)
+    assert got[("postgresql.transaction.oldest_age", ())] == 0
+    assert got[("postgresql.recovery.active", ())] == 0
+
+
+def test_disabled_metrics_produce_nothing() -> None:
+    enabled = frozenset({"postgresql.connection.max"})
+    samples = mapping.server_samples({**BGWRITER_PRE17, **_extras()}, enabled)
+    assert [(s.spec.name, s.value) for s in samples] == [("postgresql.connection.max", 100)]
+
+
+# --- databases --------------------------------------------------------------------------------------
+def _database_row(name: str, **extra) -> dict:
+    """Our database query's row: the pg_stat_database columns it selects plus backends/XID age."""
+    row = {"datname": name, "xact_commit": 120, "xact_rollback": 4, "blks_read": 30, "blks_hit": 900,
+           "tup_returned": 5000, "tup_fetched": 800, "tup_inserted": 50, "tup_updated": 7, "tup_deleted": 3,
+           "temp_files": 0, "temp_bytes": 0, "deadlocks": 0, "backends": 3, "frozen_xid_age": 1234}
+    row.update(extra)
+    return row
+
+
+def test_database_rows() -> None:
+    rows = [_database_row("app", size=8_000_000), _database_row("postgres", size=7_500_000, backends=0)]
+    got = by_key(mapping.database_samples(rows, TABLE.enabled()))
+    assert got[("postgresql.database.count", ())] == 2
+    assert got[("postgresql.commits", ("app", "app"))] == 120
+    assert got[("postgresql.rollbacks", ("app", "app"))] == 4
+    assert got[("postgresql.backends", ("postgres", "postgres"))] == 0
+    assert got[("postgresql.db_size", ("app", "app"))] == 8_000_000
+    assert got[("postgresql.database.frozen_xid_age", ("app", "app"))] == 1234
+    assert ("postgresql.deadlocks", ("app", "app")) not in got  # optional, off by default
+    assert mapping.unsized_databases(rows) == []
+
+
+def test_database_optional_metrics_and_conflicts() -> None:
+    row = _database_row("app", confl_tablespace=0, confl_lock=1, confl_snapshot=2, confl_bufferpin=0,
+                        confl_deadlock=0)
+    got = by_key(mapping.database_samples([row], ALL))
+    assert got[("postgresql.tup_returned", ("app", "app"))] == 5000
+    assert got[("postgresql.temp.io", ("app", "app"))] == 0
+    assert got[("postgresql.query.conflicts", ("snapshot", "app", "app"))] == 2
+    assert ("postgresql.db_size", ("app", "app")) not in got  # not a slow round: no size column
+
+
+def test_withheld_database_sizes_are_named() -> None:
+    rows = [_database_row("app", size=None), _database_row("open", size=10), _database_row("zz", size=None)]
+    assert mapping.unsized_databases(rows) == ["app", "zz"]
+    got = by_key(mapping.database_samples(rows, TABLE.enabled()))
+    assert ("postgresql.db_size", ("open", "open")) in got
+    assert ("postgresql.db_size", ("app", "app")) not in got
+
+
+# --- tables and indexes -----------------------------------------------------------------------------
+def _table_row(version: int, schema: str, table: str, **values) -> dict:
+    """A pg_stat_user_tables row of that version joined with its pg_statio_user_tables row."""
+    columns = TABLE_VIEWS[version][0] | _STATIO_USER_TABLES
+    row = {column: 0 for column in columns}
+    row.update({"relid": 16384, "schemaname": schema, "relname": table, "last_vacuum": None})
+    if version >= 17:
+        row["last_seq_scan"] = None
+    row.update(values)
+    return row
+
+
+@pytest.mark.parametrize("version", [12, 15, 17])
+def test_table_rows(version: int) -> None:
+    rows = [
+        _table_row(version, "public", "orders", n_live_tup=450, n_dead_tup=5, n_tup_ins=500, n_tup_upd=166,
+                   n_tup_del=50, n_tup_hot_upd=100, vacuum_count=1, seq_scan=9, heap_blks_read=4,
+                   heap_blks_hit=1000, idx_blks_read=2, idx_blks_hit=300, toast_blks_read=None, toast_blks_hit=None,
+                   tidx_blks_read=None, tidx_blks_hit=None, table_size=65536),
+        _table_row(version, "sales", "notes", idx_blks_read=None, idx_blks_hit=None),
+    ]
+    got = by_key(mapping.table_samples(rows, "app", TABLE.enabled()))
+    orders = ("app|public", "orders", "app", "public", "public.orders")
+    assert got[("postgresql.table.count", ("app", "app"))] == 2
+    assert got[("postgresql.rows", ("live",) + orders)] == 450
+    assert got[("postgresql.rows", ("dead",) + orders)] == 5
+    assert got[("postgresql.operations", ("hot_upd",) + orders)] == 100
+    assert got[("postgresql.operations", ("upd",) + orders)] == 166
+    assert got[("postgresql.table.vacuum.count", orders)] == 1
+    assert got[("postgresql.table.size", orders)] == 65536
+    assert got[("postgresql.blocks_read", ("heap_hit",) + orders)] == 1000
+    assert got[("postgresql.blocks_read", ("toast_read",) + orders)] == 0  # no TOAST table: NULL -> 0
+    notes = ("app|sales", "notes", "app", "sales", "sales.notes")
+    assert got[("postgresql.blocks_read", ("idx_hit",) + notes)] == 0
+    assert ("postgresql.table.size", notes) not in got  # no size column this round (or relation locked)
+    assert ("postgresql.sequential_scans", orders) not in got  # optional
+
+
+@pytest.mark.parametrize("version", [12, 15, 17])
+def test_index_rows(version: int) -> None:
+    row = {column: None for column in TABLE_VIEWS[version][1]}
+    row.update({"relid": 1, "indexrelid": 2, "schemaname": "public", "relname": "orders",
+                "indexrelname": "orders_pkey", "idx_scan": 77, "idx_tup_read": 80, "idx_tup_fetch": 80})
+    got = by_key(mapping.index_samples([row, {**row, "indexrelname": "orders_x", "index_size": 16384}], "app",
+                                       TABLE.enabled()))
+    labels = ("app|public", "orders", "orders_pkey", "app", "public", "orders")
+    assert got[("postgresql.index.scans", labels)] == 77
+    assert ("postgresql.index.size", labels) not in got
+    assert got[("postgresql.index.size", ("app|public", "orders", "orders_x", "app", "public", "orders"))] == 16384
+
+
+# --- replication ------------------------------------------------------------------------------------
+def _replication_row(client_addr, replay_bytes, write, flush, replay) -> dict:
+    seconds = lambda v: None if v is None else dt.timedelta(seconds=v)  # noqa: E731
+    return {"client_addr": client_addr, "replay_bytes": replay_bytes, "write_lag": seconds(write),
+            "flush_lag": seconds(flush), "replay_lag": seconds(replay)}
+
+
+def test_replication_rows() -> None:
+    rows = [_replication_row("10.0.0.7/32", 4096.0, 0.0004, 1.5, 2.49),
+            _replication_row(None, None, None, None, None)]  # unix socket, pg_receivewal-like: no replay
+    got = by_key(mapping.replication_samples(rows, ALL))
+    assert got[("postgresql.replication.data_delay", ("10.0.0.7/32",))] == 4096
+    assert got[("postgresql.wal.lag", ("write", "10.0.0.7/32"))] == 0
+    assert got[("postgresql.wal.lag", ("flush", "10.0.0.7/32"))] == 2  # ::integer rounds half away from zero
+    assert got[("postgresql.wal.lag", ("replay", "10.0.0.7/32"))] == 2
+    assert got[("postgresql.wal.delay", ("replay", "10.0.0.7/32"))] == pytest.approx(2.49)
+    assert not [key for key in got if key[1][-1] == "unix"]
+
+
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_wal_lag_is_the_delay_rounded_half_up(seconds: float) -> None:
+    rows = [_replication_row("10.1.1.1/32", 0.0, seconds, seconds, seconds)]
+    got = by_key(mapping.replication_samples(rows, ALL))
+    delay = got[("postgresql.wal.delay", ("write", "10.1.1.1/32"))]
+    lag = got[("postgresql.wal.lag", ("write", "10.1.1.1/32"))]
+    assert lag == math.floor(delay + 0.5)
+    assert abs(lag - delay) <= 0.5
+
+
+# --- errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("exc, reason", [
+    (asyncpg.InsufficientPrivilegeError("permission denied for view pg_stat_archiver"), "permission"),
+    (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), "timeout"),
+    (TimeoutError(), "timeout"),
+    (asyncpg.InvalidPasswordError('password authentication failed for user "m"'), "connection"),
+    (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), "connection"),
+    (asyncpg.AdminShutdownError("terminating connection due to administrator command"), "connection"),
+    (ConnectionRefusedError(111, "Connect call failed"), "connection"),
+    (asyncpg.UndefinedTableError('relation "pg_stat_checkpointer" does not exist'), "unsupported"),
+    (asyncpg.UndefinedFunctionError("function pg_current_wal_lsn() does not exist"), "unsupported"),
+    (asyncpg.DivisionByZeroError("division by zero"), "server_error"),
+    (KeyError("checkpoints_req"), "bad_reply"),
+])
+def test_error_reasons(exc: BaseException, reason: str) -> None:
+    assert client.classify_error(exc) == reason
+
+
+def test_permission_message_names_the_grant_and_never_a_secret() -> None:
+    exc = asyncpg.InsufficientPrivilegeError("permission denied for view pg_statio_user_tables\nDETAIL: hunter2")
+    reason, message = client.describe_error(exc, user="monitor", secrets=("hunter2",))
+    assert reason == "permission"
+    assert "grant pg_monitor to monitor" in message and "pg_statio_user_tables" in message
+    assert "hunter2" not in message and "\n" not in message
+    _, message = client.describe_error(OSError("bad hunter2 here"), user=None, secrets=("hunter2",))
+    assert "hunter2" not in message and "***" in message
+    assert client.describe_error(TimeoutError(), user=None)[1] == "TimeoutError: no reply within the poll timeout"
+
+
+# --- TLS --------------------------------------------------------------------------------------------
+def test_tls_disabled_means_plaintext() -> None:
+    assert client.ssl_context(TLSSettings()) is False
+
+
+def test_tls_insecure_skip_verify_and_server_name() -> None:
+    context = client.ssl_context(TLSSettings(enabled=True, insecure_skip_verify=True, server_name="db.internal"))
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    tls_object = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="10.0.0.5")
+    assert tls_object.server_hostname == "db.internal"  # SNI and hostname check use the configured name
+
+
+def test_tls_verifies_by_default() -> None:
+    context = client.ssl_context(TLSSettings(enabled=True))
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    tls_object = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="10.0.0.5")
+    assert tls_object.server_hostname == "10.0.0.5"
