@@ -25,7 +25,7 @@ from dbintel.v1 import types_pb2
 from . import validation
 from .store.base import ScalingStore, StoreEvent
 from .store.health import StoreHealth
-from .store.records import AgentIdConflict, AssignmentRecord, HeartbeatReport, Registration, StoreUnavailable
+from .store.records import AgentAlreadyLeft, AgentIdConflict, AssignmentRecord, HeartbeatReport, Registration, StoreUnavailable
 from .telemetry import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             session.outbox.put_nowait(("abort", grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except AgentIdConflict as exc:
             session.outbox.put_nowait(("abort", grpc.StatusCode.ALREADY_EXISTS, str(exc)))
+        except AgentAlreadyLeft as exc:
+            session.outbox.put_nowait(("abort", grpc.StatusCode.FAILED_PRECONDITION, str(exc)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away, or a bug: end this stream only
@@ -204,8 +206,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 continue
             try:
                 await self._store.record_heartbeat(session.last_report, timeout_ms)
-            except AgentIdConflict:
-                pass  # another pod took the id meanwhile; its own stream decides
+            except (AgentIdConflict, AgentAlreadyLeft):
+                pass  # its own stream decides
             except StoreUnavailable:
                 self._health.failed("reregister")
                 return
@@ -238,5 +240,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         except StoreUnavailable:
             self._health.failed("leave")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")
+        session = self.sessions.get(agent)
+        if session is not None:  # its stream has nothing more to say
+            session.outbox.put_nowait(None)
         log.info("agent %s left (%s), releasing %d database(s)", agent, request.reason or "no reason", released)
         return pb.LeaveResponse(released_resources=released)

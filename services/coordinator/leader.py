@@ -228,6 +228,7 @@ class LeaderLoop:
         if joined:
             self._first_pending_join = self._first_pending_join or now
             self._last_join = now
+        self._known_live = live_now  # seen now, whether or not this step places anything
         if left:
             reason = "agent_left"
         settle = min(JOIN_SETTLE_S, timing.min_rebalance_interval.total_seconds())

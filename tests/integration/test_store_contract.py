@@ -10,7 +10,7 @@ import pytest
 from dbintel.common.config import RedisSettings
 from dbintel.coordinator.store.base import StoreEvent
 from dbintel.coordinator.store.memory_store import MemoryScalingStore
-from dbintel.coordinator.store.records import (AgentIdConflict, FencedError, HeartbeatReport, PlacementWrite,
+from dbintel.coordinator.store.records import (AgentAlreadyLeft, AgentIdConflict, FencedError, HeartbeatReport, PlacementWrite,
                                                PollStatus, Registration)
 from dbintel.coordinator.store.redis_store import RedisScalingStore
 
@@ -102,7 +102,10 @@ async def test_leave_drain_and_rejoin(store):
     assert await store.record_leave("a1") == 2
     assert (await store.read_agents())["a1"].state == "left"
     assert not await store.set_draining("a1", True)  # not a member any more
-    outcome = await store.record_heartbeat(report(), 90_000)
+    with pytest.raises(AgentAlreadyLeft):  # a late heartbeat of the process that left does not revive it
+        await store.record_heartbeat(report(), 90_000)
+    assert (await store.read_agents())["a1"].state == "left"
+    outcome = await store.record_heartbeat(report(instance="restarted"), 90_000)
     assert outcome.rejoined and (await store.read_agents())["a1"].state == "active"
 
 

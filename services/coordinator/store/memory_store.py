@@ -7,7 +7,7 @@ import secrets
 import time
 
 from .base import ScalingStore, StoreEvent
-from .records import (AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
+from .records import (AgentAlreadyLeft, AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
                       HeartbeatReport, LeaderInfo, Lease, PlacementWrite)
 
 
@@ -65,6 +65,8 @@ class MemoryScalingStore(ScalingStore):
         old = self._agents.get(report.agent_id)
         state, changed, rejoined = "active", True, True
         if old is not None:
+            if old.state == "left" and old.registration.instance_id == report.registration.instance_id:
+                raise AgentAlreadyLeft(f"agent {report.agent_id!r} has left; a restarted process rejoins")
             if old.is_member:
                 if (old.registration.instance_id != report.registration.instance_id
                         and old.registration.pod_name != report.registration.pod_name

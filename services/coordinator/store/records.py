@@ -18,6 +18,10 @@ class AgentIdConflict(Exception):
     """A live agent of another pod already uses this agent id."""
 
 
+class AgentAlreadyLeft(Exception):
+    """A heartbeat from the very process that called Leave: it is shutting down, not rejoining."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """A held leadership lease. `value` is what the store holds; every fenced write checks it."""

@@ -35,7 +35,7 @@ from dbintel.common.config import RedisSettings
 from dbintel.common.secrets import resolve_secret
 
 from .base import ScalingStore, StoreEvent
-from .records import (AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
+from .records import (AgentAlreadyLeft, AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
                       HeartbeatReport, LeaderInfo, Lease, PlacementWrite, PollStatus, Registration,
                       StoreUnavailable)
 
@@ -72,6 +72,7 @@ local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local state, changed, rejoined = 'active', 1, 1
 if raw then
   local old = cjson.decode(raw)
+  if old.state == 'left' and old.reg.instance_id == reg.instance_id then return {-2, ''} end
   if old.state == 'active' or old.state == 'draining' then
     if old.reg.instance_id ~= reg.instance_id and old.reg.pod_name ~= reg.pod_name
        and now - tonumber(old.hb) < tonumber(ARGV[6]) then
@@ -242,6 +243,8 @@ class RedisScalingStore(ScalingStore):
              _digest(report.current), json.dumps({r: s.last_poll_ms for r, s in report.released.items()})])
         if int(result[0]) == -1:
             raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {result[1]!r}")
+        if int(result[0]) == -2:
+            raise AgentAlreadyLeft(f"agent {report.agent_id!r} has left; a restarted process rejoins")
         return HeartbeatOutcome(changed=int(result[0]) == 1, rejoined=int(result[1]) == 1)
 
     async def record_leave(self, agent_id):
