@@ -22,20 +22,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from report import DOC, cpu_model, write_section  # bench/report.py
+
 from dbintel.coordinator.engine.assignment import AgentSlot, ResourceDemand, place, plan_cost_rebalance, spread
 
 SECTION = "## Assignment engine"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(repeat: int, call):
@@ -136,17 +127,6 @@ def render(args, results) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(existing):
-        updated = pattern.sub(lambda _: text, existing, count=1)
-    else:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 DEFAULTS = {"resources": 100_000, "agents": 1_000, "repeat": 3}
 
 
@@ -165,7 +145,7 @@ def main() -> int:
     text = render(args, {"tables": tables, "skewed-max": max(skewed) / (math.fsum(skewed) / len(skewed))})
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0
 

@@ -54,11 +54,32 @@ def cmd_validate(args) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    problems = _metric_switch_problems(config)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
+        return 1
     scaling = config.scaling
     print(f"{path}: valid — mode {scaling.mode}, {len(config.databases)} database(s), heartbeat "
           f"{format_duration(scaling.coordinator.heartbeat_interval)}, node_timeout "
           f"{format_duration(scaling.coordinator.node_timeout)}")
     return 0
+
+
+def _metric_switch_problems(config: Config) -> list[str]:
+    """Per-database `metrics:` switches must name metrics the collector declares."""
+    from dbintel.agent.collectors import CollectorUnavailable, table_for
+    problems = []
+    for index, db in enumerate(config.databases):
+        if not db.metrics:
+            continue
+        try:
+            known = table_for(db.type).by_name
+        except CollectorUnavailable as exc:
+            problems.append(f"databases[{index}].metrics: {exc}")
+            continue
+        problems += [f"databases[{index}].metrics.{name}: not a {db.type} metric" for name in db.metrics
+                     if name not in known]
+    return problems
 
 
 def cmd_coordinator(args) -> int:

@@ -78,10 +78,11 @@ async def test_grpc_health_and_http_endpoints(running):
         for service in ("", "dbintel.v1.AgentService", "dbintel.v1.OperatorService"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert http_get(coordinator.health_port, "/") == (200, '{"status": "alive"}')
-    code, body = http_get(coordinator.health_port, "/ready")
+    # The health endpoint is served on this very event loop: fetch from a thread.
+    assert await asyncio.to_thread(http_get, coordinator.health_port, "/") == (200, '{"status": "alive"}')
+    code, body = await asyncio.to_thread(http_get, coordinator.health_port, "/ready")
     assert code == 200 and json.loads(body)["detail"] == "leader"
-    code, metrics = http_get(coordinator.metrics_port, "/metrics")
+    code, metrics = await asyncio.to_thread(http_get, coordinator.metrics_port, "/metrics")
     assert code == 200
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
               if line and not line.startswith("#")}
@@ -171,7 +172,10 @@ async def test_generated_requests_never_crash_the_server(running, messages, agen
             async for _ in agents.Heartbeat(gen(), timeout=5):
                 pass
         except grpc.aio.AioRpcError as exc:
-            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
+            # The server ends a stream at its first bad message; a client still sending the next one
+            # then fails on its own side (INTERNAL, SendMessageOperation) — not a server error.
+            client_side = exc.code() == grpc.StatusCode.INTERNAL and "SendMessageOperation" in exc.debug_error_string()
+            assert client_side or exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
         calls = (lambda: agents.GetAssignments(apb.GetAssignmentsRequest(agent_id=agent_id), timeout=5),
                  lambda: operators.ListAssignments(opb.ListAssignmentsRequest(agent_id=agent_id), timeout=5),
                  lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id, dry_run=True), timeout=5))

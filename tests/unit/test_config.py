@@ -162,3 +162,14 @@ def test_validate_command_exit_codes(tmp_path):
     assert "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)" in failed.stderr
     ok = run(str(ROOT / "examples" / "config.yaml"))
     assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+def test_validate_names_unknown_metric_switches(tmp_path):
+    path = tmp_path / "metrics.yaml"
+    path.write_text("databases: [{name: a, type: redis, endpoint: 'h:1', metrics: {redis.cmd.calls: {enabled: true},"
+                    " redis.no.such: {enabled: true}}}]\n")
+    result = subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", str(path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 1
+    assert "databases[0].metrics.redis.no.such: not a redis metric" in result.stderr
+    assert "redis.cmd.calls" not in result.stderr

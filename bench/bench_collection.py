@@ -1,0 +1,614 @@
+"""Collection cost of dbintel's PostgreSQL and Redis collectors, side by side with the Debian peer exporters.
+
+Run:  python bench/bench_collection.py [--rounds N] [--collections N] [--agent-polls N] [--no-write]
+
+Starts a real PostgreSQL and a real Redis (tests/servers.py), the peers prometheus-postgres-exporter
+and prometheus-redis-exporter against them, and measures, in one run and interleaved round by round:
+
+- dbintel, direct: the collector classes called in this process, `--collections` collections a window;
+- dbintel, agent: a real `dbintel agent` process per database type (ignore_assignments, interval 1s),
+  scraped once per interval, `--agent-polls` polls a window; SIGSTOPped outside its own windows so
+  its polls never land in another contender's server-side counts;
+- the peers: one collection = one scrape of their /metrics.
+
+Per collection: CPU seconds of the collecting process (psutil), samples (exposition lines for an
+exposition, len(result.samples) for the direct collector), statements/commands the server received
+from the monitoring role (pg_stat_statements calls; Redis INFO commandstats minus our own INFO),
+new connections (PostgreSQL `connection authorized` log lines of the monitoring role, with
+log_connections switched on for the run; Redis total_connections_received), and latency. Two
+scenarios: the small test schema, and 200 extra tables × 2 indexes / 16 Redis databases with keys.
+Prints the figures and rewrites the "## Collection cost vs the peer exporters" section of
+docs/benchmarks.md (other sections are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import psutil
+import yaml
+from pydantic import SecretStr
+
+from report import DOC, machine_line, write_section  # bench/report.py
+from servers import (AgentProcess, metric_total, process_cpu_seconds, sample_lines,  # bench/servers.py, which
+                     scrape)  # also puts the repo root on sys.path
+
+from dbintel.agent.collectors import collector_class
+from dbintel.common.config import DatabaseConfig
+from tests.servers import PostgresServer, RedisServer, free_port
+
+SECTION = "## Collection cost vs the peer exporters"
+DEFAULTS = {"rounds": 5, "collections": 10, "agent_polls": 3}
+PG_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_REDIS_PASSWORD"
+AGENT_INTERVAL = 1.0  # the shortest interval the config allows
+EXAMPLE_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
+TABLE_QUERIES = ("pg_stat_user_tables", "pg_statio_user_tables")
+# Lines about the exporting process itself, not the database: left out of "database samples".
+SELF_PREFIXES = ("go_", "process_", "promhttp_", "pg_exporter_", "pg_scrape_collector_", "postgres_exporter_",
+                 "redis_exporter_", "dbintel_agent_")
+TARGET_STATEMENTS = {"postgresql": 5, "redis": 3}
+EXTRA_TABLES, EXTRA_REDIS_DBS, KEYS_PER_DB = 200, 16, 200
+
+
+def database_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if not line.startswith(SELF_PREFIXES)]
+
+
+# --- what the servers saw ------------------------------------------------------------------------
+
+@dataclass
+class ServerCounts:
+    statements: int
+    connections: int
+    by_command: Counter = field(default_factory=Counter)
+
+
+class PostgresWatch:
+    """Statements (pg_stat_statements) and connections (server log) of the monitoring role, read as superuser."""
+
+    def __init__(self, server: PostgresServer):
+        self.server = server
+        self.role = server.monitor_user
+        self._conn: asyncpg.Connection | None = None
+
+    async def open(self) -> None:
+        # One persistent superuser connection over the unix socket: never the monitoring role, never new.
+        self._conn = await asyncpg.connect(host=str(self.server.socket_dir), port=self.server.port,
+                                           user=self.server.superuser, database="postgres")
+        await self._conn.execute("ALTER SYSTEM SET log_connections = on")
+        await self._conn.execute("SELECT pg_reload_conf()")
+
+    def _authorized(self) -> int:
+        text = self.server.log_path.read_text(errors="replace")
+        return text.count(f"connection authorized: user={self.role} ")
+
+    async def snapshot(self) -> ServerCounts:
+        assert self._conn is not None
+        calls = await self._conn.fetchval(
+            "SELECT coalesce(sum(s.calls), 0)::bigint FROM pg_stat_statements s"
+            " JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1", self.role)
+        return ServerCounts(statements=int(calls), connections=self._authorized())
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0.15)  # the log line of a connection opened at the very end reaches the file
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.execute("ALTER SYSTEM RESET log_connections")
+            await self._conn.execute("SELECT pg_reload_conf()")
+            await self._conn.close()
+
+
+class RedisWatch:
+    """Commands (INFO commandstats) and connections (total_connections_received), less our own INFO."""
+
+    def __init__(self, server: RedisServer):
+        self._client = server.client(decode_responses=True)
+        self._own = Counter()
+
+    def _read(self) -> ServerCounts:
+        info = self._client.info("commandstats", "stats")
+        by_command = Counter({key.removeprefix("cmdstat_"): int(value["calls"])
+                              for key, value in info.items() if key.startswith("cmdstat_")})
+        return ServerCounts(statements=sum(by_command.values()), connections=int(info["total_connections_received"]),
+                            by_command=by_command)
+
+    async def open(self) -> None:
+        self._read()  # connect first, so the calibration below sees no handshake
+        first, second = self._read(), self._read()
+        self._own = second.by_command - first.by_command  # what one snapshot itself costs: one INFO
+
+    async def snapshot(self) -> ServerCounts:
+        return self._read()
+
+    async def settle(self) -> None:
+        return None
+
+    def minus_own(self, counts: ServerCounts) -> ServerCounts:
+        by_command = counts.by_command - self._own
+        return ServerCounts(sum(by_command.values()), counts.connections, by_command)
+
+    async def close(self) -> None:
+        self._client.close()
+
+
+def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
+    return ServerCounts(after.statements - before.statements, after.connections - before.connections,
+                        after.by_command - before.by_command)
+
+
+async def measured(watch, body):
+    """Run `body` between two server snapshots; the server-side delta and body's result."""
+    before = await watch.snapshot()
+    result = await body()
+    await watch.settle()
+    counts = delta(before, await watch.snapshot())
+    if isinstance(watch, RedisWatch):
+        counts = watch.minus_own(counts)
+    return counts, result
+
+
+# --- contenders ----------------------------------------------------------------------------------
+
+@dataclass
+class Window:
+    collections: int
+    cpu: float
+    samples: float  # per collection
+    database_samples: float
+    latencies: list[float]
+    server: ServerCounts | None = None
+    own_statements: int | None = None  # what the collector says it sent
+    problems: list[str] = field(default_factory=list)
+
+
+class DirectCollector:
+    """A dbintel collector class called in this process."""
+
+    family = "dbintel"
+
+    def __init__(self, kind: str, database: DatabaseConfig, password: str):
+        self.kind, self.name = kind, f"dbintel {kind} collector (in-process)"
+        cls = collector_class(kind)
+        self.collector = cls(database, password=SecretStr(password), enabled=cls.table.enabled())
+
+    async def warm(self) -> None:
+        for _ in range(2):  # connect, statement cache, the first (slow) round that fetches sizes
+            result = await self.collector.collect()
+            if not result.up or result.errors:
+                raise RuntimeError(f"{self.name}: warm-up collection failed: {result.errors}")
+
+    async def window(self, n: int) -> Window:
+        cpu, latencies, samples, statements, problems = 0.0, [], 0, 0, []
+        for _ in range(n):
+            cpu_before, start = time.process_time(), time.perf_counter()
+            result = await self.collector.collect()
+            latencies.append(time.perf_counter() - start)
+            cpu += time.process_time() - cpu_before
+            samples += len(result.samples)
+            statements += result.statements
+            problems += [f"{e.query}: {e.reason}" for e in result.errors]
+        return Window(n, cpu, samples / n, samples / n, latencies, own_statements=statements, problems=problems)
+
+    async def close(self) -> None:
+        await self.collector.close()
+
+
+class Exporter:
+    """A peer exporter process; one collection = one scrape of its /metrics."""
+
+    family = "peer"
+
+    def __init__(self, kind: str, name: str, command: list[str], env: dict[str, str], error_metric: str):
+        self.kind, self.name, self.error_metric = kind, name, error_metric
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="dbintel-bench-exporter-", suffix=".log", delete=False)
+        self.popen = subprocess.Popen([*command, f"--web.listen-address=127.0.0.1:{self.port}"],
+                                      env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        self.process = psutil.Process(self.popen.pid)
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+
+    async def warm(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                scrape(self.url, timeout=5)
+                break
+            except OSError:
+                if self.popen.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
+                await asyncio.sleep(0.1)
+        scrape(self.url)
+
+    async def window(self, n: int) -> Window:
+        latencies, samples, database_samples, problems = [], 0, 0, []
+        cpu_before = process_cpu_seconds(self.process.pid)
+        for _ in range(n):
+            start = time.perf_counter()
+            text = scrape(self.url)
+            latencies.append(time.perf_counter() - start)
+            lines = sample_lines(text)
+            samples += len(lines)
+            database_samples += len(database_lines(lines))
+            if metric_total(text, self.error_metric) != 0:
+                problems.append(f"{self.error_metric} != 0")
+        cpu = process_cpu_seconds(self.process.pid) - cpu_before
+        return Window(n, cpu, samples / n, database_samples / n, latencies, problems=problems)
+
+    async def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        os.unlink(self.log.name)
+
+
+class AgentPath:
+    """A `dbintel agent` polling one database every AGENT_INTERVAL, scraped once per interval."""
+
+    family = "dbintel"
+
+    def __init__(self, kind: str, database: dict, secrets: dict[str, str]):
+        self.kind, self.name = kind, f"dbintel agent ({kind}, polls + 1 scrape/poll)"
+        self.agent = AgentProcess([database], secrets, agent_id=f"bench-{kind}")
+
+    async def warm(self) -> None:
+        await asyncio.to_thread(self.agent.start)
+        polls = await asyncio.to_thread(self.agent.wait_for_polls, 2, 10 * AGENT_INTERVAL)
+        if polls < 2:
+            raise RuntimeError(f"{self.name}: no polls after start:\n{self.agent.log_tail()}")
+        self.agent.pause()
+
+    async def _next_poll(self, after: float) -> float:
+        return await asyncio.to_thread(self.agent.wait_for_polls, after + 1, 5 * AGENT_INTERVAL)
+
+    async def window(self, n: int, watch) -> Window:
+        """Resumes the agent, measures n intervals at mid-phase (no poll in flight), pauses it again."""
+        loop = asyncio.get_running_loop()
+        self.agent.resume()
+        try:
+            polls = await self._next_poll(await asyncio.to_thread(self.agent.polls))  # the overdue slot, at once
+            await self._next_poll(polls)  # the next slot shows the schedule's phase again
+            await asyncio.sleep(AGENT_INTERVAL / 2)
+            first = await asyncio.to_thread(self.agent.scrape)
+            cpu_before = self.agent.cpu_seconds()
+            before = await watch.snapshot()
+            start = loop.time()
+            samples = database_samples = 0
+            text = first
+            for i in range(1, n + 1):
+                await asyncio.sleep(max(0.0, start + i * AGENT_INTERVAL - loop.time()))
+                text = await asyncio.to_thread(self.agent.scrape)
+                lines = sample_lines(text)
+                samples += len(lines)
+                database_samples += len(database_lines(lines))
+            cpu = self.agent.cpu_seconds() - cpu_before
+        finally:
+            self.agent.pause()  # mid-phase: no poll in flight, and none can start while the server is read
+        await watch.settle()
+        counts = delta(before, await watch.snapshot())
+        if isinstance(watch, RedisWatch):
+            counts = watch.minus_own(counts)
+        polls = self.agent.polls(text) - self.agent.polls(first)
+        duration_name = "dbintel_agent_poll_duration_seconds"
+        label = f'type="{self.kind}"'
+        seconds = metric_total(text, duration_name + "_sum", label) - metric_total(first, duration_name + "_sum", label)
+        count = metric_total(text, duration_name + "_count", label) - metric_total(first, duration_name + "_count", label)
+        problems = [] if polls == n else [f"{polls:g} polls in {n} intervals"]
+        problems += [line for line in sample_lines(text) if line.startswith("dbintel_agent_poll_errors_total")]
+        polls = max(polls, 1)
+        return Window(int(polls), cpu, samples / polls, database_samples / polls, [seconds / max(count, 1)],
+                      server=counts, problems=problems)
+
+    async def profile(self, seconds: float) -> list[tuple[str, float]]:
+        """Shares of the agent's on-CPU stack samples by layer (py-spy), scraped once per interval meanwhile."""
+        if shutil.which("py-spy") is None:
+            return [("py-spy not installed: no profile", 1.0)]
+        output = self.agent.root / "py-spy.txt"
+        self.agent.resume()
+        try:
+            spy = await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--pid", str(self.agent.process.pid), "--duration", f"{seconds:g}",
+                "--rate", "500", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            while spy.returncode is None:
+                await asyncio.to_thread(self.agent.scrape)
+                try:
+                    await asyncio.wait_for(spy.wait(), AGENT_INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.agent.pause()
+        if spy.returncode != 0 or not output.exists():
+            return [(f"py-spy failed (exit {spy.returncode})", 1.0)]
+        return stack_shares(output.read_text())
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.agent.close)
+
+
+# First marker found anywhere in a stack names its layer (most specific first).
+PROFILE_LAYERS = (
+    ("prometheus_client/exposition.py", "scrape: text formatting (prometheus_client.generate_latest)"),
+    ("agent/exposition.py", "scrape: building metric families (dbintel AgentExposition.collect)"),
+    ("prometheus_client/", "scrape: other prometheus_client"),
+    ("http/server.py", "scrape: HTTP server thread"),
+    ("socketserver.py", "scrape: HTTP server thread"),
+    ("mapping.py", "poll: rows / INFO text -> samples (collector mapping)"),
+    ("metric_table.py", "poll: Sample objects (metric_table)"),
+    ("scheduler.py", "poll: scheduler (snapshot after a poll)"),
+    ("asyncpg/", "poll: asyncpg driver"),
+    ("/redis/", "poll: redis-py driver"),
+    ("collectors/", "poll: collector, other"),
+    ("asyncio/", "event loop, idle wake-ups"),
+)
+
+
+def stack_shares(raw: str) -> list[tuple[str, float]]:
+    """py-spy raw output ('frame;frame;... count' per line) -> [(layer, share of samples)], largest first."""
+    counts: Counter = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        layer = next((name for marker, name in PROFILE_LAYERS if marker in stack), "other (interpreter, GC, threads)")
+        counts[layer] += int(count)
+    total = sum(counts.values()) or 1
+    return [(layer, n / total) for layer, n in counts.most_common()]
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    """All windows of one contender in one scenario."""
+
+    contender: object
+    windows: list[Window] = field(default_factory=list)
+
+    def per_collection(self, value) -> float:
+        return statistics.median(value(w) / w.collections for w in self.windows)
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.per_collection(lambda w: w.cpu)
+
+    @property
+    def cpu_us_per_sample(self) -> float:
+        return statistics.median(1e6 * w.cpu / w.collections / max(w.database_samples, 1) for w in self.windows)
+
+    @property
+    def samples(self) -> tuple[float, float]:
+        return (statistics.median(w.database_samples for w in self.windows),
+                statistics.median(w.samples for w in self.windows))
+
+    @property
+    def statements(self) -> float:
+        return self.per_collection(lambda w: w.server.statements)
+
+    @property
+    def connections(self) -> float:
+        return self.per_collection(lambda w: w.server.connections)
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000 * statistics.median(x for w in self.windows for x in w.latencies)
+
+    def commands(self) -> str:
+        total = sum((w.server.by_command for w in self.windows), Counter())
+        collections = sum(w.collections for w in self.windows)
+        return ", ".join(f"{name} {calls / collections:g}" for name, calls in sorted(total.items()))
+
+    def problems(self) -> list[str]:
+        return sorted({p for w in self.windows for p in w.problems})
+
+
+def postgres_database(server: PostgresServer) -> dict:
+    return {"name": "bench-pg", "type": "postgresql", "endpoint": server.address, "username": server.monitor_user,
+            "password": f"${{env:{PG_PASSWORD_ENV}}}", "database": server.app_database,
+            "interval": f"{AGENT_INTERVAL:g}s"}
+
+
+def redis_database(server: RedisServer) -> dict:
+    return {"name": "bench-redis", "type": "redis", "endpoint": server.address,
+            "password": f"${{env:{REDIS_PASSWORD_ENV}}}", "database": "0", "interval": f"{AGENT_INTERVAL:g}s"}
+
+
+def table_queries_file(directory: Path) -> Path:
+    """The table queries of the exporter's packaged example (its only stock way to table metrics)."""
+    example = yaml.safe_load(EXAMPLE_QUERIES.read_text())
+    path = directory / "table-queries.yaml"
+    path.write_text(yaml.safe_dump({name: example[name] for name in TABLE_QUERIES}))
+    return path
+
+
+def grow_postgres(server: PostgresServer) -> None:
+    server.execute(f"""
+DO $$ BEGIN FOR i IN 1..{EXTRA_TABLES} LOOP
+  EXECUTE format('CREATE TABLE bench_t%s (id int PRIMARY KEY, k int NOT NULL, v text)', i);
+  EXECUTE format('CREATE INDEX bench_t%s_k_idx ON bench_t%s (k)', i, i);
+  EXECUTE format('INSERT INTO bench_t%s SELECT g, g %% 10, ''x'' FROM generate_series(1, 20) g', i);
+END LOOP; END $$;
+VACUUM ANALYZE;
+SELECT pg_stat_force_next_flush();
+""", database=server.app_database)
+
+
+def fill_redis(server: RedisServer, databases: int, keys: int) -> None:
+    for db in range(databases):
+        client = server.client(db=db)
+        pipe = client.pipeline(transaction=False)
+        for i in range(keys):
+            pipe.set(f"bench:{i}", "x" * 32, ex=3600 if i % 4 == 0 else None)
+        pipe.execute()
+        client.close()
+
+
+async def run_scenario(args, pg: PostgresServer, rd: RedisServer, exporters: list[Exporter], watches: dict,
+                       scenario: str, profiles: dict[str, list[tuple[str, float]]]) -> list[Tally]:
+    pg_config = DatabaseConfig(**{**postgres_database(pg), "password": None})
+    rd_config = DatabaseConfig(**{**redis_database(rd), "password": None})
+    direct = [DirectCollector("postgresql", pg_config, pg.monitor_password),
+              DirectCollector("redis", rd_config, rd.password)]
+    secrets = {PG_PASSWORD_ENV: pg.monitor_password, REDIS_PASSWORD_ENV: rd.password}
+    agents = [AgentPath("postgresql", postgres_database(pg), secrets), AgentPath("redis", redis_database(rd), secrets)]
+    sequential = [direct[0], *[e for e in exporters if e.kind == "postgresql"],
+                  direct[1], *[e for e in exporters if e.kind == "redis"]]
+    tallies = {id(c): Tally(c) for c in [*sequential, *agents]}
+    try:
+        for contender in sequential:
+            await contender.warm()
+        await asyncio.gather(*(agent.warm() for agent in agents))
+        for round_number in range(args.rounds):
+            shift = round_number % len(sequential)  # rotate who goes first, so no one always runs on a cold cache
+            for contender in sequential[shift:] + sequential[:shift]:
+                counts, window = await measured(watches[contender.kind],
+                                                lambda c=contender: c.window(args.collections))
+                window.server = counts
+                tallies[id(contender)].windows.append(window)
+            windows = await asyncio.gather(*(a.window(args.agent_polls, watches[a.kind]) for a in agents))
+            for agent, window in zip(agents, windows):
+                tallies[id(agent)].windows.append(window)
+            print(f"  {scenario}: round {round_number + 1}/{args.rounds} done", file=sys.stderr)
+        if not args.no_profile:
+            for agent in agents:  # "where does our time go", for each type on which a peer used less CPU per sample
+                ours = tallies[id(agent)].cpu_us_per_sample
+                if any(tallies[id(e)].cpu_us_per_sample < ours for e in sequential if e.kind == agent.kind
+                       and e.family == "peer"):
+                    profiles[agent.kind] = await agent.profile(seconds=args.agent_polls + 2)
+    finally:
+        for contender in [*direct, *agents]:
+            await contender.close()
+    order = [direct[0], agents[0], *[e for e in exporters if e.kind == "postgresql"],
+             direct[1], agents[1], *[e for e in exporters if e.kind == "redis"]]
+    return [tallies[id(c)] for c in order]
+
+
+def row(tally: Tally) -> tuple[str, ...]:
+    database_samples, samples = tally.samples
+    return (tally.contender.name, f"{database_samples:.0f} / {samples:.0f}", f"{tally.cpu_ms:.2f}",
+            f"{tally.cpu_us_per_sample:.1f}", f"{tally.statements:.1f}", f"{tally.connections:.2f}",
+            f"{tally.latency_ms:.1f}")
+
+
+HEADER = ("contender", "database samples / all lines", "CPU ms / collection", "CPU µs / database sample",
+          "statements / collection", "new connections / collection", "latency ms (median)")
+
+
+def table(tallies: list[Tally]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|---" + "|---:" * (len(HEADER) - 1) + "|"]
+    lines += ["| " + " | ".join(row(t)) + " |" for t in tallies]
+    return lines
+
+
+def verdicts(tallies: list[Tally]) -> list[str]:
+    out = []
+    for kind in ("postgresql", "redis"):
+        ours = [t for t in tallies if t.contender.kind == kind and t.contender.family == "dbintel"]
+        peers = [t for t in tallies if t.contender.kind == kind and t.contender.family == "peer"]
+        limit = TARGET_STATEMENTS[kind]
+        for t in ours:
+            met = "met" if t.statements <= limit else "NOT met"
+            out.append(f"{t.contender.name}: ≤ {limit} statements per collection: {met} ({t.statements:.1f}); "
+                       f"no new connection per collection: {'met' if t.connections == 0 else 'NOT met'} "
+                       f"({t.connections:.2f}).")
+        agent = next(t for t in ours if isinstance(t.contender, AgentPath))
+        for peer in peers:
+            met = agent.cpu_us_per_sample <= peer.cpu_us_per_sample
+            out.append(f"agent CPU per database sample ≤ {peer.contender.name}: {'met' if met else 'NOT met'} "
+                       f"({agent.cpu_us_per_sample:.1f} vs {peer.cpu_us_per_sample:.1f} µs); per collection "
+                       f"{agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} ms.")
+    return out
+
+
+async def main_async(args) -> int:
+    pg, rd = PostgresServer(), RedisServer()
+    exporters: list[Exporter] = []
+    watches = {}
+    work = Path(tempfile.mkdtemp(prefix="dbintel-bench-collection-"))
+    results: dict[str, list[Tally]] = {}
+    profiles: dict[str, dict[str, list[tuple[str, float]]]] = {"small": {}, "many": {}}
+    try:
+        await asyncio.gather(asyncio.to_thread(pg.start), asyncio.to_thread(rd.start))
+        watches = {"postgresql": PostgresWatch(pg), "redis": RedisWatch(rd)}
+        for watch in watches.values():
+            await watch.open()
+        fill_redis(rd, 1, 100)
+        dsn = {"DATA_SOURCE_NAME": pg.dsn(database=pg.app_database)}
+        exporters = [
+            Exporter("postgresql", "postgres_exporter 0.11 (defaults)", ["prometheus-postgres-exporter"], dsn,
+                     "pg_exporter_last_scrape_error"),
+            Exporter("postgresql", "postgres_exporter 0.11 + example table queries",
+                     ["prometheus-postgres-exporter", f"--extend.query-path={table_queries_file(work)}"], dsn,
+                     "pg_exporter_last_scrape_error"),
+            Exporter("redis", "redis_exporter 1.45 (defaults)",
+                     ["prometheus-redis-exporter", f"--redis.addr=redis://{rd.address}"],
+                     {"REDIS_PASSWORD": rd.password}, "redis_exporter_last_scrape_error"),
+        ]
+        results["small"] = await run_scenario(args, pg, rd, exporters, watches, "small", profiles["small"])
+        grow_postgres(pg)
+        fill_redis(rd, EXTRA_REDIS_DBS, KEYS_PER_DB)
+        results["many"] = await run_scenario(args, pg, rd, exporters, watches, "many", profiles["many"])
+    finally:
+        for exporter in exporters:
+            await exporter.close()
+        for watch in watches.values():
+            await watch.close()
+        pg.close()
+        rd.close()
+    text = render(args, results, profiles)
+    print(text)
+    if not args.no_write:
+        write_section(SECTION, text)
+        print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
+    return 0
+
+
+def render(args, results, profiles) -> str:
+    command = "python bench/bench_collection.py" + "".join(
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+    lines = [SECTION, "", machine_line(), f"Command: `{command}`.", ""]
+    for scenario, title in (("small", "Small schema"), ("many", "Many tables")):
+        tallies = results[scenario]
+        lines += [f"### {title}", "", *table(tallies), ""]
+        lines += [f"- {v}" for v in verdicts(tallies)]
+        for t in tallies:
+            if t.problems():
+                lines.append(f"- {t.contender.name} problems: {'; '.join(t.problems())}")
+            if t.contender.kind == "redis":
+                lines.append(f"- {t.contender.name} commands per collection: {t.commands()}")
+        for kind, shares in profiles[scenario].items():
+            lines.append(f"- where the {kind} agent's CPU goes (py-spy, share of on-CPU samples): "
+                         + "; ".join(f"{layer} {share:.0%}" for layer, share in shares if share >= 0.01))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
+    parser.add_argument("--collections", type=int, default=DEFAULTS["collections"])
+    parser.add_argument("--agent-polls", type=int, default=DEFAULTS["agent_polls"])
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of a losing agent")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
