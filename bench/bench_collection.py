@@ -172,6 +172,9 @@ class Window:
     server: ServerCounts | None = None
     own_statements: int | None = None  # what the collector says it sent
     problems: list[str] = field(default_factory=list)
+    scrape_cpu: float | None = None  # agent path: the share of `cpu` spent serving the scrapes
+    scrape_latencies: list[float] = field(default_factory=list)
+    last_exposition: str = ""
 
 
 class DirectCollector:
@@ -246,7 +249,8 @@ class Exporter:
             if metric_total(text, self.error_metric) != 0:
                 problems.append(f"{self.error_metric} != 0")
         cpu = process_cpu_seconds(self.process.pid) - cpu_before
-        return Window(n, cpu, samples / n, database_samples / n, latencies, problems=problems)
+        return Window(n, cpu, samples / n, database_samples / n, latencies, problems=problems, scrape_cpu=cpu,
+                      scrape_latencies=latencies, last_exposition=text)
 
     async def close(self) -> None:
         if self.popen.poll() is None:
@@ -291,10 +295,16 @@ class AgentPath:
             before = await watch.snapshot()
             start = loop.time()
             samples = database_samples = 0
+            scrape_cpu, scrape_latencies = 0.0, []
             text = first
             for i in range(1, n + 1):
                 await asyncio.sleep(max(0.0, start + i * AGENT_INTERVAL - loop.time()))
+                # Scrapes land half an interval away from the polls, so the agent's CPU meanwhile is the scrape's.
+                scrape_cpu -= self.agent.cpu_seconds()
+                scrape_start = time.perf_counter()
                 text = await asyncio.to_thread(self.agent.scrape)
+                scrape_latencies.append(time.perf_counter() - scrape_start)
+                scrape_cpu += self.agent.cpu_seconds()
                 lines = sample_lines(text)
                 samples += len(lines)
                 database_samples += len(database_lines(lines))
@@ -314,7 +324,8 @@ class AgentPath:
         problems += [line for line in sample_lines(text) if line.startswith("dbintel_agent_poll_errors_total")]
         polls = max(polls, 1)
         return Window(int(polls), cpu, samples / polls, database_samples / polls, [seconds / max(count, 1)],
-                      server=counts, problems=problems)
+                      server=counts, problems=problems, scrape_cpu=scrape_cpu, scrape_latencies=scrape_latencies,
+                      last_exposition=text)
 
     async def profile(self, seconds: float) -> list[tuple[str, float]]:
         """Shares of the agent's on-CPU stack samples by layer (py-spy), scraped once per interval meanwhile."""
@@ -345,8 +356,8 @@ class AgentPath:
 
 # First marker found anywhere in a stack names its layer (most specific first).
 PROFILE_LAYERS = (
-    ("prometheus_client/exposition.py", "scrape: text formatting (prometheus_client.generate_latest)"),
     ("agent/exposition.py", "scrape: building metric families (dbintel AgentExposition.collect)"),
+    ("prometheus_client/exposition.py", "scrape: text formatting (prometheus_client.generate_latest)"),
     ("prometheus_client/", "scrape: other prometheus_client"),
     ("http/server.py", "scrape: HTTP server thread"),
     ("socketserver.py", "scrape: HTTP server thread"),
@@ -361,7 +372,8 @@ PROFILE_LAYERS = (
 
 
 def stack_shares(raw: str) -> list[tuple[str, float]]:
-    """py-spy raw output ('frame;frame;... count' per line) -> [(layer, share of samples)], largest first."""
+    """py-spy raw output ('frame;frame;... count' per line) -> [(layer, share of samples)], largest first,
+    then ("samples", count)."""
     counts: Counter = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -369,8 +381,8 @@ def stack_shares(raw: str) -> list[tuple[str, float]]:
             continue
         layer = next((name for marker, name in PROFILE_LAYERS if marker in stack), "other (interpreter, GC, threads)")
         counts[layer] += int(count)
-    total = sum(counts.values()) or 1
-    return [(layer, n / total) for layer, n in counts.most_common()]
+    total = sum(counts.values())
+    return [(layer, n / max(total, 1)) for layer, n in counts.most_common()] + [("samples", float(total))]
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -388,6 +400,20 @@ class Tally:
     @property
     def cpu_ms(self) -> float:
         return 1000 * self.per_collection(lambda w: w.cpu)
+
+    @property
+    def scrape_cpu_ms(self) -> float | None:
+        if any(w.scrape_cpu is None for w in self.windows):
+            return None
+        return 1000 * self.per_collection(lambda w: w.scrape_cpu)
+
+    @property
+    def scrape_latency_ms(self) -> float | None:
+        latencies = [x for w in self.windows for x in w.scrape_latencies]
+        return 1000 * statistics.median(latencies) if latencies else None
+
+    def lines_starting(self, prefix: str) -> int:
+        return sum(1 for line in sample_lines(self.windows[-1].last_exposition) if line.startswith(prefix))
 
     @property
     def cpu_us_per_sample(self) -> float:
@@ -502,13 +528,16 @@ async def run_scenario(args, pg: PostgresServer, rd: RedisServer, exporters: lis
 
 def row(tally: Tally) -> tuple[str, ...]:
     database_samples, samples = tally.samples
-    return (tally.contender.name, f"{database_samples:.0f} / {samples:.0f}", f"{tally.cpu_ms:.2f}",
+    scrape = tally.scrape_cpu_ms
+    scrape_text = "—" if scrape is None else "all" if tally.contender.family == "peer" else f"{scrape:.2f}"
+    return (tally.contender.name, f"{database_samples:.0f} / {samples:.0f}", f"{tally.cpu_ms:.2f}", scrape_text,
             f"{tally.cpu_us_per_sample:.1f}", f"{tally.statements:.1f}", f"{tally.connections:.2f}",
             f"{tally.latency_ms:.1f}")
 
 
-HEADER = ("contender", "database samples / all lines", "CPU ms / collection", "CPU µs / database sample",
-          "statements / collection", "new connections / collection", "latency ms (median)")
+HEADER = ("contender", "database samples / all lines", "CPU ms / collection", "of which serving the scrape, ms",
+          "CPU µs / database sample", "statements / collection", "new connections / collection",
+          "latency ms (median)")
 
 
 def table(tallies: list[Tally]) -> list[str]:
@@ -593,9 +622,16 @@ def render(args, results, profiles) -> str:
                 lines.append(f"- {t.contender.name} problems: {'; '.join(t.problems())}")
             if t.contender.kind == "redis":
                 lines.append(f"- {t.contender.name} commands per collection: {t.commands()}")
+            if isinstance(t.contender, AgentPath):
+                lines.append(f"- {t.contender.name}: latency is the poll's (agent histogram); one scrape of it "
+                             f"took {t.scrape_latency_ms:.1f} ms (median).")
+            if t.contender.kind == "postgresql" and t.contender.family == "peer":
+                lines.append(f"- {t.contender.name}: {t.lines_starting('pg_settings_')} of its database samples "
+                             f"are pg_settings_* (server settings, one query).")
         for kind, shares in profiles[scenario].items():
-            lines.append(f"- where the {kind} agent's CPU goes (py-spy, share of on-CPU samples): "
-                         + "; ".join(f"{layer} {share:.0%}" for layer, share in shares if share >= 0.01))
+            *layers, (_, total) = shares
+            lines.append(f"- where the {kind} agent's CPU goes (py-spy, {total:.0f} on-CPU stack samples): "
+                         + "; ".join(f"{layer} {share:.0%}" for layer, share in layers if share >= 0.01))
         lines.append("")
     return "\n".join(lines)
 

@@ -70,6 +70,7 @@ class PhaseStats:
     answered: int = 0
     answered_in_window: int = 0
     unsolicited: int = 0  # a response with no request outstanding (an assignment push)
+    degraded: int = 0  # replies saying the coordinator could not reach its store
     assignment_responses: int = 0
     stream_ends: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -90,6 +91,7 @@ class SimulatedAgent:
         self.answered = asyncio.Event()
         self.last_assignment_at = 0.0
         self.steady: bytes = b""
+        self.degraded_replies = 0
         self.reader: asyncio.Task | None = None
 
     def _status(self, resource_id: str, now_s: int):
@@ -131,7 +133,11 @@ class SimulatedAgent:
                     phase.answered_in_window += 1
             else:
                 phase.unsolicited += 1
-            # HeartbeatResponse.assignment is field 1, serialized first: tag byte 0x0a means present.
+            # HeartbeatResponse fields are serialized in field order: assignment (1) first, tag 0x0a;
+            # without it, degraded (2) = true comes first as 0x10 0x01.
+            if message[:2] == b"\x10\x01":
+                phase.degraded += 1
+                self.degraded_replies += 1
             if message[:1] == b"\x0a":
                 phase.assignment_responses += 1
                 await self._apply(self._apb.HeartbeatResponse.FromString(message).assignment)
@@ -209,9 +215,17 @@ class Generator:
         await asyncio.gather(*(a.send(a.request(register=True)) for a in self.agents))
         total = count * DATABASES_PER_AGENT
         deadline = started + self.p["setup_timeout"]
+        last_retry = time.perf_counter()
         while True:
             await asyncio.sleep(0.2)
             now = time.perf_counter()
+            if now - last_retry >= 1.0:
+                # A real agent heartbeats again after its interval; a registration the coordinator
+                # could not record (a degraded reply) is retried here after a second, not 30.
+                last_retry = now
+                for agent in self.agents:
+                    if agent.epoch == 0 and not agent.pending:
+                        await agent.send(agent.request(register=True))
             held = [r for a in self.agents for r in a.held]
             quiet = all(a.epoch > 0 and not a.pending and now - a.last_assignment_at >= 1.0 for a in self.agents)
             if quiet and len(held) == total and len(set(held)) == total:
@@ -225,7 +239,8 @@ class Generator:
         sizes = [len(a.held) for a in self.agents]
         return {"setup_s": time.perf_counter() - started, "held_min": min(sizes), "held_max": max(sizes),
                 "request_bytes": statistics.mean(len(a.steady) for a in self.agents),
-                "setup_messages": self.phase.sent}
+                "setup_messages": self.phase.sent, "setup_degraded": self.phase.degraded,
+                "agents_degraded": sum(1 for a in self.agents if a.degraded_replies)}
 
     async def run_phase(self, kind: str, warmup: float, measure: float, rate: float = 0.0) -> dict:
         phase = self.phase = PhaseStats()
@@ -265,6 +280,7 @@ class Generator:
             "kind": kind, "wall_s": wall, "sent": phase.sent, "answered": phase.answered,
             "unanswered": sum(len(a.pending) for a in self.agents), "unsolicited": phase.unsolicited,
             "assignment_responses": phase.assignment_responses, "stream_ends": phase.stream_ends,
+            "degraded": phase.degraded,
             "coordinator_counted": counted_after - counted_before,
             "throughput": phase.answered_in_window / wall,
             "p50_ms": quantile(0.50) * 1000, "p99_ms": quantile(0.99) * 1000, "max_ms": quantile(1.0) * 1000,
@@ -378,6 +394,9 @@ class Runner:
                 "redis_pid": self.redis.pid if mode == "redis" else None, "setup_timeout": 30.0}))
             generator.start()
             scenario.setup = self._receive(parent_end, generator, "ready")
+            print(f"{mode} {agents}: placement quiet after {scenario.setup['setup_s']:.1f}s "
+                  f"(coordinator started {time.monotonic() - started:.1f}s ago): {scenario.setup}",
+                  file=sys.stderr, flush=True)
             for kind, warmup, measure in (("idle", 0.0, self.args.idle), ("saturated", 1.0, self.args.measure)):
                 profiler = self._start_profiler(coordinator.pid, profile_to, warmup + measure) \
                     if kind == "saturated" and profile_to else None
@@ -606,7 +625,7 @@ def main() -> int:
                         raise RuntimeError(f"{mode}/{count}/{kind}: the coordinator counted "
                                            f"{phase['coordinator_counted']:.0f} heartbeats, the generator sent "
                                            f"{phase['sent']}")
-                    if phase["assignment_responses"] or phase["unsolicited"]:
+                    if phase["assignment_responses"] or phase["unsolicited"] or phase["degraded"]:
                         raise RuntimeError(f"{mode}/{count}/{kind}: assignments moved while measuring: {phase}")
         if args.profile:
             for mode in modes:

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("up", help="a coordinator and two agents on this machine, for trying it out"))
     p.add_argument("--agents", type=int, default=2)
-    p.add_argument("--base-port", type=int, default=50051, help="gRPC port; metrics/health ports follow the defaults")
+    p.add_argument("--base-port", type=int, default=50051, help="the coordinator's gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8889, help="the coordinator's; agents take the next ones")
+    p.add_argument("--health-port", type=int, default=13133, help="the coordinator's; agents take the next ones")
     p.set_defaults(func=cmd_up)
     return parser
 

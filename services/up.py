@@ -40,18 +40,14 @@ def _demo_config(pg_port: int, redis_port: int, base_port: int) -> Config:
     return parse_config(yaml.safe_dump(doc), source="dbintel up (demo)")
 
 
-def _listen(default: str, port: int) -> str:
-    return f"{default.rpartition(':')[0] or '127.0.0.1'}:{port}"
-
-
-async def _run(config: Config, config_path: str | None, agents: int, base_port: int, ready=None) -> None:
+async def _run(config: Config, config_path: str | None, agents: int, base_port: int, metrics_port: int,
+               health_port: int) -> None:
     from dbintel.agent.runtime import Agent
     from dbintel.coordinator.server import Coordinator
 
-    metrics_port = int(config.coordinator.metrics_listen.rpartition(":")[2])
-    health_port = int(config.coordinator.health_listen.rpartition(":")[2])
     coordinator = Coordinator(config, config_path=config_path, coordinator_id="up-coordinator",
-                              grpc_listen=_listen(config.coordinator.grpc_listen, base_port))
+                              grpc_listen=f"127.0.0.1:{base_port}", metrics_listen=f"127.0.0.1:{metrics_port}",
+                              health_listen=f"127.0.0.1:{health_port}")
     await coordinator.start()
     address = f"127.0.0.1:{coordinator.grpc_port}"
     fleet = [Agent(config, agent_id=f"up-agent-{i + 1}", coordinator=address, config_path=config_path,
@@ -73,8 +69,6 @@ async def _run(config: Config, config_path: str | None, agents: int, base_port: 
         "",
     ]
     print("\n".join(lines), flush=True)
-    if ready is not None:
-        ready(coordinator, fleet)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,8 +100,10 @@ def run_up(args) -> int:
             except LocalServerError as exc:
                 print(f"dbintel up: {exc}", file=sys.stderr)
                 return 1
+            print(f"dbintel up: throwaway PostgreSQL on 127.0.0.1:{servers[0].port}, Redis on "
+                  f"127.0.0.1:{servers[1].port} (deleted on exit)", flush=True)
             config = _demo_config(servers[0].port, servers[1].port, args.base_port)
-        asyncio.run(_run(config, config_path, args.agents, args.base_port))
+        asyncio.run(_run(config, config_path, args.agents, args.base_port, args.metrics_port, args.health_port))
         return 0
     finally:
         for server in reversed(servers):

@@ -173,3 +173,13 @@ def test_validate_names_unknown_metric_switches(tmp_path):
     assert result.returncode == 1
     assert "databases[0].metrics.redis.no.such: not a redis metric" in result.stderr
     assert "redis.cmd.calls" not in result.stderr
+
+
+def test_services_refuse_to_start_on_a_broken_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scaling: {mode: cluster}\ndatabases: [{name: a, type: redis, endpoint: nohost}]\n")
+    for role in ("coordinator", "agent", "up"):
+        result = subprocess.run([sys.executable, "-m", "dbintel.cli", role, "--config", str(bad)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (role, result.stderr)
+        assert "scaling.mode:" in result.stderr and "databases[0].endpoint:" in result.stderr, role
