@@ -154,3 +154,52 @@ async def test_inventory_reload_adds_and_removes_databases(tmp_path, redis_serve
     finally:
         await agent.stop()
         await coordinator.shutdown()
+
+
+async def test_leader_only_rpcs_sent_to_a_follower_are_forwarded(redis_server):
+    config = make_config(databases=4, mode="redis", redis=redis_server)
+    leader = await start_coordinator(config, "leader")
+    await wait_for(lambda: leader.leadership.is_leader, message="first replica leads")
+    follower = await start_coordinator(config, "follower")
+    address = f"127.0.0.1:{follower.grpc_port}"
+    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
+    channel, stub = operator_stub(address)
+    try:
+        await wait_for(lambda: exactly_once(agents, set(config.resources())), message="placement")
+        status = await stub.GetClusterStatus(opb.GetClusterStatusRequest())
+        assert status.coordinator_id == "follower" and not status.is_leader and status.leader_id == "leader"
+        plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", dry_run=True))
+        assert {m.resource_id for m in plan.moves} == agents[0].held and not plan.applied
+        done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
+        assert done.applied
+        await wait_for(lambda: agents[1].held == set(config.resources()), timeout=5, message="drained via follower")
+        rebalance = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
+        assert not rebalance.applied
+    finally:
+        await channel.close()
+        for agent in agents:
+            await agent.stop()
+        await follower.shutdown()
+        await leader.shutdown()
+
+
+async def test_health_goes_not_serving_before_the_server_stops():
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    import grpc
+    coordinator = await start_coordinator(make_config(databases=1), "stopping")
+    seen = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.grpc_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+
+        async def follow():
+            try:
+                async for reply in watch:
+                    seen.append(reply.status)
+            except grpc.aio.AioRpcError:
+                pass
+        follower = asyncio.create_task(follow())
+        await wait_for(lambda: seen, message="first health status")
+        await coordinator.shutdown()
+        await asyncio.wait_for(follower, 10)
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen

@@ -50,6 +50,9 @@ class MetricSpec:
     attributes: tuple[str, ...] = ()  # OTel attribute names, in label order
     enabled_by_default: bool = True
     tier: Literal["reference", "beyond"] = "reference"  # beyond = not in the OTel receiver
+    # Where the metric was seen working: real servers ("PostgreSQL 15") or documented reply shapes
+    # tested without a server ("MySQL 8.0 (documented shape)"). Rendered in docs/metrics.md.
+    verified_on: tuple[str, ...] = ()
 
     @property
     def prometheus_name(self) -> str:
