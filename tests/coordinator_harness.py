@@ -192,3 +192,18 @@ def owners(agents: list[ScriptedAgent]) -> dict[str, list[str]]:
 def exactly_once(agents: list[ScriptedAgent], resources: set[str]) -> bool:
     held = owners(agents)
     return set(held) == resources and all(len(v) == 1 for v in held.values())
+
+
+@contextlib.asynccontextmanager
+async def scripted_cluster(config: Config, agents: int, *, name: str = "c1"):
+    """A coordinator and `agents` scripted agents, placed (every database held exactly once)."""
+    coordinator = await start_coordinator(config, name)
+    address = f"127.0.0.1:{coordinator.grpc_port}"
+    fleet = [ScriptedAgent(f"agent-{i}", address).start() for i in range(agents)]
+    try:
+        await wait_for(lambda: exactly_once(fleet, set(config.resources())), message="initial placement")
+        yield coordinator, address, fleet
+    finally:
+        for agent in fleet:
+            await agent.stop()
+        await coordinator.shutdown()

@@ -12,7 +12,7 @@ import pytest
 from dbintel.v1 import agent_service_pb2 as apb
 from dbintel.v1 import operator_service_pb2 as opb
 from tests.coordinator_harness import (ScriptedAgent, exactly_once, make_config, operator_stub, owners,
-                                       start_coordinator, wait_for)
+                                       scripted_cluster, start_coordinator, wait_for)
 
 
 def resources(config) -> set[str]:
@@ -81,11 +81,7 @@ async def test_every_database_has_exactly_one_owner_and_status_shows_it(cluster_
 
 async def test_leave_hands_off_within_a_second_without_double_owner(cluster_config):
     config = cluster_config(databases=12)
-    coordinator = await start_coordinator(config, "c1")
-    address = f"127.0.0.1:{coordinator.grpc_port}"
-    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(3)]
-    try:
-        await wait_for(lambda: exactly_once(agents, resources(config)), message="initial placement")
+    async with scripted_cluster(config, 3) as (coordinator, address, agents):
         leaving, staying = agents[0], agents[1:]
         moved = set(leaving.held)
         before = {a.agent_id: set(a.held) for a in staying}
@@ -99,20 +95,12 @@ async def test_leave_hands_off_within_a_second_without_double_owner(cluster_conf
         assert watcher.duplicates == []
         for agent in staying:  # only the leaver's databases moved
             assert before[agent.agent_id] <= agent.held
-    finally:
-        for agent in agents:
-            await agent.stop()
-        await coordinator.shutdown()
 
 
 async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(cluster_config):
     config = cluster_config(databases=8)
     timing = config.scaling.coordinator
-    coordinator = await start_coordinator(config, "c1")
-    address = f"127.0.0.1:{coordinator.grpc_port}"
-    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
-    try:
-        await wait_for(lambda: exactly_once(agents, resources(config)), message="initial placement")
+    async with scripted_cluster(config, 2) as (coordinator, address, agents):
         crashed, survivor = agents
         await crashed.stop()  # no Leave: a crash
         started = time.monotonic()
@@ -124,19 +112,11 @@ async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(c
         states = {a.agent_id: a.state for a in (await stub.ListAgents(opb.ListAgentsRequest())).agents}
         await channel.close()
         assert states["agent-0"] == 4  # AGENT_STATE_EXPIRED
-    finally:
-        for agent in agents:
-            await agent.stop()
-        await coordinator.shutdown()
 
 
 async def test_join_moves_only_what_balancing_needs(cluster_config):
     config = cluster_config(databases=12, timing={"min_rebalance_interval": "1s"})
-    coordinator = await start_coordinator(config, "c1")
-    address = f"127.0.0.1:{coordinator.grpc_port}"
-    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
-    try:
-        await wait_for(lambda: exactly_once(agents, resources(config)), message="initial placement")
+    async with scripted_cluster(config, 2) as (coordinator, address, agents):
         before = {a.agent_id: set(a.held) for a in agents}
         newcomer = ScriptedAgent("agent-new", address).start()
         agents.append(newcomer)
@@ -146,19 +126,11 @@ async def test_join_moves_only_what_balancing_needs(cluster_config):
         assert watcher.duplicates == []
         kept = sum(len(before[a.agent_id] & a.held) for a in agents[:2])
         assert kept == 8  # exactly 4 moved: the minimum for 12 over 3
-    finally:
-        for agent in agents:
-            await agent.stop()
-        await coordinator.shutdown()
 
 
 async def test_grant_carries_previous_owner_last_poll_time(cluster_config):
     config = cluster_config(databases=4)
-    coordinator = await start_coordinator(config, "c1")
-    address = f"127.0.0.1:{coordinator.grpc_port}"
-    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
-    try:
-        await wait_for(lambda: exactly_once(agents, resources(config)), message="initial placement")
+    async with scripted_cluster(config, 2) as (coordinator, address, agents):
         leaving, staying = agents
         stamp = int(time.time() * 1000) - 1234
         leaving.poll_times_ms = {rid: stamp for rid in leaving.held}
@@ -167,42 +139,32 @@ async def test_grant_carries_previous_owner_last_poll_time(cluster_config):
         await leaving.leave()
         await wait_for(lambda: staying.held == resources(config), timeout=5, message="hand-off")
         assert {rid: staying.grants.get(rid) for rid in moved} == {rid: stamp for rid in moved}
-    finally:
-        for agent in agents:
-            await agent.stop()
-        await coordinator.shutdown()
 
 
 async def test_drain_and_rebalance_dry_run(cluster_config):
     config = cluster_config(databases=6)
-    coordinator = await start_coordinator(config, "c1")
-    address = f"127.0.0.1:{coordinator.grpc_port}"
-    agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
-    channel, stub = operator_stub(address)
-    try:
-        await wait_for(lambda: exactly_once(agents, resources(config)), message="initial placement")
-        dry = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
-        assert not dry.applied and list(dry.moves) == []  # already balanced with equal costs
-        plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", dry_run=True))
-        assert not plan.applied and {m.resource_id for m in plan.moves} == agents[0].held
-        assert all(m.to_agent_id == "agent-1" for m in plan.moves)
-        assert len(agents[0].held) == 3  # a dry run changes nothing
-        stamp = int(time.time() * 1000) - 4321
-        drained = set(agents[0].held)
-        agents[0].poll_times_ms = {rid: stamp for rid in drained}  # reported when it releases them
-        done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
-        assert done.applied
-        await wait_for(lambda: agents[1].held == resources(config) and not agents[0].held, timeout=5,
-                       message="drained")
-        assert {rid: agents[1].grants.get(rid) for rid in drained} == {rid: stamp for rid in drained}
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.DrainAgent(opb.DrainAgentRequest(agent_id="nobody"))
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await channel.close()
-        for agent in agents:
-            await agent.stop()
-        await coordinator.shutdown()
+    async with scripted_cluster(config, 2) as (coordinator, address, agents):
+        channel, stub = operator_stub(address)
+        try:
+            dry = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
+            assert not dry.applied and list(dry.moves) == []  # already balanced with equal costs
+            plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", dry_run=True))
+            assert not plan.applied and {m.resource_id for m in plan.moves} == agents[0].held
+            assert all(m.to_agent_id == "agent-1" for m in plan.moves)
+            assert len(agents[0].held) == 3  # a dry run changes nothing
+            stamp = int(time.time() * 1000) - 4321
+            drained = set(agents[0].held)
+            agents[0].poll_times_ms = {rid: stamp for rid in drained}  # reported when it releases them
+            done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
+            assert done.applied
+            await wait_for(lambda: agents[1].held == resources(config) and not agents[0].held, timeout=5,
+                           message="drained")
+            assert {rid: agents[1].grants.get(rid) for rid in drained} == {rid: stamp for rid in drained}
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.DrainAgent(opb.DrainAgentRequest(agent_id="nobody"))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await channel.close()
 
 
 async def test_agent_id_collision_between_live_pods_is_refused(cluster_config):
