@@ -1,9 +1,11 @@
-"""Shared by the bench/ scripts: a real `dbintel agent` process, and reading a Prometheus exposition.
+"""Shared by the bench/ scripts: a real `dbintel agent` process, reading a Prometheus exposition, and
+the exact CPU time of another process.
 
 The database servers come from tests/servers.py (the repo root is put on sys.path here); this module
-only adds the agent subprocess both agent benchmarks drive: configured with
-`ignore_assignments: true` (it polls every configured database and talks to no coordinator),
-listening on free loopback ports, its passwords passed as `${env:...}` references.
+adds only what the benchmarks need on top: the agent subprocess (configured with
+`ignore_assignments: true`, so it polls every configured database and talks to no coordinator,
+listening on free loopback ports, its passwords passed as `${env:...}` references), and a
+PostgreSQL with a higher max_connections for the memory benchmark's 100 connections.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.servers import free_port  # noqa: E402  (needs the repo root on sys.path)
+from tests.servers import PostgresServer, free_port  # noqa: E402  (needs the repo root on sys.path)
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -69,6 +71,31 @@ def metric_total(exposition: str, name: str, label_filter: str = "") -> float:
         if match and match.group(1) == name and label_filter in (match.group(2) or ""):
             total += float(match.group(3))
     return total
+
+
+def metric_by_resource(exposition: str, name: str) -> dict[str, float]:
+    """The samples named exactly `name`, keyed by their dbintel_resource label."""
+    values: dict[str, float] = {}
+    for line in sample_lines(exposition):
+        match = _SAMPLE.match(line)
+        if match and match.group(1) == name:
+            resource = re.search(r'dbintel_resource="([^"]*)"', match.group(2) or "")
+            if resource:
+                values[resource.group(1)] = float(match.group(3))
+    return values
+
+
+class WidePostgresServer(PostgresServer):
+    """The test PostgreSQL with room for more connections than the suite's 100 (a command-line setting,
+    which ALTER SYSTEM cannot override)."""
+
+    def __init__(self, max_connections: int = 250):
+        self.max_connections = max_connections
+        super().__init__()
+
+    def _command(self) -> list[str]:
+        return [f"max_connections={self.max_connections}" if part.startswith("max_connections=") else part
+                for part in super()._command()]
 
 
 class AgentProcess:

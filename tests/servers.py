@@ -720,7 +720,7 @@ class MariaDBServer(ManagedServer):
         self.execute(
             f"""
             CREATE USER {user} IDENTIFIED BY '{self.monitor_password}';
-            GRANT PROCESS, REPLICATION CLIENT, SELECT ON *.* TO {user};
+            GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT ON *.* TO {user};
             CREATE DATABASE {self.app_database};
             USE {self.app_database};
             CREATE TABLE orders (

@@ -1,8 +1,11 @@
 """The agent's Prometheus exposition: the last snapshot of each held database, plus self-metrics.
 
-A custom collector on the registry it is given (never the global one). A scrape only reads the
-scheduler's immutable snapshots: no I/O and no lock on the scrape path, and a database revoked from
-this agent disappears from the next scrape because its snapshot is gone.
+Self-metrics live on the registry it is given (never the global one), through a custom collector.
+Database series — the bulk — are rendered straight to the text format and cached per snapshot:
+a snapshot is immutable, so each poll's samples are formatted once, on the first scrape after the
+poll, however often Prometheus scrapes. A scrape only reads the scheduler's snapshots: no I/O and no
+lock on the scrape path, and a database revoked from this agent disappears from the next scrape
+because its snapshot is gone.
 
 Every database series carries `dbintel_resource`, the database's configured `labels:` (dropped where
 they collide with the metric's own label names: the metric wins) and the metric's attribute labels.
@@ -13,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram
+import math
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -46,6 +51,46 @@ def utilization(snapshots: Iterable[ResourceSnapshot], max_concurrent_polls: int
     return busy / max_concurrent_polls
 
 
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _format_value(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class _RenderedFamily:
+    header: str  # "# HELP …\n# TYPE …\n"
+    lines: str  # this database's sample lines
+
+
+def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
+    """One database's series in the Prometheus text format, by family name."""
+    out: dict[str, _RenderedFamily] = {}
+    resource = f'{RESOURCE_LABEL}="{_escape_label(snapshot.resource_id)}"'
+    for samples in snapshot.samples_by_metric.values():
+        spec = samples[0].spec
+        name = spec.prometheus_name  # counters already end in _total, as the text format wants
+        base = resource + "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
+        label_names = spec.label_names
+        lines = []
+        for sample in samples:
+            labels = base + "".join(f',{n}="{_escape_label(str(a))}"' for n, a in zip(label_names, sample.attributes))
+            lines.append(f"{name}{{{labels}}} {_format_value(sample.value)}\n")
+        out[name] = _RenderedFamily(f"# HELP {name} {_escape_help(spec.description)}\n"
+                                    f"# TYPE {name} {spec.prometheus_type}\n", "".join(lines))
+    return out
+
+
 def _family(prometheus_name: str, documentation: str, typ: str) -> tuple[Metric, str]:
     """A metric family and the sample name its values take (counters: family name + _total)."""
     if typ == "counter":
@@ -61,6 +106,9 @@ class AgentExposition(Collector):
                  status: Callable[[], AgentStatus], max_concurrent_polls: int):
         self._snapshots = snapshots
         self._status = status
+        self._registry = registry
+        # resource id -> (the snapshot rendered, its rendering); replaced whole, so scrapes never see it half-built
+        self._rendered: dict[str, tuple[ResourceSnapshot, dict[str, _RenderedFamily]]] = {}
         self._max_concurrent_polls = max_concurrent_polls
         # By type only (bounded cardinality), so a standard histogram that outlives revocations is right.
         self._poll_duration = Histogram(
@@ -75,27 +123,27 @@ class AgentExposition(Collector):
         return []  # the database families depend on what is held; nothing to pre-declare
 
     def collect(self) -> Iterable[Metric]:
-        snapshots = list(self._snapshots().values())
-        yield from self._database_families(snapshots)
-        yield from self._self_families(snapshots)
+        """The self-metrics (the registry's part of a scrape; database series come from render())."""
+        yield from self._self_families(list(self._snapshots().values()))
 
-    @staticmethod
-    def _database_families(snapshots: list[ResourceSnapshot]) -> Iterable[Metric]:
-        families: dict[str, tuple[Metric, str]] = {}
-        for snapshot in snapshots:
-            for samples in snapshot.samples_by_metric.values():
-                spec = samples[0].spec
-                entry = families.get(spec.prometheus_name)
-                if entry is None:
-                    entry = families[spec.prometheus_name] = _family(
-                        spec.prometheus_name, spec.description, spec.prometheus_type)
-                family, sample_name = entry
-                base = {RESOURCE_LABEL: snapshot.resource_id, **snapshot.user_labels(spec)}
-                for sample in samples:
-                    labels = dict(base)
-                    labels.update(zip(spec.label_names, (str(a) for a in sample.attributes)))
-                    family.add_sample(sample_name, labels, float(sample.value))
-        return [family for family, _ in families.values()]
+    def render(self) -> bytes:
+        """The whole /metrics body: the registry's self-metrics, then every held database's series."""
+        return generate_latest(self._registry) + self.render_databases().encode()
+
+    def render_databases(self) -> str:
+        previous, current = self._rendered, {}
+        headers: dict[str, str] = {}
+        bodies: dict[str, list[str]] = {}
+        for resource_id, snapshot in self._snapshots().items():
+            entry = previous.get(resource_id)
+            if entry is None or entry[0] is not snapshot:
+                entry = (snapshot, render_snapshot(snapshot))
+            current[resource_id] = entry
+            for name, family in entry[1].items():
+                headers.setdefault(name, family.header)
+                bodies.setdefault(name, []).append(family.lines)
+        self._rendered = current  # revoked databases' renderings go with their snapshots
+        return "".join(headers[name] + "".join(bodies[name]) for name in headers)
 
     def _self_families(self, snapshots: list[ResourceSnapshot]) -> Iterable[Metric]:
         status = self._status()

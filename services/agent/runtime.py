@@ -99,7 +99,8 @@ class Agent:
         self._exposition = AgentExposition(self.registry, snapshots=self._scheduler.snapshots, status=self._status,
                                            max_concurrent_polls=config.agent.max_concurrent_polls)
         self._otlp: OTLPPush | None = None
-        self._metrics_endpoint = MetricsEndpoint(metrics_listen or config.agent.metrics_listen, self.registry)
+        self._metrics_endpoint = MetricsEndpoint(metrics_listen or config.agent.metrics_listen, self.registry,
+                                                 render=self._exposition.render)
         self._health_endpoint = HealthEndpoint(health_listen or config.agent.health_listen, self._readiness)
         self._link: CoordinatorLink | None = None
         self._apply_lock = asyncio.Lock()

@@ -1,7 +1,7 @@
 """The two HTTP endpoints both roles serve: Prometheus metrics (:8889/metrics) and health (:13133).
 
-Metrics use prometheus_client's threaded server with a registry passed in (never the global one),
-so a slow scrape cannot stall the event loop. Health is served *on* the event loop on purpose:
+Metrics are served from a thread, from a registry passed in (never the global one), so a slow scrape
+cannot stall the event loop. Health is served *on* the event loop on purpose:
 `/` answering proves the loop is alive; `/ready` asks the role whether it is ready for traffic.
 """
 
@@ -12,7 +12,10 @@ import json
 import logging
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,44 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class MetricsEndpoint:
-    """Serves `registry` at http://listen/metrics from a background thread."""
+    """Serves `/metrics` from a background thread: `render()` if given (a role that renders part of its
+    exposition itself, like the agent), else the registry in the Prometheus text format."""
 
-    def __init__(self, listen: str, registry: CollectorRegistry):
+    def __init__(self, listen: str, registry: CollectorRegistry, render: Callable[[], bytes] | None = None):
         self._listen, self._registry = listen, registry
-        self._server = None
+        self._render = render or (lambda: generate_latest(registry))
+        self._server: ThreadingHTTPServer | None = None
         self.port: int | None = None
 
     def start(self) -> None:
+        render = self._render
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "try /metrics")
+                    return
+                try:
+                    body = render()
+                except Exception:  # a bug in rendering must answer 500, not hang the scrape
+                    log.exception("rendering /metrics failed")
+                    self.send_error(500, "rendering failed")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+                pass
+
         host, port = split_listen(self._listen)
-        self._server, _thread = start_http_server(port, addr=host, registry=self._registry)
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
         self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http",
+                         daemon=True).start()
 
     def stop(self) -> None:
         if self._server is not None:

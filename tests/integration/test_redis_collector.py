@@ -256,7 +256,7 @@ async def test_replica_link_and_lag_from_both_ends(fresh_redis, monkeypatch) -> 
         on_primary = make_collector(fresh_redis, monkeypatch)
         primary = await on_primary.collect()
         await on_primary.close()
-        on_replica = make_collector(replica, monkeypatch)
+        on_replica = make_collector(replica, monkeypatch, enabled=DEFAULT | {"redis.replication.replica_offset"})
         try:
             linked = await on_replica.collect()
             fresh_redis.stop()
@@ -271,5 +271,68 @@ async def test_replica_link_and_lag_from_both_ends(fresh_redis, monkeypatch) -> 
     assert {s.spec.name: s.value for s in primary.samples}["redis.slaves.connected"] == 1
     up = {s.spec.name: s.value for s in linked.samples}
     assert up["redis.replication.link.up"] == 1 and up["redis.replication.link.last_io"] >= 0
+    assert up["redis.replication.replica_offset"] >= 0
     down = {s.spec.name: s.value for s in unlinked.samples}
     assert down["redis.replication.link.up"] == 0 and down["redis.replication.link.down_duration"] >= 0
+
+
+# --- optional metrics: present only when enabled -------------------------------------------------
+OPTIONAL = frozenset(s.name for s in REDIS_METRICS if not s.enabled_by_default)
+# Seen live in test_replica_link_and_lag_from_both_ends: they need a replica (or to be one).
+REPLICA_SIDE = {"redis.replication.link.up", "redis.replication.link.last_io", "redis.replication.link.down_duration",
+                "redis.replication.replica_offset", "redis.replication.replica.lag",
+                "redis.replication.replica.offset_lag"}
+
+
+def latency_spike(server: RedisServer) -> None:
+    """Switch the latency monitor on and make a command take well over its 1 ms threshold."""
+    with server.client() as admin:
+        admin.config_set("latency-monitor-threshold", 1)
+        admin.eval("local i = 0 while i < 3000000 do i = i + 1 end return i", 0)  # a busy script: ~10+ ms
+        assert admin.execute_command("LATENCY", "LATEST"), "no latency spike recorded"
+
+
+async def test_optional_metrics_appear_only_when_enabled(fresh_redis, monkeypatch) -> None:
+    latency_spike(fresh_redis)
+    chosen = {"redis.maxmemory", "redis.role", "redis.cmd.usec", "redis.latency.spike.duration",
+              "redis.latency.spike.age"}
+    default = make_collector(fresh_redis, monkeypatch)
+    switched = make_collector(fresh_redis, monkeypatch, enabled=REDIS_METRICS.enabled({n: True for n in chosen}))
+    try:
+        await default.collect()  # the first INFO asks for every section: the steady state is what counts
+        await switched.collect()
+        with fresh_redis.client() as admin:
+            before = commandstats(admin)
+            plain = await default.collect()
+            between = commandstats(admin)
+            rich = await switched.collect()
+            after = commandstats(admin)
+    finally:
+        await default.close()
+        await switched.close()
+    assert plain.up and rich.up and plain.errors == rich.errors == []
+    assert not OPTIONAL & {s.spec.name for s in plain.samples}
+    assert OPTIONAL & {s.spec.name for s in rich.samples} == chosen
+    spikes = {s.spec.name: s for s in rich.samples if s.spec.name.startswith("redis.latency.")}
+    assert spikes["redis.latency.spike.duration"].attributes == ("command",)
+    assert spikes["redis.latency.spike.duration"].value >= 0.001 and spikes["redis.latency.spike.age"].value >= 0
+    # LATENCY LATEST is sent only while a latency metric is on: one command more, and only there
+    assert rich.statements == plain.statements + 1 == 3
+    assert between.get("latency|latest", 0) - before.get("latency|latest", 0) == 0
+    assert after.get("latency|latest", 0) - between.get("latency|latest", 0) == 1
+
+
+async def test_every_metric_claimed_verified_on_redis_7_0_is_seen_live(fresh_redis, monkeypatch) -> None:
+    prepare_keys_and_an_error(fresh_redis)
+    latency_spike(fresh_redis)
+    collector = make_collector(fresh_redis, monkeypatch, enabled=REDIS_METRICS.enabled(
+        {name: True for name in REDIS_METRICS.by_name}))
+    try:
+        result = await collector.collect()
+    finally:
+        await collector.close()
+    assert result.up and result.errors == []
+    claimed = {s.name for s in REDIS_METRICS if "Redis 7.0" in s.verified_on}
+    seen = {s.spec.name for s in result.samples}
+    assert claimed - REPLICA_SIDE <= seen, sorted(claimed - REPLICA_SIDE - seen)
+    assert seen <= claimed  # nothing seen live goes unclaimed

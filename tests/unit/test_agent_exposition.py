@@ -35,9 +35,9 @@ def polled(name: str, samples: list[Sample], *, labels=None, up=True, errors=(),
     return start.after_poll(started=at, duration=duration, result=result, failure=None)
 
 
-def scrape(registry: CollectorRegistry) -> dict[str, list]:
-    """{family name: [(sample name, labels, value)]} from the text exposition, as Prometheus parses it."""
-    text = generate_latest(registry).decode()
+def scrape(target) -> dict[str, list]:
+    """{family name: [(sample name, labels, value)]} from what /metrics serves, as Prometheus parses it."""
+    text = (target.render() if isinstance(target, AgentExposition) else generate_latest(target)).decode()
     return {f.name: [(s.name, s.labels, s.value) for s in f.samples]
             for f in text_string_to_metric_families(text)}, text
 
@@ -54,8 +54,8 @@ def test_database_series_carry_the_resource_user_labels_and_metric_labels():
                              Sample(KEYS, 3, ("0",))],
                    labels={"team": "payments", "state": "prod"})  # "state" collides with redis.cpu.time's label
     other = polled("other", [Sample(MEMORY, 2048.0)])
-    registry, _ = exposition({cache.resource_id: cache, other.resource_id: other})
-    families, text = scrape(registry)
+    _, expo = exposition({cache.resource_id: cache, other.resource_id: other})
+    families, text = scrape(expo)
 
     assert sorted(families["redis_cpu_time_seconds"], key=lambda s: s[2]) == [
         ("redis_cpu_time_seconds_total", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "sys"}, 0.5),
@@ -162,8 +162,8 @@ async def test_scrapes_read_the_last_snapshot_without_waiting_for_a_poll_and_rev
         return collectors[resource_id]
 
     scheduler = PollScheduler(factory, max_concurrent_polls=4)
-    registry = CollectorRegistry()
-    AgentExposition(registry, snapshots=scheduler.snapshots, status=lambda: STATUS, max_concurrent_polls=4)
+    expo = AgentExposition(CollectorRegistry(), snapshots=scheduler.snapshots, status=lambda: STATUS,
+                           max_concurrent_polls=4)
     fast = db("a", interval=0.2).model_copy(update={"timeout": timedelta(seconds=5)})
     for name in ("a", "b"):
         scheduler.add(f"db:redis/{name}", fast.model_copy(update={"name": name}), last_poll_time=0.0)
@@ -171,18 +171,34 @@ async def test_scrapes_read_the_last_snapshot_without_waiting_for_a_poll_and_rev
         await _until(lambda: len(collectors) == 2 and all(c.collections == 2 for c in collectors.values()))
         # Both second polls hang now; scraping must not wait for them (a scrape is a plain read).
         for _ in range(3):
-            families, _ = await asyncio.wait_for(asyncio.to_thread(scrape, registry), timeout=5)
+            families, _ = await asyncio.wait_for(asyncio.to_thread(scrape, expo), timeout=5)
         assert sorted((labels["dbintel_resource"], value) for _, labels, value in families["redis_memory_used_bytes"]) \
             == [("db:redis/a", 100.0), ("db:redis/b", 100.0)]  # the last finished poll's values
         assert all(c.collections == 2 for c in collectors.values())  # scrapes triggered no collection
 
         await scheduler.remove({"db:redis/a"})
-        families, _ = scrape(registry)
+        families, _ = scrape(expo)
         resources = {labels.get("dbintel_resource") for f in families.values() for _, labels, _ in f}
         assert "db:redis/a" not in resources and "db:redis/b" in resources
         gate.set()
         await _until(lambda: collectors["db:redis/b"].collections >= 3)
-        await _until(lambda: scrape(registry)[0]["redis_memory_used_bytes"][0][2] >= 200.0)
+        await _until(lambda: scrape(expo)[0]["redis_memory_used_bytes"][0][2] >= 200.0)
     finally:
         gate.set()
         await scheduler.close()
+
+
+def test_each_snapshot_is_rendered_once_however_often_it_is_scraped(monkeypatch):
+    import dbintel.agent.exposition as module
+    calls = []
+    real = module.render_snapshot
+    monkeypatch.setattr(module, "render_snapshot", lambda snapshot: calls.append(snapshot.resource_id) or real(snapshot))
+    first = polled("a", [Sample(MEMORY, 1.0)])
+    snapshots = {first.resource_id: first}
+    _, expo = exposition(snapshots)
+    texts = {expo.render() for _ in range(5)}
+    assert len(texts) == 1 and calls == ["db:redis/a"]
+    snapshots[first.resource_id] = polled("a", [Sample(MEMORY, 2.0)], at=1_700_000_010.0)  # a new poll
+    families, _ = scrape(expo)
+    assert calls == ["db:redis/a", "db:redis/a"]
+    assert [value for _, _, value in families["redis_memory_used_bytes"]] == [2.0]

@@ -115,7 +115,11 @@ def test_beyond_metrics_are_on_by_default_and_not_in_the_reference() -> None:
     reference = {r["metric_name"] for r in reference_rows()}
     beyond = {s.name for s in TABLE if s.tier == "beyond"}
     assert beyond == {"postgresql.connection.count", "postgresql.transaction.oldest_age",
-                      "postgresql.recovery.active", "postgresql.database.frozen_xid_age"}
+                      "postgresql.recovery.active", "postgresql.database.frozen_xid_age",
+                      "postgresql.recovery.replay_lag", "postgresql.recovery.unreplayed_wal",
+                      "postgresql.replication.slot.retained_wal", "postgresql.replication.slot.active",
+                      "postgresql.table.autovacuum.count", "postgresql.table.autoanalyze.count",
+                      "postgresql.table.last_autovacuum.age", "postgresql.table.last_autoanalyze.age"}
     assert not beyond & reference
     assert beyond <= TABLE.enabled()
     assert TABLE["postgresql.transaction.oldest_age"].prometheus_name == "postgresql_transaction_oldest_age_seconds"
@@ -187,7 +191,8 @@ def _activity(**counts: int) -> dict:
 
 def _extras(**overrides) -> dict:
     row = {"last_archived_time": None, "server_now": dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC),
-           "max_connections": 100, "in_recovery": False, "oldest_xact_age": None}
+           "max_connections": 100, "in_recovery": False, "oldest_xact_age": None, "replay_lag": None,
+           "unreplayed_bytes": None, "replication_slots": []}
     row.update(_activity(active=2, idle=5, idle_in_transaction=1))
     row.update(overrides)
     return row
@@ -314,7 +319,8 @@ def _table_row(version: int, schema: str, table: str, **values) -> dict:
     """A pg_stat_user_tables row of that version joined with its pg_statio_user_tables row."""
     columns = TABLE_VIEWS[version][0] | _STATIO_USER_TABLES
     row = {column: 0 for column in columns}
-    row.update({"relid": 16384, "schemaname": schema, "relname": table, "last_vacuum": None})
+    row.update({"relid": 16384, "schemaname": schema, "relname": table, "last_vacuum": None,
+                "last_autovacuum_age": None, "last_autoanalyze_age": None})
     if version >= 17:
         row["last_seq_scan"] = None
     row.update(values)
@@ -436,3 +442,178 @@ def test_tls_verifies_by_default() -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     tls_object = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="10.0.0.5")
     assert tls_object.server_hostname == "10.0.0.5"
+
+
+# --- standby replay, replication slots, autovacuum (beyond the receiver) ---------------------------------
+_REPLICATION_SLOTS_12 = {"slot_name", "plugin", "slot_type", "datoid", "database", "temporary", "active", "active_pid",
+                         "xmin", "catalog_xmin", "restart_lsn", "confirmed_flush_lsn"}
+_REPLICATION_SLOTS_17 = _REPLICATION_SLOTS_12 | {"wal_status", "safe_wal_size", "two_phase", "conflicting",
+                                                 "inactive_since", "invalidation_reason", "failover", "synced"}
+
+
+def columns_of(sql: str, alias: str) -> set[str]:
+    return set(re.findall(rf"\b{alias}\.([a-z_]+)\b", sql))
+
+
+@pytest.mark.parametrize("major, slots", [(12, _REPLICATION_SLOTS_12), (15, _REPLICATION_SLOTS_12),
+                                          (17, _REPLICATION_SLOTS_17)])
+def test_server_sql_reads_documented_slot_columns_and_only_standby_functions_on_a_standby(major, slots) -> None:
+    sql = client.server_stats_sql(major * 10000)
+    assert columns_of(sql, "sl") == {"slot_name", "slot_type", "active", "restart_lsn"} <= slots
+    # pg_current_wal_lsn() raises in recovery: it may only appear as the primary branch of the CASE
+    assert sql.count("pg_current_wal_lsn()") == 1
+    assert client._CURRENT_LSN in sql and "pg_last_xact_replay_timestamp()" in sql
+
+
+def test_standby_row_gives_replay_lag_and_unreplayed_wal() -> None:
+    row = {**BGWRITER_PRE17, **_extras(in_recovery=True, replay_lag=3.25, unreplayed_bytes=8192.0)}
+    got = by_key(mapping.server_samples(row, TABLE.enabled()))
+    assert got[("postgresql.recovery.active", ())] == 1
+    assert got[("postgresql.recovery.replay_lag", ())] == 3.25
+    assert got[("postgresql.recovery.unreplayed_wal", ())] == 8192
+
+
+def test_primary_row_has_no_standby_replay_series() -> None:
+    got = by_key(mapping.server_samples({**BGWRITER_PRE17, **_extras()}, TABLE.enabled()))
+    assert not {"postgresql.recovery.replay_lag", "postgresql.recovery.unreplayed_wal"} & {n for n, _ in got}
+
+
+def test_replication_slots_retained_wal_and_activity() -> None:
+    slots = [{"slot_name": "standby_a", "slot_type": "physical", "active": True, "retained_bytes": 16384.0},
+             {"slot_name": "cdc", "slot_type": "logical", "active": False, "retained_bytes": 7.5e9},
+             {"slot_name": "fresh", "slot_type": "physical", "active": False, "retained_bytes": None}]
+    got = by_key(mapping.server_samples({**BGWRITER_PRE17, **_extras(replication_slots=slots)}, TABLE.enabled()))
+    assert got[("postgresql.replication.slot.retained_wal", ("standby_a", "physical"))] == 16384
+    assert got[("postgresql.replication.slot.retained_wal", ("cdc", "logical"))] == 7.5e9
+    assert ("postgresql.replication.slot.retained_wal", ("fresh", "physical")) not in got  # no WAL reserved yet
+    assert got[("postgresql.replication.slot.active", ("standby_a", "physical"))] == 1
+    assert got[("postgresql.replication.slot.active", ("cdc", "logical"))] == 0
+    assert got[("postgresql.replication.slot.active", ("fresh", "physical"))] == 0
+
+
+@pytest.mark.parametrize("version", [12, 15, 17])
+def test_autovacuum_and_autoanalyze_per_table(version: int) -> None:
+    assert {"autovacuum_count", "autoanalyze_count", "last_autovacuum", "last_autoanalyze"} <= \
+        columns_of(client.table_stats_sql(sizes=False), "s") <= TABLE_VIEWS[version][0]
+    rows = [_table_row(version, "public", "orders", autovacuum_count=4, autoanalyze_count=6,
+                       last_autovacuum_age=120.5, last_autoanalyze_age=30.0),
+            _table_row(version, "public", "fresh")]  # never autovacuumed: no age
+    got = by_key(mapping.table_samples(rows, "app", TABLE.enabled()))
+    orders = ("app|public", "orders", "app", "public", "public.orders")
+    fresh = ("app|public", "fresh", "app", "public", "public.fresh")
+    assert got[("postgresql.table.autovacuum.count", orders)] == 4
+    assert got[("postgresql.table.autoanalyze.count", orders)] == 6
+    assert got[("postgresql.table.last_autovacuum.age", orders)] == 120.5
+    assert got[("postgresql.table.last_autoanalyze.age", orders)] == 30
+    assert got[("postgresql.table.autovacuum.count", fresh)] == 0
+    assert ("postgresql.table.last_autovacuum.age", fresh) not in got
+
+
+# --- optional statements: locks, functions, pg_stat_statements ---------------------------------------------
+_LOCKS_12 = {"locktype", "database", "relation", "page", "tuple", "virtualxid", "transactionid", "classid", "objid",
+             "objsubid", "virtualtransaction", "pid", "mode", "granted", "fastpath"}
+_LOCKS_17 = _LOCKS_12 | {"waitstart"}
+_USER_FUNCTIONS = {"funcid", "schemaname", "funcname", "calls", "total_time", "self_time"}
+_STATEMENTS_1_7 = {  # pg_stat_statements 1.7, PostgreSQL 12
+    "userid", "dbid", "queryid", "query", "calls", "total_time", "min_time", "max_time", "mean_time", "stddev_time",
+    "rows", "shared_blks_hit", "shared_blks_read", "shared_blks_dirtied", "shared_blks_written", "local_blks_hit",
+    "local_blks_read", "local_blks_dirtied", "local_blks_written", "temp_blks_read", "temp_blks_written",
+    "blk_read_time", "blk_write_time"}
+_STATEMENTS_1_10 = {  # pg_stat_statements 1.10, PostgreSQL 15 (1.8 renamed the timing columns)
+    "userid", "dbid", "toplevel", "queryid", "query", "plans", "total_plan_time", "min_plan_time", "max_plan_time",
+    "mean_plan_time", "stddev_plan_time", "calls", "total_exec_time", "min_exec_time", "max_exec_time",
+    "mean_exec_time", "stddev_exec_time", "rows", "shared_blks_hit", "shared_blks_read", "shared_blks_dirtied",
+    "shared_blks_written", "local_blks_hit", "local_blks_read", "local_blks_dirtied", "local_blks_written",
+    "temp_blks_read", "temp_blks_written", "blk_read_time", "blk_write_time", "temp_blk_read_time",
+    "temp_blk_write_time", "wal_records", "wal_fpi", "wal_bytes", "jit_functions", "jit_generation_time",
+    "jit_inlining_count", "jit_inlining_time", "jit_optimization_count", "jit_optimization_time",
+    "jit_emission_count", "jit_emission_time"}
+_STATEMENTS_1_11 = (_STATEMENTS_1_10 - {"blk_read_time", "blk_write_time"}) | {  # PostgreSQL 17
+    "shared_blk_read_time", "shared_blk_write_time", "local_blk_read_time", "local_blk_write_time",
+    "jit_deform_count", "jit_deform_time", "stats_since", "minmax_stats_since"}
+STATEMENTS = {12: _STATEMENTS_1_7, 15: _STATEMENTS_1_10, 17: _STATEMENTS_1_11}
+
+
+@pytest.mark.parametrize("locks", [_LOCKS_12, _LOCKS_17])
+def test_locks_and_function_sql_read_documented_columns(locks: set[str]) -> None:
+    assert columns_of(client.LOCKS_SQL, "l") == {"relation", "mode", "locktype", "database"} <= locks
+    assert columns_of(client.LOCKS_SQL, "c") == {"oid", "relname", "relisshared"}
+    assert columns_of(client.FUNCTION_STATS_SQL, "s") == {"schemaname", "funcname", "calls", "funcid"} <= \
+        _USER_FUNCTIONS
+    assert columns_of(client.FUNCTION_STATS_SQL, "p") == {"oid", "proargnames"}
+
+
+@pytest.mark.parametrize("major", [12, 15, 17])
+def test_pg_stat_statements_sql_uses_the_columns_of_the_version(major: int) -> None:
+    for sql in (client.execution_time_sql(major * 10000 + 1), client.vector_stats_sql(major * 10000 + 1)):
+        used = columns_of(sql, "s") - {"datname"}
+        assert used <= STATEMENTS[major], (major, used - STATEMENTS[major])
+        assert ("total_exec_time" in used) == (major >= 13)
+    assert "pg_stat_statements(false)" in client.execution_time_sql(150000)  # no query texts for a sum
+
+
+def test_distance_matchers_cover_exactly_the_receiver_enum() -> None:
+    enum = next(r["attributes"] for r in reference_rows() if r["metric_name"] == "postgresql.vector.search.calls")
+    names = set(enum.split(",")[0].split("=")[1].split("|"))
+    assert set(client.DISTANCE_MATCHERS) == set(mapping.DISTANCE_FUNCTION_NAMES) == names
+
+
+def test_lock_rows() -> None:
+    rows = [{"relation": "orders", "mode": "RowExclusiveLock", "locktype": "relation", "in_database": True, "locks": 3},
+            {"relation": "", "mode": "ExclusiveLock", "locktype": "advisory", "in_database": True, "locks": 1},
+            {"relation": "", "mode": "ExclusiveLock", "locktype": "virtualxid", "in_database": False, "locks": 4}]
+    got = by_key(mapping.lock_samples(rows, "app", ALL))
+    assert got == {
+        ("postgresql.database.locks", ("orders", "RowExclusiveLock", "relation", "app", "app")): 3,
+        ("postgresql.database.locks", ("", "ExclusiveLock", "advisory", "app", "app")): 1,
+        ("postgresql.database.locks", ("", "ExclusiveLock", "virtualxid", "", "")): 4,
+    }
+    assert mapping.lock_samples(rows, "app", TABLE.enabled()) == []  # optional: off by default
+
+
+@pytest.mark.parametrize("funcname, argnames, overloaded, expected", [
+    ("add_item", ["id", "qty"], False, "add_item"),
+    ("add_item", ["id", "qty"], True, "add_item_id_qty"),
+    ("add_item", None, True, "add_item"),  # unnamed arguments: proargnames is NULL
+])
+def test_function_names_follow_the_receiver(funcname, argnames, overloaded, expected) -> None:
+    assert mapping.function_name(funcname, argnames, overloaded) == expected
+
+
+def test_function_rows() -> None:
+    rows = [{"schemaname": "public", "funcname": "touch", "calls": 5, "proargnames": None, "overloaded": False},
+            {"schemaname": "billing", "funcname": "total", "calls": 2, "proargnames": ["a"], "overloaded": True},
+            {"schemaname": "billing", "funcname": "total", "calls": 9, "proargnames": ["a", "b"], "overloaded": True}]
+    got = by_key(mapping.function_samples(rows, "app", ALL))
+    assert got == {("postgresql.function.calls", ("touch", "app|public", "app", "public")): 5,
+                   ("postgresql.function.calls", ("total_a", "app|billing", "app", "billing")): 2,
+                   ("postgresql.function.calls", ("total_a_b", "app|billing", "app", "billing")): 9}
+
+
+def test_execution_time_rows() -> None:
+    from decimal import Decimal
+    rows = [{"datname": "app", "exec_seconds": 12.5}, {"datname": "postgres", "exec_seconds": Decimal("0.004")}]
+    got = by_key(mapping.execution_time_samples(rows, ALL))
+    assert got == {("postgresql.query.execution.time", ("app", "app")): 12.5,
+                   ("postgresql.query.execution.time", ("postgres", "postgres")): 0.004}
+
+
+def test_vector_rows() -> None:
+    from decimal import Decimal
+    rows = [{"kind": "search", "distance_function": "cosine", "calls": Decimal(40), "exec_seconds": 1.5,
+             "rows": Decimal(400)},
+            {"kind": "search", "distance_function": None, "calls": Decimal(1), "exec_seconds": 0.1, "rows": 1},
+            {"kind": "insert", "distance_function": None, "calls": Decimal(3), "exec_seconds": 0.25,
+             "rows": Decimal(3000)}]
+    got = by_key(mapping.vector_samples(rows, "app", ALL))
+    assert got == {("postgresql.vector.search.calls", ("cosine", "app", "app")): 40,
+                   ("postgresql.vector.search.duration", ("cosine", "app", "app")): 1.5,
+                   ("postgresql.vector.search.rows_returned", ("cosine", "app", "app")): 400,
+                   ("postgresql.vector.insert.rows", ("app", "app")): 3000,
+                   ("postgresql.vector.insert.duration", ("app", "app")): 0.25}
+
+
+def test_optional_queries_say_what_they_need_when_unsupported() -> None:
+    assert set(client.REQUIREMENTS) <= set(METRICS_BY_QUERY)
+    assert all(not (METRICS_BY_QUERY[q] & TABLE.enabled()) for q in
+               ("fetch_locks", "fetch_function_stats", "fetch_execution_time", "fetch_vector_stats"))

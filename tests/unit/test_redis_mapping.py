@@ -33,8 +33,10 @@ from dbintel.agent.collectors.redis.collector import SLOW_REFRESH, SlowRefresh, 
 from dbintel.agent.collectors.redis.mapping import (
     CLUSTER_INFO_METRICS,
     cluster_info_samples,
+    LATENCY_METRICS,
     info_sections,
     info_samples,
+    latency_samples,
     number,
     parse_fields,
     parse_info,
@@ -217,6 +219,14 @@ def test_sentinel_info_gives_the_sentinel_metrics() -> None:
     assert ("redis.sentinel.total_tilt", ()) not in values  # not reported by 7.0
 
 
+def test_sentinel_total_tilt_in_the_documented_shape() -> None:
+    # Later Sentinels report sentinel_total_tilt in the Sentinel section; 7.0 does not (the capture).
+    text = (DATA / "redis_info_7_0_sentinel.txt").read_text().replace(
+        "sentinel_tilt_since_seconds:-1", "sentinel_tilt:0\r\nsentinel_tilt_since_seconds:-1\r\nsentinel_total_tilt:3")
+    values = by_key(info_samples(parse_info(text), ALL, now=NOW))
+    assert values[("redis.sentinel.total_tilt", ())] == 3
+
+
 def test_cluster_info_maps_as_the_receiver_does() -> None:
     info = parse_info((DATA / "redis_cluster_info_7_0.txt").read_text())
     values = by_key(cluster_info_samples(info, ALL))
@@ -319,3 +329,47 @@ def test_slow_refresh_is_due_first_then_every_interval() -> None:
     clock[0] += 1
     assert refresh.due()
     assert not refresh.due()
+
+
+# --- latency spikes (LATENCY LATEST) ------------------------------------------------------------
+# As redis-py returns it over RESP2: one [event, unix time of the latest spike, latest ms, max ms] per event.
+LATENCY_LATEST_REPLY = [[b"command", 1_799_999_990, 25, 40], [b"fast-command", 1_799_999_700, 2, 2]]
+
+
+def test_latency_spikes_per_event() -> None:
+    values = by_key(latency_samples(LATENCY_LATEST_REPLY, ALL, now=NOW))
+    assert values == {
+        ("redis.latency.spike.duration", ("command",)): 0.025,
+        ("redis.latency.spike.max_duration", ("command",)): 0.040,
+        ("redis.latency.spike.age", ("command",)): 10,
+        ("redis.latency.spike.duration", ("fast-command",)): 0.002,
+        ("redis.latency.spike.max_duration", ("fast-command",)): 0.002,
+        ("redis.latency.spike.age", ("fast-command",)): 300,
+    }
+    assert latency_samples([], ALL, now=NOW) == []  # monitoring off (latency-monitor-threshold 0)
+    assert latency_samples(LATENCY_LATEST_REPLY, DEFAULT, now=NOW) == []  # off by default
+    assert LATENCY_METRICS == {s.name for s in REDIS_METRICS if s.name.startswith("redis.latency.")}
+    assert not LATENCY_METRICS & DEFAULT
+
+
+# --- verified_on: every "(captured)" claim is a capture that produces the metric, and vice versa ---
+def _from_capture(claim: str) -> set[str]:
+    if claim == "Redis 7.0 cluster node (captured)":
+        return {s.spec.name for s in cluster_info_samples(load("redis_cluster_info_7_0.txt"), ALL)}
+    capture = {"Redis 6.2 (captured)": "redis_info_6_2.txt",
+               "Redis 7.0 Sentinel (captured)": "redis_info_7_0_sentinel.txt"}[claim]
+    return {s.spec.name for s in info_samples(load(capture), ALL, now=NOW)}
+
+
+@pytest.mark.parametrize("claim", ["Redis 6.2 (captured)", "Redis 7.0 Sentinel (captured)",
+                                   "Redis 7.0 cluster node (captured)"])
+def test_captured_claims_match_what_the_capture_produces(claim: str) -> None:
+    claimed = {spec.name for spec in REDIS_METRICS if claim in spec.verified_on}
+    assert claimed == _from_capture(claim)
+
+
+def test_every_metric_claims_where_it_was_verified() -> None:
+    known = {"Redis 7.0", "Redis 6.2 (captured)", "Redis 7.0 Sentinel (captured)", "Redis 7.0 cluster node (captured)",
+             "Redis Sentinel (documented shape; 7.0 does not report it)"}
+    for spec in REDIS_METRICS:
+        assert spec.verified_on and set(spec.verified_on) <= known, spec.name

@@ -8,6 +8,7 @@ reports at startup (no statement spent on it). `statements` counts every stateme
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from typing import Any
 
@@ -20,8 +21,14 @@ from .mapping import ACTIVITY_STATES
 
 APPLICATION_NAME = "dbintel"
 DEFAULT_DATABASE = "postgres"
-STATEMENT_CACHE_SIZE = 16  # at most 8 distinct statements (5 queries, 3 with a slow-round variant)
+STATEMENT_CACHE_SIZE = 24  # at most 14 distinct statements (9 queries, 3 with a slow-round variant, conflicts)
+PG13 = 130000  # pg_stat_statements 1.8: total_time becomes total_exec_time
 PG17 = 170000  # pg_stat_checkpointer appears; checkpoint columns leave pg_stat_bgwriter
+
+_NEEDS_PG_STAT_STATEMENTS = ("needs the pg_stat_statements extension: shared_preload_libraries = pg_stat_statements "
+                             "and CREATE EXTENSION pg_stat_statements in the configured database")
+# What an optional query needs beyond pg_monitor, added to its error when the server says unsupported.
+REQUIREMENTS = {"fetch_execution_time": _NEEDS_PG_STAT_STATEMENTS, "fetch_vector_stats": _NEEDS_PG_STAT_STATEMENTS}
 
 
 def server_version_num(version: Any) -> int:
@@ -32,6 +39,10 @@ def server_version_num(version: Any) -> int:
 
 
 # --- SQL ---------------------------------------------------------------------------------------
+
+# The WAL position others are measured against. pg_current_wal_lsn() raises on a standby, which
+# measures against what it has received instead (CASE evaluates only the branch taken).
+_CURRENT_LSN = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END"
 
 # Relations someone holds or awaits an ACCESS EXCLUSIVE lock on: pg_relation_size() would queue behind
 # that lock, so their sizes are skipped this round. Evaluated once per statement (uncorrelated).
@@ -63,8 +74,27 @@ WHERE NOT d.datistemplate
 ORDER BY d.datname"""
 
 
+# On a standby: seconds since the last replayed transaction committed on the primary (0 while all
+# that was received is replayed, so a quiet primary does not read as lag), and bytes received but
+# not yet replayed. NULL on a primary; replay_lag NULL until a transaction has been replayed.
+_STANDBY_REPLAY_COLUMNS = """CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS replay_lag,
+       CASE WHEN pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS unreplayed_bytes"""
+
+# Every replication slot in one JSON array (decoded by the client), so slots cost no statement of
+# their own. retained_bytes is NULL for a slot that has not reserved WAL yet.
+_REPLICATION_SLOTS_COLUMN = f"""(SELECT coalesce(json_agg(json_build_object(
+                'slot_name', sl.slot_name, 'slot_type', sl.slot_type, 'active', sl.active,
+                'retained_bytes', pg_wal_lsn_diff({_CURRENT_LSN}, sl.restart_lsn)::float8)
+            ORDER BY sl.slot_name), '[]'::json)
+        FROM pg_replication_slots sl) AS replication_slots"""
+
+
 def server_stats_sql(version_num: int) -> str:
-    """One row: background writer/checkpointer, archiver, max_connections, recovery, activity by state."""
+    """One row: background writer/checkpointer, archiver, max_connections, recovery and standby replay,
+    replication slots, activity by state."""
     if version_num >= PG17:
         writer_columns = ("cp.num_timed, cp.num_requested, cp.write_time, cp.sync_time, cp.buffers_written,\n"
                           "       bg.buffers_clean, bg.maxwritten_clean, bg.buffers_alloc")
@@ -79,7 +109,9 @@ def server_stats_sql(version_num: int) -> str:
     return f"""SELECT {writer_columns},
        ar.last_archived_time, now() AS server_now,
        current_setting('max_connections')::integer AS max_connections,
-       pg_is_in_recovery() AS in_recovery, act.*
+       pg_is_in_recovery() AS in_recovery,
+       {_STANDBY_REPLAY_COLUMNS},
+       {_REPLICATION_SLOTS_COLUMN}, act.*
 FROM {writer_from}
 CROSS JOIN pg_stat_archiver ar
 CROSS JOIN (SELECT {state_counts},
@@ -88,14 +120,16 @@ CROSS JOIN (SELECT {state_counts},
 
 
 def table_stats_sql(*, sizes: bool) -> str:
-    """Per user table of the connected database: activity, I/O, vacuum counts; sizes on slow rounds."""
+    """Per user table of the connected database: activity, I/O, (auto)vacuum and autoanalyze; sizes on slow rounds."""
     size_column = size_join = ""
     if sizes:
         size_column = (",\n       CASE WHEN s.relid <> ALL (locked.relids)"
                        " THEN pg_relation_size(s.relid) END AS table_size")
         size_join = "\n" + _LOCKED_RELATIONS
     return f"""SELECT s.schemaname, s.relname, s.n_live_tup, s.n_dead_tup, s.n_tup_ins, s.n_tup_upd, s.n_tup_del,
-       s.n_tup_hot_upd, s.seq_scan, s.vacuum_count,
+       s.n_tup_hot_upd, s.seq_scan, s.vacuum_count, s.autovacuum_count, s.autoanalyze_count,
+       extract(epoch FROM now() - s.last_autovacuum)::float8 AS last_autovacuum_age,
+       extract(epoch FROM now() - s.last_autoanalyze)::float8 AS last_autoanalyze_age,
        io.heap_blks_read, io.heap_blks_hit, io.idx_blks_read, io.idx_blks_hit,
        io.toast_blks_read, io.toast_blks_hit, io.tidx_blks_read, io.tidx_blks_hit{size_column}
 FROM pg_stat_user_tables s
@@ -113,12 +147,100 @@ def index_stats_sql(*, sizes: bool) -> str:
 FROM pg_stat_user_indexes s{size_join}"""
 
 
-# On a standby pg_current_wal_lsn() raises; a cascading standby measures against what it received.
-REPLICATION_SQL = """SELECT client_addr::varchar AS client_addr,
-       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
-                            ELSE pg_current_wal_lsn() END, replay_lsn)::float8 AS replay_bytes,
+# A cascading standby measures its own standbys against what it received (see _CURRENT_LSN).
+REPLICATION_SQL = f"""SELECT client_addr::varchar AS client_addr,
+       pg_wal_lsn_diff({_CURRENT_LSN}, replay_lsn)::float8 AS replay_bytes,
        write_lag, flush_lag, replay_lag
 FROM pg_stat_replication"""
+
+
+# --- optional statements: each sent only while one of its metrics is enabled ---------------------
+
+# Locks of the connected database plus those of no single database (shared catalogs, transaction
+# ids), counted as the receiver counts them. Relations of other databases cannot be named from this
+# connection, so their locks are left out, like their tables.
+LOCKS_SQL = """SELECT coalesce(c.relname, '') AS relation, l.mode, l.locktype,
+       (l.database IS NOT NULL AND l.database <> 0) AS in_database, count(*) AS locks
+FROM pg_locks l
+LEFT JOIN pg_class c ON c.oid = l.relation
+WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   OR l.database IS NULL
+   OR (l.database = 0 AND (l.relation IS NULL OR c.relisshared))
+GROUP BY 1, 2, 3, 4"""
+
+# Calls per user function of the connected database (rows only while track_functions is pl or all).
+FUNCTION_STATS_SQL = """SELECT s.schemaname, s.funcname, s.calls, p.proargnames,
+       count(*) OVER (PARTITION BY s.schemaname, s.funcname) > 1 AS overloaded
+FROM pg_stat_user_functions s
+JOIN pg_proc p ON p.oid = s.funcid"""
+
+
+def _exec_time_column(version_num: int) -> str:
+    return "total_exec_time" if version_num >= PG13 else "total_time"
+
+
+def execution_time_sql(version_num: int) -> str:
+    """Seconds spent executing the statements pg_stat_statements tracks, per database. Called as the
+    function with showtext = false: a sum needs no query texts (a file read on the server)."""
+    return f"""SELECT d.datname, sum(s.{_exec_time_column(version_num)}) / 1000.0 AS exec_seconds
+FROM pg_stat_statements(false) s
+JOIN pg_database d ON d.oid = s.dbid
+GROUP BY d.datname"""
+
+
+# pgvector similarity searches are recognised by operator or function name in the normalised
+# statement text (constants are $n there, so this statement never matches itself); inserts by an
+# INSERT INTO / COPY FROM whose target table has a vector, halfvec or sparsevec column.
+# distance function (mapping.DISTANCE_FUNCTION_NAMES) -> (operator regex, function name)
+DISTANCE_MATCHERS = {"cosine": ("<=>", "cosine_distance"), "l2": ("<->", "l2_distance"),
+                     "inner_product": ("<#>", "inner_product"), "l1": ("<\\+>", "l1_distance"),
+                     "hamming": ("<~>", "hamming_distance"), "jaccard": ("<%>", "jaccard_distance")}
+_TABLE_NAME = '("[^"]+"|[^\\s(.]+)(?:\\.("[^"]+"|[^\\s(.]+))?'
+_INSERT_TARGET = f"'^\\s*INSERT\\s+INTO\\s+{_TABLE_NAME}'"
+_COPY_TARGET = f"'^\\s*COPY\\s+{_TABLE_NAME}(?:\\s*\\([^)]*\\))?\\s+FROM\\M'"
+
+
+def vector_stats_sql(version_num: int) -> str:
+    """pgvector search totals per distance function (kind 'search') and insert totals (kind 'insert'),
+    from pg_stat_statements, for the connected database; exec time in seconds."""
+    classify = "\n".join(f"        WHEN query ~ '{operator}' OR query ~* '{function}' THEN '{name}'"
+                         for name, (operator, function) in DISTANCE_MATCHERS.items())
+    operators = "|".join(operator for operator, _ in DISTANCE_MATCHERS.values())
+    functions = "|".join(function for _, function in DISTANCE_MATCHERS.values())
+    part = "lower(replace(t.parts[{}], '\"', ''))"
+    return f"""WITH statements AS (
+    SELECT s.query, s.calls, s.{_exec_time_column(version_num)} AS exec_ms, s.rows
+    FROM pg_stat_statements s
+    JOIN pg_database d ON d.oid = s.dbid
+    WHERE d.datname = current_database() AND s.query <> '<insufficient privilege>'
+), searches AS (
+    SELECT CASE
+{classify}
+    END AS distance_function, calls, exec_ms, rows
+    FROM statements
+    WHERE query ~ '{operators}' OR query ~* '{functions}'
+), vector_tables AS (
+    SELECT DISTINCT lower(n.nspname) AS schema_name, lower(c.relname) AS table_name
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_type ty ON ty.oid = a.atttypid
+    WHERE ty.typname IN ('vector', 'halfvec', 'sparsevec') AND c.relkind IN ('r', 'p')
+), inserts AS (
+    SELECT st.calls, st.exec_ms, st.rows
+    FROM statements st
+    CROSS JOIN LATERAL (SELECT coalesce(regexp_match(st.query, {_INSERT_TARGET}, 'i'),
+                                        regexp_match(st.query, {_COPY_TARGET}, 'i')) AS parts) t
+    WHERE EXISTS (SELECT 1 FROM vector_tables v
+                  WHERE (t.parts[2] IS NOT NULL AND v.schema_name = {part.format(1)}
+                         AND v.table_name = {part.format(2)})
+                     OR (t.parts[2] IS NULL AND v.table_name = {part.format(1)}))
+)
+SELECT 'search' AS kind, distance_function, sum(calls) AS calls, sum(exec_ms) / 1000.0 AS exec_seconds,
+       sum(rows) AS rows
+FROM searches GROUP BY distance_function
+UNION ALL
+SELECT 'insert', NULL, sum(calls), sum(exec_ms) / 1000.0, sum(rows) FROM inserts HAVING count(*) > 0"""
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -266,7 +388,9 @@ class PostgresqlClient:
         rows = await self._fetch(server_stats_sql(self.version_num or 0))
         if len(rows) != 1:
             raise ValueError(f"server stats returned {len(rows)} rows, expected 1")
-        return rows[0]
+        row = rows[0]
+        row["replication_slots"] = json.loads(row["replication_slots"])  # json arrives as text
+        return row
 
     async def fetch_table_stats(self, *, sizes: bool = False) -> list[dict[str, Any]]:
         return await self._fetch(table_stats_sql(sizes=sizes))
@@ -276,6 +400,18 @@ class PostgresqlClient:
 
     async def fetch_replication_stats(self) -> list[dict[str, Any]]:
         return await self._fetch(REPLICATION_SQL)
+
+    async def fetch_locks(self) -> list[dict[str, Any]]:
+        return await self._fetch(LOCKS_SQL)
+
+    async def fetch_function_stats(self) -> list[dict[str, Any]]:
+        return await self._fetch(FUNCTION_STATS_SQL)
+
+    async def fetch_execution_time(self) -> list[dict[str, Any]]:
+        return await self._fetch(execution_time_sql(self.version_num or 0))
+
+    async def fetch_vector_stats(self) -> list[dict[str, Any]]:
+        return await self._fetch(vector_stats_sql(self.version_num or 0))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

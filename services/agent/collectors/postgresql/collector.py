@@ -1,4 +1,4 @@
-"""The PostgreSQL collector: at most five statements per collection over one reused connection.
+"""The PostgreSQL collector: five statements per collection with the default metrics, one reused connection.
 
 Design (cost to the monitored server first):
 
@@ -13,10 +13,17 @@ Design (cost to the monitored server first):
 - Statements per collection, each a single round trip, skipped when all its metrics are disabled:
     1. fetch_database_stats     pg_stat_database ⋈ pg_database ⋈ (pg_stat_activity per datid)
     2. fetch_server_stats       pg_stat_bgwriter (+ pg_stat_checkpointer, 17+), pg_stat_archiver,
-                                max_connections, pg_is_in_recovery(), pg_stat_activity by state
-    3. fetch_table_stats        pg_stat_user_tables ⋈ pg_statio_user_tables
+                                max_connections, recovery state and standby replay position,
+                                pg_replication_slots (as one JSON array), pg_stat_activity by state
+    3. fetch_table_stats        pg_stat_user_tables ⋈ pg_statio_user_tables (autovacuum/analyze too)
     4. fetch_index_stats        pg_stat_user_indexes
     5. fetch_replication_stats  pg_stat_replication
+  and one more each, only while one of its (optional, off by default) metrics is enabled:
+    6. fetch_locks              pg_locks ⋈ pg_class                 postgresql.database.locks
+    7. fetch_function_stats     pg_stat_user_functions ⋈ pg_proc    postgresql.function.calls
+    8. fetch_execution_time     pg_stat_statements(false)           postgresql.query.execution.time
+    9. fetch_vector_stats       pg_stat_statements (texts)          postgresql.vector.*
+  so 5 statements with the defaults, at most 9 with every metric enabled.
   Sizes (pg_database_size, pg_relation_size: one stat() per file) are folded into statements 1, 3
   and 4 on slow rounds, at most every SLOW_REFRESH seconds, and the cached size samples are
   re-emitted in between; so slow rounds also send five statements. Sizes of relations under an
@@ -40,7 +47,7 @@ from dbintel.common.config import DatabaseConfig
 from ..base import DatabaseCollector
 from ..metric_table import CollectionResult, QueryError, Sample
 from . import mapping
-from .client import PostgresqlClient, describe_error
+from .client import REQUIREMENTS, PostgresqlClient, describe_error
 from .metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
 
 SLOW_REFRESH = 300.0  # seconds between size refreshes
@@ -67,6 +74,8 @@ class PostgresqlCollector(DatabaseCollector):
 
     def _error(self, query: str, exc: BaseException) -> QueryError:
         reason, message = describe_error(exc, user=self.database.username, secrets=self._secrets())
+        if reason == "unsupported" and query in REQUIREMENTS:
+            message = f"{message} ({REQUIREMENTS[query]})"
         return QueryError(query, reason, message)  # type: ignore[arg-type]
 
     def _wanted(self, query: str) -> frozenset[str]:
@@ -104,6 +113,14 @@ class PostgresqlCollector(DatabaseCollector):
                               lambda rows: mapping.index_samples(rows, database, self.enabled))
             await self._plain(result, "fetch_replication_stats", self.client.fetch_replication_stats,
                               lambda rows: mapping.replication_samples(rows, self.enabled))
+            await self._plain(result, "fetch_locks", self.client.fetch_locks,
+                              lambda rows: mapping.lock_samples(rows, database, self.enabled))
+            await self._plain(result, "fetch_function_stats", self.client.fetch_function_stats,
+                              lambda rows: mapping.function_samples(rows, database, self.enabled))
+            await self._plain(result, "fetch_execution_time", self.client.fetch_execution_time,
+                              lambda rows: mapping.execution_time_samples(rows, self.enabled))
+            await self._plain(result, "fetch_vector_stats", self.client.fetch_vector_stats,
+                              lambda rows: mapping.vector_samples(rows, database, self.enabled))
         except _ConnectionLost:
             result.up = False
         result.statements = self.client.statements - before

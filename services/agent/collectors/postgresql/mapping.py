@@ -82,8 +82,9 @@ def _seconds_between(later: dt.datetime | None, earlier: dt.datetime | None) -> 
 
 def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
     """fetch_server_stats' one row: pg_stat_bgwriter (+ pg_stat_checkpointer on 17+) columns under their
-    catalog names, plus last_archived_time, server_now, max_connections, in_recovery, one count column per
-    ACTIVITY_STATES value and oldest_xact_age (seconds)."""
+    catalog names, plus last_archived_time, server_now, max_connections, in_recovery, replay_lag (seconds)
+    and unreplayed_bytes (NULL on a primary), replication_slots (a list of {slot_name, slot_type, active,
+    retained_bytes}), one count column per ACTIVITY_STATES value and oldest_xact_age (seconds)."""
     emit = _Emitter(enabled)
     if "checkpoints_timed" in row:  # PostgreSQL <= 16: everything in pg_stat_bgwriter
         checkpoints = {"requested": row["checkpoints_req"], "scheduled": row["checkpoints_timed"]}
@@ -109,11 +110,18 @@ def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
         emit("postgresql.connection.count", row[state], state)
     emit("postgresql.transaction.oldest_age", row["oldest_xact_age"] or 0.0)
     emit("postgresql.recovery.active", int(bool(row["in_recovery"])))
+    emit("postgresql.recovery.replay_lag", row["replay_lag"])
+    emit("postgresql.recovery.unreplayed_wal", row["unreplayed_bytes"])
+    for slot in row["replication_slots"]:
+        labels = (slot["slot_name"], slot["slot_type"])
+        emit("postgresql.replication.slot.retained_wal", slot["retained_bytes"], *labels)
+        emit("postgresql.replication.slot.active", int(bool(slot["active"])), *labels)
     return emit.samples
 
 
 def table_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
-    """fetch_table_stats rows: pg_stat_user_tables + pg_statio_user_tables columns (+ table_size on slow rounds)."""
+    """fetch_table_stats rows: pg_stat_user_tables + pg_statio_user_tables columns, last_autovacuum_age and
+    last_autoanalyze_age in seconds (NULL if never), + table_size on slow rounds."""
     emit = _Emitter(enabled)
     rows = list(rows)
     emit("postgresql.table.count", len(rows), database, database)
@@ -127,6 +135,10 @@ def table_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -
             emit("postgresql.operations", row[f"n_tup_{operation}"], operation, *labels)
         emit("postgresql.table.vacuum.count", row["vacuum_count"], *labels)
         emit("postgresql.sequential_scans", row["seq_scan"], *labels)
+        emit("postgresql.table.autovacuum.count", row["autovacuum_count"], *labels)
+        emit("postgresql.table.autoanalyze.count", row["autoanalyze_count"], *labels)
+        emit("postgresql.table.last_autovacuum.age", row["last_autovacuum_age"], *labels)
+        emit("postgresql.table.last_autoanalyze.age", row["last_autoanalyze_age"], *labels)
         emit("postgresql.table.size", row.get("table_size"), *labels)
         for source in _BLOCK_SOURCES:
             kind, _, what = source.partition("_")
@@ -159,4 +171,59 @@ def replication_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sa
             emit("postgresql.wal.delay", seconds, operation, client)
             # Whole seconds rounded half up, like the receiver's ::integer cast of the epoch.
             emit("postgresql.wal.lag", math.floor(seconds + 0.5), operation, client)
+    return emit.samples
+
+
+def lock_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_locks rows: relation ('' for a non-relation lock), mode, locktype, in_database, locks. Locks of no
+    single database (in_database false) carry an empty database, as the receiver reports them."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        db = database if row["in_database"] else ""
+        emit("postgresql.database.locks", row["locks"], row["relation"], row["mode"], row["locktype"], db, db)
+    return emit.samples
+
+
+def function_name(funcname: str, argnames: list[str] | None, overloaded: bool) -> str:
+    """The receiver's `function` value: the name, and for an overloaded one its argument names too."""
+    if overloaded and argnames:
+        return "_".join([funcname, *(name or "" for name in argnames)])
+    return funcname
+
+
+def function_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_function_stats rows: schemaname, funcname, calls, proargnames (text[] or NULL), overloaded."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        schema = row["schemaname"]
+        name = function_name(row["funcname"], row["proargnames"], row["overloaded"])
+        emit("postgresql.function.calls", row["calls"], name, namespace(database, schema), database, schema)
+    return emit.samples
+
+
+def execution_time_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
+    """fetch_execution_time rows: datname, exec_seconds."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        emit("postgresql.query.execution.time", row["exec_seconds"], row["datname"], row["datname"])
+    return emit.samples
+
+
+DISTANCE_FUNCTION_NAMES = frozenset({"cosine", "l2", "inner_product", "l1", "hamming", "jaccard"})
+
+
+def vector_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
+    """fetch_vector_stats rows: kind ('search' per distance_function, or one 'insert'), calls, exec_seconds, rows."""
+    emit = _Emitter(enabled)
+    for row in rows:
+        if row["kind"] == "insert":
+            emit("postgresql.vector.insert.rows", row["rows"], database, database)
+            emit("postgresql.vector.insert.duration", row["exec_seconds"], database, database)
+            continue
+        function = row["distance_function"]
+        if function not in DISTANCE_FUNCTION_NAMES:
+            continue  # matched the filter but no single function: no valid attribute value to give it
+        emit("postgresql.vector.search.calls", row["calls"], function, database, database)
+        emit("postgresql.vector.search.duration", row["exec_seconds"], function, database, database)
+        emit("postgresql.vector.search.rows_returned", row["rows"], function, database, database)
     return emit.samples

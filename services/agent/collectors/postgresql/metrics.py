@@ -5,6 +5,10 @@ Names, types, monotonicity, units and data-point attributes follow the OTel post
 apart are appended after the data-point attributes, as labels: postgresql.database.name on
 database-level metrics; postgresql.database.name, postgresql.schema.name, postgresql.table.name
 on table and index metrics (postgresql.index.name is already a data-point attribute there).
+
+verified_on: "PostgreSQL 15" = seen working against the real server of the integration tests
+(primary, a streaming standby built from it, pg_receivewal); "(documented shape)" = the SQL is
+checked against that version's documented catalog columns and the mapping fed rows of that shape.
 """
 
 from __future__ import annotations
@@ -16,6 +20,21 @@ RELATION_RESOURCE = ("postgresql.database.name", "postgresql.schema.name", "post
 TABLE_ATTRS = ("db.namespace", "db.collection.name") + RELATION_RESOURCE
 INDEX_ATTRS = ("db.namespace", "db.collection.name", "postgresql.index.name") + RELATION_RESOURCE
 REPLICATION_CLIENT = ("replication_client",)
+SLOT_ATTRS = ("slot_name", "slot_type")
+FUNCTION_ATTRS = ("function", "db.namespace", "postgresql.database.name", "postgresql.schema.name")
+DISTANCE_ATTRS = ("postgresql.distance.function.name",) + DATABASE_ATTRS
+
+PG15 = "PostgreSQL 15"
+PG12_DOCUMENTED = "PostgreSQL 12 (documented shape)"
+PG17_DOCUMENTED = "PostgreSQL 17 (documented shape)"
+VERIFIED = (PG15, PG12_DOCUMENTED, PG17_DOCUMENTED)
+# The test server archives no WAL, so the archiver's timestamp is only ever NULL there.
+WAL_AGE_VERIFIED = (PG12_DOCUMENTED, "PostgreSQL 15 (documented shape)", PG17_DOCUMENTED)
+# No autovacuum run can be forced within a test's seconds: the ages are read live only as NULL.
+AUTOVACUUM_AGE_VERIFIED = (PG12_DOCUMENTED, "PostgreSQL 15 (documented shape)", PG17_DOCUMENTED)
+# pgvector is not installed on the test server: its statements are imitated (same text shapes).
+VECTOR_VERIFIED = ("PostgreSQL 15 (pgvector-shaped statements, extension not installed)", PG12_DOCUMENTED,
+                   PG17_DOCUMENTED)
 
 _DB_SOURCE = "fetch_database_stats: pg_stat_database JOIN pg_database (non-template)"
 _SERVER_SOURCE = "fetch_server_stats"
@@ -24,16 +43,19 @@ _INDEX_SOURCE = "fetch_index_stats: pg_stat_user_indexes (configured database)"
 _REPLICATION_SOURCE = "fetch_replication_stats: pg_stat_replication"
 
 
-def _counter(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
-    return MetricSpec(name, "sum", unit, description, source, monotonic=True, attributes=attributes, **kw)
+def _counter(name, unit, description, source, attributes=(), verified_on=VERIFIED, **kw) -> MetricSpec:
+    return MetricSpec(name, "sum", unit, description, source, monotonic=True, attributes=attributes,
+                      verified_on=verified_on, **kw)
 
 
-def _updown(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
-    return MetricSpec(name, "sum", unit, description, source, monotonic=False, attributes=attributes, **kw)
+def _updown(name, unit, description, source, attributes=(), verified_on=VERIFIED, **kw) -> MetricSpec:
+    return MetricSpec(name, "sum", unit, description, source, monotonic=False, attributes=attributes,
+                      verified_on=verified_on, **kw)
 
 
-def _gauge(name, unit, description, source, attributes=(), **kw) -> MetricSpec:
-    return MetricSpec(name, "gauge", unit, description, source, attributes=attributes, **kw)
+def _gauge(name, unit, description, source, attributes=(), verified_on=VERIFIED, **kw) -> MetricSpec:
+    return MetricSpec(name, "gauge", unit, description, source, attributes=attributes, verified_on=verified_on,
+                      **kw)
 
 
 def _db_counter(name, unit, column, description, **kw) -> MetricSpec:
@@ -95,7 +117,7 @@ SERVER_SPECS = (
     _gauge("postgresql.connection.max", "{connections}", "Configured max_connections.",
            f"{_SERVER_SOURCE}: current_setting('max_connections')"),
     _gauge("postgresql.wal.age", "s", "Seconds since the last WAL file was archived (absent until one is).",
-           f"{_SERVER_SOURCE}: pg_stat_archiver.last_archived_time vs now()"),
+           f"{_SERVER_SOURCE}: pg_stat_archiver.last_archived_time vs now()", verified_on=WAL_AGE_VERIFIED),
     _updown("postgresql.connection.count", "{connections}", "Backends by pg_stat_activity state.",
             f"{_SERVER_SOURCE}: count(*) FILTER (WHERE state = …) over pg_stat_activity", ("state",),
             tier="beyond"),
@@ -103,6 +125,21 @@ SERVER_SPECS = (
            f"{_SERVER_SOURCE}: now() - min(pg_stat_activity.xact_start)", tier="beyond"),
     _gauge("postgresql.recovery.active", "{bool}", "1 when the server is a standby in recovery, else 0.",
            f"{_SERVER_SOURCE}: pg_is_in_recovery()", tier="beyond"),
+    _gauge("postgresql.recovery.replay_lag", "s",
+           "On a standby: seconds since the last replayed transaction committed on the primary; 0 while all "
+           "WAL received is replayed (absent on a primary).",
+           f"{_SERVER_SOURCE}: now() - pg_last_xact_replay_timestamp(), 0 when pg_last_wal_receive_lsn() = "
+           "pg_last_wal_replay_lsn()", tier="beyond"),
+    _gauge("postgresql.recovery.unreplayed_wal", "By",
+           "On a standby: bytes of WAL received but not yet replayed (absent on a primary).",
+           f"{_SERVER_SOURCE}: pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())", tier="beyond"),
+    _gauge("postgresql.replication.slot.retained_wal", "By",
+           "WAL kept for each replication slot, from its restart_lsn to the current WAL position: an abandoned "
+           "slot grows it until the disk fills.",
+           f"{_SERVER_SOURCE}: pg_replication_slots pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
+           "(received position on a standby)", SLOT_ATTRS, tier="beyond"),
+    _gauge("postgresql.replication.slot.active", "{bool}", "1 while a consumer is connected to the slot, else 0.",
+           f"{_SERVER_SOURCE}: pg_replication_slots.active", SLOT_ATTRS, tier="beyond"),
 )
 
 TABLE_SPECS = (
@@ -121,6 +158,18 @@ TABLE_SPECS = (
              f"{_TABLE_SOURCE}: vacuum_count", TABLE_ATTRS),
     _counter("postgresql.sequential_scans", "{sequential_scan}", "Sequential scans per table.",
              f"{_TABLE_SOURCE}: seq_scan", TABLE_ATTRS, enabled_by_default=False),
+    _counter("postgresql.table.autovacuum.count", "{vacuum}", "Autovacuum runs per table.",
+             f"{_TABLE_SOURCE}: autovacuum_count", TABLE_ATTRS, tier="beyond"),
+    _counter("postgresql.table.autoanalyze.count", "{analyze}", "Autoanalyze runs per table.",
+             f"{_TABLE_SOURCE}: autoanalyze_count", TABLE_ATTRS, tier="beyond"),
+    _gauge("postgresql.table.last_autovacuum.age", "s",
+           "Seconds since autovacuum last processed the table (absent if it never has).",
+           f"{_TABLE_SOURCE}: now() - last_autovacuum", TABLE_ATTRS, tier="beyond",
+           verified_on=AUTOVACUUM_AGE_VERIFIED),
+    _gauge("postgresql.table.last_autoanalyze.age", "s",
+           "Seconds since autoanalyze last processed the table (absent if it never has).",
+           f"{_TABLE_SOURCE}: now() - last_autoanalyze", TABLE_ATTRS, tier="beyond",
+           verified_on=AUTOVACUUM_AGE_VERIFIED),
 )
 
 INDEX_SPECS = (
@@ -140,7 +189,50 @@ REPLICATION_SPECS = (
            enabled_by_default=False),
 )
 
-TABLE = MetricTable(DATABASE_SPECS + SERVER_SPECS + TABLE_SPECS + INDEX_SPECS + REPLICATION_SPECS)
+# Optional metrics with a statement of their own: sent only while one of its metrics is enabled.
+LOCK_SPECS = (
+    _gauge("postgresql.database.locks", "{lock}",
+           "Locks held or awaited in the configured database (and locks of no single database: shared catalogs, "
+           "transaction ids), by relation, mode and lock type.",
+           "fetch_locks: pg_locks LEFT JOIN pg_class GROUP BY relname, mode, locktype",
+           ("relation", "mode", "lock_type") + DATABASE_ATTRS, enabled_by_default=False),
+)
+
+FUNCTION_SPECS = (
+    _counter("postgresql.function.calls", "{call}",
+             "Calls per user function of the configured database (needs track_functions = pl or all).",
+             "fetch_function_stats: pg_stat_user_functions.calls JOIN pg_proc", FUNCTION_ATTRS,
+             enabled_by_default=False),
+)
+
+EXECUTION_SPECS = (
+    _counter("postgresql.query.execution.time", "s",
+             "Time spent executing the statements pg_stat_statements tracks, per database.",
+             "fetch_execution_time: sum(total_exec_time) / 1000 of pg_stat_statements(false) per database "
+             "(total_time before PostgreSQL 13)", DATABASE_ATTRS, enabled_by_default=False),
+)
+
+_VECTOR_SOURCE = "fetch_vector_stats: pg_stat_statements of the configured database"
+VECTOR_SPECS = (
+    _counter("postgresql.vector.search.calls", "{search}", "pgvector similarity searches by distance function.",
+             f"{_VECTOR_SOURCE}: sum(calls) of statements using a distance operator or function", DISTANCE_ATTRS,
+             enabled_by_default=False, verified_on=VECTOR_VERIFIED),
+    _counter("postgresql.vector.search.duration", "s", "Execution time of pgvector similarity searches.",
+             f"{_VECTOR_SOURCE}: sum(total_exec_time) / 1000 of those statements", DISTANCE_ATTRS,
+             enabled_by_default=False, verified_on=VECTOR_VERIFIED),
+    _counter("postgresql.vector.search.rows_returned", "{rows}", "Rows returned by pgvector similarity searches.",
+             f"{_VECTOR_SOURCE}: sum(rows) of those statements", DISTANCE_ATTRS, enabled_by_default=False,
+             verified_on=VECTOR_VERIFIED),
+    _counter("postgresql.vector.insert.rows", "{vectors}", "Rows inserted into tables with a pgvector column.",
+             f"{_VECTOR_SOURCE}: sum(rows) of INSERT INTO / COPY FROM into a table with a vector, halfvec or "
+             "sparsevec column", DATABASE_ATTRS, enabled_by_default=False, verified_on=VECTOR_VERIFIED),
+    _counter("postgresql.vector.insert.duration", "s", "Execution time of inserts into tables with a pgvector column.",
+             f"{_VECTOR_SOURCE}: sum(total_exec_time) / 1000 of those inserts", DATABASE_ATTRS,
+             enabled_by_default=False, verified_on=VECTOR_VERIFIED),
+)
+
+TABLE = MetricTable(DATABASE_SPECS + SERVER_SPECS + TABLE_SPECS + INDEX_SPECS + REPLICATION_SPECS + LOCK_SPECS
+                    + FUNCTION_SPECS + EXECUTION_SPECS + VECTOR_SPECS)
 
 # Which metrics each client method feeds: a query runs only if one of its metrics is enabled.
 METRICS_BY_QUERY = {
@@ -149,6 +241,10 @@ METRICS_BY_QUERY = {
     "fetch_table_stats": frozenset(s.name for s in TABLE_SPECS),
     "fetch_index_stats": frozenset(s.name for s in INDEX_SPECS),
     "fetch_replication_stats": frozenset(s.name for s in REPLICATION_SPECS),
+    "fetch_locks": frozenset(s.name for s in LOCK_SPECS),
+    "fetch_function_stats": frozenset(s.name for s in FUNCTION_SPECS),
+    "fetch_execution_time": frozenset(s.name for s in EXECUTION_SPECS),
+    "fetch_vector_stats": frozenset(s.name for s in VECTOR_SPECS),
 }
 
 # Sizes stat() every file of a relation or database: fetched on the slow schedule only.

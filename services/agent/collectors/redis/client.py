@@ -111,6 +111,13 @@ class RedisClient:
         pairs = dict(zip(values[::2], values[1::2]))
         return int(pairs["maxclients"]) if "maxclients" in pairs else None
 
+    async def fetch_latency_latest(self) -> list:
+        """LATENCY LATEST: the raw reply, one [event, time, latest ms, max ms] list per event."""
+        reply = await self._call("LATENCY", "LATEST")
+        if not isinstance(reply, list):
+            raise redis_errors.InvalidResponse("LATENCY LATEST did not reply with a list")
+        return reply
+
     async def fetch_cluster_info(self) -> str:
         """CLUSTER INFO: the raw reply text."""
         return _text(await self._call("CLUSTER", "INFO"))

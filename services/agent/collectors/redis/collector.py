@@ -1,7 +1,8 @@
 """RedisCollector: one INFO per collection (plus SLOWLOG LEN), over one reused connection.
 
 Commands per collection in steady state: INFO (only the sections the enabled metrics need) and
-SLOWLOG LEN = 2. CLUSTER INFO is added only on a cluster node with a cluster metric enabled (3).
+SLOWLOG LEN = 2. CLUSTER INFO is added only on a cluster node with a cluster metric enabled, and
+LATENCY LATEST only while a latency-spike metric is enabled (off by default): at most 4.
 CONFIG GET maxclients only runs on servers whose INFO lacks maxclients (before 6.2), and then at
 most every SLOW_REFRESH seconds. Connecting adds the handshake (AUTH, CLIENT SETNAME, SELECT).
 """
@@ -22,10 +23,13 @@ from ..metric_table import CollectionResult, QueryError, Sample
 from .client import RedisClient
 from .mapping import (
     CLUSTER_INFO_METRICS,
+    LATENCY_METRICS,
     cluster_info_samples,
     info_sections,
     info_samples,
+    latency_samples,
     parse_info,
+    server_clock,
     server_version,
     single_sample,
 )
@@ -107,6 +111,10 @@ class RedisCollector(DatabaseCollector):
             result.samples.extend(await self._run(result, "fetch_slowlog_len", self.client.fetch_slowlog_len,
                                                   lambda length: single_sample("redis.slowlog.length", length,
                                                                                self.enabled)))
+        if LATENCY_METRICS & self.enabled and self._mode != "sentinel":  # Sentinel has no LATENCY
+            now = server_clock(info, self._wall_clock())
+            result.samples.extend(await self._run(result, "fetch_latency_latest", self.client.fetch_latency_latest,
+                                                  lambda reply: latency_samples(reply, self.enabled, now=now)))
         if info.get("cluster_enabled") == "1" and CLUSTER_INFO_METRICS & self.enabled:
             result.samples.extend(await self._run(result, "fetch_cluster_info", self.client.fetch_cluster_info,
                                                   lambda text: cluster_info_samples(parse_info(text), self.enabled)))

@@ -77,6 +77,9 @@ CPU_STATES = ("sys", "sys_children", "sys_main_thread", "user", "user_children",
 LATENCY_PERCENTILES = ("p50", "p99", "p99.9")  # the receiver's enum; other configured percentiles are dropped
 ROLES = {"master": "primary", "slave": "replica"}
 
+LATENCY_METRICS = frozenset({"redis.latency.spike.duration", "redis.latency.spike.max_duration",
+                             "redis.latency.spike.age"})
+
 COMMANDSTATS_METRICS = {  # metric -> commandstats field
     "redis.cmd.calls": "calls",
     "redis.cmd.usec": "usec",
@@ -270,9 +273,14 @@ def _persistence_health(out: _Samples, info: Mapping[str, str], now: float) -> N
             out.add(name, 1 if status == "ok" else 0)
     last_save = number(info.get("rdb_last_save_time"))
     if last_save is not None:
-        server_time = number(info.get("server_time_usec"))
-        server_now = server_time / 1e6 if server_time is not None else now  # the server's clock when it says
-        out.add("redis.rdb.last_save.age", max(0.0, round(server_now - last_save, 3)))
+        out.add("redis.rdb.last_save.age", max(0.0, round(server_clock(info, now) - last_save, 3)))
+
+
+def server_clock(info: Mapping[str, str], now: float) -> float:
+    """The server's Unix time from INFO (server_time_usec, 6.2+), else `now`: ages against the clock
+    that wrote the timestamps."""
+    server_time = number(info.get("server_time_usec"))
+    return server_time / 1e6 if server_time is not None else now
 
 
 def cluster_info_samples(cluster_info: Mapping[str, str], enabled: Collection[str]) -> list[Sample]:
@@ -289,4 +297,18 @@ def single_sample(name: str, value: int | float | None, enabled: Collection[str]
     """One attribute-less sample (slow log length, maxclients from CONFIG GET) if enabled."""
     out = _Samples(enabled)
     out.add(name, value)
+    return out.items
+
+
+def latency_samples(reply: Iterable, enabled: Collection[str], *, now: float) -> list[Sample]:
+    """Samples from a LATENCY LATEST reply: one [event, unix time of the latest spike, its latency ms,
+    max latency ms] entry per event (an empty list while latency monitoring is off). `now` is the
+    server's Unix time (server_clock)."""
+    out = _Samples(enabled)
+    for entry in reply:
+        event, at, latest_ms, max_ms = entry[:4]
+        event = event.decode("utf-8", errors="replace") if isinstance(event, bytes) else str(event)
+        out.add("redis.latency.spike.duration", int(latest_ms) / 1000, event)
+        out.add("redis.latency.spike.max_duration", int(max_ms) / 1000, event)
+        out.add("redis.latency.spike.age", max(0.0, round(now - int(at), 3)), event)
     return out.items

@@ -1,0 +1,310 @@
+"""The MongoDB collector: at most MAX_COMMANDS (4) commands per collection over one reused client.
+
+Design (cost to the monitored server first):
+
+- One AsyncMongoClient per monitored server (client.py): one pooled connection, direct to the
+  configured endpoint, plus the driver's monitor socket. Everything it sends is counted, the
+  connection handshake and the monitor's hellos included; `statements` of a collection is all of it
+  since the previous collection, so the figures add up to what the server received.
+- Every collection spends a budget of MAX_COMMANDS, in this order:
+    1. serverStatus (always; most metrics, the role, the rates). Sections no enabled metric reads
+       are excluded from the reply.
+    2. replSetGetStatus, only on a replica-set member and only when a replica metric is enabled.
+    3. top, when mongodb.operation.time is enabled (its counters move every collection; mongod only).
+    4. the slow schedule with what is left (one command at least: 1-3 cost at most three):
+       listDatabases (with sizes), then per database dbStats and listCollections, per collection
+       $indexStats (and $collStats when the per-collection metrics are enabled), and on replica
+       members the oplog's $collStats and oldest entry. Each of these runs at most once per
+       SLOW_REFRESH seconds; between runs their cached samples are re-emitted. Bounds: the
+       MAX_DATABASES largest databases (listDatabases sizeOnDisk) and, across them, the first
+       MAX_COLLECTIONS collections (by database size, then name). A full pass therefore takes
+       max(SLOW_REFRESH, ceil(tasks / budget) × interval): with the defaults (30 s interval,
+       serverStatus + top, so 2 slow commands a collection) a server with 4 databases and 20
+       collections (1 + 4 + 4 + 20 = 29 tasks) is fully refreshed every 7.5 minutes.
+       No slow command starts once half of the poll timeout is spent.
+  A collection that opens the connection also pays its handshake (the pool's hello, the SCRAM
+  saslContinue, the monitor's first hello) out of the same budget, so it sends serverStatus and
+  whatever still fits. serverStatus always goes, even if the handshake alone took 4 (SCRAM without
+  speculative authentication on a pre-4.4 server).
+- Role: serverStatus.repl on every collection (MongoDB reports it on replica-set members), else the
+  driver's view of the server's hello (SecantusDB omits the section). replSetGetStatus and the oplog
+  commands are sent to members only; lag and headroom come from the primary only; an arbiter gets
+  serverStatus and replSetGetStatus, nothing that reads data.
+- Privileges: a command the user may not run (Unauthorized) is reported ONCE as a permission
+  QueryError naming the grant to add, then left alone for SLOW_REFRESH seconds and retried quietly;
+  the rest of the collection flows. It is reported again only after it has worked in between.
+  A command the server does not have (CommandNotFound, …) is handled the same way.
+- Up: the server is down for us when it cannot be reached or authentication fails; a command that
+  fails otherwise only costs its own metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from pydantic import SecretStr
+
+from dbintel.common.config import DatabaseConfig
+
+from ..base import DatabaseCollector
+from ..metric_table import CollectionResult, QueryError, Sample
+from . import mapping
+from .client import MongodbClient, describe_error, is_stale_connection, is_unreachable
+from .metrics import (
+    COLLECTION_STATS,
+    COLLECTIONS,
+    DATABASES,
+    DB_STATS,
+    INDEX_STATS,
+    METRICS_BY_QUERY,
+    OPLOG_OLDEST,
+    OPLOG_STATS,
+    REPL_STATUS,
+    SERVER_STATUS,
+    TABLE,
+    TOP,
+)
+from .refresh import Key, RefreshQueue
+
+MAX_COMMANDS = 4
+SLOW_REFRESH = 300.0  # seconds between two runs of one slow command; also the retry delay after a denial
+MAX_DATABASES = 32
+MAX_COLLECTIONS = 100
+SLOW_TIME_SHARE = 0.5  # no slow command starts after this share of the poll timeout
+
+_RATE_METRICS = frozenset(mapping.RATES.values())
+# Errors that the next collection would only repeat: reported once, retried after SLOW_REFRESH.
+_BACK_OFF = frozenset({"permission", "unsupported"})
+
+
+def slow_tasks(queries: frozenset[str], role: str, databases: list[str],
+               collections: Mapping[str, list[str]]) -> list[Key]:
+    """The slow-schedule tasks wanted, in priority order within a kind.
+
+    `queries`: the client methods some enabled metric needs; `databases`: names from the last
+    listDatabases, largest first; `collections`: names per database from the last listCollections."""
+    if role == "arbiter":  # holds no data and no oplog
+        return []
+    keys: list[Key] = []
+    databases = databases[:MAX_DATABASES]
+    if DATABASES in queries:
+        keys.append(("listDatabases",))
+    if DB_STATS in queries:
+        keys.extend(("dbStats", db) for db in databases)
+    if COLLECTIONS in queries:
+        keys.extend(("listCollections", db) for db in databases)
+        pairs = [(db, coll) for db in databases for coll in collections.get(db, ())][:MAX_COLLECTIONS]
+        if INDEX_STATS in queries:
+            keys.extend(("indexStats", db, coll) for db, coll in pairs)
+        if COLLECTION_STATS in queries:
+            keys.extend(("collStats", db, coll) for db, coll in pairs)
+    if role in mapping.REPLICA_ROLES:
+        if OPLOG_STATS in queries:
+            keys.append(("oplogStats",))
+        if OPLOG_OLDEST in queries:
+            keys.append(("oplogOldest",))
+    return keys
+
+
+class _ConnectionLost(Exception):
+    """Raised inside collect() to stop after a command found the server unreachable."""
+
+
+class MongodbCollector(DatabaseCollector):
+    type = "mongodb"
+    table = TABLE
+
+    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(database, password=password, enabled=enabled)
+        self.client = MongodbClient(database, password)
+        self._clock = clock
+        self._refresh = RefreshQueue(SLOW_REFRESH)
+        self._cache: dict[Key, list[Sample]] = {}  # slow task -> its samples, re-emitted between runs
+        self._databases: list[str] = []  # largest first, from the last listDatabases
+        self._collections: dict[str, list[str]] = {}  # database -> collection names, from listCollections
+        self._oplog_oldest = None
+        self._counters: mapping.Counters | None = None
+        self._denied: dict[tuple[str, str | None], float] = {}  # (query, target) -> when it may be retried
+        self._reported: set[str] = set()  # queries whose denial (or absence) has been reported
+        self._accounted = 0  # client.sent when the previous collection ended
+        self._queries = frozenset(query for query, metrics in METRICS_BY_QUERY.items() if metrics & enabled)
+        self.role = "unknown"
+
+    @property
+    def slow_backlog(self) -> int:
+        """Slow-schedule commands due now and waiting for budget (0 once a full pass is done)."""
+        return len(self._refresh.due(self._clock()))
+
+    def _wanted(self, query: str) -> bool:
+        return query in self._queries
+
+    # --- one collection ----------------------------------------------------------------------------
+    async def collect(self) -> CollectionResult:
+        result = CollectionResult()
+        start = self._accounted
+        if self.client.config_error:
+            return CollectionResult(up=False, errors=[QueryError("connect", "connection", self.client.config_error)])
+        try:
+            await self._collect(result, start, self._clock())
+        except _ConnectionLost:
+            result.up = False
+        finally:
+            self._accounted = self.client.sent
+            result.statements = self.client.sent - start
+        return result
+
+    async def _collect(self, result: CollectionResult, start: int, now: float) -> None:
+        status = await self._server_status(result, now)
+        if status is not None:
+            try:
+                samples = mapping.server_status_samples(status, self.enabled)
+                counters = mapping.rate_counters(status, now)
+                if _RATE_METRICS & self.enabled:
+                    samples += mapping.rate_samples(self._counters, counters, self.enabled)
+                self._counters = counters
+                result.samples.extend(samples)
+            except Exception as exc:  # a reply we cannot read: bad_reply, the rest goes on
+                self._record(result, SERVER_STATUS, exc, now)
+        self.role = mapping.role_of(status, self.client.server_type())
+
+        def budget_left() -> bool:
+            return self.client.sent - start < MAX_COMMANDS
+
+        repl_status = None
+        if self.role in mapping.REPLICA_ROLES and self._wanted(REPL_STATUS) and budget_left():
+            repl_status = await self._run(result, REPL_STATUS, self.client.fetch_repl_status, now)
+        if self.role not in ("arbiter", "mongos") and self._wanted(TOP) and budget_left():  # top: data, mongod
+            result.samples.extend(await self._run(result, TOP, self.client.fetch_top, now,
+                                                  convert=lambda top: mapping.top_samples(top, self.enabled)) or ())
+
+        self._plan()
+        slow_deadline = now + SLOW_TIME_SHARE * self.database.poll_timeout.total_seconds()
+        while budget_left() and self._clock() < slow_deadline:
+            key = self._refresh.next(now)
+            if key is None:
+                break
+            await self._run_task(result, key, now)
+            self._plan()  # a list just fetched may have revealed tasks
+        for key in self._refresh.wanted:
+            result.samples.extend(self._cache.get(key, ()))
+        if repl_status is not None:  # after the slow tasks: the oplog's oldest entry may be fresh
+            try:
+                result.samples.extend(mapping.repl_status_samples(repl_status, self.enabled,
+                                                                  oplog_oldest=self._oplog_oldest))
+            except Exception as exc:
+                self._record(result, REPL_STATUS, exc, now)
+
+    async def _server_status(self, result: CollectionResult, now: float) -> dict | None:
+        if not self._allowed(SERVER_STATUS, None, now):
+            return None
+        command = mapping.server_status_command(self.enabled)
+        try:
+            try:
+                status = await self.client.fetch_server_status(command)
+            except Exception as exc:
+                if not is_stale_connection(exc):
+                    raise
+                status = await self.client.fetch_server_status(command)  # once, on a fresh connection
+        except Exception as exc:
+            result.samples.extend(mapping.health_sample(self.enabled))
+            self._record(result, SERVER_STATUS, exc, now)
+            return None
+        self._succeeded(SERVER_STATUS, None)
+        return status
+
+    async def _run(self, result: CollectionResult, query: str, fetch: Callable[[], Awaitable], now: float,
+                   target: str | None = None, convert: Callable[[Any], Any] = lambda reply: reply):
+        """One command: its reply through `convert`, or None after recording why not (a reply `convert`
+        cannot read is a bad_reply)."""
+        if not self._allowed(query, target, now):
+            return None
+        try:
+            converted = convert(await fetch())
+        except Exception as exc:
+            self._record(result, query, exc, now, target)
+            return None
+        self._succeeded(query, target)
+        return converted
+
+    # --- the slow schedule ---------------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Which slow tasks are wanted now, from the enabled metrics, the role and the lists known so far."""
+        keys = slow_tasks(self._queries, self.role, self._databases, self._collections)
+        for key in self._refresh.want(keys):
+            self._cache.pop(key, None)
+        listed = {key[1] for key in keys if key[0] == "listCollections"}
+        for db in set(self._collections) - listed:
+            del self._collections[db]
+        if ("oplogOldest",) not in self._refresh.wanted:
+            self._oplog_oldest = None
+
+    async def _run_task(self, result: CollectionResult, key: Key, now: float) -> None:
+        self._refresh.done(key, now)  # a failure also waits a full SLOW_REFRESH
+        kind, *args = key
+        client, enabled = self.client, self.enabled
+        samples: list[Sample] | None = None
+        if kind == "listDatabases":
+            listed = await self._run(result, DATABASES, client.fetch_databases, now,
+                                     convert=lambda dbs: (mapping.ranked_databases(dbs),
+                                                          mapping.database_samples(dbs, enabled)))
+            if listed is not None:
+                self._databases, samples = listed
+        elif kind == "dbStats":
+            db = args[0]
+            samples = await self._run(result, DB_STATS, lambda: client.fetch_db_stats(db), now, db,
+                                      convert=lambda stats: mapping.db_stats_samples(db, stats, enabled))
+        elif kind == "listCollections":
+            db = args[0]
+            names = await self._run(result, COLLECTIONS, lambda: client.fetch_collections(db), now, db,
+                                    convert=mapping.collection_names)
+            if names is not None:
+                self._collections[db] = names
+        elif kind == "indexStats":
+            db, coll = args
+            samples = await self._run(
+                result, INDEX_STATS, lambda: client.fetch_index_stats(db, coll), now, f"{db}.{coll}",
+                convert=lambda indexes: mapping.index_access_samples(db, coll, indexes, enabled))
+        elif kind == "collStats":
+            db, coll = args
+            samples = await self._run(
+                result, COLLECTION_STATS, lambda: client.fetch_collection_stats(db, coll), now, f"{db}.{coll}",
+                convert=lambda stats: mapping.collection_stats_samples(db, coll, stats, enabled))
+        elif kind == "oplogStats":
+            samples = await self._run(result, OPLOG_STATS, client.fetch_oplog_stats, now,
+                                      convert=lambda stats: mapping.oplog_stats_samples(stats, enabled))
+        elif kind == "oplogOldest":
+            self._oplog_oldest = await self._run(result, OPLOG_OLDEST, client.fetch_oplog_oldest, now)
+        if samples is None:
+            self._cache.pop(key, None)  # failed: no stale values
+        else:
+            self._cache[key] = samples
+
+    # --- errors and privileges -----------------------------------------------------------------------
+    def _allowed(self, query: str, target: str | None, now: float) -> bool:
+        return self._denied.get((query, target), -math.inf) <= now
+
+    def _succeeded(self, query: str, target: str | None) -> None:
+        self._denied.pop((query, target), None)
+        if not any(denied_query == query for denied_query, _ in self._denied):
+            self._reported.discard(query)  # works everywhere again: a new denial is news
+
+    def _record(self, result: CollectionResult, query: str, exc: Exception, now: float,
+                target: str | None = None) -> None:
+        reason, message = describe_error(exc, query=query, user=self.database.username, target=target,
+                                         secrets=self.client.secrets())
+        unreachable = is_unreachable(exc)
+        if reason in _BACK_OFF and not unreachable:
+            self._denied[(query, target)] = now + SLOW_REFRESH
+            if query in self._reported:
+                return
+            self._reported.add(query)
+        result.errors.append(QueryError(query, reason, message))  # type: ignore[arg-type]
+        if unreachable:
+            raise _ConnectionLost from None
+
+    async def close(self) -> None:
+        await self.client.close()
+        self._accounted = self.client.sent  # closing (endSessions) belongs to no collection

@@ -1,0 +1,212 @@
+"""The MySQL/MariaDB collector: at most five statements per collection over one reused connection.
+
+Design (cost to the monitored server first):
+
+- One aiomysql connection (no pool), opened lazily, reused by every collection, replaced only
+  after it broke or a collection was cancelled mid-query. Server flavour and version come from
+  the connection handshake, at no statement's cost.
+- Statements per collection, each a single round trip, skipped when all its metrics are disabled:
+    1. fetch_catalog             slow schedule (every SLOW_REFRESH s, and after a reconnect):
+                                 @@global max_connections, innodb_buffer_pool_size, redo log
+                                 capacity, performance_schema, CURRENT_USER(); UNION ALL
+                                 information_schema.TABLES sizes when a table metric is enabled.
+                                 Cached values are re-emitted in between.
+    2. fetch_global_status       SHOW GLOBAL STATUS: the bulk of the metrics.
+    3. fetch_innodb              INNODB_METRICS counters the status lacked (MySQL: deadlocks,
+                                 history list, pre-8.0.30 checkpoint age) UNION ALL INNODB_TRX
+                                 aggregates. Not sent on MariaDB unless a transaction metric is on.
+    4. fetch_performance_schema  table/index I/O waits, table lock waits, statement digests:
+                                 one UNION ALL of the enabled parts.
+    5. fetch_replica_status      SHOW REPLICA STATUS / SHOW SLAVE STATUS / SHOW ALL SLAVES STATUS.
+  With the defaults on MariaDB that is 3 statements, 4 on slow rounds.
+- Grants: 3 needs PROCESS, 4 SELECT on performance_schema, 5 REPLICATION CLIENT (MySQL) or
+  SLAVE MONITOR (MariaDB 10.5.9+). A query refused for lack of a grant — or unsupported by the
+  server — is reported ONCE, with the GRANT to run; it is then left out and retried quietly
+  every SLOW_REFRESH s on a fresh connection (global privileges are read at login), and its
+  metrics come back on their own once the grant is in place. The rest flows meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable
+
+from pydantic import SecretStr
+
+from dbintel.common.config import DatabaseConfig
+
+from ..base import DatabaseCollector
+from ..metric_table import CollectionResult, QueryError, Sample
+from . import mapping
+from .client import MysqlClient, describe_error
+from .metrics import (
+    CATALOG,
+    INNODB,
+    METRICS_BY_QUERY,
+    PERF,
+    REPLICA,
+    STATUS,
+    TABLE,
+    TABLE_METRICS,
+    TRX_METRICS,
+)
+
+SLOW_REFRESH = 300.0  # seconds between catalog refreshes, and between retries of a refused query
+
+# performance_schema part -> the metrics it feeds
+_PERF_PARTS = {
+    "table_io": frozenset({"mysql.table.io.wait.count", "mysql.table.io.wait.time"}),
+    "index_io": frozenset({"mysql.index.io.wait.count", "mysql.index.io.wait.time"}),
+    "table_lock": frozenset({"mysql.table.lock_wait.read.count", "mysql.table.lock_wait.read.time",
+                             "mysql.table.lock_wait.write.count", "mysql.table.lock_wait.write.time"}),
+    "digest": frozenset({"mysql.statement_event.count", "mysql.statement_event.wait.time"}),
+}
+_HELD_REASONS = ("permission", "unsupported")  # errors that will not go away by retrying next round
+
+
+class _ConnectionLost(Exception):
+    """Raised inside collect() to stop after a query found the connection gone."""
+
+
+class MysqlCollector(DatabaseCollector):
+    type = "mysql"
+    table = TABLE
+
+    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(database, password=password, enabled=enabled)
+        self.client = MysqlClient(database, password)
+        self._clock = clock
+        self._catalog_at: float | None = None
+        self._catalog_connection: int | None = None  # connection id the catalog was read on
+        self._variables: dict[str, Any] | None = None
+        self._account: str | None = None  # CURRENT_USER(), for GRANT hints
+        self._table_samples: list[Sample] = []
+        self._held: dict[str, tuple[float, str]] = {}  # query -> (retry at, reason) after permission/unsupported
+        self._reported: set[str] = set()  # queries whose held-reason error was reported already
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._password.get_secret_value(),) if self._password is not None else ()
+
+    def _wanted(self, query: str) -> frozenset[str]:
+        return METRICS_BY_QUERY[query] & self.enabled
+
+    def _error(self, query: str, exc: BaseException) -> QueryError:
+        reason, message = describe_error(exc, secrets=self._secrets())
+        if reason == "permission":
+            account = mapping.quote_account(self._account, self.database.username)
+            grant = mapping.required_grant(query, self.client.version, account)
+            if grant:
+                message = f"{message} — run: {grant}"
+        return QueryError(query, reason, message)  # type: ignore[arg-type]
+
+    def _hold(self, result: CollectionResult, error: QueryError, now: float) -> None:
+        self._held[error.query] = (now + SLOW_REFRESH, error.reason)
+        if error.query not in self._reported:
+            self._reported.add(error.query)
+            result.errors.append(error)
+
+    def _release(self, query: str) -> None:
+        self._held.pop(query, None)
+        self._reported.discard(query)
+
+    def _grant_retry_due(self, now: float) -> bool:
+        return any(reason == "permission" and now >= at for at, reason in self._held.values())
+
+    def _catalog_due(self, now: float) -> bool:
+        if not (self._wanted(CATALOG) or self._perf_sources()):  # perf: is performance_schema ON?
+            return False
+        return (self._catalog_at is None or now - self._catalog_at >= SLOW_REFRESH
+                or self._catalog_connection != self.client.connection_id)  # reconnected: maybe restarted
+
+    def _perf_sources(self) -> list[str]:
+        return [source for source, metrics in _PERF_PARTS.items() if metrics & self.enabled]
+
+    # --- collection -----------------------------------------------------------------------------
+
+    async def collect(self) -> CollectionResult:
+        result = CollectionResult()
+        before = self.client.statements
+        now = self._clock()
+        if self._grant_retry_due(now):
+            await self.client.close()  # global privileges are read at login: retry on a fresh session
+        try:
+            await self.client.connect()
+        except Exception as exc:  # any failure to connect: the database is down for us this round
+            _, message = describe_error(exc, secrets=self._secrets())
+            return CollectionResult(up=False, errors=[QueryError("connect", "connection", message)],
+                                    statements=self.client.statements - before)
+        try:
+            if self._catalog_due(now):
+                await self._run(result, now, CATALOG, self._fetch_catalog,
+                                lambda catalog: self._remember_catalog(catalog, now))
+            status = None
+            if self._wanted(STATUS):
+                status = await self._run(result, now, STATUS, self.client.fetch_global_status,
+                                         lambda reply: mapping.status_samples(reply, self.enabled))
+            result.samples.extend(mapping.variable_samples(self._variables, status, self.enabled))
+            result.samples.extend(self._table_samples)
+            if mapping.innodb_needed(status, self.enabled):
+                counters = mapping.innodb_metric_names(status, self.enabled)
+                await self._run(result, now, INNODB,
+                                lambda: self.client.fetch_innodb(counters,
+                                                                 transactions=bool(TRX_METRICS & self.enabled)),
+                                lambda reply: mapping.innodb_samples(reply, self.enabled))
+            await self._performance_schema(result, now)
+            if self._wanted(REPLICA):
+                await self._run(result, now, REPLICA, self.client.fetch_replica_status,
+                                lambda rows: mapping.replica_samples(rows, self.enabled))
+        except _ConnectionLost:
+            result.up = False
+        result.statements = self.client.statements - before
+        return result
+
+    async def _fetch_catalog(self) -> dict[str, Any]:
+        return await self.client.fetch_catalog(tables=bool(TABLE_METRICS & self.enabled))
+
+    def _remember_catalog(self, catalog: dict[str, Any], now: float) -> list[Sample]:
+        self._account = catalog["account"]
+        self._variables = catalog["variables"]
+        self._table_samples = mapping.table_samples(catalog["tables"], self.enabled)
+        self._catalog_at = now
+        self._catalog_connection = self.client.connection_id
+        return []  # variable and table samples are emitted every round from the cache
+
+    async def _performance_schema(self, result: CollectionResult, now: float) -> None:
+        sources = self._perf_sources()
+        if not sources:
+            return
+        if self._variables is not None and mapping.number(self._variables.get("performance_schema")) == 0:
+            self._hold(result, QueryError(PERF, "unsupported", (
+                "performance_schema is OFF on the server: start it with performance_schema=ON for the table/index "
+                "I/O wait metrics")), now)
+            return
+        await self._run(result, now, PERF, lambda: self.client.fetch_performance_schema(sources),
+                        lambda parts: mapping.performance_schema_samples(parts, self.enabled))
+
+    async def _run(self, result: CollectionResult, now: float, query: str, fetch: Callable[[], Awaitable[Any]],
+                   to_samples: Callable[[Any], list[Sample]]) -> Any:
+        """One query: its samples into `result`, or a QueryError while the rest goes on. Returns the reply."""
+        held = self._held.get(query)
+        if held is not None and now < held[0]:
+            return None
+        try:
+            reply = await fetch()
+            samples = to_samples(reply)
+        except Exception as exc:
+            error = self._error(query, exc)
+            if error.reason in _HELD_REASONS:
+                self._hold(result, error, now)
+                return None
+            result.errors.append(error)
+            if error.reason == "connection" and not self.client.connected:
+                raise _ConnectionLost from None
+            return None
+        self._release(query)
+        result.samples.extend(samples)
+        return reply
+
+    async def close(self) -> None:
+        await self.client.close()
