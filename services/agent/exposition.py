@@ -73,6 +73,18 @@ class _RenderedFamily:
     lines: str  # this database's sample lines
 
 
+def _attribute_values(attributes: tuple) -> tuple:
+    """Label values as text, escaped only when they need it (rare): the per-sample hot path."""
+    try:
+        joined = "".join(attributes)
+    except TypeError:  # a non-text attribute (a number): convert, then check
+        attributes = tuple(str(a) for a in attributes)
+        joined = "".join(attributes)
+    if "\\" in joined or '"' in joined or "\n" in joined:
+        return tuple(_escape_label(a) for a in attributes)
+    return attributes
+
+
 def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
     """One database's series in the Prometheus text format, by family name."""
     out: dict[str, _RenderedFamily] = {}
@@ -80,12 +92,20 @@ def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
     for samples in snapshot.samples_by_metric.values():
         spec = samples[0].spec
         name = spec.prometheus_name  # counters already end in _total, as the text format wants
-        base = resource + "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
-        label_names = spec.label_names
+        user = "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
+        # One %-template per family: the labels' layout is fixed, only values change per sample.
+        static = (name + "{" + resource + user).replace("%", "%%")  # a user label value may hold a %
+        template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r\n"
+        width = len(spec.label_names)
         lines = []
+        append = lines.append
         for sample in samples:
-            labels = base + "".join(f',{n}="{_escape_label(str(a))}"' for n, a in zip(label_names, sample.attributes))
-            lines.append(f"{name}{{{labels}}} {_format_value(sample.value)}\n")
+            value = float(sample.value)
+            if not math.isfinite(value):
+                line = template.replace("%r", _format_value(value).replace("%", "%%"))
+                append(line % _attribute_values(sample.attributes[:width]))
+                continue
+            append(template % (*_attribute_values(sample.attributes[:width]), value))
         out[name] = _RenderedFamily(f"# HELP {name} {_escape_help(spec.description)}\n"
                                     f"# TYPE {name} {spec.prometheus_type}\n", "".join(lines))
     return out

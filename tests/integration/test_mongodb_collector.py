@@ -166,7 +166,8 @@ async def test_verified_on_says_exactly_what_secantus_serves(secantus_server, mo
 
 async def test_values_match_the_server(secantus_server, monkeypatch) -> None:
     seed(secantus_server)
-    collector = make_collector(secantus_server.address, monkeypatch, enabled=DEFAULT | {"mongodb.collection.document.count"})
+    collector = make_collector(secantus_server.address, monkeypatch,
+                               enabled=DEFAULT | {"mongodb.collection.document.count"})
     try:
         last = (await drain(collector))[-1]
     finally:

@@ -202,3 +202,14 @@ def test_each_snapshot_is_rendered_once_however_often_it_is_scraped(monkeypatch)
     families, _ = scrape(expo)
     assert calls == ["db:redis/a", "db:redis/a"]
     assert [value for _, _, value in families["redis_memory_used_bytes"]] == [2.0]
+
+
+def test_rendering_escapes_what_the_text_format_requires():
+    odd = polled("odd", [Sample(CPU, float("inf"), ('us"er\\n',)), Sample(CPU, 2.0, ("50%",)),
+                         Sample(MEMORY, float("nan"))], labels={"team": "100% \"ops\"\nnight"})
+    _, expo = exposition({odd.resource_id: odd})
+    families, text = scrape(expo)
+    values = {labels["state"]: value for _, labels, value in families["redis_cpu_time_seconds"]}
+    assert values['us"er\\n'] == float("inf") and values["50%"] == 2.0
+    assert all(labels["team"] == '100% "ops"\nnight' for _, labels, _ in families["redis_cpu_time_seconds"])
+    assert [v != v for _, _, v in families["redis_memory_used_bytes"]] == [True]  # NaN
