@@ -1,22 +1,24 @@
-"""Collection cost of dbintel's PostgreSQL and Redis collectors, side by side with the Debian peer exporters.
+"""Collection cost of dbintel's PostgreSQL, MariaDB and Redis collectors, side by side with the Debian peer exporters.
 
 Run:  python bench/bench_collection.py [--rounds N] [--collections N] [--agent-polls N] [--no-profile] [--no-write]
 
-Starts a real PostgreSQL and a real Redis (tests/servers.py), the peers prometheus-postgres-exporter
-and prometheus-redis-exporter against them, and measures, in one run and interleaved round by round:
+Starts a real PostgreSQL, MariaDB and Redis (tests/servers.py), the peers prometheus-postgres-exporter,
+prometheus-mysqld-exporter and prometheus-redis-exporter against them, and measures, in one run and
+interleaved round by round:
 
 - dbintel, direct: the collector classes called in this process, `--collections` collections a window;
 - dbintel, agent: a real `dbintel agent` process per database type (ignore_assignments, interval 1s),
-  scraped once per interval, `--agent-polls` polls a window; SIGSTOPped outside its own windows so
-  its polls never land in another contender's server-side counts;
+  scraped once per interval, `--agent-polls` polls a window, one agent at a time; SIGSTOPped outside
+  its own windows so its polls never land in another contender's server-side counts;
 - the peers: one collection = one scrape of their /metrics.
 
 Per collection: CPU seconds of the collecting process (its CPU-time clock), samples (exposition lines for an
 exposition, len(result.samples) for the direct collector), statements/commands the server received
-from the monitoring role (pg_stat_statements calls; Redis INFO commandstats minus our own INFO),
-new connections (PostgreSQL `connection authorized` log lines of the monitoring role, with
-log_connections switched on for the run; Redis total_connections_received), and latency. Two
-scenarios: the small test schema, and 200 extra tables × 2 indexes / 16 Redis databases with keys.
+from the monitoring role (pg_stat_statements calls; MariaDB performance_schema statement events of
+the monitoring user; Redis INFO commandstats minus our own INFO), new connections (PostgreSQL
+`connection authorized` log lines of the monitoring role, with log_connections switched on for the
+run; MariaDB `Connections`; Redis total_connections_received), and latency. Two scenarios: the small
+test schema, and 200 extra tables × 2 indexes (PostgreSQL and MariaDB) / 16 Redis databases with keys.
 Prints the figures and rewrites the "## Collection cost vs the peer exporters" section of
 docs/benchmarks.md (other sections are kept). Where a peer spends less CPU per sample than the agent,
 the agent is profiled with py-spy for a few seconds and the shares of its stack samples by layer reported.
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+import pymysql
 import yaml
 from pydantic import SecretStr
 
@@ -49,18 +52,22 @@ from servers import (AgentProcess, metric_total, process_cpu_seconds, sample_lin
 
 from dbintel.agent.collectors import collector_class
 from dbintel.common.config import DatabaseConfig
-from tests.servers import PostgresServer, RedisServer, free_port
+from tests.servers import MariaDBServer, PostgresServer, RedisServer, free_port
 
 SECTION = "## Collection cost vs the peer exporters"
 DEFAULTS = {"rounds": 5, "collections": 10, "agent_polls": 3}
-PG_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_REDIS_PASSWORD"
+PG_PASSWORD_ENV, MARIADB_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_MARIADB_PASSWORD", \
+    "BENCH_REDIS_PASSWORD"
 AGENT_INTERVAL = 1.0  # the shortest interval the config allows
 EXAMPLE_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
 TABLE_QUERIES = ("pg_stat_user_tables", "pg_statio_user_tables")
 # Lines about the exporting process itself, not the database: left out of "database samples".
 SELF_PREFIXES = ("go_", "process_", "promhttp_", "pg_exporter_", "pg_scrape_collector_", "postgres_exporter_",
-                 "redis_exporter_", "dbintel_agent_")
-TARGET_STATEMENTS = {"postgresql": 5, "redis": 3}
+                 "mysql_exporter_", "mysqld_exporter_", "redis_exporter_", "dbintel_agent_")
+KINDS = ("postgresql", "mysql", "redis")  # the order of the tables
+TARGET_STATEMENTS = {"postgresql": 5, "mysql": 5, "redis": 3}
+# The peers' server-settings samples: many lines from one statement, told apart in the notes.
+SETTINGS_PREFIXES = {"postgresql": "pg_settings_", "mysql": "mysql_global_variables_"}
 EXTRA_TABLES, EXTRA_REDIS_DBS, KEYS_PER_DB = 200, 16, 200
 
 
@@ -106,11 +113,57 @@ class PostgresWatch:
     async def settle(self) -> None:
         await asyncio.sleep(0.15)  # the log line of a connection opened at the very end reaches the file
 
+    def minus_own(self, counts: ServerCounts) -> ServerCounts:
+        return counts  # our connection is the superuser's: not counted
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.execute("ALTER SYSTEM RESET log_connections")
             await self._conn.execute("SELECT pg_reload_conf()")
             await self._conn.close()
+
+
+class MariaDBWatch:
+    """Statements of the monitoring user and connections (`Connections` status), read as the superuser.
+
+    Statements: performance_schema.events_statements_summary_by_user_by_event_name for the monitoring
+    user, every event (statement/sql/* and statement/com/*: a Ping or a Quit is a command the server
+    handled too); it includes the user's live sessions and those already closed. Our own probes run
+    as the superuser over one persistent unix-socket connection, so they are neither statements of
+    the monitoring user nor new connections."""
+
+    def __init__(self, server: MariaDBServer):
+        self.server = server
+        self.user = server.monitor_user
+        self._conn: pymysql.Connection | None = None
+
+    async def open(self) -> None:
+        self._conn = pymysql.connect(unix_socket=str(self.server.socket_path), user=self.server.superuser,
+                                     autocommit=True)
+
+    def _read(self) -> ServerCounts:
+        assert self._conn is not None
+        with self._conn.cursor() as cursor:
+            cursor.execute("SELECT EVENT_NAME, COUNT_STAR FROM performance_schema."
+                           "events_statements_summary_by_user_by_event_name WHERE USER = %s AND COUNT_STAR > 0",
+                           (self.user,))
+            by_command = Counter({name.removeprefix("statement/"): int(calls) for name, calls in cursor.fetchall()})
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'Connections'")
+            connections = int(cursor.fetchone()[1])
+        return ServerCounts(statements=sum(by_command.values()), connections=connections, by_command=by_command)
+
+    async def snapshot(self) -> ServerCounts:
+        return self._read()
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0.15)  # an exporter's COM_QUIT may reach the server after its scrape was answered
+
+    def minus_own(self, counts: ServerCounts) -> ServerCounts:
+        return counts
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
 
 class RedisWatch:
@@ -156,10 +209,7 @@ async def measured(watch, body):
     before = await watch.snapshot()
     result = await body()
     await watch.settle()
-    counts = delta(before, await watch.snapshot())
-    if isinstance(watch, RedisWatch):
-        counts = watch.minus_own(counts)
-    return counts, result
+    return watch.minus_own(delta(before, await watch.snapshot())), result
 
 
 # --- contenders ----------------------------------------------------------------------------------
@@ -319,9 +369,7 @@ class AgentPath:
         finally:
             self.agent.pause()  # no poll in flight, and none can start while the server is read
         await watch.settle()
-        counts = delta(before, await watch.snapshot())
-        if isinstance(watch, RedisWatch):
-            counts = watch.minus_own(counts)
+        counts = watch.minus_own(delta(before, await watch.snapshot()))
         polls = self.agent.polls(text) - self.agent.polls(first)
         duration_name = "dbintel_agent_poll_duration_seconds"
         label = f'type="{self.kind}"'
@@ -372,6 +420,8 @@ PROFILE_LAYERS = (
     ("metric_table.py", "poll: Sample objects (metric_table)"),
     ("scheduler.py", "poll: scheduler (snapshot after a poll)"),
     ("asyncpg/", "poll: asyncpg driver"),
+    ("aiomysql/", "poll: aiomysql/PyMySQL driver"),
+    ("pymysql/", "poll: aiomysql/PyMySQL driver"),
     ("/redis/", "poll: redis-py driver"),
     ("collectors/", "poll: collector, other"),
     ("asyncio/", "event loop, idle wake-ups"),
@@ -455,10 +505,31 @@ class Tally:
         return sorted({p for w in self.windows for p in w.problems})
 
 
+@dataclass
+class Target:
+    """One database under test: its agent config entry (password as ${env:…}), the password, the watch
+    reading its server-side counts, and the peer exporters pointed at it."""
+
+    kind: str
+    database: dict
+    password_env: str
+    password: str
+    watch: object
+    exporters: list[Exporter] = field(default_factory=list)
+
+    def direct(self) -> DirectCollector:
+        return DirectCollector(self.kind, DatabaseConfig(**{**self.database, "password": None}), self.password)
+
+
 def postgres_database(server: PostgresServer) -> dict:
     return {"name": "bench-pg", "type": "postgresql", "endpoint": server.address, "username": server.monitor_user,
             "password": f"${{env:{PG_PASSWORD_ENV}}}", "database": server.app_database,
             "interval": f"{AGENT_INTERVAL:g}s"}
+
+
+def mariadb_database(server: MariaDBServer) -> dict:
+    return {"name": "bench-mariadb", "type": "mysql", "endpoint": server.address, "username": server.monitor_user,
+            "password": f"${{env:{MARIADB_PASSWORD_ENV}}}", "interval": f"{AGENT_INTERVAL:g}s"}
 
 
 def redis_database(server: RedisServer) -> dict:
@@ -474,6 +545,15 @@ def table_queries_file(directory: Path) -> Path:
     return path
 
 
+def mysqld_exporter_config(server: MariaDBServer, directory: Path) -> Path:
+    """The my.cnf prometheus-mysqld-exporter 0.14 reads its credentials from (--config.my-cnf), mode 0600."""
+    path = directory / "mysqld-exporter.cnf"
+    path.touch(mode=0o600)
+    path.write_text(f"[client]\nuser={server.monitor_user}\npassword={server.monitor_password}\n"
+                    f"host={server.host}\nport={server.port}\n")
+    return path
+
+
 def grow_postgres(server: PostgresServer) -> None:
     server.execute(f"""
 DO $$ BEGIN FOR i IN 1..{EXTRA_TABLES} LOOP
@@ -486,6 +566,16 @@ SELECT pg_stat_force_next_flush();
 """, database=server.app_database)
 
 
+def grow_mariadb(server: MariaDBServer) -> None:
+    """The same 200 tables × 2 indexes, each written and read through its index once, so that
+    performance_schema has table and index I/O rows for them (as it would on a live server)."""
+    server.execute("\n".join(
+        f"CREATE TABLE bench_t{i} (id INT PRIMARY KEY, k INT NOT NULL, v TEXT, KEY bench_t{i}_k_idx (k)) ENGINE=InnoDB;\n"
+        f"INSERT INTO bench_t{i} SELECT seq, seq % 10, 'x' FROM seq_1_to_20;\n"
+        f"SELECT count(*) FROM bench_t{i} WHERE k = 1;"
+        for i in range(1, EXTRA_TABLES + 1)), database=server.app_database)
+
+
 def fill_redis(server: RedisServer, databases: int, keys: int) -> None:
     for db in range(databases):
         client = server.client(db=db)
@@ -496,21 +586,18 @@ def fill_redis(server: RedisServer, databases: int, keys: int) -> None:
         client.close()
 
 
-async def run_scenario(args, pg: PostgresServer, rd: RedisServer, exporters: list[Exporter], watches: dict,
-                       scenario: str, profiles: dict[str, list[tuple[str, float]]]) -> list[Tally]:
-    pg_config = DatabaseConfig(**{**postgres_database(pg), "password": None})
-    rd_config = DatabaseConfig(**{**redis_database(rd), "password": None})
-    direct = [DirectCollector("postgresql", pg_config, pg.monitor_password),
-              DirectCollector("redis", rd_config, rd.password)]
-    secrets = {PG_PASSWORD_ENV: pg.monitor_password, REDIS_PASSWORD_ENV: rd.password}
-    agents = [AgentPath("postgresql", postgres_database(pg), secrets), AgentPath("redis", redis_database(rd), secrets)]
-    sequential = [direct[0], *[e for e in exporters if e.kind == "postgresql"],
-                  direct[1], *[e for e in exporters if e.kind == "redis"]]
-    tallies = {id(c): Tally(c) for c in [*sequential, *agents]}
+async def run_scenario(args, targets: list[Target], scenario: str,
+                       profiles: dict[str, list[tuple[str, float]]]) -> list[Tally]:
+    direct = {t.kind: t.direct() for t in targets}
+    secrets = {t.password_env: t.password for t in targets}
+    agents = {t.kind: AgentPath(t.kind, t.database, secrets) for t in targets}
+    watches = {t.kind: t.watch for t in targets}
+    sequential = [c for t in targets for c in (direct[t.kind], *t.exporters)]
+    tallies = {id(c): Tally(c) for c in [*sequential, *agents.values()]}
     try:
         for contender in sequential:
             await contender.warm()
-        await asyncio.gather(*(agent.warm() for agent in agents))
+        await asyncio.gather(*(agent.warm() for agent in agents.values()))
         for round_number in range(args.rounds):
             shift = round_number % len(sequential)  # rotate who goes first, so no one always runs on a cold cache
             for contender in sequential[shift:] + sequential[:shift]:
@@ -521,21 +608,20 @@ async def run_scenario(args, pg: PostgresServer, rd: RedisServer, exporters: lis
                     window.problems.append(f"the server saw {counts.statements} statements, the collector counted "
                                            f"{window.own_statements}")
                 tallies[id(contender)].windows.append(window)
-            windows = await asyncio.gather(*(a.window(args.agent_polls, watches[a.kind]) for a in agents))
-            for agent, window in zip(agents, windows):
-                tallies[id(agent)].windows.append(window)
+            # One agent at a time (the others SIGSTOPped): two cores, and no agent's polls in another's window.
+            for agent in agents.values():
+                tallies[id(agent)].windows.append(await agent.window(args.agent_polls, watches[agent.kind]))
             print(f"  {scenario}: round {round_number + 1}/{args.rounds} done", file=sys.stderr)
         if not args.no_profile:
-            for agent in agents:  # "where does our time go", for each type on which a peer used less CPU per sample
+            for kind, agent in agents.items():  # "where does our time go", for each type a peer spent less on
                 ours = tallies[id(agent)].cpu_us_per_sample
-                if any(tallies[id(e)].cpu_us_per_sample < ours for e in sequential if e.kind == agent.kind
+                if any(tallies[id(e)].cpu_us_per_sample < ours for e in sequential if e.kind == kind
                        and e.family == "peer"):
-                    profiles[agent.kind] = await agent.profile(seconds=args.agent_polls + 2)
+                    profiles[kind] = await agent.profile(seconds=args.agent_polls + 2)
     finally:
-        for contender in [*direct, *agents]:
+        for contender in [*direct.values(), *agents.values()]:
             await contender.close()
-    order = [direct[0], agents[0], *[e for e in exporters if e.kind == "postgresql"],
-             direct[1], agents[1], *[e for e in exporters if e.kind == "redis"]]
+    order = [c for t in targets for c in (direct[t.kind], agents[t.kind], *t.exporters)]
     return [tallies[id(c)] for c in order]
 
 
@@ -561,9 +647,11 @@ def table(tallies: list[Tally]) -> list[str]:
 
 def verdicts(tallies: list[Tally]) -> list[str]:
     out = []
-    for kind in ("postgresql", "redis"):
+    for kind in KINDS:
         ours = [t for t in tallies if t.contender.kind == kind and t.contender.family == "dbintel"]
         peers = [t for t in tallies if t.contender.kind == kind and t.contender.family == "peer"]
+        if not ours:
+            continue
         limit = TARGET_STATEMENTS[kind]
         for t in ours:
             met = "met" if t.statements <= limit else "NOT met"
@@ -583,40 +671,53 @@ def verdicts(tallies: list[Tally]) -> list[str]:
 
 
 async def main_async(args) -> int:
-    pg, rd = PostgresServer(), RedisServer()
-    exporters: list[Exporter] = []
-    watches = {}
+    pg, maria, rd = PostgresServer(), MariaDBServer(), RedisServer()
+    targets: list[Target] = []
     work = Path(tempfile.mkdtemp(prefix="dbintel-bench-collection-"))
     results: dict[str, list[Tally]] = {}
     profiles: dict[str, dict[str, list[tuple[str, float]]]] = {"small": {}, "many": {}}
     try:
-        await asyncio.gather(asyncio.to_thread(pg.start), asyncio.to_thread(rd.start))
-        watches = {"postgresql": PostgresWatch(pg), "redis": RedisWatch(rd)}
-        for watch in watches.values():
-            await watch.open()
+        await asyncio.gather(*(asyncio.to_thread(server.start) for server in (pg, maria, rd)))
+        targets = [Target("postgresql", postgres_database(pg), PG_PASSWORD_ENV, pg.monitor_password, PostgresWatch(pg)),
+                   Target("mysql", mariadb_database(maria), MARIADB_PASSWORD_ENV, maria.monitor_password,
+                          MariaDBWatch(maria)),
+                   Target("redis", redis_database(rd), REDIS_PASSWORD_ENV, rd.password, RedisWatch(rd))]
+        for target in targets:
+            await target.watch.open()
         fill_redis(rd, 1, 100)
         dsn = {"DATA_SOURCE_NAME": pg.dsn(database=pg.app_database)}
-        exporters = [
+        my_cnf = f"--config.my-cnf={mysqld_exporter_config(maria, work)}"
+        targets[0].exporters = [
             Exporter("postgresql", "postgres_exporter 0.11 (defaults)", ["prometheus-postgres-exporter"], dsn,
                      "pg_exporter_last_scrape_error"),
             Exporter("postgresql", "postgres_exporter 0.11 + example table queries",
                      ["prometheus-postgres-exporter", f"--extend.query-path={table_queries_file(work)}"], dsn,
                      "pg_exporter_last_scrape_error"),
+        ]
+        targets[1].exporters = [
+            Exporter("mysql", "mysqld_exporter 0.14 (defaults)", ["prometheus-mysqld-exporter", my_cnf], {},
+                     "mysql_exporter_last_scrape_error"),
+            Exporter("mysql", "mysqld_exporter 0.14 + table/index I/O waits",
+                     ["prometheus-mysqld-exporter", my_cnf, "--collect.perf_schema.tableiowaits",
+                      "--collect.perf_schema.indexiowaits"], {}, "mysql_exporter_last_scrape_error"),
+        ]
+        targets[2].exporters = [
             Exporter("redis", "redis_exporter 1.45 (defaults)",
                      ["prometheus-redis-exporter", f"--redis.addr=redis://{rd.address}"],
                      {"REDIS_PASSWORD": rd.password}, "redis_exporter_last_scrape_error"),
         ]
-        results["small"] = await run_scenario(args, pg, rd, exporters, watches, "small", profiles["small"])
+        results["small"] = await run_scenario(args, targets, "small", profiles["small"])
         grow_postgres(pg)
+        grow_mariadb(maria)
         fill_redis(rd, EXTRA_REDIS_DBS, KEYS_PER_DB)
-        results["many"] = await run_scenario(args, pg, rd, exporters, watches, "many", profiles["many"])
+        results["many"] = await run_scenario(args, targets, "many", profiles["many"])
     finally:
-        for exporter in exporters:
-            await exporter.close()
-        for watch in watches.values():
-            await watch.close()
-        pg.close()
-        rd.close()
+        for target in targets:
+            for exporter in target.exporters:
+                await exporter.close()
+            await target.watch.close()
+        for server in (pg, maria, rd):
+            server.close()
         shutil.rmtree(work, ignore_errors=True)
     text = render(args, results, profiles)
     print(text)
@@ -631,17 +732,20 @@ def render(args, results, profiles) -> str:
         f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
     lines = [
         SECTION, "", machine_line(),
-        f"Command: `{command}` (about 90 s). PostgreSQL 15 and Redis 7.0 from tests/servers.py; every "
-        "contender uses the same monitoring role (`dbintel_monitor`, in pg_monitor) on the same app database "
-        "`dbintel_app`, the exporter included, so all see the same tables.",
+        f"Command: `{command}` (about 3 minutes). PostgreSQL 15, MariaDB 10.11 and Redis 7.0 from tests/servers.py; "
+        "every contender uses the same monitoring account on the same data, the exporters included, so all see "
+        "the same tables: PostgreSQL role `dbintel_monitor` (in pg_monitor) on the app database `dbintel_app`; "
+        "MariaDB user `dbintel_monitor` (PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT on *.*), given to "
+        "mysqld_exporter in a my.cnf (`--config.my-cnf`).",
         "",
         f"Method: {args.rounds} rounds; in each, {args.collections} collections of each in-process collector and "
         f"{args.collections} scrapes of each exporter (order rotated per round), then one window of "
-        f"{args.agent_polls} polls of each agent (`dbintel agent`, ignore_assignments, interval "
+        f"{args.agent_polls} polls of each agent in turn (`dbintel agent`, ignore_assignments, interval "
         f"{AGENT_INTERVAL:g} s, scraped once per interval half an interval away from its polls, SIGSTOPped "
         "outside its windows so its polls never count against another contender). Figures are medians over the "
-        "rounds, after warm-up (connect, first size round): steady state. dbintel fetches sizes every 5 minutes "
-        "and re-emits them in between, so the measured rounds run no size query.",
+        "rounds, after warm-up (connect, first size/catalog round): steady state. dbintel fetches sizes and the "
+        "MariaDB catalog (global variables) every 5 minutes and re-emits them in between, so the measured rounds "
+        "run no such query.",
         "",
         "- CPU: the collecting process's CPU-time clock (clock_getcpuclockid; psutil's cpu_times ticks at 10 ms, "
         "too coarse): the exporter over its scrapes; this process around `collect()`; the agent process over the "
@@ -650,31 +754,38 @@ def render(args, results, profiles) -> str:
         "- Database samples: exposition sample lines less the exporters' own `go_`/`process_`/`promhttp_`/"
         "`*_exporter_` lines and the agent's `dbintel_agent_*` lines; for the in-process collector, "
         "`len(result.samples)`. CPU per sample divides by these.",
-        "- Statements: `pg_stat_statements` calls of the monitoring role; Redis `INFO commandstats` delta less "
-        "the bench's own INFO. New connections: `connection authorized` lines of the role in the PostgreSQL log "
-        "(log_connections on for the run; a backend-pid set would miss a connection opened and closed within "
-        "one scrape); Redis `total_connections_received`.",
+        "- Statements: PostgreSQL `pg_stat_statements` calls of the monitoring role; MariaDB "
+        "`performance_schema.events_statements_summary_by_user_by_event_name` of the monitoring user, every "
+        "event counted (statement/sql/* and statement/com/*, so an exporter's Ping and Quit count: commands the "
+        "server handled), read as root over the unix socket (not the monitoring user, so the probes count "
+        "nowhere); Redis `INFO commandstats` delta less the bench's own INFO. New connections: `connection "
+        "authorized` lines of the role in the PostgreSQL log (log_connections on for the run; a backend-pid set "
+        "would miss a connection opened and closed within one scrape); MariaDB `Connections` status delta (the "
+        "bench's own connection is persistent); Redis `total_connections_received`.",
         "- Latency: wall time of one `collect()` / one scrape; for the agent, its poll duration histogram.",
         "- Scrapes ask for plain text (no gzip) on both sides.",
         "",
     ]
-    for scenario, title in (("small", "Small schema (2 tables, 4 indexes; 100 keys in Redis db 0)"),
-                            ("many", f"Many tables (+{EXTRA_TABLES} tables × 2 indexes; {KEYS_PER_DB} keys in "
-                                     f"each of {EXTRA_REDIS_DBS} Redis databases)")):
+    for scenario, title in (("small", "Small schema (PostgreSQL 2 tables, 4 indexes; MariaDB 1 table, 2 indexes; "
+                                      "100 keys in Redis db 0)"),
+                            ("many", f"Many tables (+{EXTRA_TABLES} tables × 2 indexes in PostgreSQL and in MariaDB; "
+                                     f"{KEYS_PER_DB} keys in each of {EXTRA_REDIS_DBS} Redis databases)")):
         tallies = results[scenario]
         lines += [f"### {title}", "", *table(tallies), ""]
         lines += [f"- {v}" for v in verdicts(tallies)]
         for t in tallies:
             if t.problems():
                 lines.append(f"- {t.contender.name} problems: {'; '.join(t.problems())}")
-            if t.contender.kind == "redis":
-                lines.append(f"- {t.contender.name} commands per collection: {t.commands()}")
+            if t.contender.kind in ("mysql", "redis"):
+                lines.append(f"- {t.contender.name} {'statements' if t.contender.kind == 'mysql' else 'commands'} "
+                             f"per collection: {t.commands()}")
             if isinstance(t.contender, AgentPath):
                 lines.append(f"- {t.contender.name}: serving the scrape is {t.scrape_cpu_ms / t.cpu_ms:.0%} of its "
                              f"CPU per collection (one scrape took {t.scrape_latency_ms:.1f} ms wall).")
-            if t.contender.kind == "postgresql" and t.contender.family == "peer":
-                lines.append(f"- {t.contender.name}: {t.lines_starting('pg_settings_')} of its database samples "
-                             f"are pg_settings_* (server settings, one query).")
+            prefix = SETTINGS_PREFIXES.get(t.contender.kind)
+            if prefix and t.contender.family == "peer":
+                lines.append(f"- {t.contender.name}: {t.lines_starting(prefix)} of its database samples "
+                             f"are {prefix}* (server settings, one statement).")
         for kind, shares in profiles[scenario].items():
             *layers, (_, total) = shares
             if total < MIN_PROFILE_SAMPLES:

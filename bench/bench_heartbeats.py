@@ -18,7 +18,7 @@ CPU (user+system, all threads) and RSS of the coordinator, Redis and the generat
 sampled by the generator at the exact edges of each measured window. Prints the table and rewrites
 the "## Coordinator heartbeat throughput" section of docs/benchmarks.md (other sections are kept).
 `--profile` adds one more run per mode at the largest agent count with py-spy sampling the
-coordinator during the saturated phase (its figures are not used in the table).
+coordinator during the idle and the saturated phase (its figures are not used in the tables).
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class SimulatedAgent:
         self.pending: collections.deque[float] = collections.deque()  # send times, answered in order
         self.answered = asyncio.Event()
         self.last_assignment_at = 0.0
+        self.first_assignment_at = 0.0
         self.steady: bytes = b""
         self.degraded_replies = 0
         self.last_reply_degraded = False
@@ -153,6 +154,7 @@ class SimulatedAgent:
         new = frozenset(g.resource_id for g in assignment.resources)
         released, self.held = self.held - new, new
         self.last_assignment_at = time.perf_counter()
+        self.first_assignment_at = self.first_assignment_at or self.last_assignment_at
         await self.send(self.request(released=released))  # the acknowledgment
 
     async def retry(self, delay: float) -> None:
@@ -256,7 +258,9 @@ class Generator:
         for agent in self.agents:
             agent.steady = agent.request()
         sizes = [len(a.held) for a in self.agents]
-        return {"setup_s": time.perf_counter() - started, "held_min": min(sizes), "held_max": max(sizes),
+        return {"setup_s": time.perf_counter() - started,
+                "first_assignment_s": min(a.first_assignment_at for a in self.agents) - started,
+                "all_assigned_s": max(a.first_assignment_at for a in self.agents) - started, "held_min": min(sizes), "held_max": max(sizes),
                 "request_bytes": statistics.mean(len(a.steady) for a in self.agents),
                 "setup_messages": self.phase.sent, "setup_degraded": self.phase.degraded,
                 "agents_degraded": sum(1 for a in self.agents if a.degraded_replies)}
@@ -391,14 +395,14 @@ class Scenario:
     setup: dict = field(default_factory=dict)
     phases: dict[str, dict] = field(default_factory=dict)
     wall_s: float = 0.0
-    profile: str = ""
+    profiles: dict[str, str] = field(default_factory=dict)  # phase -> py-spy raw output
 
 
 class Runner:
     def __init__(self, args, workdir: Path, redis):
         self.args, self.workdir, self.redis = args, workdir, redis
 
-    def run(self, mode: str, agents: int, profile_to: Path | None = None) -> Scenario:
+    def run(self, mode: str, agents: int, profile_prefix: Path | None = None) -> Scenario:
         from tests.servers import free_port
         scenario = Scenario(mode, agents)
         started = time.monotonic()
@@ -437,13 +441,13 @@ class Runner:
                   f"(coordinator started {time.monotonic() - started:.1f}s ago): {scenario.setup}",
                   file=sys.stderr, flush=True)
             for kind, warmup, measure in (("idle", 0.0, self.args.idle), ("saturated", 1.0, self.args.measure)):
-                profiler = self._start_profiler(coordinator.pid, profile_to, warmup + measure) \
-                    if kind == "saturated" and profile_to else None
+                output = Path(f"{profile_prefix}-{kind}.txt") if profile_prefix else None
+                profiler = self._start_profiler(coordinator.pid, output, warmup + measure) if output else None
                 parent_end.send(("phase", kind, warmup, measure, 0.0))
                 scenario.phases[kind] = self._receive(parent_end, generator, "phase")
                 if profiler is not None:
                     profiler.wait(timeout=60)
-                    scenario.profile = str(profile_to)
+                    scenario.profiles[kind] = str(output)
             rate = scenario.phases["saturated"]["throughput"] * HEADROOM
             parent_end.send(("phase", "paced", 1.0, self.args.measure, rate))
             scenario.phases["paced"] = self._receive(parent_end, generator, "phase")
@@ -617,26 +621,53 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         "",
         "Every heartbeat sent got its reply (answered / sent; the coordinator's own "
         "`dbintel_scaling_heartbeats_total` matched the generator's count; no assignment moved while measuring). "
-        "A *degraded* reply is an answer that says the coordinator could not reach its store in time "
-        "(`StoreUnavailable`, here a Redis call that outlived its 1 s socket timeout while the event loop was "
-        "busy): that heartbeat was not recorded, so a rate with degraded replies is not sustainable.",
+        "A *degraded* reply is an answer saying the coordinator could not reach its store: that heartbeat was "
+        "not recorded, so a rate with degraded replies is not sustainable.",
         "",
+    ]
+    if any(s.mode == "redis" and (s.setup["setup_degraded"] or any(p["degraded"] for p in s.phases.values()))
+           for s in scenarios):
+        import redis
+        from redis.asyncio import ConnectionPool
+        pool_size = ConnectionPool().max_connections
+        lines += [
+            "**Degraded replies with Redis up and idle.** Redis was never unreachable here; the coordinator's own "
+            f"connection pool was full. redis-py {redis.__version__}'s asyncio pool holds at most {pool_size} "
+            "connections by default (`RedisScalingStore` does not set `max_connections`), and an operation that "
+            "finds no free connection fails at once with `MaxConnectionsError: Too many connections` instead of "
+            "waiting; `RedisScalingStore._call` maps it to `StoreUnavailable`, so the heartbeat is answered "
+            "`degraded` and not recorded, a warning is logged and the replica reports itself not ready until "
+            "its next successful store call. (A diagnostic run that wrapped `_call` counted the exceptions "
+            "behind every degraded reply: all were `MaxConnectionsError`.) Note *Redis connections opened* "
+            f"below: {pool_size} + 1 (pub/sub) whatever the fleet. Anything that puts more than about "
+            f"{pool_size} heartbeats in flight at once hits it: a registration storm, the burst of acks after a "
+            "placement, and — at the paced rate — the heartbeats that queue while the leader step holds the "
+            "event loop (next paragraph), which then all reach Redis together. The saturated phase keeps "
+            f"{args.in_flight} in flight so that it measures throughput, not this limit.",
+            "",
+        ]
+    lines += [
         "### Registration storm (every agent opens its stream at once, as after a replica restart)",
         "",
-        "| mode | agents | heartbeats to quiet placement (registrations + acks + retries) | degraded replies | "
-        "agents that got one | Redis connections opened | seconds to quiet placement |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | agents | heartbeats until quiet (registrations + acks + repeats) | degraded replies | "
+        "agents that got one | Redis connections opened | first assignment after s | quiet placement after s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scenarios:
         u = s.setup
         lines.append(f"| {s.mode} | {s.agents:,} | {u['setup_messages']:,} | {u['setup_degraded']:,} | "
-                     f"{u['agents_degraded']:,} | {u.get('redis_connections_opened', '–')} | {u['setup_s']:.1f} |")
+                     f"{u['agents_degraded']:,} | {u.get('redis_connections_opened', '–')} | "
+                     f"{u['first_assignment_s']:.1f} | {u['setup_s']:.1f} |")
     lines += [
         "",
-        "A degraded reply to a registration or to the ack of an assignment means the coordinator did not record "
-        "it. The generator repeats such a heartbeat within a second (at a random moment); a real agent repeats "
-        "it with its next heartbeat, 30 s later, so on a real fleet those agents get their databases — and "
-        "hand-offs that wait for their acks complete — up to a heartbeat interval later.",
+        "Times are from the first registration sent. The leader places nothing until no agent has joined for "
+        "2 s (JOIN_SETTLE_S); with a large storm the last registrations trickle in between back-to-back leader "
+        "steps (every registration is a membership event that wakes the leader), which pushes the first "
+        "assignment out, and on a busy machine by several seconds. A degraded reply to a registration or to the "
+        "ack of an assignment means the coordinator did not record it. The generator repeats such a heartbeat "
+        "within a second (at a random moment); a real agent repeats it with its next heartbeat, 30 s later, so "
+        "on a real fleet those agents get their databases — and hand-offs that wait for their acks complete — "
+        "up to a heartbeat interval later.",
         "",
         "### Agents per replica at the default 30 s heartbeat interval",
         "",
@@ -648,31 +679,58 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         d = derived(s, fits[s.mode])
         lines.append(f"| {s.mode} | {s.agents:,} | {d['agents_naive']:,.0f} | {d['agents_headroom']:,.0f} | "
                      f"{d['marginal_ms']:.3f} | {100 * d['idle_cpu_per_s']:.1f} | {d['agents_model']:,.0f} |")
-    fit_text = "; ".join(f"{mode}: {100 * a:.1f}% + {100 * b * 1000:.2f}% per 1,000 agents"
+    fit_text = "; ".join(f"{mode}: {100 * a:.1f}% + {100 * b * 1000:.1f}% per 1,000 agents"
                          for mode, (a, b) in sorted(fits.items()))
+    by_mode = {mode: sorted((s for s in scenarios if s.mode == mode), key=lambda s: s.agents) for mode in fits}
+    p99_text = "; ".join(f"{mode}: {rows[0].phases['paced']['p99_ms']:.0f} ms at {rows[0].agents:,} agents, "
+                         f"{rows[-1].phases['paced']['p99_ms']:.0f} ms at {rows[-1].agents:,}"
+                         for mode, rows in sorted(by_mode.items()))
     lines += [
         "",
         "*Heartbeats/s × 30* is how many agents one replica could serve if heartbeats were its only work and it "
         f"ran a core flat out; we plan at **{HEADROOM:.0%} of a core** (headroom for a reconnect storm, "
         "rebalances and latency). But a replica's work is not only heartbeats: the *idle* phase shows CPU "
-        "that grows with the fleet with no heartbeat at all — the leader reads every agent, target and "
-        "assignment and plans once a second, and the gauges re-read every agent every 5 s. Fitted over the runs, "
-        f"idle CPU ≈ {fit_text} (share of a core). The *model* column solves "
-        "idle(N) + N ÷ 30 s × per-heartbeat CPU = 0.5 core for N: it, not heartbeats/s × 30, is the capacity to "
-        "plan with, and it is a linear extrapolation beyond the largest run. Only the leader replica pays the "
-        "leader step; in redis mode a follower replica's background is just the 5 s gauges.",
+        "that grows with the fleet with no heartbeat at all. Fitted over the runs (least squares), idle CPU ≈ "
+        f"{fit_text} (share of a core). The *model* column solves idle(N) + N ÷ 30 s × per-heartbeat CPU = "
+        "0.5 core for N: it, not heartbeats/s × 30, is the capacity to plan with. It extrapolates linearly "
+        "beyond the largest run, and idle CPU grows a little faster than linearly, so treat it as an upper "
+        "bound.",
+        "",
+        "**The bottleneck is the leader step, not the heartbeat path.** The per-heartbeat CPU stays flat as the "
+        "fleet grows; the idle CPU does not. Every second (`leader.TICK_S`), and on every membership event, the "
+        "leader step re-reads the whole store (`read_agents`: every agent's record with its current set and "
+        "poll statistics, decoded from JSON in redis mode; the target; every assignment), rebuilds the "
+        "inventory from the config (`LeaderLoop._inventory`: one `InventoryItem` per database, every step) and "
+        "runs `plan_step` over the whole fleet — even when nothing changed since the previous step, which in "
+        "steady state is almost always. Its decode and planning are one synchronous stretch on the event loop, "
+        "so heartbeats that arrive meanwhile wait for it: that is the p99 at the paced rate "
+        f"({p99_text}) and, in redis mode, the burst that overflows the connection pool. The followers' "
+        "5 s gauge refresh (`Coordinator._refresh_gauges`) re-reads every agent too. Only the leader runs "
+        "the step: a follower replica in redis mode pays the heartbeat path and the gauges.",
         "",
     ]
     for s in profiles:
-        total, activities, hottest = summarize_profile(Path(s.profile))
-        lines += [f"### Profile: {s.mode} mode, {s.agents:,} agents, saturated phase", "",
-                  f"`py-spy record --rate 100 --nonblocking --format raw` on the coordinator for the saturated "
-                  f"phase of a separate run ({total:,} samples of the Python thread, idle samples excluded; this "
-                  f"run did {s.phases['saturated']['throughput']:,.0f} heartbeats/s, its figures are not in the "
-                  "tables above).", "", "| share of samples | activity |", "|---:|---|"]
-        lines += [f"| {share:.0f}% | {name} |" for name, share in activities]
-        lines += ["", "Hottest dbintel functions (inclusive): " + "; ".join(
+        idle_total, idle_activities, _ = summarize_profile(Path(s.profiles["idle"]))
+        total, activities, hottest = summarize_profile(Path(s.profiles["saturated"]))
+        idle_share, saturated_share = dict(idle_activities), dict(activities)
+        lines += [f"### Profile: {s.mode} mode, {s.agents:,} agents", "",
+                  "`py-spy record --rate 100 --nonblocking --format raw` on the coordinator during the idle and the "
+                  f"saturated phase of a separate run (samples of its Python thread while it was busy: "
+                  f"{idle_total:,} idle, {total:,} saturated; this run did "
+                  f"{s.phases['saturated']['throughput']:,.0f} heartbeats/s saturated, its other figures are not in "
+                  "the tables above). Share of the busy samples, by what the thread was doing:", "",
+                  "| activity | idle phase | saturated phase |", "|---|---:|---:|"]
+        lines += [f"| {name} | {idle_share.get(name, 0.0):.0f}% | {saturated_share.get(name, 0.0):.0f}% |"
+                  for name in [n for n, _ in ACTIVITIES] + ["other"] if name in idle_share or name in saturated_share]
+        lines += ["", "Hottest dbintel functions, saturated (inclusive): " + "; ".join(
             f"`{name}` {share:.0f}%" for name, share in hottest) + ".", ""]
+        shares = dict(hottest)
+        validating, serving = shares.get("validation.py heartbeat"), shares.get("agent_service.py AgentServicer._read")
+        if validating and serving:
+            lines += [f"Within the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
+                      f"(`validation.heartbeat`, {validating:.0f}%) is the largest part: `_status` runs for each of "
+                      "the agent's databases on every heartbeat, and `_text` scans every resource id character by "
+                      "character in a Python generator.", ""]
     return "\n".join(lines)
 
 
@@ -726,7 +784,7 @@ def main() -> int:
                               f"{phase['assignment_responses']} assignments while measuring", file=sys.stderr)
         if args.profile:
             for mode in modes:
-                profiles.append(runner.run(mode, max(counts), profile_to=workdir / f"profile-{mode}.txt"))
+                profiles.append(runner.run(mode, max(counts), profile_prefix=workdir / f"profile-{mode}"))
     finally:
         if redis is not None:
             redis.close()

@@ -241,28 +241,57 @@ async def test_wrong_password_is_down_and_never_shows_a_password(postgres_server
     assert wrong not in error.message and postgres_server.monitor_password not in error.message
 
 
-async def test_unreadable_view_is_a_permission_error_and_the_rest_flows(postgres_server: PostgresServer,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    database = "dbintel_pg_noperm"
+async def test_unreadable_view_is_reported_once_with_the_grant_retried_and_recovers(
+        postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    database, view = "dbintel_pg_noperm", "pg_catalog.pg_statio_user_tables"
     postgres_server.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);\nCREATE DATABASE {database};")
-    postgres_server.execute("CREATE TABLE notes (id int PRIMARY KEY, body text);\n"
-                            "REVOKE SELECT ON pg_catalog.pg_statio_user_tables FROM PUBLIC;", database=database)
-    collector = make_collector(postgres_server, monkeypatch, database=database)
+    postgres_server.execute(f"CREATE TABLE notes (id int PRIMARY KEY, body text);\nREVOKE SELECT ON {view} FROM PUBLIC;",
+                            database=database)
+    now = [1000.0]
+    collector = make_collector(postgres_server, monkeypatch, database=database, clock=lambda: now[0])
     try:
-        result = await collector.collect()
+        first = await collector.collect()
+        pid = collector.client.backend_pid
+        now[0] += 1
+        held = await collector.collect()
+        now[0] += SLOW_REFRESH - 1
+        retried = await collector.collect()
+        [error] = first.errors
+        postgres_server.execute(error.message.rpartition("run: ")[2] + ";", database=database)  # the hint, as given
+        now[0] += 1
+        still_held = await collector.collect()
+        now[0] += SLOW_REFRESH
+        recovered = await collector.collect()
+        postgres_server.execute(f"REVOKE SELECT ON {view} FROM {postgres_server.monitor_user};", database=database)
+        now[0] += 1
+        refused_again = await collector.collect()
+        same_connection = collector.client.backend_pid == pid
     finally:
         await collector.close()
         postgres_server.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);")
-    assert result.up and result.statements == 5
-    [error] = result.errors
+    # Reported once, with the GRANT to run; the rest flows.
+    assert first.up and first.statements == 5
     assert error.query == "fetch_table_stats" and error.reason == "permission"
-    assert "pg_statio_user_tables" in error.message
-    assert f"grant pg_monitor to {postgres_server.monitor_user}" in error.message
-    found = series(result)
+    assert error.message.endswith(f"— run: GRANT SELECT ON pg_statio_user_tables TO {postgres_server.monitor_user}")
+    assert postgres_server.monitor_password not in error.message
+    found = series(first)
     assert "postgresql.rows" not in found and "postgresql.table.count" not in found
     assert ("dbintel_pg_noperm|public", "notes", "notes_pkey", database, "public", "notes") in \
         {s.attributes for s in found["postgresql.index.scans"]}
     assert found["postgresql.commits"] and found["postgresql.bgwriter.checkpoint.count"]
+    # Then left out, quietly, until SLOW_REFRESH has passed; retried then, still quietly while refused.
+    for result in (held, still_held):
+        assert result.up and result.errors == [] and result.statements == 4
+        assert "postgresql.rows" not in series(result) and series(result)["postgresql.index.scans"]
+    assert retried.up and retried.errors == [] and retried.statements == 5
+    assert "postgresql.rows" not in series(retried)
+    # Granted: back at the next retry, on the same connection (privileges are checked per statement).
+    assert recovered.up and recovered.errors == [] and recovered.statements == 5
+    assert {s.attributes[0] for s in series(recovered)["postgresql.rows"]
+            if s.attributes[-1] == "public.notes"} == {"live", "dead"}
+    assert same_connection
+    # It worked in between, so a new refusal is news again.
+    assert [(e.query, e.reason) for e in refused_again.errors] == [("fetch_table_stats", "permission")]
 
 
 async def test_withheld_database_size_is_reported_and_other_sizes_flow(postgres_server: PostgresServer,
@@ -272,9 +301,13 @@ async def test_withheld_database_size_is_reported_and_other_sizes_flow(postgres_
         f"DROP DATABASE IF EXISTS {private} WITH (FORCE);\nDROP ROLE IF EXISTS {role};\n"
         f"CREATE ROLE {role} LOGIN PASSWORD '{password}';\nCREATE DATABASE {private};\n"
         f"REVOKE CONNECT ON DATABASE {private} FROM PUBLIC;")
-    collector = make_collector(postgres_server, monkeypatch, database="postgres", user=role, password=password)
+    now = [1000.0]
+    collector = make_collector(postgres_server, monkeypatch, database="postgres", user=role, password=password,
+                               clock=lambda: now[0])
     try:
         result = await collector.collect()
+        now[0] += SLOW_REFRESH
+        next_slow_round = await collector.collect()
     finally:
         await collector.close()
         postgres_server.execute(f"DROP DATABASE IF EXISTS {private} WITH (FORCE);\nDROP ROLE IF EXISTS {role};")
@@ -282,9 +315,13 @@ async def test_withheld_database_size_is_reported_and_other_sizes_flow(postgres_
     [error] = result.errors
     assert error.query == "fetch_database_stats" and error.reason == "permission"
     assert private in error.message and role in error.message and password not in error.message
+    assert error.message.endswith(f"run: GRANT pg_read_all_stats TO {role}")
     sized = {s.attributes[0] for s in series(result)["postgresql.db_size"]}
     assert "dbintel_app" in sized and "postgres" in sized and private not in sized
     assert private in {s.attributes[0] for s in series(result)["postgresql.commits"]}
+    # Reported once: the next slow round withholds the same size again, quietly.
+    assert next_slow_round.errors == [] and private not in {s.attributes[0] for s in
+                                                             series(next_slow_round)["postgresql.db_size"]}
 
 
 async def test_a_terminated_backend_is_replaced(postgres_server: PostgresServer,

@@ -417,11 +417,24 @@ def test_permission_message_names_the_grant_and_never_a_secret() -> None:
     exc = asyncpg.InsufficientPrivilegeError("permission denied for view pg_statio_user_tables\nDETAIL: hunter2")
     reason, message = client.describe_error(exc, user="monitor", secrets=("hunter2",))
     assert reason == "permission"
-    assert "grant pg_monitor to monitor" in message and "pg_statio_user_tables" in message
+    assert message.endswith("— run: GRANT SELECT ON pg_statio_user_tables TO monitor")
     assert "hunter2" not in message and "\n" not in message
     _, message = client.describe_error(OSError("bad hunter2 here"), user=None, secrets=("hunter2",))
     assert "hunter2" not in message and "***" in message
     assert client.describe_error(TimeoutError(), user=None)[1] == "TimeoutError: no reply within the poll timeout"
+
+
+@pytest.mark.parametrize(("denial", "user", "grant"), [
+    ("permission denied for view pg_stat_replication", "monitor", "GRANT SELECT ON pg_stat_replication TO monitor"),
+    ("permission denied for relation pg_stat_user_tables", "monitor",  # PostgreSQL 10 and older
+     "GRANT SELECT ON pg_stat_user_tables TO monitor"),
+    ("permission denied for table pg_stat_statements", "Ops Team", 'GRANT SELECT ON pg_stat_statements TO "Ops Team"'),
+    ("permission denied for function pg_ls_waldir", "monitor", "GRANT EXECUTE ON FUNCTION pg_ls_waldir TO monitor"),
+    ("permission denied for schema metrics", "monitor", "GRANT USAGE ON SCHEMA metrics TO monitor"),
+    ("must be a member of pg_read_all_stats", None, "GRANT pg_monitor TO <user>"),
+])
+def test_required_grant_names_what_the_server_refused(denial: str, user: str | None, grant: str) -> None:
+    assert client.required_grant(denial, user) == grant
 
 
 # --- TLS --------------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ Design (cost to the monitored server first):
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -50,6 +49,7 @@ from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
 from ..metric_table import CollectionResult, QueryError, Sample
+from ..refusals import RefusedQueries
 from . import mapping
 from .client import MongodbClient, describe_error, is_stale_connection, is_unreachable
 from .metrics import (
@@ -75,8 +75,6 @@ MAX_COLLECTIONS = 100
 SLOW_TIME_SHARE = 0.5  # no slow command starts after this share of the poll timeout
 
 _RATE_METRICS = frozenset(mapping.RATES.values())
-# Errors that the next collection would only repeat: reported once, retried after SLOW_REFRESH.
-_BACK_OFF = frozenset({"permission", "unsupported"})
 
 
 def slow_tasks(queries: frozenset[str], role: str, databases: list[str],
@@ -127,8 +125,7 @@ class MongodbCollector(DatabaseCollector):
         self._collections: dict[str, list[str]] = {}  # database -> collection names, from listCollections
         self._oplog_oldest = None
         self._counters: mapping.Counters | None = None
-        self._denied: dict[tuple[str, str | None], float] = {}  # (query, target) -> when it may be retried
-        self._reported: set[str] = set()  # queries whose denial (or absence) has been reported
+        self._refused = RefusedQueries(SLOW_REFRESH)  # per (command, target); reported once per command
         self._accounted = 0  # client.sent when the previous collection ended
         self._queries = frozenset(query for query, metrics in METRICS_BY_QUERY.items() if metrics & enabled)
         self.role = "unknown"
@@ -198,7 +195,7 @@ class MongodbCollector(DatabaseCollector):
                 self._record(result, REPL_STATUS, exc, now)
 
     async def _server_status(self, result: CollectionResult, now: float) -> dict | None:
-        if not self._allowed(SERVER_STATUS, None, now):
+        if not self._refused.allowed(SERVER_STATUS, now):
             return None
         command = mapping.server_status_command(self.enabled)
         try:
@@ -212,21 +209,21 @@ class MongodbCollector(DatabaseCollector):
             result.samples.extend(mapping.health_sample(self.enabled))
             self._record(result, SERVER_STATUS, exc, now)
             return None
-        self._succeeded(SERVER_STATUS, None)
+        self._refused.succeeded(SERVER_STATUS)
         return status
 
     async def _run(self, result: CollectionResult, query: str, fetch: Callable[[], Awaitable], now: float,
                    target: str | None = None, convert: Callable[[Any], Any] = lambda reply: reply):
         """One command: its reply through `convert`, or None after recording why not (a reply `convert`
         cannot read is a bad_reply)."""
-        if not self._allowed(query, target, now):
+        if not self._refused.allowed(query, now, target):
             return None
         try:
             converted = convert(await fetch())
         except Exception as exc:
             self._record(result, query, exc, now, target)
             return None
-        self._succeeded(query, target)
+        self._refused.succeeded(query, target)
         return converted
 
     # --- the slow schedule ---------------------------------------------------------------------------
@@ -283,25 +280,16 @@ class MongodbCollector(DatabaseCollector):
             self._cache[key] = samples
 
     # --- errors and privileges -----------------------------------------------------------------------
-    def _allowed(self, query: str, target: str | None, now: float) -> bool:
-        return self._denied.get((query, target), -math.inf) <= now
-
-    def _succeeded(self, query: str, target: str | None) -> None:
-        self._denied.pop((query, target), None)
-        if not any(denied_query == query for denied_query, _ in self._denied):
-            self._reported.discard(query)  # works everywhere again: a new denial is news
-
     def _record(self, result: CollectionResult, query: str, exc: Exception, now: float,
                 target: str | None = None) -> None:
         reason, message = describe_error(exc, query=query, user=self.database.username, target=target,
                                          secrets=self.client.secrets())
+        error = QueryError(query, reason, message)  # type: ignore[arg-type]
         unreachable = is_unreachable(exc)
-        if reason in _BACK_OFF and not unreachable:
-            self._denied[(query, target)] = now + SLOW_REFRESH
-            if query in self._reported:
-                return
-            self._reported.add(query)
-        result.errors.append(QueryError(query, reason, message))  # type: ignore[arg-type]
+        if self._refused.holds(error) and not unreachable:
+            if not self._refused.refuse(error, now, target):
+                return  # reported already
+        result.errors.append(error)
         if unreachable:
             raise _ConnectionLost from None
 

@@ -37,6 +37,7 @@ from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
 from ..metric_table import CollectionResult, QueryError, Sample
+from ..refusals import RefusedQueries
 from . import mapping
 from .client import MysqlClient, describe_error
 from .metrics import (
@@ -61,7 +62,6 @@ _PERF_PARTS = {
                              "mysql.table.lock_wait.write.count", "mysql.table.lock_wait.write.time"}),
     "digest": frozenset({"mysql.statement_event.count", "mysql.statement_event.wait.time"}),
 }
-_HELD_REASONS = ("permission", "unsupported")  # errors that will not go away by retrying next round
 
 
 class _ConnectionLost(Exception):
@@ -82,8 +82,7 @@ class MysqlCollector(DatabaseCollector):
         self._variables: dict[str, Any] | None = None
         self._account: str | None = None  # CURRENT_USER(), for GRANT hints
         self._table_samples: list[Sample] = []
-        self._held: dict[str, tuple[float, str]] = {}  # query -> (retry at, reason) after permission/unsupported
-        self._reported: set[str] = set()  # queries whose held-reason error was reported already
+        self._refused = RefusedQueries(SLOW_REFRESH)  # permission/unsupported: reported once, retried quietly
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -103,17 +102,8 @@ class MysqlCollector(DatabaseCollector):
         return QueryError(query, reason, message)  # type: ignore[arg-type]
 
     def _hold(self, result: CollectionResult, error: QueryError, now: float) -> None:
-        self._held[error.query] = (now + SLOW_REFRESH, error.reason)
-        if error.query not in self._reported:
-            self._reported.add(error.query)
+        if self._refused.refuse(error, now):
             result.errors.append(error)
-
-    def _release(self, query: str) -> None:
-        self._held.pop(query, None)
-        self._reported.discard(query)
-
-    def _grant_retry_due(self, now: float) -> bool:
-        return any(reason == "permission" and now >= at for at, reason in self._held.values())
 
     def _catalog_due(self, now: float) -> bool:
         if not (self._wanted(CATALOG) or self._perf_sources()):  # perf: is performance_schema ON?
@@ -130,7 +120,7 @@ class MysqlCollector(DatabaseCollector):
         result = CollectionResult()
         before = self.client.statements
         now = self._clock()
-        if self._grant_retry_due(now):
+        if self._refused.retry_due(now, "permission"):
             await self.client.close()  # global privileges are read at login: retry on a fresh session
         try:
             await self.client.connect()
@@ -189,22 +179,21 @@ class MysqlCollector(DatabaseCollector):
     async def _run(self, result: CollectionResult, now: float, query: str, fetch: Callable[[], Awaitable[Any]],
                    to_samples: Callable[[Any], list[Sample]]) -> Any:
         """One query: its samples into `result`, or a QueryError while the rest goes on. Returns the reply."""
-        held = self._held.get(query)
-        if held is not None and now < held[0]:
+        if not self._refused.allowed(query, now):
             return None
         try:
             reply = await fetch()
             samples = to_samples(reply)
         except Exception as exc:
             error = self._error(query, exc)
-            if error.reason in _HELD_REASONS:
+            if self._refused.holds(error):
                 self._hold(result, error, now)
                 return None
             result.errors.append(error)
             if error.reason == "connection" and not self.client.connected:
                 raise _ConnectionLost from None
             return None
-        self._release(query)
+        self._refused.succeeded(query)
         result.samples.extend(samples)
         return reply
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 from typing import Any
 
@@ -267,14 +268,40 @@ def classify_error(exc: BaseException) -> str:
     return "bad_reply"
 
 
+_SIMPLE_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+# "permission denied for view pg_statio_user_tables" (PG 11+), "… for relation x" (PG 10 and older)
+_DENIED_OBJECT = re.compile(r"permission denied for (table|view|materialized view|relation|function|schema) (\S+)")
+_GRANT_FOR_OBJECT = {"table": "SELECT ON", "view": "SELECT ON", "materialized view": "SELECT ON",
+                     "relation": "SELECT ON", "function": "EXECUTE ON FUNCTION", "schema": "USAGE ON SCHEMA"}
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as SQL would need it in a GRANT: bare when it is a plain lower-case identifier, else double-quoted."""
+    if _SIMPLE_IDENTIFIER.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def required_grant(denial: str, user: str | None) -> str:
+    """The GRANT that lets a refused statement through, from the server's "permission denied for …" text:
+    SELECT on the view or table it names, EXECUTE on a function, USAGE on a schema; otherwise pg_monitor."""
+    grantee = quote_identifier(user) if user else "<user>"
+    match = _DENIED_OBJECT.search(denial)
+    if match is None:
+        return f"GRANT pg_monitor TO {grantee}"
+    kind, name = match.groups()
+    return f"GRANT {_GRANT_FOR_OBJECT[kind]} {quote_identifier(name)} TO {grantee}"
+
+
 def describe_error(exc: BaseException, *, user: str | None, secrets: tuple[str, ...] = ()) -> tuple[str, str]:
-    """(reason, message) for a QueryError. The message is one line and never contains a secret."""
+    """(reason, message) for a QueryError. The message is one line and never contains a secret; on a
+    permission error it ends with the GRANT to run."""
     reason = classify_error(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if reason == "timeout" and not text:
         text = "no reply within the poll timeout"
     if reason == "permission":
-        text = f"{text} (grant pg_monitor to {user or '<user>'})"
+        text = f"{text} — run: {required_grant(text, user)}"
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     for secret in secrets:
         if secret:

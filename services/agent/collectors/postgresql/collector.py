@@ -32,7 +32,12 @@ Design (cost to the monitored server first):
   parameters of the connection, read once per connection at no statement's cost.
 - Privileges: pg_monitor (or pg_read_all_stats) shows other users' activity states and lets
   pg_database_size() read databases the user may not CONNECT to; without it, those sizes are
-  withheld and reported as a permission error while everything else flows.
+  withheld and reported as a permission error (again only when the set of withheld databases
+  changes) while everything else flows. A statement the server refuses for lack of a grant (a
+  view revoked from PUBLIC, say) — or for a missing feature (pg_stat_statements not installed) — is
+  reported ONCE, with the GRANT to run; it is then left out and retried quietly every SLOW_REFRESH
+  seconds on the same connection (PostgreSQL checks privileges per statement), and its metrics come
+  back on their own once the grant is in place. The rest flows meanwhile.
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
 from ..metric_table import CollectionResult, QueryError, Sample
+from ..refusals import RefusedQueries
 from . import mapping
-from .client import REQUIREMENTS, PostgresqlClient, describe_error
+from .client import REQUIREMENTS, PostgresqlClient, describe_error, quote_identifier
 from .metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
 
-SLOW_REFRESH = 300.0  # seconds between size refreshes
+SLOW_REFRESH = 300.0  # seconds between size refreshes, and between retries of a refused statement
 
 
 class _ConnectionLost(Exception):
@@ -68,6 +74,8 @@ class PostgresqlCollector(DatabaseCollector):
         self._clock = clock
         self._sizes_at: dict[str, float] = {}  # query -> clock time of its last size refresh
         self._size_samples: dict[str, list[Sample]] = {}  # query -> size samples re-emitted between refreshes
+        self._refused = RefusedQueries(SLOW_REFRESH)  # permission/unsupported: reported once, retried quietly
+        self._withheld_sizes: list[str] = []  # databases whose size was withheld, as last reported
 
     def _secrets(self) -> tuple[str, ...]:
         return (self._password.get_secret_value(),) if self._password is not None else ()
@@ -103,7 +111,7 @@ class PostgresqlCollector(DatabaseCollector):
                                   sizes=sizes, conflicts="postgresql.query.conflicts" in self.enabled),
                               lambda rows: mapping.database_samples(rows, self.enabled),
                               withheld=mapping.unsized_databases)
-            await self._plain(result, "fetch_server_stats", self.client.fetch_server_stats,
+            await self._plain(result, now, "fetch_server_stats", self.client.fetch_server_stats,
                               lambda row: mapping.server_samples(row, self.enabled))
             await self._sized(result, now, "fetch_table_stats",
                               lambda sizes: self.client.fetch_table_stats(sizes=sizes),
@@ -111,58 +119,73 @@ class PostgresqlCollector(DatabaseCollector):
             await self._sized(result, now, "fetch_index_stats",
                               lambda sizes: self.client.fetch_index_stats(sizes=sizes),
                               lambda rows: mapping.index_samples(rows, database, self.enabled))
-            await self._plain(result, "fetch_replication_stats", self.client.fetch_replication_stats,
+            await self._plain(result, now, "fetch_replication_stats", self.client.fetch_replication_stats,
                               lambda rows: mapping.replication_samples(rows, self.enabled))
-            await self._plain(result, "fetch_locks", self.client.fetch_locks,
+            await self._plain(result, now, "fetch_locks", self.client.fetch_locks,
                               lambda rows: mapping.lock_samples(rows, database, self.enabled))
-            await self._plain(result, "fetch_function_stats", self.client.fetch_function_stats,
+            await self._plain(result, now, "fetch_function_stats", self.client.fetch_function_stats,
                               lambda rows: mapping.function_samples(rows, database, self.enabled))
-            await self._plain(result, "fetch_execution_time", self.client.fetch_execution_time,
+            await self._plain(result, now, "fetch_execution_time", self.client.fetch_execution_time,
                               lambda rows: mapping.execution_time_samples(rows, self.enabled))
-            await self._plain(result, "fetch_vector_stats", self.client.fetch_vector_stats,
+            await self._plain(result, now, "fetch_vector_stats", self.client.fetch_vector_stats,
                               lambda rows: mapping.vector_samples(rows, database, self.enabled))
         except _ConnectionLost:
             result.up = False
         result.statements = self.client.statements - before
         return result
 
-    async def _plain(self, result: CollectionResult, query: str, fetch: Callable[[], Awaitable],
+    def _skipped(self, query: str, now: float) -> bool:
+        """Not sent this round: all its metrics are disabled, or it was refused and its retry is not due."""
+        return not self._wanted(query) or not self._refused.allowed(query, now)
+
+    async def _plain(self, result: CollectionResult, now: float, query: str, fetch: Callable[[], Awaitable],
                      to_samples: Callable[[object], list[Sample]]) -> None:
-        if not self._wanted(query):
+        if self._skipped(query, now):
             return
         try:
-            result.samples.extend(to_samples(await fetch()))
+            samples = to_samples(await fetch())
         except Exception as exc:
-            self._record(result, query, exc)
+            self._record(result, query, exc, now)
+            return
+        self._refused.succeeded(query)
+        result.samples.extend(samples)
 
     async def _sized(self, result: CollectionResult, now: float, query: str,
                      fetch: Callable[[bool], Awaitable], to_samples: Callable[[list], list[Sample]],
                      withheld: Callable[[list], list[str]] | None = None) -> None:
         """A query whose size columns are fetched on slow rounds only; cached size samples fill the others."""
-        if not self._wanted(query):
+        if self._skipped(query, now):
             return
         sizes = self._sizes_due(query, now)
         try:
             rows = await fetch(sizes)
             samples = to_samples(rows)
         except Exception as exc:
-            self._record(result, query, exc)
+            self._record(result, query, exc, now)
             return
+        self._refused.succeeded(query)
         if sizes:
             self._size_samples[query] = [s for s in samples if s.spec.name in SIZE_METRICS]
             self._sizes_at[query] = now
-            missing = withheld(rows) if withheld else []
-            if missing:
-                result.errors.append(QueryError(query, "permission", (
-                    f"size withheld for {', '.join(missing)}: no CONNECT privilege "
-                    f"(grant pg_read_all_stats or pg_monitor to {self.database.username or '<user>'})")))
+            if withheld:
+                self._report_withheld_sizes(result, query, withheld(rows))
         else:
             samples = samples + self._size_samples.get(query, [])
         result.samples.extend(samples)
 
-    def _record(self, result: CollectionResult, query: str, exc: Exception) -> None:
+    def _report_withheld_sizes(self, result: CollectionResult, query: str, missing: list[str]) -> None:
+        """Databases whose size needs a grant: reported when that set changes, not every slow round."""
+        if missing and missing != self._withheld_sizes:
+            grantee = quote_identifier(self.database.username) if self.database.username else "<user>"
+            result.errors.append(QueryError(query, "permission", (
+                f"size withheld for {', '.join(missing)}: no CONNECT privilege — run: "
+                f"GRANT pg_read_all_stats TO {grantee}")))
+        self._withheld_sizes = missing
+
+    def _record(self, result: CollectionResult, query: str, exc: Exception, now: float) -> None:
         error = self._error(query, exc)
-        result.errors.append(error)
+        if not self._refused.holds(error) or self._refused.refuse(error, now):
+            result.errors.append(error)
         if error.reason == "connection" and not self.client.connected:
             raise _ConnectionLost from None
 
