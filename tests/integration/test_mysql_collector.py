@@ -149,6 +149,7 @@ async def test_every_default_metric_is_emitted_as_declared(mariadb_server: Maria
             assert all(isinstance(value, str) and value for value in sample.attributes), sample
     for beyond in (s.name for s in TABLE if s.tier == "beyond"):
         assert found[beyond], beyond
+    assert all(TABLE[name].enabled_by_default for name in found)  # optional metrics only when enabled
 
 
 async def test_every_metric_verified_on_mariadb_is_emitted_when_enabled(mariadb_server: MariaDBServer,
