@@ -26,7 +26,12 @@ from .telemetry import CoordinatorMetrics
 log = logging.getLogger(__name__)
 
 JOIN_SETTLE_S = 2.0  # joins closer than this are absorbed in one balancing move
-TICK_S = 1.0
+
+
+def tick_seconds(heartbeat_interval_s: float) -> float:
+    """How often the leader looks without an event: often enough to expire a silent agent within
+    node_timeout plus a quarter heartbeat, rarely enough that a large fleet's store reads stay cheap."""
+    return min(5.0, max(0.2, heartbeat_interval_s / 4))
 
 
 class Leadership:
@@ -128,6 +133,7 @@ class LeaderLoop:
         self._last_periodic = time.monotonic()
         self._took_over_at = 0.0
         self._sent: dict[str, dict[int, frozenset[str]]] = {}
+        self._last_step_seconds = 0.0
         self._inventory_version = None
         self.last_plan: StepPlan | None = None
 
@@ -185,6 +191,7 @@ class LeaderLoop:
                 await self._leadership.changed.wait()
                 self._leadership.changed.clear()
                 continue
+            started = time.perf_counter()
             try:
                 await self._step_once()
             except FencedError:
@@ -193,9 +200,24 @@ class LeaderLoop:
                 self._metrics.store_errors.labels("leader_step").inc()
             except Exception:  # a bug must not end leadership silently: log and go on
                 log.exception("leader step failed")
+            self._last_step_seconds = time.perf_counter() - started
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), self._next_wake_in())
+            if self._wake.is_set():
+                # Events come in bursts (a registration storm, a wave of acks): let a burst gather so
+                # one step answers it, for at most as long as a step takes.
+                await asyncio.sleep(min(0.1, self._last_step_seconds))
             self._wake.clear()
+
+    def _next_wake_in(self) -> float:
+        timing = self._config_source().scaling.coordinator
+        wait = tick_seconds(timing.heartbeat_interval.total_seconds())
+        if self._first_pending_join is not None:  # wake when the pending joins settle
+            settle = min(JOIN_SETTLE_S, timing.min_rebalance_interval.total_seconds())
+            due = min(self._last_join + settle,
+                      self._first_pending_join + timing.min_rebalance_interval.total_seconds())
+            wait = min(wait, max(0.05, due - time.monotonic()))
+        return wait
 
     def _fail_pending(self, why: str) -> None:
         while not self._requests.empty():

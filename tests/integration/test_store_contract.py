@@ -150,3 +150,17 @@ async def test_events_reach_subscribers(store):
         assert event.agents == ("a1", "a2")
     finally:
         subscription.close()
+
+
+def test_redis_store_tls_settings_reach_the_connection_pool(tmp_path):
+    from redis.asyncio.connection import SSLConnection
+
+    from dbintel.common.config import TLSSettings
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    store = RedisScalingStore(RedisSettings(address="redis.example:6380", tls=TLSSettings(enabled=True,
+                                                                                          ca_file=str(ca))))
+    pool = store._client.connection_pool  # noqa: SLF001 - the wiring is what is under test
+    assert pool.connection_class is SSLConnection
+    assert pool.connection_kwargs["ssl_ca_certs"] == str(ca) and pool.connection_kwargs["ssl_cert_reqs"] == 2
+    assert pool.max_connections == 32

@@ -25,6 +25,7 @@ import ssl
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -145,11 +146,15 @@ _MARK_RECOVERED = _NOW + "redis.call('HSET', KEYS[1], 'grace_from_ms', now) retu
 _TIME = _NOW + "return now"
 
 
+POOL_SIZE = 32
+POOL_WAIT_S = 5.0
+
+
 def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
     tls = settings.tls
     if not tls.enabled:
         return {}
-    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+    return {"connection_class": SSLConnection, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
             "ssl_cert_reqs": ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
             "ssl_check_hostname": not tls.insecure_skip_verify}
 
@@ -165,7 +170,11 @@ class RedisScalingStore(ScalingStore):
         self._prefix = settings.key_prefix
         host, _, port = settings.address.rpartition(":")
         password = resolve_secret(settings.password)
-        self._client = aioredis.Redis(
+        # A blocking pool: under a burst, an operation waits for a free connection instead of failing
+        # (redis-py's default pool fails at once past 100, which would answer heartbeats "degraded"
+        # while Redis is fine). Redis serves one command at a time, so more connections add nothing.
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
             host=host, port=int(port), db=settings.db, username=settings.username,
             password=password.get_secret_value() if password else None,
             socket_timeout=operation_timeout, socket_connect_timeout=operation_timeout,
@@ -173,6 +182,7 @@ class RedisScalingStore(ScalingStore):
             # One quick retry at most: callers degrade on failure, and a heartbeat reply must not
             # wait out a long retry ladder while Redis is away.
             retry=Retry(NoBackoff(), 1), **_ssl_kwargs(settings))
+        self._client = aioredis.Redis(connection_pool=pool)
         k = self._key
         self._keys = {"leader": k("leader"), "epoch": k("leader:epoch"), "info": k("leader:info"),
                       "agents": k("agents"), "target": k("target"), "assignments": k("assignments"),
