@@ -8,7 +8,7 @@ that opens one Heartbeat stream per agent over a few gRPC channels (one TCP conn
 agents register, apply their assignments and acknowledge them like real agents; once the placement
 is quiet (every database held exactly once, no message for a second) three phases are measured:
 
-- idle:      streams open, nothing sent: the coordinator's background CPU (leader tick, gauges);
+- idle:      streams open, nothing sent: the coordinator's background CPU (leader step, gauges);
 - saturated: closed loop with a fixed number of heartbeats in flight (--in-flight, going round the
              agents): the most heartbeats/s the coordinator sustains with every one answered;
 - paced:     open loop at half the saturated rate, random phases: latency with headroom.
@@ -41,10 +41,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 import yaml
 
 from report import DOC, machine_line, write_section  # bench/report.py
+
+from dbintel.v1 import agent_service_pb2 as apb
+from dbintel.v1 import types_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # tests.servers (RedisServer, free_port) lives at the repository root
@@ -80,8 +84,6 @@ class SimulatedAgent:
     """One Heartbeat stream that behaves like an agent: registers, applies and acks assignments."""
 
     def __init__(self, index: int, call, phase: PhaseStats):
-        from dbintel.v1 import agent_service_pb2 as apb
-        self._apb = apb
         self.agent_id = f"bench-agent-{index:05d}"
         self.instance_id = uuid.uuid4().hex
         self.call, self.phase = call, phase
@@ -97,8 +99,8 @@ class SimulatedAgent:
         self.retrying = False
         self.reader: asyncio.Task | None = None
 
-    def _status(self, resource_id: str, now_s: int):
-        from dbintel.v1 import types_pb2
+    @staticmethod
+    def _status(resource_id: str, now_s: int) -> types_pb2.ResourceStatus:
         status = types_pb2.ResourceStatus(resource_id=resource_id, polls_total=120, errors_total=0, up=True)
         status.last_poll_time.FromSeconds(now_s)
         status.last_poll_duration.FromMilliseconds(7)
@@ -106,11 +108,11 @@ class SimulatedAgent:
 
     def request(self, *, register: bool = False, released=()) -> bytes:
         now_s = int(time.time())
-        message = self._apb.HeartbeatRequest(agent_id=self.agent_id, applied_assignment_epoch=self.epoch,
-                                             current=[self._status(r, now_s) for r in sorted(self.held)],
-                                             released=[self._status(r, now_s) for r in sorted(released)])
+        message = apb.HeartbeatRequest(agent_id=self.agent_id, applied_assignment_epoch=self.epoch,
+                                       current=[self._status(r, now_s) for r in sorted(self.held)],
+                                       released=[self._status(r, now_s) for r in sorted(released)])
         if register:
-            message.registration.CopyFrom(self._apb.AgentRegistration(
+            message.registration.CopyFrom(apb.AgentRegistration(
                 pod_name=self.agent_id, version="bench", instance_id=self.instance_id))
         return message.SerializeToString()
 
@@ -120,7 +122,6 @@ class SimulatedAgent:
         await self.call.write(data)
 
     async def read_loop(self) -> None:
-        import grpc
         while True:
             message = await self.call.read()
             if message is grpc.aio.EOF:
@@ -144,7 +145,7 @@ class SimulatedAgent:
                 self.degraded_replies += 1
             if message[:1] == b"\x0a":
                 phase.assignment_responses += 1
-                await self._apply(self._apb.HeartbeatResponse.FromString(message).assignment)
+                await self._apply(apb.HeartbeatResponse.FromString(message).assignment)
             self.answered.set()
 
     async def _apply(self, assignment) -> None:
@@ -216,7 +217,6 @@ class Generator:
         self.me = psutil.Process()
 
     async def setup(self) -> dict:
-        import grpc
         started = time.perf_counter()
         count, address = self.p["agents"], self.p["address"]
         # A local subchannel pool per channel: otherwise equal channels share one TCP connection.
@@ -260,7 +260,8 @@ class Generator:
         sizes = [len(a.held) for a in self.agents]
         return {"setup_s": time.perf_counter() - started,
                 "first_assignment_s": min(a.first_assignment_at for a in self.agents) - started,
-                "all_assigned_s": max(a.first_assignment_at for a in self.agents) - started, "held_min": min(sizes), "held_max": max(sizes),
+                "all_assigned_s": max(a.first_assignment_at for a in self.agents) - started,
+                "held_min": min(sizes), "held_max": max(sizes),
                 "request_bytes": statistics.mean(len(a.steady) for a in self.agents),
                 "setup_messages": self.phase.sent, "setup_degraded": self.phase.degraded,
                 "agents_degraded": sum(1 for a in self.agents if a.degraded_replies)}
@@ -525,7 +526,8 @@ def summarize_profile(path: Path, top: int = 12) -> tuple[int, list[tuple[str, f
 
 
 def _short_frame(frame: str) -> str:
-    """'AgentServicer._handle (services/coordinator/agent_service.py:149)' -> 'agent_service.py AgentServicer._handle'."""
+    """'AgentServicer._handle (services/coordinator/agent_service.py:149)'
+    -> 'agent_service.py AgentServicer._handle'."""
     name, _, where = frame.partition(" (")
     file = where.rsplit(":", 1)[0]
     return f"{Path(file).name} {name}"
@@ -562,6 +564,18 @@ def derived(scenario: Scenario, fit: tuple[float, float]) -> dict:
             "agents_model": agents_model}
 
 
+def code_version() -> str:
+    """The commit measured, marked when services/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "services"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"`{head}`" + (" with uncommitted changes in services/" if dirty else "")
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:.0f}"
 
@@ -572,33 +586,34 @@ def pct(seconds: float, wall: float) -> str:
 
 def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
     command = "python bench/bench_heartbeats.py" + "".join(
-        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("agents", "modes", "channels", "in_flight", "measure", "idle")
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS
         if getattr(args, k) != DEFAULTS[k]) + (" --profile" if args.profile else "")
     fits = {mode: background_fit([s for s in scenarios if s.mode == mode]) for mode in {s.mode for s in scenarios}}
     lines = [
         SECTION, "",
-        machine_line(),
+        machine_line() + f" Coordinator code as of commit {code_version()}.",
         f"Command: `{command}`. One coordinator process (`python -m dbintel.cli coordinator`, its own "
         "process, measured alone with psutil, all its threads); the load generator is a second process "
         f"(multiprocessing, asyncio + grpc.aio) with {args.channels} gRPC channels (one TCP connection each), "
         f"all on 127.0.0.1. **The generator shares the machine's {os.cpu_count()} cores with the coordinator** "
         "(and, in redis mode, with redis-server 7); the coordinator runs one Python thread, so it can use about "
         "one core. *Others CPU %* is what the rest of the machine used meanwhile (other jobs on a shared "
-        "machine): where it is high, the coordinator had less than a core.",
+        "machine): where it is high, the coordinator had less than a core. On this shared virtual machine "
+        "repeated runs differed by up to about 30% in heartbeats/s and CPU per heartbeat on a quiet machine, "
+        "and more while other jobs ran: read the figures with that margin.",
         "",
         f"Each simulated agent reports {DATABASES_PER_AGENT} databases as its current set, with poll statistics "
         f"(an inventory of {DATABASES_PER_AGENT} × agents databases, placed by the coordinator itself: the agents "
         "register, apply and ack their assignments like real agents; measuring starts once every database is "
         "held exactly once and nothing moved for a second). Scheduling timings are the defaults "
         "(heartbeat_interval 30s). Phases, per scenario: "
-        f"*idle* {args.idle:g} s, streams open and nothing sent (background CPU: the leader step every second, "
+        f"*idle* {args.idle:g} s, streams open and nothing sent (background CPU: the leader's periodic step, "
         f"gauges every 5 s); *saturated*, a closed loop with {args.in_flight} heartbeats in flight at any time "
         "(each slot goes round its share of the agents, sending an agent's next heartbeat once its previous one "
         f"is answered), 1 s warm-up then {args.measure:g} s measured; *paced*, an open loop at half the "
         f"saturated rate with random phases, 1 s warm-up then {args.measure:g} s. Latency = request written on "
         "the stream → its reply read, in the generator. Under saturation latency is mostly queueing "
-        "(≈ in-flight ÷ throughput): read the paced column for latency. The in-flight window stays under 100 "
-        "on purpose: see the registration storm below for what happens above it in redis mode.",
+        "(≈ in-flight ÷ throughput): read the paced column for latency.",
         "",
         "| mode | agents | heartbeats/s (saturated) | p50 / p99 ms, saturated | p50 / p99 ms, at 50% | "
         "degraded replies (sat. / 50%) | coord. CPU s per 1,000 hb (sat. / 50%) | coord. CPU % (sat.) | "
@@ -625,25 +640,12 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         "not recorded, so a rate with degraded replies is not sustainable.",
         "",
     ]
-    if any(s.mode == "redis" and (s.setup["setup_degraded"] or any(p["degraded"] for p in s.phases.values()))
-           for s in scenarios):
-        import redis
-        from redis.asyncio import ConnectionPool
-        pool_size = ConnectionPool().max_connections
+    if any(s.setup["setup_degraded"] or any(p["degraded"] for p in s.phases.values()) for s in scenarios):
         lines += [
-            "**Degraded replies with Redis up and idle.** Redis was never unreachable here; the coordinator's own "
-            f"connection pool was full. redis-py {redis.__version__}'s asyncio pool holds at most {pool_size} "
-            "connections by default (`RedisScalingStore` does not set `max_connections`), and an operation that "
-            "finds no free connection fails at once with `MaxConnectionsError: Too many connections` instead of "
-            "waiting; `RedisScalingStore._call` maps it to `StoreUnavailable`, so the heartbeat is answered "
-            "`degraded` and not recorded, a warning is logged and the replica reports itself not ready until "
-            "its next successful store call. (A diagnostic run that wrapped `_call` counted the exceptions "
-            "behind every degraded reply: all were `MaxConnectionsError`.) Note *Redis connections opened* "
-            f"below: {pool_size} + 1 (pub/sub) whatever the fleet. Anything that puts more than about "
-            f"{pool_size} heartbeats in flight at once hits it: a registration storm, the burst of acks after a "
-            "placement, and — at the paced rate — the heartbeats that queue while the leader step holds the "
-            "event loop (next paragraph), which then all reach Redis together. The saturated phase keeps "
-            f"{args.in_flight} in flight so that it measures throughput, not this limit.",
+            "**Degraded replies appeared** although Redis was up and idle: the coordinator's store calls "
+            "failed under the burst (its log says \"store unreachable\"), so those heartbeats were not "
+            "recorded and the replica reported itself not ready until its next successful store call. "
+            "*Redis connections opened* in the storm table shows how many connections its pool used.",
             "",
         ]
     lines += [
@@ -660,10 +662,8 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
                      f"{u['first_assignment_s']:.1f} | {u['setup_s']:.1f} |")
     lines += [
         "",
-        "Times are from the first registration sent. The leader places nothing until no agent has joined for "
-        "2 s (JOIN_SETTLE_S); with a large storm the last registrations trickle in between back-to-back leader "
-        "steps (every registration is a membership event that wakes the leader), which pushes the first "
-        "assignment out, and on a busy machine by several seconds. A degraded reply to a registration or to the "
+        "Times are from the first registration sent; the leader places nothing until no agent has joined for "
+        "2 s (`leader.JOIN_SETTLE_S`). A degraded reply to a registration or to the "
         "ack of an assignment means the coordinator did not record it. The generator repeats such a heartbeat "
         "within a second (at a random moment); a real agent repeats it with its next heartbeat, 30 s later, so "
         "on a real fleet those agents get their databases — and hand-offs that wait for their acks complete — "
@@ -682,6 +682,11 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
     fit_text = "; ".join(f"{mode}: {100 * a:.1f}% + {100 * b * 1000:.1f}% per 1,000 agents"
                          for mode, (a, b) in sorted(fits.items()))
     by_mode = {mode: sorted((s for s in scenarios if s.mode == mode), key=lambda s: s.agents) for mode in fits}
+    try:
+        from dbintel.coordinator.leader import tick_seconds
+        tick_text = f"{tick_seconds(DEFAULT_INTERVAL_S):g} s at the default heartbeat interval (`leader.tick_seconds`)"
+    except ImportError:  # a coordinator without it steps on a fixed tick
+        tick_text = "tick of the leader loop"
     p99_text = "; ".join(f"{mode}: {rows[0].phases['paced']['p99_ms']:.0f} ms at {rows[0].agents:,} agents, "
                          f"{rows[-1].phases['paced']['p99_ms']:.0f} ms at {rows[-1].agents:,}"
                          for mode, rows in sorted(by_mode.items()))
@@ -693,20 +698,19 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         "that grows with the fleet with no heartbeat at all. Fitted over the runs (least squares), idle CPU ≈ "
         f"{fit_text} (share of a core). The *model* column solves idle(N) + N ÷ 30 s × per-heartbeat CPU = "
         "0.5 core for N: it, not heartbeats/s × 30, is the capacity to plan with. It extrapolates linearly "
-        "beyond the largest run, and idle CPU grows a little faster than linearly, so treat it as an upper "
-        "bound.",
+        "beyond the largest run and ignores latency: a leader step over N agents also holds the event loop "
+        "proportionally longer (next paragraph), so treat it as an upper bound.",
         "",
-        "**The bottleneck is the leader step, not the heartbeat path.** The per-heartbeat CPU stays flat as the "
-        "fleet grows; the idle CPU does not. Every second (`leader.TICK_S`), and on every membership event, the "
-        "leader step re-reads the whole store (`read_agents`: every agent's record with its current set and "
-        "poll statistics, decoded from JSON in redis mode; the target; every assignment), rebuilds the "
-        "inventory from the config (`LeaderLoop._inventory`: one `InventoryItem` per database, every step) and "
-        "runs `plan_step` over the whole fleet — even when nothing changed since the previous step, which in "
-        "steady state is almost always. Its decode and planning are one synchronous stretch on the event loop, "
-        "so heartbeats that arrive meanwhile wait for it: that is the p99 at the paced rate "
-        f"({p99_text}) and, in redis mode, the burst that overflows the connection pool. The followers' "
-        "5 s gauge refresh (`Coordinator._refresh_gauges`) re-reads every agent too. Only the leader runs "
-        "the step: a follower replica in redis mode pays the heartbeat path and the gauges.",
+        "**What grows with the fleet is the leader step, not the heartbeat path.** Per-heartbeat CPU stays "
+        "within the run-to-run noise as the fleet grows; idle CPU does not. Without events the leader steps "
+        f"every {tick_text}, and after membership events (coalesced); each step re-reads the whole store "
+        "(`read_agents`: every agent's record with its current set and poll statistics, decoded from JSON in "
+        "redis mode; the target; every assignment), rebuilds the inventory from the config "
+        "(`LeaderLoop._inventory`, one `InventoryItem` per database) and runs `plan_step` over the whole "
+        "fleet, even when nothing changed since the previous step. A step is one long stretch on the event "
+        "loop, so heartbeats that arrive meanwhile wait for it: that stall is the p99 at the paced rate "
+        f"({p99_text}). The 5 s gauge refresh (`Coordinator._refresh_gauges`) re-reads every agent as well. "
+        "Only the leader runs the step: a follower replica pays the heartbeat path and the gauges.",
         "",
     ]
     for s in profiles:
@@ -727,15 +731,15 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         shares = dict(hottest)
         validating, serving = shares.get("validation.py heartbeat"), shares.get("agent_service.py AgentServicer._read")
         if validating and serving:
-            lines += [f"Within the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
-                      f"(`validation.heartbeat`, {validating:.0f}%) is the largest part: `_status` runs for each of "
-                      "the agent's databases on every heartbeat, and `_text` scans every resource id character by "
-                      "character in a Python generator.", ""]
+            lines += [f"Of the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
+                      f"(`validation.heartbeat`) takes {validating:.0f}%: `_status` runs for each of the agent's "
+                      "databases on every heartbeat.", ""]
     return "\n".join(lines)
 
 
-DEFAULTS = {"agents": "200,500,1000", "modes": "memory,redis", "channels": 8, "in_flight": 50, "measure": 5.0,
-            "idle": 5.0}
+# Per scenario: idle 10 s (two leader ticks at the default interval) + 2 × (1 s warm-up + 4 s) = 20 s of load.
+DEFAULTS = {"agents": "200,500,1000", "modes": "memory,redis", "channels": 8, "in_flight": 50, "measure": 4.0,
+            "idle": 10.0}
 
 
 def main() -> int:

@@ -134,6 +134,7 @@ class LeaderLoop:
         self._took_over_at = 0.0
         self._sent: dict[str, dict[int, frozenset[str]]] = {}
         self._last_step_seconds = 0.0
+        self._inventory_cache: tuple[Config, dict[str, InventoryItem]] | None = None
         self._inventory_version = None
         self.last_plan: StepPlan | None = None
 
@@ -151,8 +152,10 @@ class LeaderLoop:
         return await request.result
 
     def _inventory(self, config: Config) -> dict[str, InventoryItem]:
-        return {rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
-                for rid, db in config.resources().items()}
+        if self._inventory_cache is None or self._inventory_cache[0] is not config:  # rebuilt on reload only
+            self._inventory_cache = (config, {rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
+                                              for rid, db in config.resources().items()})
+        return self._inventory_cache[1]
 
     async def _read_input(self, config: Config) -> StepInput:
         agents, target, assignments, meta, now_ms = await asyncio.gather(
