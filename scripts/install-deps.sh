@@ -98,7 +98,9 @@ if [[ -x "$buf" ]] && buf_version="$("$buf" --version 2>/dev/null)"; then
     echo "npm: buf $buf_version already at ${buf#"$repo_root"/}"
 else
     command -v npm >/dev/null || { echo "npm: not found; install Node.js/npm to get buf" >&2; exit 1; }
-    npm install --no-save --no-audit --no-fund --silent --prefix "$npm_prefix" @bufbuild/buf >>"$log" 2>&1 ||
+    # Bounded: a registry that does not answer must fail the run, not hang it.
+    timeout 600 npm install --no-save --no-audit --no-fund --silent --fetch-timeout=60000 --fetch-retries=3 \
+        --prefix "$npm_prefix" @bufbuild/buf >>"$log" 2>&1 ||
         fail "npm install @bufbuild/buf"
     buf_version="$("$buf" --version 2>>"$log")" || fail "buf --version"
     echo "npm: installed buf $buf_version at ${buf#"$repo_root"/}"
