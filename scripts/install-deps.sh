@@ -105,3 +105,23 @@ else
     buf_version="$("$buf" --version 2>>"$log")" || fail "buf --version"
     echo "npm: installed buf $buf_version at ${buf#"$repo_root"/}"
 fi
+
+# --- deploy tests: kubernetes-validate (pip), Prometheus Operator schemas (npm) --------------------
+if "$python" -c "import kubernetes_validate" >/dev/null 2>&1; then
+    echo "pip: kubernetes-validate already installed"
+else
+    timeout 600 "$python" -m pip install --quiet --disable-pip-version-check --no-input kubernetes-validate \
+        >>"$log" 2>&1 || fail "pip install kubernetes-validate"
+    echo "pip: installed kubernetes-validate"
+fi
+prometheus_operator="$npm_prefix/node_modules/@kubernetes-models/prometheus-operator/package.json"
+if [[ -f "$prometheus_operator" && -x "$buf" ]]; then
+    echo "npm: @kubernetes-models/prometheus-operator already in ${npm_prefix#"$repo_root"/}"
+else
+    # Both in one command: a --no-save install prunes what an earlier one put in the same prefix.
+    timeout 600 npm install --no-save --no-audit --no-fund --silent --fetch-timeout=60000 --fetch-retries=3 \
+        --prefix "$npm_prefix" @bufbuild/buf @kubernetes-models/prometheus-operator >>"$log" 2>&1 ||
+        fail "npm install @kubernetes-models/prometheus-operator"
+    [[ -f "$prometheus_operator" && -x "$buf" ]] || fail "npm left @kubernetes-models/prometheus-operator or buf missing"
+    echo "npm: installed @kubernetes-models/prometheus-operator"
+fi
