@@ -106,14 +106,7 @@ else
     echo "npm: installed buf $buf_version at ${buf#"$repo_root"/}"
 fi
 
-# --- deploy tests: kubernetes-validate (pip), Prometheus Operator schemas (npm) --------------------
-if "$python" -c "import kubernetes_validate" >/dev/null 2>&1; then
-    echo "pip: kubernetes-validate already installed"
-else
-    timeout 600 "$python" -m pip install --quiet --disable-pip-version-check --no-input kubernetes-validate \
-        >>"$log" 2>&1 || fail "pip install kubernetes-validate"
-    echo "pip: installed kubernetes-validate"
-fi
+# --- deploy tests: Prometheus Operator schemas (npm; kubernetes-validate comes with the test extra) --
 prometheus_operator="$npm_prefix/node_modules/@kubernetes-models/prometheus-operator/package.json"
 if [[ -f "$prometheus_operator" && -x "$buf" ]]; then
     echo "npm: @kubernetes-models/prometheus-operator already in ${npm_prefix#"$repo_root"/}"
