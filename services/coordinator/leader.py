@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Awaitable, Callable
 
 from dbintel.common.config import Config
 
-from .engine.assignment import Move
+from .engine.assignment import Move, spread
 from .planning import InventoryItem, StepInput, StepPlan, moves_between, plan_step
 from .store.base import ScalingStore, StoreEvent
 from .store.records import FencedError, Lease, StoreUnavailable
@@ -313,7 +314,6 @@ class LeaderLoop:
         m.unassigned.set(len(plan.placement.unassigned))
 
     async def _serve_request(self, request: OperatorRequest, lease: Lease, step: StepInput) -> None:
-        from .engine.assignment import spread
         try:
             if request.kind == "drain":
                 if not request.dry_run:
@@ -336,7 +336,6 @@ class LeaderLoop:
 
 
 def _as_draining(step: StepInput, agent_id: str) -> StepInput:
-    import dataclasses
     agents = dict(step.agents)
     if agent_id in agents and agents[agent_id].is_member:
         agents[agent_id] = dataclasses.replace(agents[agent_id], state="draining")

@@ -43,6 +43,7 @@ from pymongo.errors import (
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
 
+from ..errors import error_message
 from .metrics import (
     COLLECTION_STATS,
     COLLECTIONS,
@@ -126,20 +127,12 @@ def describe_error(exc: BaseException, *, query: str, user: str | None, target: 
     """(reason, message) for a QueryError: one line, the grant to add on a permission error, never a secret."""
     reason = classify_error(exc)
     text = _first_part(str(exc))
-    if reason == "timeout" and not text:
-        text = "no reply within the poll timeout"
     if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
         text = f"{text} (check the username, password and authSource of user {user or '<none>'})"
     elif reason == "permission":
         grant = GRANTS.get(query, _CLUSTER_MONITOR).format(user=user or "<user>", db=target or "<db>")
         text = f"{text} (grant it: {grant})"
-    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if target:
-        message = f"{target}: {message}"
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return reason, message[:400]
+    return reason, error_message(exc, text, reason=reason, secrets=secrets, prefix=target or "")[:400]
 
 
 # --- TLS -----------------------------------------------------------------------------------------

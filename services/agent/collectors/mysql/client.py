@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
 
+from ..errors import error_message, first_line
 from ..tls import client_ssl_context
 
 from .mapping import (
@@ -214,14 +215,7 @@ def describe_error(exc: BaseException, *, secrets: tuple[str, ...] = ()) -> tupl
         text = f"{code} {text}".strip()
     else:
         text = str(exc)
-    text = text.strip().splitlines()[0] if text.strip() else ""
-    if reason == "timeout" and not text:
-        text = "no reply within the poll timeout"
-    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return reason, message
+    return reason, error_message(exc, first_line(text), reason=reason, secrets=secrets)
 
 
 def is_connection_lost(exc: BaseException) -> bool:

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
 
+from ..errors import error_message, first_line
 from ..tls import client_ssl_context
 
 from .mapping import ACTIVITY_STATES
@@ -299,16 +300,10 @@ def describe_error(exc: BaseException, *, user: str | None, secrets: tuple[str, 
     """(reason, message) for a QueryError. The message is one line and never contains a secret; on a
     permission error it ends with the GRANT to run."""
     reason = classify_error(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if reason == "timeout" and not text:
-        text = "no reply within the poll timeout"
+    text = first_line(str(exc))
     if reason == "permission":
         text = f"{text} — run: {required_grant(text, user)}"
-    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return reason, message
+    return reason, error_message(exc, text, reason=reason, secrets=secrets)
 
 
 def is_connection_lost(exc: BaseException) -> bool:
