@@ -67,15 +67,15 @@ async def test_crashed_leader_replaced_within_leader_ttl(fresh_redis):
     await wait_for(lambda: first.leadership.is_leader, message="first leads")
     second = await start_coordinator(config, "second")
     try:
-        # A crash: the leader stops renewing and never releases.
-        first._tasks[0].cancel()
-        first.leader_loop._leadership = second.leadership  # the crashed loop must not step either
+        # A crash: every loop of the first replica stops at once; it never renews nor releases.
+        for task in first._tasks:  # noqa: SLF001 - simulating the process dying
+            task.cancel()
         started = time.monotonic()
         await wait_for(lambda: second.leadership.is_leader, timeout=5, message="new leader")
         assert time.monotonic() - started <= 1.5 + 0.6  # leader_ttl + one follower poll
     finally:
         await second.shutdown()
-        first.leadership.lease = None
+        first.leadership.lease = None  # dead: nothing to release
         await first.shutdown()
 
 
