@@ -20,10 +20,10 @@ fail() {
     exit 1
 }
 
-# --- apt: servers and exporters ------------------------------------------------------------------
+# --- apt: servers, exporters and Prometheus (the deploy tests scrape a cluster with it) --------
 apt_packages=(
     redis-server mariadb-server postgresql postgresql-contrib
-    prometheus-postgres-exporter prometheus-redis-exporter prometheus-mysqld-exporter
+    prometheus prometheus-postgres-exporter prometheus-redis-exporter prometheus-mysqld-exporter
 )
 missing=()
 for package in "${apt_packages[@]}"; do
