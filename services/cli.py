@@ -12,7 +12,7 @@ import socket
 import sys
 
 from dbintel import __version__
-from dbintel.common.config import CONFIG_ENV_VAR, Config, ConfigError, load_config
+from dbintel.common.config import CONFIG_ENV_VAR, ROLES, Config, ConfigError, TLSSettings, load_config
 from dbintel.common.durations import format_duration
 
 
@@ -23,20 +23,27 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load(args) -> Config:
+def _load(args, role: str) -> Config:
     try:
-        return load_config(args.config)
+        return load_config(args.config, check_files=(role,))
     except ConfigError as exc:
         print(f"dbintel: refusing to start, {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 async def _until_signal(start, stop) -> None:
+    from dbintel.common.grpc_security import TLSFileError
+    from dbintel.common.secrets import SecretResolutionError
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_event.set)
-    await start()
+    try:
+        await start()
+    except (TLSFileError, SecretResolutionError) as exc:  # messages name the setting, never a secret value
+        print(f"dbintel: refusing to start, {exc}", file=sys.stderr)
+        await stop()
+        raise SystemExit(2) from None
     try:
         await stop_event.wait()
     finally:
@@ -50,7 +57,8 @@ def cmd_validate(args) -> int:
         print("dbintel validate: give a file (dbintel validate FILE) or --config", file=sys.stderr)
         return 2
     try:
-        config = load_config(path)
+        roles = ROLES if args.check_files == "all" else (args.check_files,) if args.check_files else ()
+        config = load_config(path, check_files=roles)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -84,7 +92,7 @@ def _metric_switch_problems(config: Config) -> list[str]:
 
 def cmd_coordinator(args) -> int:
     from dbintel.coordinator.server import Coordinator
-    config = _load(args)
+    config = _load(args, "coordinator")
     coordinator = Coordinator(config, config_path=args.config or os.environ.get(CONFIG_ENV_VAR),
                               grpc_listen=args.grpc_listen, metrics_listen=args.metrics_listen,
                               health_listen=args.health_listen)
@@ -98,7 +106,7 @@ def agent_id_from_env() -> str:
 
 def cmd_agent(args) -> int:
     from dbintel.agent.runtime import Agent
-    config = _load(args)
+    config = _load(args, "agent")
     agent = Agent(config, agent_id=args.agent_id or agent_id_from_env(), coordinator=args.coordinator,
                   metrics_listen=args.metrics_listen, health_listen=args.health_listen,
                   config_path=args.config or os.environ.get(CONFIG_ENV_VAR))
@@ -106,11 +114,35 @@ def cmd_agent(args) -> int:
     return 0
 
 
+OPERATOR_TOKEN_ENV_VAR = "DBINTEL_OPERATOR_TOKEN"
+
+
+def _status_security(args) -> tuple[TLSSettings | None, object]:
+    """TLS settings and operator token from the flags (the token from --token-file, else the environment)."""
+    from pydantic import ValidationError
+
+    from dbintel.common.secrets import resolve_secret
+    tls = None
+    if args.tls or args.ca_file or args.cert_file:
+        try:
+            tls = TLSSettings(enabled=True, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                              server_name=args.server_name)
+        except ValidationError:
+            raise ValueError("--cert-file and --key-file go together") from None
+    reference = f"${{file:{os.path.abspath(args.token_file)}}}" if args.token_file else (
+        f"${{env:{OPERATOR_TOKEN_ENV_VAR}}}" if os.environ.get(OPERATOR_TOKEN_ENV_VAR) else None)
+    return tls, resolve_secret(reference)
+
+
 def cmd_status(args) -> int:
+    from dbintel.common.grpc_security import TLSFileError
+    from dbintel.common.secrets import SecretResolutionError
     from dbintel.common.status import fetch_status, render_status
     try:
-        status = asyncio.run(fetch_status(args.coordinator, agent_filter=args.agent, timeout=args.timeout))
-    except ConnectionError as exc:
+        tls, token = _status_security(args)
+        status = asyncio.run(fetch_status(args.coordinator, agent_filter=args.agent, timeout=args.timeout,
+                                          tls=tls, token=token))
+    except (ConnectionError, ValueError, TLSFileError, SecretResolutionError) as exc:
         print(f"dbintel status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render_status(status))
@@ -134,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("validate", help="check a config file; report every problem at once"))
     p.add_argument("file", nargs="?")
+    p.add_argument("--check-files", choices=(*ROLES, "all"),
+                   help="also check that this role's TLS certificate/key files are readable here (as that role "
+                        "does at start); off by default, since the files usually exist only in the pods")
     p.set_defaults(func=cmd_validate)
 
     p = with_config(sub.add_parser("coordinator", help="run a coordinator replica"))
@@ -154,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="", help="only this agent's assignments")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs (implied by --ca-file)")
+    p.add_argument("--ca-file", help="CA that signed the coordinator's certificate")
+    p.add_argument("--cert-file", help="client certificate, for mutual TLS")
+    p.add_argument("--key-file", help="client key, for mutual TLS")
+    p.add_argument("--server-name", help="name the coordinator's certificate must carry, if not the host dialed")
+    p.add_argument("--token-file", help=f"operator bearer token file (default: ${OPERATOR_TOKEN_ENV_VAR})")
     p.set_defaults(func=cmd_status)
 
     p = with_config(sub.add_parser("up", help="a coordinator and two agents on this machine, for trying it out"))

@@ -468,28 +468,48 @@ def _new_password() -> str:
 
 
 class RedisServer(ManagedServer):
-    """redis-server with a password and no persistence: a restart or kill loses the data."""
+    """redis-server with a password and no persistence: a restart or kill loses the data.
+
+    With `tls_cert_file`/`tls_key_file` it speaks TLS only (`--port 0 --tls-port`); `tls_ca_file`
+    is the CA it trusts (for client certificates, which `tls_auth_clients` "no" | "optional" | "yes"
+    asks for; and the one the probe and `client()` verify the server with). `tls_client_cert`
+    (cert, key) is what the probe and `client()` present."""
 
     kind = "redis"
     startup_timeout = 30.0
     username = "default"  # the ACL user that --requirepass sets the password of
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, *, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None, tls_ca_file: str | None = None,
+                 tls_auth_clients: str = "no", tls_client_cert: tuple[str, str] | None = None) -> None:
         self.password = password if password is not None else _new_password()
         self.binary = find_binary("redis-server")
+        self.tls_cert_file, self.tls_key_file, self.tls_ca_file = tls_cert_file, tls_key_file, tls_ca_file
+        self.tls_auth_clients = tls_auth_clients
+        self.tls_client_cert = tls_client_cert
         super().__init__()
 
     @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
     def url(self) -> str:
-        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
 
     def client(self, **kwargs: object):  # -> redis.Redis (sync), for test setup
         import redis
 
+        if self.tls:
+            kwargs.setdefault("ssl", True)
+            kwargs.setdefault("ssl_ca_certs", self.tls_ca_file)
+            if self.tls_client_cert is not None:
+                kwargs.setdefault("ssl_certfile", self.tls_client_cert[0])
+                kwargs.setdefault("ssl_keyfile", self.tls_client_cert[1])
         return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             self.binary,
             "--bind", self.host,
             "--port", str(self.port),
@@ -500,10 +520,25 @@ class RedisServer(ManagedServer):
             "--daemonize", "no",
             "--logfile", "",  # stdout, i.e. our log file
         ]
+        if self.tls:
+            command[command.index("--port") + 1] = "0"
+            command += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert_file,
+                        "--tls-key-file", str(self.tls_key_file), "--tls-auth-clients", self.tls_auth_clients]
+            if self.tls_ca_file:
+                command += ["--tls-ca-cert-file", self.tls_ca_file]
+        return command
 
     def _probe(self) -> bool:
         # Raw RESP rather than redis-py, whose built-in retries would stretch one probe to seconds.
-        with socket.create_connection((self.host, self.port), timeout=1) as sock:
+        with socket.create_connection((self.host, self.port), timeout=1) as raw:
+            sock = raw
+            if self.tls:
+                import ssl
+
+                context = ssl.create_default_context(cafile=self.tls_ca_file)
+                if self.tls_client_cert is not None:
+                    context.load_cert_chain(*self.tls_client_cert)
+                sock = context.wrap_socket(raw, server_hostname=self.host)
             secret = self.password.encode()
             sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(secret), secret))
             reply = b""

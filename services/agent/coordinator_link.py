@@ -25,6 +25,8 @@ from typing import Callable, Protocol
 
 import grpc
 
+from dbintel.common.config import TLSSettings
+from dbintel.common.grpc_security import describe_rpc_error, open_channel
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import agent_service_pb2_grpc as pb_grpc
 from dbintel.v1 import types_pb2
@@ -81,13 +83,21 @@ class _StreamStalled(Exception):
     pass
 
 
+class _ReplicaDegraded(Exception):
+    """The replica answered that it cannot reach its store: it cannot record this agent's heartbeats,
+    so the leader (on a replica that can) would expire the agent and hand its databases to another
+    while this one keeps polling. Another replica may still reach the store: try it."""
+
+
 class CoordinatorLink:
     """Keeps one agent connected to the coordinator. `start()`, then `leave()` and `close()`."""
 
     def __init__(self, target: str, agent_id: str, registration: pb.AgentRegistration, handler: LinkHandler, *,
                  heartbeat_interval: float, check_interval: float, node_timeout: float, stop_on_loss: bool,
+                 tls: TLSSettings | None = None,
                  monotonic: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
         self.target = target
+        self._tls = tls
         self.agent_id = agent_id
         self._registration = registration
         self._handler = handler
@@ -113,11 +123,15 @@ class CoordinatorLink:
         self._stream_responded = False
         self._unanswered_since: float | None = None  # the first write the coordinator has not answered yet
         self.streams_opened = 0  # for tests and logs
+        # Heartbeats written / answered on the current stream: final_report waits for the answer.
+        self._stream_writes = self._stream_responses = 0
+        self._answered = asyncio.Event()
+        self.last_error: str | None = None  # why the last stream failed (readiness shows it), None once connected
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self._last_ack = self._monotonic()
-        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(self.target, self._tls, section="agent.tls", options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.AgentServiceStub(self._channel)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="coordinator link")
 
@@ -127,7 +141,9 @@ class CoordinatorLink:
         self._wake.set()
 
     async def final_report(self, timeout: float) -> bool:
-        """Send one more heartbeat on the open stream and wait until it is written; False if no stream."""
+        """Send one more heartbeat on the open stream and wait until the coordinator has answered it
+        (so it is recorded before a Leave sent next, which may reach another replica, can overtake it
+        and discard its final poll times); False if no stream or no answer in time."""
         if not self.connected:
             return False
         waiter = asyncio.get_running_loop().create_future()
@@ -141,6 +157,9 @@ class CoordinatorLink:
                     waiter = asyncio.get_running_loop().create_future()
                     self._write_waiters.append(waiter)
                     self.send_now()
+                while self._stream_responses < self._stream_writes:
+                    self._answered.clear()
+                    await self._answered.wait()
             return True
         except TimeoutError:
             return False
@@ -153,7 +172,7 @@ class CoordinatorLink:
             reply = await self._stub.Leave(pb.LeaveRequest(agent_id=self.agent_id, reason=reason), timeout=timeout)
             log.info("left the cluster (%s); %d database(s) released", reason, reply.released_resources)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
-            log.warning("Leave failed (%s); the coordinator will expire this agent instead", _describe(exc))
+            log.warning("Leave failed (%s); the coordinator will expire this agent instead", self._describe(exc))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -179,11 +198,17 @@ class CoordinatorLink:
                 except _StreamStalled:
                     log.warning("Heartbeat stream to %s stalled (a request unanswered for %.1fs); reconnecting",
                                 self.target, self._response_timeout())
+                except _ReplicaDegraded:
+                    log.info("coordinator replica cannot reach its store; trying another")
                 except Exception as exc:  # AioRpcError mostly; any failure means: reconnect
                     # A working stream that ends (max connection age, a replica rolling) is routine; failing
                     # to get a new one is worth a warning, once per outage.
                     level = logging.INFO if attempt == 0 else logging.WARNING if attempt == 1 else logging.DEBUG
-                    log.log(level, "Heartbeat stream to %s failed: %s", self.target, _describe(exc))
+                    reason = self._describe(exc)
+                    if reason != self.last_error and attempt > 1:  # a different failure is news again
+                        level = logging.WARNING
+                    self.last_error = reason
+                    log.log(level, "Heartbeat stream to %s failed: %s", self.target, reason)
                 responded = self._stream_responded
                 self._set_connected(False)
                 if fallback is None or fallback.done():
@@ -200,19 +225,36 @@ class CoordinatorLink:
         assert self._stub is not None
         call = self._stub.Heartbeat()
         self.streams_opened += 1
+        self._stream_writes = self._stream_responses = 0
         self._unanswered_since = None
 
         async def read() -> None:
+            degraded_since: float | None = None  # since when this stream's replica says its store is unreachable
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     return
                 self._unanswered_since = None
+                self._stream_responses += 1
+                self._answered.set()
                 if not self._stream_responded:
                     self._stream_responded = True
+                    self.last_error = None
                     on_first_response()
                     log.info("connected to coordinator %s (replica %s)", self.target, response.coordinator_id or "?")
                 self._acknowledged(response.degraded, connected=True)
+                if not response.degraded:
+                    degraded_since = None
+                else:
+                    # A blip (a store restart) is sat out on this stream; a lasting one is taken to
+                    # another replica, well before node_timeout would expire the agent. If the store
+                    # itself is down every replica says so, and the agent moves on at most once per
+                    # node_timeout / 3; degraded answers count as acknowledged, so the assignment is
+                    # kept meanwhile.
+                    now = self._monotonic()
+                    degraded_since = degraded_since if degraded_since is not None else now
+                    if now - degraded_since >= self._node_timeout / 3:
+                        raise _ReplicaDegraded()
                 if response.HasField("heartbeat_interval"):
                     seconds = response.heartbeat_interval.ToTimedelta().total_seconds()
                     interval = seconds if seconds > 0 else self._default_heartbeat_interval
@@ -253,6 +295,7 @@ class CoordinatorLink:
             if self._unanswered_since is None:
                 self._unanswered_since = written_at
             self._write_count += 1
+            self._stream_writes += 1
             waiters, self._write_waiters = self._write_waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -291,7 +334,7 @@ class CoordinatorLink:
                 reply = await self._stub.GetAssignments(pb.GetAssignmentsRequest(agent_id=self.agent_id),
                                                         timeout=max(0.5, min(self._check_interval, 5.0)))
             except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
-                log.debug("GetAssignments failed: %s", _describe(exc))
+                log.debug("GetAssignments failed: %s", self._describe(exc))
                 continue
             self._acknowledged(reply.degraded, connected=self.connected)
             if reply.HasField("assignment") and reply.assignment.assignment_epoch > 0:
@@ -323,6 +366,11 @@ class CoordinatorLink:
         self.connected = connected
         self._handler.on_link_state(connected=connected, degraded=self._degraded)
 
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return describe_rpc_error(exc, self.target, self._tls)
+        return type(exc).__name__
+
     async def _watchdog(self) -> None:
         """on_coordinator_loss: stop — stop polling after node_timeout without an acknowledged exchange."""
         period = max(0.02, min(1.0, self._node_timeout / 20))
@@ -339,10 +387,3 @@ class CoordinatorLink:
 def _cancel(task: asyncio.Task | None) -> None:
     if task is not None:
         task.cancel()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return type(exc).__name__
-

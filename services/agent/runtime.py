@@ -159,7 +159,9 @@ class Agent:
             return True, f"ignore_assignments: polling all {len(self._assigned)} configured database(s)"
         if self._holds_assignment:
             return True, f"holding assignment epoch {self._assignment_epoch} ({len(self._assigned)} database(s))"
-        return False, f"waiting for an assignment from the coordinator at {self.coordinator}"
+        last_error = self._link.last_error if self._link is not None else None
+        return False, f"waiting for an assignment from the coordinator at {self.coordinator}" + (
+            f" (last attempt: {last_error})" if last_error else "")
 
     def _on_poll(self, db_type: str, seconds: float) -> None:
         self._exposition.observe_poll(db_type, seconds)
@@ -191,7 +193,7 @@ class Agent:
             heartbeat_interval=scaling.coordinator.heartbeat_interval.total_seconds(),
             check_interval=scaling.receiver_scaling.check_interval.total_seconds(),
             node_timeout=scaling.coordinator.node_timeout.total_seconds(),
-            stop_on_loss=scaling.receiver_scaling.on_coordinator_loss == "stop")
+            stop_on_loss=scaling.receiver_scaling.on_coordinator_loss == "stop", tls=self._config.agent.tls)
         self._link.start()
 
     async def run_until_signal(self) -> None:
@@ -233,7 +235,7 @@ class Agent:
                 if self._link is not None:
                     # A last heartbeat releases everything with its final poll times (so the next owners
                     # continue the schedule exactly); then Leave hands the databases over at once.
-                    await self._link.final_report(timeout=remaining(0.1))
+                    await self._link.final_report(timeout=remaining(0.4))  # answered, or Leave may overtake it
                     await self._link.leave(reason, timeout=min(2.0, remaining(0.25)))
                     await self._link.close()
                 if self._otlp is not None:  # before closing: closing drops the snapshots it exports

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .durations import Duration, format_duration
@@ -24,7 +24,9 @@ DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mongodb": 27017, "redis": 6
 CONFIG_ENV_VAR = "DBINTEL_CONFIG"
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-_SECRET_KEYS = frozenset({"password"})  # these stay references; the agent resolves them
+_SECRET_KEYS = frozenset({"password", "operator_token"})  # these stay references, resolved where used
+# Roles whose certificate/key files are checked for readability while validating (parse_config's check_files).
+ROLES = ("coordinator", "agent")
 
 
 def _rule_errors(problems: list[tuple[str, str]]) -> None:
@@ -48,6 +50,35 @@ def _host_port(value: str, *, allow_empty_host: bool = False, listen: bool = Fal
     return value
 
 
+def _unreadable(path: str | None) -> str | None:
+    """Why a configured file cannot be used, or None if it can be read."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except IsADirectoryError:
+        return f"{path} is a directory, not a file"
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror})"
+    return None
+
+
+def _checks_files(info: ValidationInfo, role: str) -> bool:
+    return bool(info.context) and role in info.context.get("check_files", ())
+
+
+def _file_problems(section: BaseModel, fields: tuple[str, ...], prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for name in fields:
+        reason = _unreadable(getattr(section, name))
+        if reason:
+            problems.append((f"{prefix}{name}", reason))
+    return problems
+
+
 class TLSSettings(_Section):
     """TLS for a client connection. Files are paths; nothing secret is inline."""
 
@@ -68,6 +99,44 @@ class TLSSettings(_Section):
         _rule_errors(problems)
         return self
 
+    def file_problems(self, prefix: str = "tls.") -> list[tuple[str, str]]:
+        return _file_problems(self, ("ca_file", "cert_file", "key_file"), prefix) if self.enabled else []
+
+    def grpc_problems(self, prefix: str = "tls.") -> list[tuple[str, str]]:
+        """gRPC channels always verify the server: there is no switch to skip it."""
+        if self.insecure_skip_verify:
+            return [(f"{prefix}insecure_skip_verify", "not supported for gRPC; give ca_file (the CA that signed "
+                                                      "the coordinator's certificate) instead")]
+        return []
+
+
+class ServerTLSSettings(_Section):
+    """TLS for the coordinator's gRPC port (agents, operators, health and reflection alike).
+    With client_ca_file, client certificates signed by that CA are verified; require_client_cert
+    makes one mandatory (mutual TLS)."""
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> "ServerTLSSettings":
+        problems = []
+        if self.enabled:
+            problems += [(name, "required when TLS is enabled") for name in ("cert_file", "key_file")
+                         if not getattr(self, name)]
+            if self.require_client_cert and not self.client_ca_file:
+                problems.append(("client_ca_file", "required with require_client_cert (the CA that signs client certificates)"))
+        elif self.cert_file or self.key_file or self.client_ca_file or self.require_client_cert:
+            problems.append(("enabled", "TLS files or options are set but enabled is false"))
+        _rule_errors(problems)
+        return self
+
+    def file_problems(self, prefix: str = "tls.") -> list[tuple[str, str]]:
+        return _file_problems(self, ("cert_file", "key_file", "client_ca_file"), prefix) if self.enabled else []
+
 
 class RedisSettings(_Section):
     address: str = "localhost:6379"
@@ -86,10 +155,12 @@ class RedisSettings(_Section):
         return None if value is None else check_reference(value)
 
     @model_validator(mode="after")
-    def _ttl(self) -> "RedisSettings":
+    def _ttl(self, info: ValidationInfo) -> "RedisSettings":
         problems = []
         if self.leader_ttl < timedelta(seconds=1):
             problems.append(("leader_ttl", "must be at least 1s"))
+        if _checks_files(info, "coordinator"):
+            problems += self.tls.file_problems()
         _rule_errors(problems)
         return self
 
@@ -197,7 +268,7 @@ class DatabaseConfig(_Section):
 
 
 class CoordinatorSettings(_Section):
-    """The coordinator role: where it listens."""
+    """The coordinator role: where it listens, and how its gRPC port is secured."""
 
     grpc_listen: str = "0.0.0.0:50051"
     metrics_listen: str = "0.0.0.0:8889"
@@ -208,8 +279,33 @@ class CoordinatorSettings(_Section):
     # How often the inventory file is checked for changes (a mounted ConfigMap is rewritten in place).
     config_reload_interval: Duration = timedelta(seconds=5)
 
+    # TLS on the gRPC port; client_tls is what a follower uses to forward leader-only operator RPCs
+    # to the leader (its server certificate must verify against client_tls.ca_file).
+    tls: ServerTLSSettings = ServerTLSSettings()
+    client_tls: TLSSettings = TLSSettings()
+    # A reference (${env:NAME} or ${file:/path}); when set, every OperatorService RPC needs
+    # `authorization: Bearer <token>`. Agent RPCs, health and reflection are not affected.
+    operator_token: str | None = None
+
     _listens = field_validator("grpc_listen", "metrics_listen", "health_listen")(
         lambda v: _host_port(v, allow_empty_host=True, listen=True))
+
+    @field_validator("operator_token")
+    @classmethod
+    def _token_reference(cls, value: str | None) -> str | None:
+        return None if value is None else check_reference(value, what="the token")
+
+    @model_validator(mode="after")
+    def _security(self, info: ValidationInfo) -> "CoordinatorSettings":
+        problems = self.client_tls.grpc_problems("client_tls.")
+        if self.tls.enabled and not self.client_tls.enabled:
+            problems.append(("client_tls", "required when tls is enabled: followers forward Rebalance/DrainAgent "
+                                           "to the leader over TLS (set enabled, ca_file, and cert_file/key_file "
+                                           "under mutual TLS)"))
+        if _checks_files(info, "coordinator"):
+            problems += self.tls.file_problems("tls.") + self.client_tls.file_problems("client_tls.")
+        _rule_errors(problems)
+        return self
 
 
 class OTLPSettings(_Section):
@@ -231,9 +327,18 @@ class AgentSettings(_Section):
     zone: str = ""
     capacity: int = Field(0, ge=0)  # most databases this agent takes; 0 = no limit
     otlp: OTLPSettings = OTLPSettings()
+    tls: TLSSettings = TLSSettings()  # for the link to the coordinator (cert_file/key_file under mutual TLS)
 
     _coordinator = field_validator("coordinator")(lambda v: _host_port(v))
     _listens = field_validator("metrics_listen", "health_listen")(lambda v: _host_port(v, allow_empty_host=True, listen=True))
+
+    @model_validator(mode="after")
+    def _security(self, info: ValidationInfo) -> "AgentSettings":
+        problems = self.tls.grpc_problems()
+        if _checks_files(info, "agent"):
+            problems += self.tls.file_problems()
+        _rule_errors(problems)
+        return self
 
 
 class Config(_Section):
@@ -283,25 +388,44 @@ class ConfigError(Exception):
         return cls(problems, source)
 
 
-def _expand_env(node: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Expand ${env:NAME} in every string except secrets, which stay references."""
+def _expand_env(node: Any, environ: Mapping[str, str], path: str, problems: list[str],
+                substituted: dict[str, str]) -> Any:
+    """Expand ${env:NAME} in every string except secrets, which stay references. `substituted`
+    collects value -> reference, so that error messages can show the reference, never the value."""
     if isinstance(node, dict):
-        return {k: (v if k in _SECRET_KEYS else _expand_env(v, environ, f"{path}.{k}" if path else str(k), problems))
+        return {k: (v if k in _SECRET_KEYS else
+                    _expand_env(v, environ, f"{path}.{k}" if path else str(k), problems, substituted))
                 for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand_env(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+        return [_expand_env(v, environ, f"{path}[{i}]", problems, substituted) for i, v in enumerate(node)]
     if isinstance(node, str):
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in environ:
                 problems.append(f"{path}: environment variable {name} is not set")
                 return match.group(0)
+            substituted[environ[name]] = match.group(0)
             return environ[name]
         return _ENV_REFERENCE.sub(substitute, node)
     return node
 
 
-def parse_config(text: str, source: str = "config", environ: Mapping[str, str] | None = None) -> Config:
+def _redact(problems: list[str], substituted: Mapping[str, str]) -> list[str]:
+    """Messages may quote a bad value; one that came from the environment is shown as its reference
+    (it may be a secret put in the wrong field). Longest first, so a value inside another stays hidden."""
+    out = []
+    for problem in problems:
+        for value in sorted(substituted, key=len, reverse=True):
+            if len(value) >= 3:  # shorter ones would garble the message and reveal next to nothing
+                problem = problem.replace(value, substituted[value])
+        out.append(problem)
+    return out
+
+
+def parse_config(text: str, source: str = "config", environ: Mapping[str, str] | None = None, *,
+                 check_files: tuple[str, ...] = ()) -> Config:
+    """Parse and validate. `check_files` names the roles (ROLES) whose TLS files must be readable
+    here: each role checks its own at start; `dbintel validate --check-files` on request."""
     environ = os.environ if environ is None else environ
     try:
         raw = yaml.safe_load(text)
@@ -312,18 +436,21 @@ def parse_config(text: str, source: str = "config", environ: Mapping[str, str] |
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): must be a mapping of sections"], source)
     problems: list[str] = []
-    expanded = _expand_env(raw, environ, "", problems)
+    substituted: dict[str, str] = {}
+    expanded = _expand_env(raw, environ, "", problems, substituted)
     try:
-        config = Config.model_validate(expanded)
+        config = Config.model_validate(expanded, context={"check_files": tuple(check_files)})
     except ValidationError as exc:
-        raise ConfigError(problems + ConfigError.from_validation(exc, source).problems, source) from None
+        raise ConfigError(_redact(problems + ConfigError.from_validation(exc, source).problems, substituted),
+                          source) from None
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the config from `path`, else $DBINTEL_CONFIG, else all defaults."""
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None, *,
+                check_files: tuple[str, ...] = ()) -> Config:
+    """Load the config from `path`, else $DBINTEL_CONFIG, else all defaults (see parse_config)."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV_VAR)
     if not path:
@@ -332,4 +459,4 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
-    return parse_config(text, str(path), environ)
+    return parse_config(text, str(path), environ, check_files=check_files)

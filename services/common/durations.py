@@ -27,7 +27,10 @@ def parse_duration(text: str) -> timedelta:
         position = match.end()
     if position != len(value):
         raise ValueError(f"invalid duration {text!r}: use a number and a unit, like 500ms, 30s, 5m or 1h30m")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 def format_duration(value: timedelta) -> str:

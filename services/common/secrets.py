@@ -21,11 +21,11 @@ class SecretResolutionError(Exception):
     """A secret reference could not be resolved. The message names the reference only."""
 
 
-def check_reference(text: str) -> str:
+def check_reference(text: str, what: str = "the password") -> str:
     """Validate the form of a reference; raise ValueError (for config validation) otherwise."""
     match = _REFERENCE.match(text)
     if not match:
-        raise ValueError("must be a reference, ${env:NAME} or ${file:/path}, never the password itself")
+        raise ValueError(f"must be a reference, ${{env:NAME}} or ${{file:/path}}, never {what} itself")
     kind, target = match.groups()
     if kind == "env" and not _ENV_NAME.match(target):
         raise ValueError(f"${{env:{target}}}: not a valid environment variable name")

@@ -6,21 +6,26 @@ import datetime as dt
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from pydantic import SecretStr
 
+from dbintel.common.config import TLSSettings
+from dbintel.common.grpc_security import bearer_metadata, describe_rpc_error, open_channel
 from dbintel.v1 import operator_service_pb2 as pb
 from dbintel.v1 import operator_service_pb2_grpc
 
 
-async def fetch_status(address: str, *, agent_filter: str = "", timeout: float = 5.0) -> dict:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def fetch_status(address: str, *, agent_filter: str = "", timeout: float = 5.0,
+                       tls: TLSSettings | None = None, token: SecretStr | None = None) -> dict:
+    """The three operator listings; `tls` secures the channel, `token` is the operator bearer token."""
+    async with open_channel(address, tls) as channel:
         stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
+        call = {"timeout": timeout, "metadata": bearer_metadata(token)}
         try:
-            cluster = await stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=timeout)
-            agents = await stub.ListAgents(pb.ListAgentsRequest(), timeout=timeout)
-            assignments = await stub.ListAssignments(pb.ListAssignmentsRequest(agent_id=agent_filter),
-                                                     timeout=timeout)
+            cluster = await stub.GetClusterStatus(pb.GetClusterStatusRequest(), **call)
+            agents = await stub.ListAgents(pb.ListAgentsRequest(), **call)
+            assignments = await stub.ListAssignments(pb.ListAssignmentsRequest(agent_id=agent_filter), **call)
         except grpc.aio.AioRpcError as exc:
-            raise ConnectionError(f"{address}: {exc.code().name}: {exc.details()}") from None
+            raise ConnectionError(f"{address}: {describe_rpc_error(exc, address, tls)}") from None
     as_dict = lambda m: MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     return {"cluster": as_dict(cluster), "agents": as_dict(agents)["agents"],
             "assignments": as_dict(assignments)["assignments"]}

@@ -9,8 +9,10 @@ from typing import Callable
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import SecretStr
 
-from dbintel.common.config import Config
+from dbintel.common.config import Config, TLSSettings
+from dbintel.common.grpc_security import bearer_metadata, open_channel
 from dbintel.v1 import operator_service_pb2 as pb
 from dbintel.v1 import operator_service_pb2_grpc, types_pb2
 
@@ -32,17 +34,20 @@ def _timestamp(ms: int) -> Timestamp:
 
 class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
     def __init__(self, store: ScalingStore, *, coordinator_id: str, config_source: Callable[[], Config],
-                 leadership: Leadership, leader_loop: LeaderLoop):
+                 leadership: Leadership, leader_loop: LeaderLoop, forward_tls: TLSSettings | None = None,
+                 operator_token: SecretStr | None = None):
         self._store, self._id, self._config_source = store, coordinator_id, config_source
         self._leadership, self._loop = leadership, leader_loop
+        # A follower forwards with its own client TLS settings and token (every replica has the same config).
+        self._forward_tls, self._forward_metadata = forward_tls, bearer_metadata(operator_token)
 
     async def _snapshot(self, context):
         try:
             agents, target, assignments, meta, now_ms = (
                 await self._store.read_agents(), await self._store.read_target(),
                 await self._store.read_assignments(), await self._store.read_meta(), await self._store.now_ms())
-        except StoreUnavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable from this replica")
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unreachable from this replica: {exc}")
         config = self._config_source()
         inventory = {rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
                      for rid, db in config.resources().items()}
@@ -144,9 +149,10 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
         leader = await self._store.read_leader()
         if leader is None or not leader.address:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader elected right now; retry shortly")
-        async with grpc.aio.insecure_channel(leader.address) as channel:
+        async with open_channel(leader.address, self._forward_tls, section="coordinator.client_tls") as channel:
             try:
-                return await forward(operator_service_pb2_grpc.OperatorServiceStub(channel), timeout=10)
+                return await forward(operator_service_pb2_grpc.OperatorServiceStub(channel), timeout=10,
+                                     metadata=self._forward_metadata)
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), f"forwarded to leader {leader.holder}: {exc.details()}")
 
@@ -157,7 +163,7 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
 
     async def Rebalance(self, request, context):
         result = await self._on_leader(context, OperatorRequest("rebalance", request.dry_run),
-                                       lambda stub, timeout: stub.Rebalance(request, timeout=timeout))
+                                       lambda stub, **call: stub.Rebalance(request, **call))
         if isinstance(result, pb.RebalanceResponse):
             return result
         return pb.RebalanceResponse(moves=self._moves(result.moves), applied=result.applied,
@@ -170,12 +176,12 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             agents = await self._store.read_agents()
-        except StoreUnavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable from this replica")
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unreachable from this replica: {exc}")
         if agent not in agents or not agents[agent].is_member:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"agent_id: no live agent {agent!r}")
         result = await self._on_leader(context, OperatorRequest("drain", request.dry_run, agent_id=agent),
-                                       lambda stub, timeout: stub.DrainAgent(request, timeout=timeout))
+                                       lambda stub, **call: stub.DrainAgent(request, **call))
         if isinstance(result, pb.DrainAgentResponse):
             return result
         return pb.DrainAgentResponse(moves=self._moves(result.moves), applied=result.applied)

@@ -22,7 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from dbintel.common.config import Config, ConfigError, load_config
+from dbintel.common.grpc_security import OperatorTokenInterceptor, server_credentials
 from dbintel.common.http_endpoints import HealthEndpoint, MetricsEndpoint
+from dbintel.common.secrets import resolve_secret
 from dbintel.v1 import agent_service_pb2, agent_service_pb2_grpc, operator_service_pb2, operator_service_pb2_grpc
 
 from .agent_service import AgentServicer
@@ -78,6 +80,7 @@ class Coordinator:
         self._server: grpc.aio.Server | None = None
         self._health_servicer = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task] = []
+        self._last_store_error: str | None = None
         self._started = self._stopped = False
         self.grpc_port: int | None = None
         self.leadership: Leadership | None = None
@@ -89,7 +92,7 @@ class Coordinator:
         if not self._started or self._stopped:
             return False, "starting" if not self._stopped else "stopping"
         if not self._store_health.healthy:
-            return False, "store unreachable"
+            return False, "store unreachable" + (f": {self._last_store_error}" if self._last_store_error else "")
         return True, "leader" if self.leadership and self.leadership.is_leader else "follower"
 
     @property
@@ -112,7 +115,12 @@ class Coordinator:
         if self._started:
             return
         timing = self.config.scaling
+        security = self.config.coordinator
+        # Both before anything listens, so a missing file or secret stops start() with its name.
+        credentials = server_credentials(security.tls)
+        operator_token = resolve_secret(security.operator_token)
         await self.store.start()
+        await self._probe_store()
         self.leadership = Leadership(self.store, self.id, timing.redis.leader_ttl.total_seconds(), "",
                                      self.metrics)
         self.leader_loop = LeaderLoop(self.store, self.leadership, lambda: self.config, self.metrics)
@@ -120,11 +128,15 @@ class Coordinator:
                                             metrics=self.metrics, store_health=self._store_health,
                                             leader_epoch=lambda: self.leadership.highest_epoch_seen)
         operator = OperatorServicer(self.store, coordinator_id=self.id, config_source=lambda: self.config,
-                                    leadership=self.leadership, leader_loop=self.leader_loop)
+                                    leadership=self.leadership, leader_loop=self.leader_loop,
+                                    forward_tls=security.client_tls, operator_token=operator_token)
+        interceptors = [RpcMetricsInterceptor(self.metrics)]
+        if operator_token is not None:
+            interceptors.append(OperatorTokenInterceptor(operator_token))
         age_ms = int(self.config.coordinator.max_connection_age.total_seconds() * 1000)
         grace_ms = int(self.config.coordinator.max_connection_age_grace.total_seconds() * 1000)
         self._server = grpc.aio.server(
-            interceptors=[RpcMetricsInterceptor(self.metrics)],
+            interceptors=interceptors,
             options=[("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", grace_ms),
                      ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
                      ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -136,7 +148,8 @@ class Coordinator:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server)
-        self.grpc_port = self._server.add_insecure_port(self._grpc_listen)
+        self.grpc_port = (self._server.add_secure_port(self._grpc_listen, credentials) if credentials is not None
+                          else self._server.add_insecure_port(self._grpc_listen))
         if not self.grpc_port:
             raise OSError(f"cannot listen on {self._grpc_listen}")
         self.leadership._address = self._advertise_address()
@@ -156,9 +169,20 @@ class Coordinator:
             await self._health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.store_up.set(1)
         self._started = True
-        log.info("coordinator %s serving gRPC on %s (store: %s), metrics :%s, health :%s", self.id,
+        transport = ("mutual TLS" if security.tls.require_client_cert else "TLS") if credentials else "plaintext"
+        log.info("coordinator %s serving gRPC (%s%s) on %s (store: %s), metrics :%s, health :%s", self.id, transport,
+                 ", operator token required" if operator_token else "",
                  self._grpc_listen.rpartition(":")[0] + f":{self.grpc_port}", self.store.mode,
                  self.metrics_port, self.health_port)
+
+    async def _probe_store(self) -> None:
+        """Say at once why the store cannot be used (wrong password, TLS, address). Not fatal: the
+        replica serves agents as degraded until the store answers (Redis trouble is survivable)."""
+        try:
+            await self.store.now_ms()
+        except StoreUnavailable as exc:
+            self._last_store_error = str(exc)
+            log.error("store: %s; serving agents as degraded until it answers", exc)
 
     async def _wake_leader_on_events(self, subscription) -> None:
         try:
@@ -201,8 +225,12 @@ class Coordinator:
                     assignments = await self.store.read_assignments()
                     self.metrics.assignments.set(sum(len(r.grants) for r in assignments.values()))
                 await self._store_health.succeeded()
-            except StoreUnavailable:
+                self._last_store_error = None
+            except StoreUnavailable as exc:
                 self._store_health.failed("refresh")
+                if str(exc) != self._last_store_error:  # once per distinct reason, not every 5 s
+                    self._last_store_error = str(exc)
+                    log.warning("store: %s", exc)
             await asyncio.sleep(5)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:

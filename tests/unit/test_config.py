@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbintel.common.config import ConfigError, load_config, parse_config
+from dbintel.common.config import Config, ConfigError, load_config, parse_config
 from dbintel.common.durations import format_duration, parse_duration
 from dbintel.common.secrets import SecretResolutionError, resolve_secret
 
@@ -183,3 +183,91 @@ def test_services_refuse_to_start_on_a_broken_config(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (role, result.stderr)
         assert "scaling.mode:" in result.stderr and "databases[0].endpoint:" in result.stderr, role
+
+
+# -- gRPC TLS, operator token, TLS file checks --------------------------------------------------------
+SECURE_COORDINATOR = """
+coordinator:
+  operator_token: ${env:OPERATOR_TOKEN}
+  tls: {enabled: true, cert_file: %(d)s/s.crt, key_file: %(d)s/s.key, client_ca_file: %(d)s/ca.crt,
+        require_client_cert: true}
+  client_tls: {enabled: true, ca_file: %(d)s/ca.crt, cert_file: %(d)s/c.crt, key_file: %(d)s/c.key}
+agent:
+  tls: {enabled: true, ca_file: %(d)s/ca.crt, cert_file: %(d)s/c.crt, key_file: %(d)s/c.key, server_name: coord}
+"""
+
+
+def test_secure_grpc_settings_parse_and_the_token_stays_a_reference(tmp_path):
+    config = parse_config(SECURE_COORDINATOR % {"d": tmp_path}, environ={"OPERATOR_TOKEN": "abc"})
+    assert config.coordinator.tls.require_client_cert and config.coordinator.client_tls.cert_file.endswith("c.crt")
+    assert config.coordinator.operator_token == "${env:OPERATOR_TOKEN}"
+    assert config.agent.tls.server_name == "coord"
+    assert not Config().coordinator.tls.enabled and not Config().agent.tls.enabled  # plaintext by default
+
+
+def test_tls_rules_are_reported_together():
+    with pytest.raises(ConfigError) as bad:
+        parse_config("coordinator:\n  tls: {enabled: true, require_client_cert: true}\n"
+                     "  operator_token: plain-token\n"
+                     "agent:\n  tls: {enabled: true, insecure_skip_verify: true}\n", environ={})
+    message = str(bad.value)
+    for expected in ("coordinator.tls.cert_file: required", "coordinator.tls.key_file: required",
+                     "coordinator.tls.client_ca_file: required with require_client_cert",
+                     "coordinator.operator_token: must be a reference", "agent.tls.insecure_skip_verify: not supported"):
+        assert expected in message, message
+    assert "plain-token" not in message
+    with pytest.raises(ConfigError) as missing_client:
+        parse_config("coordinator:\n  tls: {enabled: true, cert_file: /a, key_file: /b}\n", environ={})
+    assert "coordinator.client_tls: required when tls is enabled" in str(missing_client.value)
+    with pytest.raises(ConfigError) as disabled:
+        parse_config("coordinator:\n  tls: {cert_file: /a, key_file: /b}\n", environ={})
+    assert "coordinator.tls.enabled: TLS files or options are set but enabled is false" in str(disabled.value)
+
+
+def test_tls_files_are_checked_for_the_role_that_uses_them(tmp_path):
+    text = SECURE_COORDINATOR % {"d": tmp_path} + "scaling:\n  redis: {tls: {enabled: true, ca_file: %s/r.crt}}\n" % tmp_path
+    parse_config(text, environ={"OPERATOR_TOKEN": "x"})  # no checks asked: a laptop validating pod paths
+    with pytest.raises(ConfigError) as coordinator:
+        parse_config(text, environ={"OPERATOR_TOKEN": "x"}, check_files=("coordinator",))
+    problems = "\n".join(coordinator.value.problems)
+    for field in ("coordinator.tls.cert_file", "coordinator.tls.key_file", "coordinator.tls.client_ca_file",
+                  "coordinator.client_tls.ca_file", "coordinator.client_tls.cert_file", "scaling.redis.tls.ca_file"):
+        assert f"{field}: {tmp_path}" in problems and "does not exist" in problems, problems
+    assert "agent.tls" not in problems
+    with pytest.raises(ConfigError) as agent:
+        parse_config(text, environ={"OPERATOR_TOKEN": "x"}, check_files=("agent",))
+    assert {p.split(":")[0] for p in agent.value.problems} == {"agent.tls.ca_file", "agent.tls.cert_file",
+                                                               "agent.tls.key_file"}
+    for name in ("s.crt", "s.key", "ca.crt", "c.crt", "c.key", "r.crt"):
+        (tmp_path / name).write_text("pem")
+    (tmp_path / "c.key").chmod(0o000)
+    (tmp_path / "r.crt").unlink()
+    (tmp_path / "r.crt").mkdir()
+    with pytest.raises(ConfigError) as unreadable:
+        parse_config(text, environ={"OPERATOR_TOKEN": "x"}, check_files=("coordinator", "agent"))
+    problems = unreadable.value.problems
+    assert any(p.startswith("scaling.redis.tls.ca_file:") and "is a directory" in p for p in problems), problems
+    import os
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        assert any(p.startswith("agent.tls.key_file:") and "cannot be read" in p for p in problems), problems
+
+
+def test_validate_checks_tls_files_when_asked_and_roles_at_start(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("agent:\n  tls: {enabled: true, ca_file: /nonexistent/ca.crt}\n")
+
+    def dbintel(*args):
+        return subprocess.run([sys.executable, "-m", "dbintel.cli", *args], capture_output=True, text=True, timeout=60)
+    assert dbintel("validate", str(path)).returncode == 0  # away from the pods, paths are not checked
+    for role in ("agent", "all"):
+        checked = dbintel("validate", "--check-files", role, str(path))
+        assert checked.returncode == 1 and "agent.tls.ca_file: /nonexistent/ca.crt does not exist" in checked.stderr
+    assert dbintel("validate", "--check-files", "coordinator", str(path)).returncode == 0
+    started = dbintel("agent", "--config", str(path))
+    assert started.returncode == 2 and "agent.tls.ca_file: /nonexistent/ca.crt does not exist" in started.stderr
+
+
+def test_huge_durations_are_config_errors():
+    with pytest.raises(ConfigError) as bad:
+        parse_config("scaling: {redis: {leader_ttl: 99999999999h}}", environ={})
+    assert "scaling.redis.leader_ttl: duration '99999999999h' is too long" in str(bad.value)

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -168,6 +169,7 @@ class RedisScalingStore(ScalingStore):
 
     def __init__(self, settings: RedisSettings, *, operation_timeout: float = 1.0):
         self._prefix = settings.key_prefix
+        self._address = settings.address
         host, _, port = settings.address.rpartition(":")
         password = resolve_secret(settings.password)
         # A blocking pool: under a burst, an operation waits for a free connection instead of failing
@@ -200,10 +202,19 @@ class RedisScalingStore(ScalingStore):
 
     async def _call(self, operation):
         """Run one Redis operation, mapping transport trouble to StoreUnavailable (never leaking args)."""
+        # Messages name the address and the settings to check; redis-py's own texts carry no credentials.
         try:
             return await operation
+        except (AuthenticationError, AuthenticationWrongNumberOfArgsError):
+            raise StoreUnavailable(f"redis {self._address}: authentication failed (check scaling.redis.username "
+                                   "and scaling.redis.password)") from None
+        except NoPermissionError:
+            raise StoreUnavailable(f"redis {self._address}: the ACL user lacks a permission dbintel needs "
+                                   "(keys under key_prefix, EVALSHA/EVAL, PUBLISH/SUBSCRIBE, TIME)") from None
         except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}") from None
+            detail = str(exc) if isinstance(exc, RedisConnectionError) else ""
+            raise StoreUnavailable(f"redis {self._address} unreachable: {type(exc).__name__}"
+                                   + (f" ({detail})" if detail else "")) from None
         except ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 raise FencedError("lease lost: another coordinator leads now") from None
