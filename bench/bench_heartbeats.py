@@ -19,6 +19,10 @@ sampled by the generator at the exact edges of each measured window. Prints the 
 the "## Coordinator heartbeat throughput" section of docs/benchmarks.md (other sections are kept).
 `--profile` adds one more run per mode at the largest agent count with py-spy sampling the
 coordinator during the idle and the saturated phase (its figures are not used in the tables).
+`--baseline DIR` runs every scenario twice, back to back: once with the `dbintel` package found in
+DIR (e.g. a copy of services/ from before a change, as DIR/dbintel) and once with this tree, and adds
+a before/after table. Raw figures go to docs/data/bench_heartbeats.json (top-level `series`, `unit`,
+`command`) for bench/plots.py.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import json
 import psutil
 import yaml
 
@@ -55,6 +60,7 @@ if str(REPO) not in sys.path:  # tests.servers (RedisServer, free_port) lives at
     sys.path.insert(0, str(REPO))
 
 SECTION = "## Coordinator heartbeat throughput"
+DATA = REPO / "docs" / "data" / "bench_heartbeats.json"
 HEARTBEAT_METHOD = "/dbintel.v1.AgentService/Heartbeat"
 DEFAULT_INTERVAL_S = 30.0  # scaling.coordinator.heartbeat_interval default
 HEADROOM = 0.5  # plan to run a replica at half of what saturates it
@@ -393,6 +399,7 @@ def wait_ready(health_port: int, process: subprocess.Popen, timeout: float = 30.
 class Scenario:
     mode: str
     agents: int
+    code: str = "this tree"  # or "baseline": the --baseline package
     setup: dict = field(default_factory=dict)
     phases: dict[str, dict] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -403,9 +410,9 @@ class Runner:
     def __init__(self, args, workdir: Path, redis):
         self.args, self.workdir, self.redis = args, workdir, redis
 
-    def run(self, mode: str, agents: int, profile_prefix: Path | None = None) -> Scenario:
+    def run(self, mode: str, agents: int, profile_prefix: Path | None = None, baseline: str | None = None) -> Scenario:
         from tests.servers import free_port
-        scenario = Scenario(mode, agents)
+        scenario = Scenario(mode, agents, "baseline" if baseline else "this tree")
         started = time.monotonic()
         if mode == "redis":
             client = self.redis.client()
@@ -415,9 +422,11 @@ class Runner:
         write_config(config, mode, agents, self.redis if mode == "redis" else None)
         grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
         env = dict(os.environ)
+        if baseline:  # the coordinator imports `dbintel` from there (PYTHONPATH precedes the editable install)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
         if mode == "redis":
             env[REDIS_PASSWORD_ENV] = self.redis.password
-        log = open(self.workdir / f"coordinator-{mode}-{agents}.log", "w")
+        log = open(self.workdir / f"coordinator-{mode}-{agents}{'-baseline' if baseline else ''}.log", "w")
         coordinator = subprocess.Popen(
             [sys.executable, "-m", "dbintel.cli", "--log-level", "warning", "coordinator", "--config", str(config),
              "--grpc-listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
@@ -584,10 +593,38 @@ def pct(seconds: float, wall: float) -> str:
     return f"{100 * seconds / wall:.0f}"
 
 
-def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
-    command = "python bench/bench_heartbeats.py" + "".join(
+def command_line(args) -> str:
+    return "python bench/bench_heartbeats.py" + "".join(
         f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS
-        if getattr(args, k) != DEFAULTS[k]) + (" --profile" if args.profile else "")
+        if getattr(args, k) != DEFAULTS[k]) + (" --profile" if args.profile else "") + (
+        f" --baseline DIR --baseline-label '{args.baseline_label}'" if args.baseline else "")
+
+
+def write_data(args, scenarios: list[Scenario], baselines: list[Scenario]) -> None:
+    """Raw figures for bench/plots.py: one series per (code, mode), one point per agent count."""
+    series = {}
+    for s in baselines + scenarios:
+        fit = background_fit([x for x in (baselines if s.code == "baseline" else scenarios) if x.mode == s.mode])
+        d = derived(s, fit)
+        label = f"{s.mode}, baseline" if s.code == "baseline" else s.mode
+        series.setdefault(label, []).append({
+            "agents": s.agents, "heartbeats_per_s": d["hb_rate"],
+            "paced_p50_ms": s.phases["paced"]["p50_ms"], "paced_p99_ms": s.phases["paced"]["p99_ms"],
+            "saturated_p50_ms": s.phases["saturated"]["p50_ms"], "saturated_p99_ms": s.phases["saturated"]["p99_ms"],
+            "idle_cpu_share": d["idle_cpu_per_s"], "cpu_ms_per_heartbeat": d["marginal_ms"],
+            "agents_per_replica_model": d["agents_model"]})
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    DATA.write_text(json.dumps({
+        "bench": "heartbeats", "command": command_line(args),
+        "unit": {"heartbeats_per_s": "1/s", "paced_p50_ms": "ms", "paced_p99_ms": "ms", "saturated_p50_ms": "ms",
+                 "saturated_p99_ms": "ms", "idle_cpu_share": "share of one core", "cpu_ms_per_heartbeat": "ms",
+                 "agents_per_replica_model": "agents at the default 30 s heartbeat, 50% of a core"},
+        "series": series, "baseline": args.baseline_label if baselines else None,
+        "default_heartbeat_interval_s": DEFAULT_INTERVAL_S, "machine": machine_line()}, indent=1))
+
+
+def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines: list[Scenario] = ()) -> str:
+    command = command_line(args)
     fits = {mode: background_fit([s for s in scenarios if s.mode == mode]) for mode in {s.mode for s in scenarios}}
     lines = [
         SECTION, "",
@@ -698,21 +735,26 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         "that grows with the fleet with no heartbeat at all. Fitted over the runs (least squares), idle CPU ≈ "
         f"{fit_text} (share of a core). The *model* column solves idle(N) + N ÷ 30 s × per-heartbeat CPU = "
         "0.5 core for N: it, not heartbeats/s × 30, is the capacity to plan with. It extrapolates linearly "
-        "beyond the largest run and ignores latency: a leader step over N agents also holds the event loop "
-        "proportionally longer (next paragraph), so treat it as an upper bound.",
+        "beyond the largest run and ignores latency: a full leader step (after a membership event) still "
+        "holds the event loop in proportion to the fleet (next paragraph), so treat it as an upper bound.",
         "",
-        "**What grows with the fleet is the leader step, not the heartbeat path.** Per-heartbeat CPU stays "
-        "within the run-to-run noise as the fleet grows; idle CPU does not. Without events the leader steps "
-        f"every {tick_text}, and after membership events (coalesced); each step re-reads the whole store "
-        "(`read_agents`: every agent's record with its current set and poll statistics, decoded from JSON in "
-        "redis mode; the target; every assignment), rebuilds the inventory from the config "
-        "(`LeaderLoop._inventory`, one `InventoryItem` per database) and runs `plan_step` over the whole "
-        "fleet, even when nothing changed since the previous step. A step is one long stretch on the event "
-        "loop, so heartbeats that arrive meanwhile wait for it: that stall is the p99 at the paced rate "
-        f"({p99_text}). The 5 s gauge refresh (`Coordinator._refresh_gauges`) re-reads every agent as well. "
-        "Only the leader runs the step: a follower replica pays the heartbeat path and the gauges.",
+        "**The leader step no longer grows with the fleet while nothing changes.** The leader wakes every "
+        f"{tick_text}, and on membership events (coalesced). A full step re-reads the whole store (every agent's "
+        "record with its current set and poll statistics, decoded from JSON in redis mode; the target; every "
+        "assignment) and runs `plan_step` over the whole fleet, one long stretch on the event loop during which "
+        "heartbeats wait. It now runs only when something may have changed: an event since the last step (an "
+        "agent joined, left, acknowledged an assignment or reported a different set; the inventory was "
+        "reloaded), a pending join or operator request, the periodic rebalance, or the store clock reaching the "
+        "earliest moment any member could expire (`planning.expiry_deadline_ms`: heartbeats only push that "
+        "later, so a skipped tick cannot miss an expiry). Otherwise a tick costs one read of the store's clock. "
+        "With a steady fleet the full step therefore runs about once per node_timeout − heartbeat_interval "
+        "instead of every tick. What is left of the idle CPU is mostly the 5 s gauge refresh "
+        "(`Coordinator._refresh_gauges`), which still re-reads every agent's record; a follower replica pays "
+        f"that and the heartbeat path. Paced p99 latency: {p99_text}.",
         "",
     ]
+    if baselines:
+        lines += render_comparison(args, scenarios, list(baselines))
     for s in profiles:
         idle_total, idle_activities, _ = summarize_profile(Path(s.profiles["idle"]))
         total, activities, hottest = summarize_profile(Path(s.profiles["saturated"]))
@@ -732,9 +774,35 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario]) -> str:
         validating, serving = shares.get("validation.py heartbeat"), shares.get("agent_service.py AgentServicer._read")
         if validating and serving:
             lines += [f"Of the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
-                      f"(`validation.heartbeat`) takes {validating:.0f}%: `_status` runs for each of the agent's "
-                      "databases on every heartbeat.", ""]
+                      f"(`validation.heartbeat`) takes {validating:.0f}%: every heartbeat reads every field of each "
+                      "of the agent's database statuses from the protobuf message and builds one `PollStatus` per "
+                      "database (`validation._statuses`).", ""]
     return "\n".join(lines)
+
+
+def render_comparison(args, scenarios: list[Scenario], baselines: list[Scenario]) -> list[str]:
+    lines = [f"### Before / after: {args.baseline_label}", "",
+             f"Each scenario ran twice back to back, first with the coordinator code {args.baseline_label} "
+             "(a copy of services/ with the previous leader.py, planning.py, agent_service.py and validation.py), "
+             "then with this tree, so both saw the same machine. Idle CPU is the leader's and the gauges' "
+             "background work with no heartbeat: the direct measure of the leader step. p99 at 50% is where a "
+             "leader step stalls heartbeats, but any stall shows there, including other jobs taking the CPU "
+             "(*others CPU %* in the first table): on a busy machine read that column as noise-bound.", "",
+             "| mode | agents | idle CPU % of a core (before → after) | p99 ms at 50% (before → after) | "
+             "heartbeats/s saturated (before → after) | CPU ms per heartbeat, marginal (before → after) | "
+             "model: agents at 50% of a core (before → after) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    fits_before = {m: background_fit([s for s in baselines if s.mode == m]) for m in {s.mode for s in baselines}}
+    fits_after = {m: background_fit([s for s in scenarios if s.mode == m]) for m in {s.mode for s in scenarios}}
+    for before in baselines:
+        after = next(s for s in scenarios if s.mode == before.mode and s.agents == before.agents)
+        b, a = derived(before, fits_before[before.mode]), derived(after, fits_after[after.mode])
+        lines.append(f"| {before.mode} | {before.agents:,} | {100 * b['idle_cpu_per_s']:.1f} → {100 * a['idle_cpu_per_s']:.1f} | "
+                     f"{before.phases['paced']['p99_ms']:.0f} → {after.phases['paced']['p99_ms']:.0f} | "
+                     f"{b['hb_rate']:,.0f} → {a['hb_rate']:,.0f} | {b['marginal_ms']:.3f} → {a['marginal_ms']:.3f} | "
+                     f"{b['agents_model']:,.0f} → {a['agents_model']:,.0f} |")
+    lines.append("")
+    return lines
 
 
 # Per scenario: idle 10 s (two leader ticks at the default interval) + 2 × (1 s warm-up + 4 s) = 20 s of load.
@@ -755,7 +823,11 @@ def main() -> int:
                         help="most seconds for the agents' registration and placement to settle")
     parser.add_argument("--profile", action="store_true",
                         help="one extra py-spy-profiled run per mode at the largest agent count")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run each scenario with the dbintel package in DIR (DIR/dbintel), for before/after")
+    parser.add_argument("--baseline-label", default="before",
+                        help="what the baseline is, for the before/after table (e.g. a commit)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
     counts = [int(x) for x in args.agents.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
@@ -763,38 +835,46 @@ def main() -> int:
     from tests.servers import RedisServer
     workdir = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
     redis = RedisServer().start() if "redis" in modes else None
-    scenarios, profiles = [], []
+    scenarios, profiles, baselines = [], [], []
+
+    def check(scenario: Scenario) -> None:
+        d, sat = derived(scenario, background_fit([scenario])), scenario.phases["saturated"]
+        print(f"{scenario.mode:6} {scenario.agents:5} agents ({scenario.code}): {d['hb_rate']:8.0f} hb/s saturated, "
+              f"p50/p99 {scenario.phases['paced']['p50_ms']:.1f}/{scenario.phases['paced']['p99_ms']:.1f} ms at 50%, "
+              f"idle CPU {100 * d['idle_cpu_per_s']:.1f}%, coordinator CPU {100 * sat['coordinator_cpu_s'] / sat['wall_s']:.0f}%, "
+              f"generator {100 * sat['generator_cpu_s'] / sat['wall_s']:.0f}%, {scenario.wall_s:.0f} s",
+              file=sys.stderr, flush=True)
+        where = f"{scenario.mode}/{scenario.agents}/{scenario.code}"
+        for kind, phase in scenario.phases.items():
+            if phase["unanswered"] or phase["stream_ends"] or phase["sent"] != phase["answered"]:
+                raise RuntimeError(f"{where}/{kind}: not every heartbeat was answered: {phase}")
+            if int(phase["coordinator_counted"]) != phase["sent"]:
+                raise RuntimeError(f"{where}/{kind}: the coordinator counted {phase['coordinator_counted']:.0f} "
+                                   f"heartbeats, the generator sent {phase['sent']}")
+            if phase["assignment_responses"] or phase["unsolicited"] or phase["degraded"]:
+                print(f"WARNING {where}/{kind}: {phase['degraded']} degraded replies, "
+                      f"{phase['assignment_responses']} assignments while measuring", file=sys.stderr)
+
     try:
         runner = Runner(args, workdir, redis)
         for mode in modes:
             for count in counts:
+                if args.baseline:  # back to back, so both see the same machine
+                    baselines.append(runner.run(mode, count, baseline=args.baseline))
+                    check(baselines[-1])
                 scenario = runner.run(mode, count)
                 scenarios.append(scenario)
-                d, sat = derived(scenario, background_fit([scenario])), scenario.phases["saturated"]
-                print(f"{mode:6} {count:5} agents: {d['hb_rate']:8.0f} hb/s saturated, p50/p99 "
-                      f"{scenario.phases['paced']['p50_ms']:.1f}/{scenario.phases['paced']['p99_ms']:.1f} ms at 50%, "
-                      f"coordinator CPU {100 * sat['coordinator_cpu_s'] / sat['wall_s']:.0f}%, generator "
-                      f"{100 * sat['generator_cpu_s'] / sat['wall_s']:.0f}%, {scenario.wall_s:.0f} s",
-                      file=sys.stderr, flush=True)
-                for kind, phase in scenario.phases.items():
-                    if phase["unanswered"] or phase["stream_ends"] or phase["sent"] != phase["answered"]:
-                        raise RuntimeError(f"{mode}/{count}/{kind}: not every heartbeat was answered: {phase}")
-                    if int(phase["coordinator_counted"]) != phase["sent"]:
-                        raise RuntimeError(f"{mode}/{count}/{kind}: the coordinator counted "
-                                           f"{phase['coordinator_counted']:.0f} heartbeats, the generator sent "
-                                           f"{phase['sent']}")
-                    if phase["assignment_responses"] or phase["unsolicited"] or phase["degraded"]:
-                        print(f"WARNING {mode}/{count}/{kind}: {phase['degraded']} degraded replies, "
-                              f"{phase['assignment_responses']} assignments while measuring", file=sys.stderr)
+                check(scenario)
         if args.profile:
             for mode in modes:
                 profiles.append(runner.run(mode, max(counts), profile_prefix=workdir / f"profile-{mode}"))
     finally:
         if redis is not None:
             redis.close()
-    text = render(args, scenarios, profiles)
+    text = render(args, scenarios, profiles, baselines)
     print(text)
     if not args.no_write:
+        write_data(args, scenarios, baselines)
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     if args.profile:

@@ -62,6 +62,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self.sessions: dict[str, Session] = {}
         self._fanout: asyncio.Task | None = None
         self._subscription = None
+        self._interval_cache: tuple[object, Duration] | None = None  # (config it came from, its heartbeat_interval)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,8 +171,12 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         session.outbox.put_nowait(response)
 
     def _response(self, degraded: bool) -> pb.HeartbeatResponse:
-        interval = Duration()
-        interval.FromTimedelta(self._timing().heartbeat_interval)
+        config = self._config_source()
+        if self._interval_cache is None or self._interval_cache[0] is not config:  # rebuilt on reload only
+            interval = Duration()
+            interval.FromTimedelta(config.scaling.coordinator.heartbeat_interval)
+            self._interval_cache = (config, interval)
+        interval = self._interval_cache[1]
         return pb.HeartbeatResponse(degraded=degraded, heartbeat_interval=interval, coordinator_id=self._id,
                                     leader_epoch=self._leader_epoch())
 

@@ -4,6 +4,12 @@
 renewal says the lease is someone else's (or when it could not renew for a whole ttl). `LeaderLoop`
 runs only while this replica leads: it wakes on store events (an agent joined, left or acked a
 hand-off) or every tick, computes one step with `planning.plan_step` and writes it fenced.
+
+A tick with nothing to do is cheap: unless an event arrived since the last full step, a join is
+settling, an operator request or the periodic rebalance is due, or the store clock has reached the
+earliest moment any member could expire (`planning.expiry_deadline_ms`), the leader reads only the
+store's clock, not the whole fleet. Heartbeats that change nothing publish no event and only push
+expiry later, so skipping then cannot miss a decision.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Awaitable, Callable
 from dbintel.common.config import Config
 
 from .engine.assignment import Move, spread
-from .planning import InventoryItem, StepInput, StepPlan, moves_between, plan_step
+from .planning import InventoryItem, StepInput, StepPlan, expiry_deadline_ms, moves_between, plan_step
 from .store.base import ScalingStore, StoreEvent
 from .store.records import FencedError, Lease, StoreUnavailable
 from .telemetry import CoordinatorMetrics
@@ -138,8 +144,15 @@ class LeaderLoop:
         self._inventory_cache: tuple[Config, dict[str, InventoryItem]] | None = None
         self._inventory_version = None
         self.last_plan: StepPlan | None = None
+        # Whether the store may hold something the last full step did not see (an event came, a
+        # step failed or wrote something); and, on the store clock, when a member could next expire.
+        self._dirty = True
+        self._expiry_due_ms: int | None = None
+        self._expiry_due_at = float("inf")  # the same moment on time.monotonic(), to time the wake-up
+        self.full_steps = self.skipped_steps = 0
 
     def wake(self) -> None:
+        self._dirty = True
         self._wake.set()
 
     def inventory_changed(self) -> None:
@@ -191,6 +204,7 @@ class LeaderLoop:
         while True:
             if not self._leadership.is_leader:
                 self._known_live = None
+                self._dirty = True
                 self._fail_pending("not the leader")
                 await self._leadership.changed.wait()
                 self._leadership.changed.clear()
@@ -199,10 +213,13 @@ class LeaderLoop:
             try:
                 await self._step_once()
             except FencedError:
+                self._dirty = True
                 log.warning("a leader write was fenced off: another coordinator leads now")
             except StoreUnavailable:
+                self._dirty = True
                 self._metrics.store_errors.labels("leader_step").inc()
             except Exception:  # a bug must not end leadership silently: log and go on
+                self._dirty = True
                 log.exception("leader step failed")
             self._last_step_seconds = time.perf_counter() - started
             with contextlib.suppress(asyncio.TimeoutError):
@@ -221,7 +238,19 @@ class LeaderLoop:
             due = min(self._last_join + settle,
                       self._first_pending_join + timing.min_rebalance_interval.total_seconds())
             wait = min(wait, max(0.05, due - time.monotonic()))
+        until_expiry = self._expiry_due_at - time.monotonic()
+        if until_expiry > 0:  # wake when the first member could expire, not up to a tick later
+            wait = min(wait, until_expiry + 0.01)
         return wait
+
+    async def _needs_full_step(self, timing, now: float) -> bool:
+        if (self._dirty or self._known_live is None or self._first_pending_join is not None
+                or not self._requests.empty() or self._expiry_due_ms is None):
+            return True
+        if (now - self._last_periodic >= timing.rebalance_interval.total_seconds()
+                and now - self._last_balance >= timing.min_rebalance_interval.total_seconds()):
+            return True
+        return await self._store.now_ms() >= self._expiry_due_ms
 
     def _fail_pending(self, why: str) -> None:
         while not self._requests.empty():
@@ -235,6 +264,12 @@ class LeaderLoop:
             return
         config = self._config_source()
         timing = config.scaling.coordinator
+        if not await self._needs_full_step(timing, time.monotonic()):
+            self.skipped_steps += 1
+            return
+        self.full_steps += 1
+        self._dirty = False  # cleared before reading: an event that arrives during the step sets it again
+        self._expiry_due_ms, self._expiry_due_at = None, float("inf")
         step = await self._read_input(config)
         now = time.monotonic()
 
@@ -265,6 +300,7 @@ class LeaderLoop:
 
         request = None if self._requests.empty() else self._requests.get_nowait()
         if request is not None:
+            self._dirty = True  # the request may have written; the next tick takes a normal step
             await self._serve_request(request, lease, step)
             return
 
@@ -278,6 +314,7 @@ class LeaderLoop:
                 or now - self._took_over_at < min(JOIN_SETTLE_S, timing.heartbeat_interval.total_seconds())):
             # Nothing placed yet (a new cluster, or a store that lost its data): let the agents
             # register (or re-register) first, so the first placement is balanced and sticky.
+            self._dirty = True
             return
         plan = plan_step(step, balance=balance, cost_rebalance=cost_rebalance,
                          reason=reason or self._reason_for(step))
@@ -285,6 +322,12 @@ class LeaderLoop:
         if balance:
             self._first_pending_join, self._last_balance = None, now
         self._known_live = live_now - set(plan.expired)
+        if plan.is_noop:
+            self._expiry_due_ms = expiry_deadline_ms(step.agents, step.now_ms, step.node_timeout_ms,
+                                                     step.grace_from_ms)
+            self._expiry_due_at = now + (self._expiry_due_ms - step.now_ms) / 1000.0
+        else:
+            self._dirty = True  # look once more after a write: its effects (expiries, epochs) are in the store now
 
     def _reason_for(self, step: StepInput) -> str:
         if set(step.target) != set(step.inventory):

@@ -65,6 +65,18 @@ def liveness(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: in
     return sorted(live), sorted(expire)
 
 
+def expiry_deadline_ms(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int,
+                       grace_from_ms: int = 0) -> int:
+    """The first store time at which `liveness` could expire a member of `agents`. A heartbeat only
+    moves it later, so until then a leader step with no event in between has nothing to expire.
+    Capped at one node_timeout after `now_ms`, so the leader re-reads the store at least that often."""
+    deadline = now_ms + node_timeout_ms
+    for record in agents.values():
+        if record.is_member:
+            deadline = min(deadline, max(record.last_heartbeat_ms, grace_from_ms) + node_timeout_ms + 1)
+    return deadline
+
+
 def _may_be_polling(step: StepInput, agent_id: str) -> frozenset[str]:
     """What an agent may be polling: what it reports, plus everything granted by assignments it has
     not acknowledged yet (it may still apply them). Otherwise a database granted to A and retargeted

@@ -44,6 +44,7 @@ def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
 
 
 def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current") -> tuple[str, PollStatus]:
+    """One status, checked field by field: names the first bad field. The slow path of `_statuses`."""
     field = f"{name}[{index}]"
     if not status.resource_id:
         raise InvalidArgument(f"{field}.resource_id: required")
@@ -59,6 +60,21 @@ def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current")
     return status.resource_id, PollStatus(last_poll_ms=last_ms,
                                           duration_ms=duration.seconds * 1000 + duration.nanos / 1e6,
                                           polls=status.polls_total, errors=status.errors_total, up=status.up)
+
+
+def _statuses(statuses, name: str) -> dict[str, PollStatus]:
+    """Every status of a heartbeat (this runs for each database of each heartbeat, so it reads each
+    protobuf field once and builds no error text); any bad entry goes through `_status` for its message."""
+    out = {}
+    for index, status in enumerate(statuses):
+        rid, last, duration = status.resource_id, status.last_poll_time, status.last_poll_duration
+        last_s, duration_s, duration_ns = last.seconds, duration.seconds, duration.nanos
+        if (not rid or len(rid) > 1024 or last_s < 0 or duration_s < 0 or duration_ns < 0
+                or duration_s > 86_400 or _CONTROL.search(rid)):
+            _status(index, status, name)  # raises, naming the field
+        out[rid] = PollStatus(last_s * 1000 + last.nanos // 1_000_000, duration_s * 1000 + duration_ns / 1e6,
+                              status.polls_total, status.errors_total, status.up)
+    return out
 
 
 def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration | None,
@@ -77,10 +93,10 @@ def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration 
         raise InvalidArgument(f"current: more than {MAX_RESOURCES_PER_REPORT} entries")
     if len(request.released) > MAX_RESOURCES_PER_REPORT:
         raise InvalidArgument(f"released: more than {MAX_RESOURCES_PER_REPORT} entries")
-    current = dict(_status(i, s) for i, s in enumerate(request.current))
+    current = _statuses(request.current, "current")
     if len(current) != len(request.current):
         raise InvalidArgument("current: a resource_id appears twice")
-    released = dict(_status(i, s, "released") for i, s in enumerate(request.released))
+    released = _statuses(request.released, "released") if request.released else {}
     return HeartbeatReport(agent_id=agent, registration=reg, applied_epoch=request.applied_assignment_epoch,
                            current=current, coordinator_id=coordinator_id, released=released)
 
