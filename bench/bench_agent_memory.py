@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from report import DOC, machine_line, write_section  # bench/report.py
+from report import DOC, image_link, machine_line, write_data, write_section  # bench/report.py
 from servers import AgentProcess, WidePostgresServer, metric_by_resource  # bench/servers.py
 
 from tests.servers import RedisServer
@@ -85,9 +85,13 @@ def measure(pg: WidePostgresServer, rd: RedisServer, pg_count: int, redis_count:
         }
 
 
-def render(args, rows: list[dict]) -> str:
-    command = "python bench/bench_agent_memory.py" + "".join(
+def command_line(args) -> str:
+    return "python bench/bench_agent_memory.py" + "".join(
         f" --{k} {getattr(args, k):g}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+
+
+def render(args, rows: list[dict]) -> str:
+    command = command_line(args)
     idle = rows[0]
     lines = [
         SECTION, "", machine_line(),
@@ -124,6 +128,8 @@ def render(args, rows: list[dict]) -> str:
         "freed if it exited). Per database over idle = (RSS with N databases − idle RSS) / N: it includes the "
         "one-time import of the drivers and collectors of the types in use. Marginal = the RSS difference to "
         "the reference run, per database added: what one more database of that kind costs.",
+        "",
+        image_link("agent_memory", "Agent memory by monitored databases"),
         "",
     ]
     return "\n".join(lines)
@@ -168,6 +174,9 @@ def main() -> int:
     text = render(args, rows)
     print(text)
     if not args.no_write:
+        write_data("agent_memory", {"command": command_line(args), "machine": machine_line(),
+                                    "unit": {"rss": "bytes", "uss": "bytes"}, "interval_s": args.interval,
+                                    "series": rows})
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0

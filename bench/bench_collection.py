@@ -46,7 +46,7 @@ import pymysql
 import yaml
 from pydantic import SecretStr
 
-from report import DOC, machine_line, write_section  # bench/report.py
+from report import DOC, MachineLoad, image_link, machine_line, write_data, write_section  # bench/report.py
 from servers import (AgentProcess, metric_total, process_cpu_seconds, sample_lines,  # bench/servers.py, which
                      scrape)  # also puts the repo root on sys.path
 
@@ -55,7 +55,7 @@ from dbintel.common.config import DatabaseConfig
 from tests.servers import MariaDBServer, PostgresServer, RedisServer, free_port
 
 SECTION = "## Collection cost vs the peer exporters"
-DEFAULTS = {"rounds": 5, "collections": 10, "agent_polls": 3}
+DEFAULTS = {"rounds": 5, "collections": 10, "agent_polls": 3, "growth_rounds": 3}
 PG_PASSWORD_ENV, MARIADB_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_MARIADB_PASSWORD", \
     "BENCH_REDIS_PASSWORD"
 AGENT_INTERVAL = 1.0  # the shortest interval the config allows
@@ -69,6 +69,9 @@ TARGET_STATEMENTS = {"postgresql": 5, "mysql": 5, "redis": 3}
 # The peers' server-settings samples: many lines from one statement, told apart in the notes.
 SETTINGS_PREFIXES = {"postgresql": "pg_settings_", "mysql": "mysql_global_variables_"}
 EXTRA_TABLES, EXTRA_REDIS_DBS, KEYS_PER_DB = 200, 16, 200
+# The server-size growth: PostgreSQL databases / MariaDB schemas on the server (the first is the app's),
+# each extra one with TABLES_PER_EXTRA tables × 1 secondary index.
+GROWTH_SIZES, TABLES_PER_EXTRA = (1, 10, 50), 5
 
 
 def database_lines(lines: list[str]) -> list[str]:
@@ -576,6 +579,40 @@ def grow_mariadb(server: MariaDBServer) -> None:
         for i in range(1, EXTRA_TABLES + 1)), database=server.app_database)
 
 
+def add_postgres_databases(server: PostgresServer, total: int) -> None:
+    """Extra databases bench_db2..bench_db<total>, TABLES_PER_EXTRA small tables each."""
+    existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
+    tables = "\n".join(f"CREATE TABLE t{j} (id int PRIMARY KEY, k int NOT NULL);\n"
+                       f"CREATE INDEX t{j}_k_idx ON t{j} (k);\n"
+                       f"INSERT INTO t{j} SELECT g, g % 10 FROM generate_series(1, 20) g;"
+                       for j in range(TABLES_PER_EXTRA))
+    for i in range(2, total + 1):
+        if f"bench_db{i}" not in existing:
+            server.execute(f"CREATE DATABASE bench_db{i}")
+            server.execute(tables, database=f"bench_db{i}")
+
+
+def add_mariadb_schemas(server: MariaDBServer, total: int) -> None:
+    """Extra schemas bench_s2..bench_s<total>, TABLES_PER_EXTRA tables each, written and read through their
+    index once (so performance_schema has their table and index I/O rows, as on a live server)."""
+    existing = {row[0] for row in server.execute("SHOW DATABASES")}
+    for i in range(2, total + 1):
+        if f"bench_s{i}" in existing:
+            continue
+        server.execute(f"CREATE DATABASE bench_s{i};\nUSE bench_s{i};\n" + "\n".join(
+            f"CREATE TABLE bench_s{i}.t{j} (id INT PRIMARY KEY, k INT NOT NULL, KEY t{j}_k_idx (k)) ENGINE=InnoDB;\n"
+            f"INSERT INTO bench_s{i}.t{j} SELECT seq, seq % 10 FROM seq_1_to_20;\n"
+            f"SELECT count(*) FROM bench_s{i}.t{j} WHERE k = 1;" for j in range(TABLES_PER_EXTRA)))
+
+
+def drop_growth(pg: PostgresServer, maria: MariaDBServer) -> None:
+    """Back to one database / schema, so the many-tables scenario measures what it always did."""
+    for (name,) in pg.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench_db%'"):
+        pg.execute(f"DROP DATABASE {name}")
+    for (name,) in maria.execute("SHOW DATABASES LIKE 'bench\\_s%'"):
+        maria.execute(f"DROP DATABASE {name}")
+
+
 def fill_redis(server: RedisServer, databases: int, keys: int) -> None:
     for db in range(databases):
         client = server.client(db=db)
@@ -670,7 +707,40 @@ def verdicts(tallies: list[Tally]) -> list[str]:
     return out
 
 
+def tally_data(results: dict[str, list[Tally]]) -> dict[str, list[dict]]:
+    """scenario -> one record per contender, for docs/data/collection.json and bench/plots.py."""
+    out = {}
+    for scenario, tallies in results.items():
+        out[scenario] = [{"name": t.contender.name, "kind": t.contender.kind, "family": t.contender.family,
+                          "path": type(t.contender).__name__, "cpu_ms": t.cpu_ms,
+                          "cpu_us_per_sample": t.cpu_us_per_sample, "samples": t.samples[0],
+                          "all_lines": t.samples[1], "statements": t.statements, "connections": t.connections,
+                          "latency_ms": t.latency_ms} for t in tallies]
+    return out
+
+
+def command_line(args) -> str:
+    return "python bench/bench_collection.py" + "".join(
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+
+
 async def main_async(args) -> int:
+    with MachineLoad() as noise:
+        results, profiles = await measure_all(args)
+    text = render(args, results, profiles, noise)
+    print(text)
+    if not args.no_write:
+        write_data("collection", {"command": command_line(args), "machine": machine_line(), "noise": noise.as_dict(),
+                                  "unit": {"cpu_ms": "CPU ms per collection", "cpu_us_per_sample": "CPU µs per "
+                                           "database sample", "statements": "statements per collection",
+                                           "samples": "database samples per collection", "latency_ms": "ms"},
+                                  "growth_sizes": list(GROWTH_SIZES), "series": tally_data(results)})
+        write_section(SECTION, text)
+        print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
+    return 0
+
+
+async def measure_all(args):
     pg, maria, rd = PostgresServer(), MariaDBServer(), RedisServer()
     targets: list[Target] = []
     work = Path(tempfile.mkdtemp(prefix="dbintel-bench-collection-"))
@@ -707,6 +777,12 @@ async def main_async(args) -> int:
                      {"REDIS_PASSWORD": rd.password}, "redis_exporter_last_scrape_error"),
         ]
         results["small"] = await run_scenario(args, targets, "small", profiles["small"])
+        growth_args = argparse.Namespace(**{**vars(args), "rounds": args.growth_rounds, "no_profile": True})
+        for size in GROWTH_SIZES[1:]:  # size 1 is the small scenario
+            add_postgres_databases(pg, size)
+            add_mariadb_schemas(maria, size)
+            results[f"databases-{size}"] = await run_scenario(growth_args, targets[:2], f"{size} databases", {})
+        drop_growth(pg, maria)
         grow_postgres(pg)
         grow_mariadb(maria)
         fill_redis(rd, EXTRA_REDIS_DBS, KEYS_PER_DB)
@@ -719,20 +795,61 @@ async def main_async(args) -> int:
         for server in (pg, maria, rd):
             server.close()
         shutil.rmtree(work, ignore_errors=True)
-    text = render(args, results, profiles)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
-    return 0
+    return results, profiles
 
 
-def render(args, results, profiles) -> str:
-    command = "python bench/bench_collection.py" + "".join(
-        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+def growth_lines(results: dict[str, list[Tally]], rounds: int) -> list[str]:
+    """The server-size growth table: each PostgreSQL / MariaDB contender at 1, 10 and 50 databases."""
+    scenarios = ["small", *(f"databases-{n}" for n in GROWTH_SIZES[1:])]
+    if not all(s in results for s in scenarios):
+        return []
+    sizes = " / ".join(str(n) for n in GROWTH_SIZES)
+    lines = [f"### Many databases (PostgreSQL databases / MariaDB schemas on the server: {sizes})", "",
+             f"The same contenders (Redis aside) with {sizes} databases on the PostgreSQL server and as many schemas "
+             f"on the MariaDB server (the app's plus extra ones of {TABLES_PER_EXTRA} tables × 1 index each, every "
+             f"table written and read once), {rounds} rounds each (the 1-database figures are the small-schema run's). Each cell reads {sizes}.", "",
+             "| contender | database samples | CPU ms / collection | statements / collection | latency ms |",
+             "|---|---:|---:|---:|---:|"]
+    by_name = {s: {t.contender.name: t for t in results[s]} for s in scenarios}
+    for tally in results["databases-" + str(GROWTH_SIZES[-1])]:
+        cells = [by_name[s].get(tally.contender.name) for s in scenarios]
+        if any(c is None for c in cells):
+            continue
+        lines.append(f"| {tally.contender.name} | {' / '.join(f'{c.samples[0]:.0f}' for c in cells)} | "
+                     f"{' / '.join(f'{c.cpu_ms:.2f}' for c in cells)} | "
+                     f"{' / '.join(f'{c.statements:.0f}' for c in cells)} | "
+                     f"{' / '.join(f'{c.latency_ms:.1f}' for c in cells)} |")
+    lines.append("")
+    for kind in ("postgresql", "mysql"):
+        first = {t.contender.name: t for t in results["small"] if t.contender.kind == kind}
+        last = {t.contender.name: t for t in results[scenarios[-1]] if t.contender.kind == kind}
+        growth = [(name, last[name].cpu_ms / first[name].cpu_ms, last[name].statements - first[name].statements)
+                  for name in last if name in first and first[name].cpu_ms > 0]
+        lines.append(f"- {kind}, from 1 to {GROWTH_SIZES[-1]}: CPU per collection × " + "; ".join(
+            f"{factor:.1f} {name}" for name, factor, _ in growth) + ". Statements per collection "
+            + ("stay the same for every contender." if all(abs(d) < 0.5 for *_, d in growth) else "change: " + "; ".join(
+                f"{name} {delta:+.0f}" for name, _, delta in growth if abs(delta) >= 0.5) + "."))
+    top = {t.contender.name: t for t in results[scenarios[-1]]}
+    for kind in ("postgresql", "mysql"):
+        agent = next((t for t in top.values() if t.contender.kind == kind and isinstance(t.contender, AgentPath)), None)
+        if agent is None:
+            continue
+        for peer in (t for t in top.values() if t.contender.kind == kind and t.contender.family == "peer"):
+            verdict = "we lose" if agent.cpu_ms > peer.cpu_ms else "we win"
+            lines.append(f"- At {GROWTH_SIZES[-1]}, {agent.contender.name} vs {peer.contender.name}: "
+                         f"{agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} CPU ms per collection (**{verdict}**), "
+                         f"{agent.cpu_us_per_sample:.1f} vs {peer.cpu_us_per_sample:.1f} µs per database sample, "
+                         f"{agent.samples[0]:.0f} vs {peer.samples[0]:.0f} database samples.")
+    lines.append("")
+    return lines
+
+
+def render(args, results, profiles, noise: MachineLoad | None = None) -> str:
+    command = command_line(args)
     lines = [
         SECTION, "", machine_line(),
-        f"Command: `{command}` (about 3 minutes). PostgreSQL 15, MariaDB 10.11 and Redis 7.0 from tests/servers.py; "
+        f"Command: `{command}` (about 5 minutes). {noise.sentence() if noise else ''} PostgreSQL 15, MariaDB 10.11 "
+        "and Redis 7.0 from tests/servers.py; PostgreSQL 15, MariaDB 10.11 and Redis 7.0 from tests/servers.py; "
         "every contender uses the same monitoring account on the same data, the exporters included, so all see "
         "the same tables: PostgreSQL role `dbintel_monitor` (in pg_monitor) on the app database `dbintel_app`; "
         "MariaDB user `dbintel_monitor` (PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT on *.*), given to "
@@ -795,6 +912,10 @@ def render(args, results, profiles) -> str:
             lines.append(f"- where the {kind} agent's CPU goes (py-spy, {total:.0f} on-CPU stack samples): "
                          + "; ".join(f"{layer} {share:.0%}" for layer, share in layers if share >= 0.01))
         lines.append("")
+    lines += growth_lines(results, args.growth_rounds)
+    lines += [image_link("collection_cost", "Collection cost: CPU per sample and statements per collection, us vs "
+                         "the exporters"), "",
+              image_link("collection_growth", "Collection cost as the monitored server grows"), ""]
     return "\n".join(lines)
 
 
@@ -803,6 +924,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
     parser.add_argument("--collections", type=int, default=DEFAULTS["collections"])
     parser.add_argument("--agent-polls", type=int, default=DEFAULTS["agent_polls"])
+    parser.add_argument("--growth-rounds", type=int, default=DEFAULTS["growth_rounds"],
+                        help="rounds at each size of the many-databases growth")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of a losing agent")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     return asyncio.run(main_async(parser.parse_args()))

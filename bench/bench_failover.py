@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from report import DOC, machine_line, write_section  # bench/report.py
+from report import DOC, image_link, machine_line, write_section  # bench/report.py
 from servers import REPO_ROOT, metric_by_resource, scrape  # bench/servers.py (puts the repo root on sys.path)
 
 from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
@@ -318,7 +318,7 @@ def main() -> int:
                        for name in ("SIGKILL", "SIGTERM")},
             "peer": {"name": "Datadog Cluster Agent (defaults)", "min_s": 30, "max_s": 55},
             "machine": machine_line()}, indent=1))
-        write_section(SECTION, text)
+        write_section(SECTION, text + "\n\n" + image_link("failover", "Agent death to new owner polling"))
         print(f"wrote {DATA} and the '{SECTION}' section of {DOC}", file=sys.stderr)
     print(f"logs in {workdir}", file=sys.stderr)
     return 0

@@ -50,7 +50,7 @@ import json
 import psutil
 import yaml
 
-from report import DOC, machine_line, write_section  # bench/report.py
+from report import DOC, image_link, machine_line, write_section  # bench/report.py
 
 from dbintel.v1 import agent_service_pb2 as apb
 from dbintel.v1 import types_pb2
@@ -875,7 +875,7 @@ def main() -> int:
     print(text)
     if not args.no_write:
         write_data(args, scenarios, baselines)
-        write_section(SECTION, text)
+        write_section(SECTION, text + "\n\n" + image_link("coordinator_heartbeats", "Coordinator heartbeat throughput and latency"))
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     if args.profile:
         print(f"py-spy raw profiles kept in {workdir}", file=sys.stderr)
