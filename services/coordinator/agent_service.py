@@ -240,7 +240,10 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
-            released = await self._store.record_leave(agent)
+            # Its final heartbeat has usually emptied its current set already, so count what it was granted.
+            record = (await self._store.read_assignments([agent])).get(agent)
+            still_polling = await self._store.record_leave(agent)
+            released = max(still_polling, len(record.grants) if record is not None else 0)
             await self._store.publish(StoreEvent("membership", (agent,)))
         except StoreUnavailable:
             self._health.failed("leave")

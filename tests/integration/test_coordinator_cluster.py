@@ -97,6 +97,22 @@ async def test_leave_hands_off_within_a_second_without_double_owner(cluster_conf
             assert before[agent.agent_id] <= agent.held
 
 
+async def test_leave_after_final_report_still_counts_the_databases_it_held(cluster_config):
+    """The real agent reports everything released in a final heartbeat before Leave, so its current set
+    is already empty when Leave arrives; the reply must still say how many databases move."""
+    config = cluster_config(databases=9)
+    async with scripted_cluster(config, 3) as (coordinator, address, agents):
+        leaving = agents[0]
+        moved = set(leaving.held)
+        assert moved, "the leaving agent should hold databases"
+        answered = leaving.responses
+        leaving.silent = True
+        held, leaving.held = leaving.held, set()
+        leaving._outbox.put_nowait(leaving.request(released=held))
+        await wait_for(lambda: leaving.responses > answered, timeout=5, message="final report answered")
+        assert await leaving.leave("SIGTERM") == len(moved)
+
+
 async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(cluster_config):
     config = cluster_config(databases=8)
     timing = config.scaling.coordinator
