@@ -17,8 +17,10 @@ n times (its `dbintel_agent_polls_total` delta) missed the difference; a failed 
 `dbintel_agent_poll_errors_total` increment) counts as missed too. A step passes below 1% missed. Also
 reported: the oldest poll at any scrape (now − `dbintel_agent_last_poll_timestamp_seconds`, in intervals),
 the agent's CPU (share of its one core) and RSS per database over an idle agent. Steps go up per type until
-one fails. The peers' density for comparison: their exporters watch one target per process, so N databases
-take N exporter processes; one of each is started and its RSS read after 3 scrapes.
+one fails. The peers' density for comparison, as they are usually deployed (one exporter per database, as a
+sidecar; both also have a multi-target mode, postgres_exporter's `/probe` in beta and redis_exporter's
+`/scrape?target=`, where Prometheus drives one collection per scrape and nothing decides ownership): N
+databases take N exporter processes; one of each is started and its RSS read after 3 scrapes.
 Writes docs/data/agent_density.json and the "## Agent density" section of docs/benchmarks.md.
 """
 
@@ -315,7 +317,8 @@ def render(args, command: str, results: list[dict], idle: int, exporters: list[d
         exporter = next((e for e in exporters if e["kind"] == kind), None)
         if exporter and best:
             agent_rss = next(r["rss"] for r in mine if r["databases"] == best)
-            text += (f". The peer, {exporter['name']}, watches one target per process: {best:,} databases take "
+            text += (f". The peer, {exporter['name']}, deployed as usual, one process per database (its multi-target "
+                     f"mode would share one process, collecting on each scrape): {best:,} databases take "
                      f"{best:,} processes of {exporter['rss'] / MiB:.1f} MiB RSS ({exporter['uss'] / MiB:.1f} MiB "
                      f"USS) each, about {best * exporter['uss'] / 1024 / MiB:.1f} GiB of private memory, against "
                      f"{agent_rss / MiB:.0f} MiB RSS for our one agent")
