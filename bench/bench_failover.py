@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import yaml
 from report import DOC, image_link, machine_line, write_section  # bench/report.py
 from servers import REPO_ROOT, metric_by_resource, scrape  # bench/servers.py (puts the repo root on sys.path)
 
+from tests.processes import stop_process_group, wait_http_ok  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
 
 SECTION = "## Failover: agent death to new owner polling"
@@ -111,7 +111,7 @@ class Cluster:
                                         "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
                                         "--metrics-listen", f"127.0.0.1:{free_port()}",
                                         "--health-listen", f"127.0.0.1:{health}"], "coordinator.log")
-        _wait_http(f"http://127.0.0.1:{health}/ready", self.coordinator)
+        wait_http_ok(f"http://127.0.0.1:{health}/ready", self.coordinator, timeout=60)
 
     def start_agent(self, agent_id: str) -> None:
         metrics = free_port()
@@ -119,7 +119,7 @@ class Cluster:
                                "--coordinator", f"127.0.0.1:{self.grpc_port}",
                                "--metrics-listen", f"127.0.0.1:{metrics}", "--health-listen", f"127.0.0.1:{free_port()}"],
                               f"{agent_id}.log")
-        _wait_http(f"http://127.0.0.1:{metrics}/metrics", process)
+        wait_http_ok(f"http://127.0.0.1:{metrics}/metrics", process, timeout=60)
         self.agents[agent_id] = (process, metrics)
 
     def last_polls(self, agent_id: str) -> dict[str, float]:
@@ -147,33 +147,9 @@ class Cluster:
 
     def stop(self) -> None:
         for process, _ in self.agents.values():
-            _terminate(process)
+            stop_process_group(process, timeout=20)
         if self.coordinator is not None:
-            _terminate(self.coordinator)
-
-
-def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[4]} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not serving within {timeout}s")
-
-
-def _terminate(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            stop_process_group(self.coordinator, timeout=20)
 
 
 def run_round(cluster: Cluster, victim: str, how: signal.Signals) -> dict:

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,21 +379,6 @@ def write_config(path: Path, mode: str, agents: int, redis=None) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def wait_ready(health_port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"coordinator exited with {process.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/ready", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"coordinator not ready after {timeout}s")
-
-
 @dataclass
 class Scenario:
     mode: str
@@ -411,6 +395,7 @@ class Runner:
         self.args, self.workdir, self.redis = args, workdir, redis
 
     def run(self, mode: str, agents: int, profile_prefix: Path | None = None, baseline: str | None = None) -> Scenario:
+        from tests.processes import wait_http_ok
         from tests.servers import free_port
         scenario = Scenario(mode, agents, "baseline" if baseline else "this tree")
         started = time.monotonic()
@@ -435,7 +420,7 @@ class Runner:
         parent_end, child_end = context.Pipe()
         generator = None
         try:
-            wait_ready(health_port, coordinator)
+            wait_http_ok(f"http://127.0.0.1:{health_port}/ready", coordinator)
             generator = context.Process(target=generator_main, name="heartbeat-load", args=(child_end, {
                 "agents": agents, "address": f"127.0.0.1:{grpc_port}", "channels": self.args.channels,
                 "in_flight": self.args.in_flight,

@@ -43,6 +43,7 @@ from dbintel.v1 import operator_service_pb2_grpc
 from dbintel.v1 import types_pb2
 from tests.e2e.ownership import parse_poll_counters
 from tests.faultproxy import FaultProxy
+from tests.processes import stop_process_group
 from tests.servers import MariaDBServer, PostgresServer, RedisServer, SecantusServer, free_port
 
 RESOURCE_PREFIX = "db:"
@@ -169,11 +170,8 @@ class Process:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it has not ended within `timeout`."""
-        if not self.alive:
-            return
-        self.signal(signal.SIGTERM)
-        if self.wait(timeout) is None:
-            self.kill()
+        if self.popen is not None:
+            stop_process_group(self.popen, timeout)
 
     def kill(self) -> None:
         if self.alive:

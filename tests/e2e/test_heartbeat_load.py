@@ -32,7 +32,6 @@ import collections
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -248,20 +247,6 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"coordinator exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"coordinator not ready after {timeout}s")
-
-
 def _list_agents(address: str):
     import grpc
 
@@ -279,6 +264,7 @@ def _list_agents(address: str):
 def test_thousand_agents_for_a_minute_lose_no_heartbeat_and_nobody_expires(redis_server, tmp_path):
     import yaml
 
+    from tests.processes import stop_process_group, wait_http_ok
     from tests.servers import free_port
     started, load_before = time.monotonic(), os.getloadavg()[0]
     config = tmp_path / "load.yaml"
@@ -299,7 +285,7 @@ def test_thousand_agents_for_a_minute_lose_no_heartbeat_and_nobody_expires(redis
         start_new_session=True)
     fleet = None
     try:
-        _wait_ready(health_port, coordinator)
+        wait_http_ok(f"http://127.0.0.1:{health_port}/ready", coordinator)
         fleet_out = tmp_path / "fleet.json"
         fleet = subprocess.Popen([sys.executable, __file__, "--fleet", f"127.0.0.1:{grpc_port}", "--out", str(fleet_out)],
                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "fleet.log", "w"),
@@ -323,13 +309,8 @@ def test_thousand_agents_for_a_minute_lose_no_heartbeat_and_nobody_expires(redis
         agents, assignments = _list_agents(f"127.0.0.1:{grpc_port}")
     finally:
         for process in (fleet, coordinator):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            if process is not None:
+                stop_process_group(process, timeout=15)
         log.close()
 
     counted = int(final["dbintel_scaling_heartbeats_total"])
