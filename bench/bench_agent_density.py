@@ -36,24 +36,40 @@ import time
 from contextlib import contextmanager
 
 import psutil
-
-from report import (DATA_DIR, DOC, MachineLoad, image_link, machine_line, noise_sentence, write_data,  # bench/
-                    write_section)  # report.py
+from report import (
+    DATA_DIR,
+    DOC,
+    MachineLoad,
+    image_link,
+    machine_line,
+    noise_sentence,
+    write_data,  # bench/
+    write_section,
+)  # report.py
 from servers import AgentProcess, WidePostgresServer, process_cpu_seconds, sample_lines, scrape  # bench/servers.py
 
 from tests.servers import RedisServer, free_port
 
 SECTION = "## Agent density"
-DEFAULTS = {"interval": 10.0, "intervals": 3, "pg_steps": "100,250,500,1000,1500,2000",
-            "redis_steps": "100,250,500,1000,2000,4000,6000,8000", "retries": 1}
+DEFAULTS = {
+    "interval": 10.0,
+    "intervals": 3,
+    "pg_steps": "100,250,500,1000,1500,2000",
+    "redis_steps": "100,250,500,1000,2000,4000,6000,8000",
+    "retries": 1,
+}
 PG_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_REDIS_PASSWORD"
 REDIS_DATABASES = 16
 AGENT_CPU, SERVER_CPU = 0, 1
 MISSED_LIMIT = 0.01
 MiB = 1024 * 1024
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{[^}]*dbintel_resource="([^"]*)"[^}]*\}\s+(\S+)')
-WATCHED = ("dbintel_agent_polls_total", "dbintel_agent_poll_errors_total", "dbintel_agent_last_poll_timestamp_seconds",
-           "dbintel_database_up")
+WATCHED = (
+    "dbintel_agent_polls_total",
+    "dbintel_agent_poll_errors_total",
+    "dbintel_agent_last_poll_timestamp_seconds",
+    "dbintel_database_up",
+)
 
 
 _REASON = re.compile(r'reason="([^"]*)"')
@@ -102,12 +118,29 @@ def spawning_on(cpu: int):
 def entries(kind: str, count: int, pg: WidePostgresServer, rd: RedisServer, interval: float) -> list[dict]:
     every = f"{interval:g}s"
     if kind == "postgresql":
-        return [{"name": f"pg-{i:05d}", "type": "postgresql", "endpoint": pg.address, "username": pg.monitor_user,
-                 "password": f"${{env:{PG_PASSWORD_ENV}}}", "database": pg.app_database, "interval": every}
-                for i in range(count)]
-    return [{"name": f"redis-{i:05d}", "type": "redis", "endpoint": rd.address,
-             "password": f"${{env:{REDIS_PASSWORD_ENV}}}", "database": str(i % REDIS_DATABASES), "interval": every}
-            for i in range(count)]
+        return [
+            {
+                "name": f"pg-{i:05d}",
+                "type": "postgresql",
+                "endpoint": pg.address,
+                "username": pg.monitor_user,
+                "password": f"${{env:{PG_PASSWORD_ENV}}}",
+                "database": pg.app_database,
+                "interval": every,
+            }
+            for i in range(count)
+        ]
+    return [
+        {
+            "name": f"redis-{i:05d}",
+            "type": "redis",
+            "endpoint": rd.address,
+            "password": f"${{env:{REDIS_PASSWORD_ENV}}}",
+            "database": str(i % REDIS_DATABASES),
+            "interval": every,
+        }
+        for i in range(count)
+    ]
 
 
 def server_cpu(server) -> dict[int, float]:
@@ -163,8 +196,10 @@ def run_step(kind: str, count: int, pg, rd, args) -> dict:
         elapsed = time.monotonic() - wall_before
         cpu = (process_cpu_seconds(agent.process.pid) - cpu_before) / elapsed
         core_after = psutil.cpu_times(percpu=True)[AGENT_CPU]
-        core_busy = ((sum(core_after) - core_after.idle - getattr(core_after, "iowait", 0.0))
-                     - (sum(core_before) - core_before.idle - getattr(core_before, "iowait", 0.0))) / elapsed
+        core_busy = (
+            (sum(core_after) - core_after.idle - getattr(core_after, "iowait", 0.0))
+            - (sum(core_before) - core_before.idle - getattr(core_before, "iowait", 0.0))
+        ) / elapsed
         server_after = server_cpu(server)
         server_share = sum(v - server_before.get(pid, 0.0) for pid, v in server_after.items()) / elapsed
         rss = agent.process.memory_info().rss
@@ -175,16 +210,29 @@ def run_step(kind: str, count: int, pg, rd, args) -> dict:
         failed = sum(errors1.get(r, 0.0) - errors0.get(r, 0.0) for r in ids)
         expected = count * args.intervals
         down = sum(1 for r in ids if last["dbintel_database_up"].get(r, 0.0) != 1.0)
-        reasons = {k: v - reasons_before.get(k, 0.0) for k, v in reasons_after.items()
-                   if v - reasons_before.get(k, 0.0) > 0}
-        result = {"kind": kind, "databases": count, "expected_polls": expected, "missed": short, "failed": failed,
-                  "error_reasons": reasons, "server_cpu_share": server_share,
-                  "agent_core_busy_share": core_busy,  # the agent's core, whoever used it
-                  "exposition_lines": exposition_lines,
-                  "missed_share": (short + failed) / expected, "down_at_end": down,
-                  "oldest_poll_intervals": max(oldest), "agent_cpu_share": cpu, "rss": rss,
-                  "scrape_seconds": max(scrape_seconds), "warm_seconds": warm_seconds, "agent_cpus": affinity,
-                  "passed": (short + failed) / expected < MISSED_LIMIT}
+        reasons = {
+            k: v - reasons_before.get(k, 0.0) for k, v in reasons_after.items() if v - reasons_before.get(k, 0.0) > 0
+        }
+        result = {
+            "kind": kind,
+            "databases": count,
+            "expected_polls": expected,
+            "missed": short,
+            "failed": failed,
+            "error_reasons": reasons,
+            "server_cpu_share": server_share,
+            "agent_core_busy_share": core_busy,  # the agent's core, whoever used it
+            "exposition_lines": exposition_lines,
+            "missed_share": (short + failed) / expected,
+            "down_at_end": down,
+            "oldest_poll_intervals": max(oldest),
+            "agent_cpu_share": cpu,
+            "rss": rss,
+            "scrape_seconds": max(scrape_seconds),
+            "warm_seconds": warm_seconds,
+            "agent_cpus": affinity,
+            "passed": (short + failed) / expected < MISSED_LIMIT,
+        }
     finally:
         stopping = time.monotonic()
         agent.close()  # SIGTERM, then SIGKILL after 20 s
@@ -215,17 +263,22 @@ def exporter_rss(kind: str, pg, rd) -> dict:
         env = {"REDIS_PASSWORD": rd.password}
         name = "redis_exporter 1.45"
     with tempfile.TemporaryFile() as log:
-        popen = subprocess.Popen([*command, f"--web.listen-address=127.0.0.1:{port}"], env={**os.environ, **env},
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            [*command, f"--web.listen-address=127.0.0.1:{port}"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 30
             while True:
                 try:
                     scrape(f"http://127.0.0.1:{port}/metrics", timeout=5)
                     break
-                except OSError:
+                except OSError as error:
                     if popen.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"{name} did not start")
+                        raise RuntimeError(f"{name} did not start") from error
                     time.sleep(0.1)
             for _ in range(3):
                 scrape(f"http://127.0.0.1:{port}/metrics", timeout=10)
@@ -237,34 +290,43 @@ def exporter_rss(kind: str, pg, rd) -> dict:
 
 
 def render(args, command: str, results: list[dict], idle: int, exporters: list[dict], noise: str) -> str:
-    lines = [SECTION, "", machine_line(), f"Command: `{command}`. {noise}", "",
-             f"One `dbintel agent` process (ignore_assignments, no coordinator, default `max_concurrent_polls`, 32) pinned "
-             f"to CPU {AGENT_CPU}; the database servers pinned to CPU {SERVER_CPU}. Every database polled each "
-             f"{args.interval:g} s; after warm-up (each polled once, then one interval) the agent was scraped once per "
-             f"interval for {args.intervals} intervals (the scrape's cost is the agent's, as with Prometheus). The "
-             "databases are logical entries on one real server per type (PostgreSQL 15: N names for the same "
-             "server and database `dbintel_app`, 2 tables, 4 indexes, one connection each; Redis 7.0: db numbers "
-             f"0-{REDIS_DATABASES - 1} in turn), so a server with many tables would cost more per poll. "
-             "*Missed* = slots without a poll (per database, intervals − polls counted by "
-             "`dbintel_agent_polls_total`) plus failed polls (`dbintel_agent_poll_errors_total`), over all slots; a "
-             f"step passes below {MISSED_LIMIT:.0%}. *Oldest poll* = the largest now − "
-             "`dbintel_agent_last_poll_timestamp_seconds` at any scrape, in intervals (≤ 1 means no database "
-             "waited longer than its interval). RSS per database = (RSS − idle agent RSS "
-             f"{idle / MiB:.1f} MiB) ÷ N.", "",
-             "| type | databases | attempt | missed % | skipped slots | failed polls (reasons) "
-             "| oldest poll, intervals "
-             "| agent CPU, % of its core | server CPU, % of its core "
-             "| RSS MiB | RSS per database KiB | one scrape, s | passed |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        SECTION,
+        "",
+        machine_line(),
+        f"Command: `{command}`. {noise}",
+        "",
+        f"One `dbintel agent` process (ignore_assignments, no coordinator, default `max_concurrent_polls`, 32) pinned "
+        f"to CPU {AGENT_CPU}; the database servers pinned to CPU {SERVER_CPU}. Every database polled each "
+        f"{args.interval:g} s; after warm-up (each polled once, then one interval) the agent was scraped once per "
+        f"interval for {args.intervals} intervals (the scrape's cost is the agent's, as with Prometheus). The "
+        "databases are logical entries on one real server per type (PostgreSQL 15: N names for the same "
+        "server and database `dbintel_app`, 2 tables, 4 indexes, one connection each; Redis 7.0: db numbers "
+        f"0-{REDIS_DATABASES - 1} in turn), so a server with many tables would cost more per poll. "
+        "*Missed* = slots without a poll (per database, intervals − polls counted by "
+        "`dbintel_agent_polls_total`) plus failed polls (`dbintel_agent_poll_errors_total`), over all slots; a "
+        f"step passes below {MISSED_LIMIT:.0%}. *Oldest poll* = the largest now − "
+        "`dbintel_agent_last_poll_timestamp_seconds` at any scrape, in intervals (≤ 1 means no database "
+        "waited longer than its interval). RSS per database = (RSS − idle agent RSS "
+        f"{idle / MiB:.1f} MiB) ÷ N.",
+        "",
+        "| type | databases | attempt | missed % | skipped slots | failed polls (reasons) "
+        "| oldest poll, intervals "
+        "| agent CPU, % of its core | server CPU, % of its core "
+        "| RSS MiB | RSS per database KiB | one scrape, s | passed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
         reasons = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.get("error_reasons", {}).items()))
-        lines.append(f"| {r['kind']} | {r['databases']:,} | {r.get('attempt', 1)} | "
-                     f"{100 * r['missed_share']:.2f} | {r['missed']:.0f} | "
-                     f"{r['failed']:.0f}{f' ({reasons})' if reasons else ''} | "
-                     f"{r['oldest_poll_intervals']:.2f} | {100 * r['agent_cpu_share']:.0f} | "
-                     f"{100 * r.get('server_cpu_share', 0.0):.0f} | {r['rss'] / MiB:.0f} | "
-                     f"{(r['rss'] - idle) / r['databases'] / 1024:.0f} | {r['scrape_seconds']:.2f} | "
-                     f"{'yes' if r['passed'] else '**no**'} |")
+        lines.append(
+            f"| {r['kind']} | {r['databases']:,} | {r.get('attempt', 1)} | "
+            f"{100 * r['missed_share']:.2f} | {r['missed']:.0f} | "
+            f"{r['failed']:.0f}{f' ({reasons})' if reasons else ''} | "
+            f"{r['oldest_poll_intervals']:.2f} | {100 * r['agent_cpu_share']:.0f} | "
+            f"{100 * r.get('server_cpu_share', 0.0):.0f} | {r['rss'] / MiB:.0f} | "
+            f"{(r['rss'] - idle) / r['databases'] / 1024:.0f} | {r['scrape_seconds']:.2f} | "
+            f"{'yes' if r['passed'] else '**no**'} |"
+        )
     lines.append("")
     for kind in ("postgresql", "redis"):
         mine = [r for r in results if r["kind"] == kind]
@@ -276,66 +338,89 @@ def render(args, command: str, results: list[dict], idle: int, exporters: list[d
         text = f"- **{kind}: {best:,} databases** per agent process on one core"
         if failed:
             attempts = [r for r in mine if r["databases"] == failed[0]]
-            text += (f" (the next step, {failed[0]:,}, missed "
-                     + " and ".join(f"{100 * r['missed_share']:.1f}%" for r in attempts)
-                     + f" in {len(attempts)} attempt{'s' if len(attempts) > 1 else ''}, with the agent at "
-                     + " / ".join(f"{100 * r['agent_cpu_share']:.0f}%" for r in attempts)
-                     + " of its core and the server at "
-                     + " / ".join(f"{100 * r['server_cpu_share']:.0f}%" for r in attempts) + " of its own)")
+            text += (
+                f" (the next step, {failed[0]:,}, missed "
+                + " and ".join(f"{100 * r['missed_share']:.1f}%" for r in attempts)
+                + f" in {len(attempts)} attempt{'s' if len(attempts) > 1 else ''}, with the agent at "
+                + " / ".join(f"{100 * r['agent_cpu_share']:.0f}%" for r in attempts)
+                + " of its core and the server at "
+                + " / ".join(f"{100 * r['server_cpu_share']:.0f}%" for r in attempts)
+                + " of its own)"
+            )
         else:
             text += f" — every step passed; the largest tried was {mine[-1]['databases']:,}, so the limit is higher"
         retried = sorted({r["databases"] for r in mine if not r["passed"]} & passing)
         if retried:
             text += f"; {', '.join(f'{c:,}' for c in retried)} passed only on a second attempt"
-        bound = [r for r in mine if r["databases"] in failed and r.get("server_cpu_share", 0) >= 0.8
-                 and r["agent_cpu_share"] < 0.5]
+        bound = [
+            r
+            for r in mine
+            if r["databases"] in failed and r.get("server_cpu_share", 0) >= 0.8 and r["agent_cpu_share"] < 0.5
+        ]
         if bound:
             best_run = max((r for r in mine if r["passed"]), key=lambda r: r["databases"], default=None)
-            text += (f". That limit is the test server's, not the agent's: the single {kind} server (pinned to one "
-                     f"core, serving every logical database) ran at {100 * bound[0]['server_cpu_share']:.0f}% of its "
-                     f"core while the agent used {100 * bound[0]['agent_cpu_share']:.0f}% of its own, and polls queued "
-                     "for the server's answers")
+            text += (
+                f". That limit is the test server's, not the agent's: the single {kind} server (pinned to one "
+                f"core, serving every logical database) ran at {100 * bound[0]['server_cpu_share']:.0f}% of its "
+                f"core while the agent used {100 * bound[0]['agent_cpu_share']:.0f}% of its own, and polls queued "
+                "for the server's answers"
+            )
             if best_run is not None and best_run["agent_cpu_share"] > 0:
                 per_thousand = best_run["agent_cpu_share"] / best_run["databases"] * 1000
-                text += (f". The agent spent {100 * per_thousand:.0f}% of a core per 1,000 such databases at "
-                         f"{best_run['databases']:,}; a linear extrapolation (not a measurement) puts one core's "
-                         f"worth at about {0.9 / per_thousand * 1000:,.0f} databases, given servers that keep up")
-        unclear = [r for r in mine if r["databases"] in failed and r.get("server_cpu_share", 0) < 0.8
-                   and r["agent_cpu_share"] < 0.85]
+                text += (
+                    f". The agent spent {100 * per_thousand:.0f}% of a core per 1,000 such databases at "
+                    f"{best_run['databases']:,}; a linear extrapolation (not a measurement) puts one core's "
+                    f"worth at about {0.9 / per_thousand * 1000:,.0f} databases, given servers that keep up"
+                )
+        unclear = [
+            r
+            for r in mine
+            if r["databases"] in failed and r.get("server_cpu_share", 0) < 0.8 and r["agent_cpu_share"] < 0.85
+        ]
         if unclear:
             r = unclear[0]
             if "agent_core_busy_share" in r:
-                text += (f". At {r['databases']:,} the agent used {100 * r['agent_cpu_share']:.0f}% of its core while "
-                         f"the core was busy {100 * r['agent_core_busy_share']:.0f}% in all (the rest: other jobs on "
-                         "this shared machine) and the server was nearly idle")
+                text += (
+                    f". At {r['databases']:,} the agent used {100 * r['agent_cpu_share']:.0f}% of its core while "
+                    f"the core was busy {100 * r['agent_core_busy_share']:.0f}% in all (the rest: other jobs on "
+                    "this shared machine) and the server was nearly idle"
+                )
             else:
-                text += (f". At {r['databases']:,} the agent was not CPU-bound by its own clock "
-                         f"({100 * r['agent_cpu_share']:.0f}% of its core) and the server was nearly idle "
-                         f"({100 * r['server_cpu_share']:.0f}%): the rest of that core went to other jobs on this "
-                         "shared machine, or the agent stalled — this run did not record which, so read the limit "
-                         "as a lower bound")
+                text += (
+                    f". At {r['databases']:,} the agent was not CPU-bound by its own clock "
+                    f"({100 * r['agent_cpu_share']:.0f}% of its core) and the server was nearly idle "
+                    f"({100 * r['server_cpu_share']:.0f}%): the rest of that core went to other jobs on this "
+                    "shared machine, or the agent stalled — this run did not record which, so read the limit "
+                    "as a lower bound"
+                )
         exporter = next((e for e in exporters if e["kind"] == kind), None)
         if exporter and best:
             agent_rss = next(r["rss"] for r in mine if r["databases"] == best)
-            text += (f". The peer, {exporter['name']}, deployed as usual, one process per database (its multi-target "
-                     f"mode would share one process, collecting on each scrape): {best:,} databases take "
-                     f"{best:,} processes of {exporter['rss'] / MiB:.1f} MiB RSS ({exporter['uss'] / MiB:.1f} MiB "
-                     f"USS) each, about {best * exporter['uss'] / 1024 / MiB:.1f} GiB of private memory, against "
-                     f"{agent_rss / MiB:.0f} MiB RSS for our one agent")
+            text += (
+                f". The peer, {exporter['name']}, deployed as usual, one process per database (its multi-target "
+                f"mode would share one process, collecting on each scrape): {best:,} databases take "
+                f"{best:,} processes of {exporter['rss'] / MiB:.1f} MiB RSS ({exporter['uss'] / MiB:.1f} MiB "
+                f"USS) each, about {best * exporter['uss'] / 1024 / MiB:.1f} GiB of private memory, against "
+                f"{agent_rss / MiB:.0f} MiB RSS for our one agent"
+            )
         lines.append(text + ".")
         best_rows = [r for r in mine if r["databases"] == best and r["passed"]]
         if best_rows:
             r = best_rows[-1]
-            lines.append(f"- {kind} at {best:,}: one scrape of the agent took up to {r['scrape_seconds']:.1f} s "
-                         f"(Prometheus' default scrape_timeout is 10 s)"
-                         + (f" for {r['exposition_lines']:,} lines" if "exposition_lines" in r else "")
-                         + ", and the oldest poll at a scrape was "
-                         + f"{r['oldest_poll_intervals']:.2f} intervals old (> 1: polls ran late, though none was "
-                         "skipped).")
+            lines.append(
+                f"- {kind} at {best:,}: one scrape of the agent took up to {r['scrape_seconds']:.1f} s "
+                f"(Prometheus' default scrape_timeout is 10 s)"
+                + (f" for {r['exposition_lines']:,} lines" if "exposition_lines" in r else "")
+                + ", and the oldest poll at a scrape was "
+                + f"{r['oldest_poll_intervals']:.2f} intervals old (> 1: polls ran late, though none was "
+                "skipped)."
+            )
     slowest = max(results, key=lambda r: r["stop_seconds"], default=None)
     if slowest is not None:
-        lines.append(f"- Stopping the agent (SIGTERM; the bench SIGKILLs after 20 s) took up to "
-                     f"{slowest['stop_seconds']:.1f} s, at {slowest['databases']:,} {slowest['kind']} databases.")
+        lines.append(
+            f"- Stopping the agent (SIGTERM; the bench SIGKILLs after 20 s) took up to "
+            f"{slowest['stop_seconds']:.1f} s, at {slowest['databases']:,} {slowest['kind']} databases."
+        )
     lines += ["", image_link("agent_density", "Agent density: missed polls against monitored databases"), ""]
     return "\n".join(lines)
 
@@ -343,35 +428,49 @@ def render(args, command: str, results: list[dict], idle: int, exporters: list[d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=DEFAULTS["interval"])
-    parser.add_argument("--intervals", type=int, default=DEFAULTS["intervals"],
-                        help="measured intervals per step (≥ 3)")
+    parser.add_argument(
+        "--intervals", type=int, default=DEFAULTS["intervals"], help="measured intervals per step (≥ 3)"
+    )
     parser.add_argument("--pg-steps", default=DEFAULTS["pg_steps"])
     parser.add_argument("--redis-steps", default=DEFAULTS["redis_steps"])
     parser.add_argument("--retries", type=int, default=DEFAULTS["retries"], help="re-runs of a failing step")
     parser.add_argument("--no-exporters", action="store_true", help="skip the peer exporters' RSS")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite the doc section from docs/data/agent_density.json; measure nothing")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the doc section from docs/data/agent_density.json; measure nothing",
+    )
     args = parser.parse_args()
     if args.render_only:
-        import json  # noqa: PLC0415
+        import json
 
         data = json.loads((DATA_DIR / "agent_density.json").read_text())
         args.interval, args.intervals = data["interval_s"], data.get("intervals", args.intervals)
-        text = render(args, data["command"], data["series"], data["idle_rss"], data["exporters"],
-                      noise_sentence(data["noise"]))
+        text = render(
+            args, data["command"], data["series"], data["idle_rss"], data["exporters"], noise_sentence(data["noise"])
+        )
         print(text)
         if not args.no_write:
             write_section(SECTION, text)
         return 0
     command = "python bench/bench_agent_density.py" + "".join(
-        f" --{k.replace('_', '-')} {getattr(args, k):g}" if isinstance(DEFAULTS[k], float)
-        else f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
-    steps = {"postgresql": [int(x) for x in args.pg_steps.split(",") if x],
-             "redis": [int(x) for x in args.redis_steps.split(",") if x]}
+        f" --{k.replace('_', '-')} {getattr(args, k):g}"
+        if isinstance(DEFAULTS[k], float)
+        else f" --{k.replace('_', '-')} {getattr(args, k)}"
+        for k in DEFAULTS
+        if getattr(args, k) != DEFAULTS[k]
+    )
+    steps = {
+        "postgresql": [int(x) for x in args.pg_steps.split(",") if x],
+        "redis": [int(x) for x in args.redis_steps.split(",") if x],
+    }
     results, exporters = [], []
-    with MachineLoad() as noise, WidePostgresServer(max_connections=max(steps["postgresql"], default=0) + 50) as pg, \
-            RedisServer() as rd:
+    with (
+        MachineLoad() as noise,
+        WidePostgresServer(max_connections=max(steps["postgresql"], default=0) + 50) as pg,
+        RedisServer() as rd,
+    ):
         pin(pg.pid, SERVER_CPU)
         for child in psutil.Process(pg.pid).children(recursive=True):
             pin(child.pid, SERVER_CPU)
@@ -393,11 +492,13 @@ def main() -> int:
                     result = run_step(kind, count, pg, rd, args)
                     result["attempt"] = attempt + 1
                     results.append(result)
-                    print(f"  {kind} {count} (attempt {attempt + 1}): missed {100 * result['missed_share']:.2f}% "
-                          f"(skipped {result['missed']:.0f}, failed {result['failed']:.0f} "
-                          f"{result['error_reasons']}), agent CPU {100 * result['agent_cpu_share']:.0f}%, server CPU "
-                          f"{100 * result['server_cpu_share']:.0f}%, RSS {result['rss'] / MiB:.0f} MiB",
-                          file=sys.stderr)
+                    print(
+                        f"  {kind} {count} (attempt {attempt + 1}): missed {100 * result['missed_share']:.2f}% "
+                        f"(skipped {result['missed']:.0f}, failed {result['failed']:.0f} "
+                        f"{result['error_reasons']}), agent CPU {100 * result['agent_cpu_share']:.0f}%, server CPU "
+                        f"{100 * result['server_cpu_share']:.0f}%, RSS {result['rss'] / MiB:.0f} MiB",
+                        file=sys.stderr,
+                    )
                     if result["passed"]:
                         break
                 if not result["passed"]:
@@ -407,12 +508,25 @@ def main() -> int:
     text = render(args, command, results, idle, exporters, noise.sentence())
     print(text)
     if not args.no_write:
-        write_data("agent_density", {"command": command, "machine": machine_line(), "noise": noise.as_dict(),
-                                     "unit": {"missed_share": "missed or failed polls / expected polls",
-                                              "rss": "bytes", "agent_cpu_share": "CPU seconds / wall second"},
-                                     "interval_s": args.interval, "intervals": args.intervals, "idle_rss": idle,
-                                     "missed_limit": MISSED_LIMIT,
-                                     "series": results, "exporters": exporters})
+        write_data(
+            "agent_density",
+            {
+                "command": command,
+                "machine": machine_line(),
+                "noise": noise.as_dict(),
+                "unit": {
+                    "missed_share": "missed or failed polls / expected polls",
+                    "rss": "bytes",
+                    "agent_cpu_share": "CPU seconds / wall second",
+                },
+                "interval_s": args.interval,
+                "intervals": args.intervals,
+                "idle_rss": idle,
+                "missed_limit": MISSED_LIMIT,
+                "series": results,
+                "exporters": exporters,
+            },
+        )
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0

@@ -47,12 +47,29 @@ SCENARIOS = (
 
 def databases(pg: WidePostgresServer, rd: RedisServer, pg_count: int, redis_count: int, interval: float) -> list[dict]:
     every = f"{interval:g}s"
-    entries = [{"name": f"pg-{i:03d}", "type": "postgresql", "endpoint": pg.address, "username": pg.monitor_user,
-                "password": f"${{env:{PG_PASSWORD_ENV}}}", "database": pg.app_database, "interval": every}
-               for i in range(pg_count)]
-    entries += [{"name": f"redis-{i:03d}", "type": "redis", "endpoint": rd.address,
-                 "password": f"${{env:{REDIS_PASSWORD_ENV}}}", "database": str(i % REDIS_DATABASES),
-                 "interval": every} for i in range(redis_count)]
+    entries = [
+        {
+            "name": f"pg-{i:03d}",
+            "type": "postgresql",
+            "endpoint": pg.address,
+            "username": pg.monitor_user,
+            "password": f"${{env:{PG_PASSWORD_ENV}}}",
+            "database": pg.app_database,
+            "interval": every,
+        }
+        for i in range(pg_count)
+    ]
+    entries += [
+        {
+            "name": f"redis-{i:03d}",
+            "type": "redis",
+            "endpoint": rd.address,
+            "password": f"${{env:{REDIS_PASSWORD_ENV}}}",
+            "database": str(i % REDIS_DATABASES),
+            "interval": every,
+        }
+        for i in range(redis_count)
+    ]
     return entries
 
 
@@ -77,7 +94,9 @@ def measure(pg: WidePostgresServer, rd: RedisServer, pg_count: int, redis_count:
         up = metric_by_resource(text, "dbintel_database_up")
         info = agent.process.memory_full_info()
         return {
-            "rss": info.rss, "uss": info.uss, "rss_before": first,
+            "rss": info.rss,
+            "uss": info.uss,
+            "rss_before": first,
             "settled": len(polls) == count and all(p >= SETTLED_POLLS for p in polls.values()),
             "down": sorted(r for r, v in up.items() if v != 1.0),
             "threads": agent.process.num_threads(),
@@ -87,14 +106,17 @@ def measure(pg: WidePostgresServer, rd: RedisServer, pg_count: int, redis_count:
 
 def command_line(args) -> str:
     return "python bench/bench_agent_memory.py" + "".join(
-        f" --{k} {getattr(args, k):g}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+        f" --{k} {getattr(args, k):g}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]
+    )
 
 
 def render(args, rows: list[dict]) -> str:
     command = command_line(args)
     idle = rows[0]
     lines = [
-        SECTION, "", machine_line(),
+        SECTION,
+        "",
+        machine_line(),
         f"Command: `{command}`. A real `dbintel agent` process (ignore_assignments, no coordinator), every "
         f"database polled each {args.interval:g} s and the agent scraped once per interval; memory read one "
         f"interval after every database had been polled {SETTLED_POLLS} times; median of {args.repeat} runs, "
@@ -120,8 +142,10 @@ def render(args, rows: list[dict]) -> str:
             added = count - reference["pg"] - reference["redis"]
             marginal = f"{(row['rss'] - reference['rss']) / added / 1024:.0f} (vs {row['reference']})"
         notes = "; ".join(row["notes"]) or "all polled ≥ 3 times, all up"
-        lines.append(f"| {row['label']} | {row['pg']} + {row['redis']} | {row['rss'] / MiB:.1f} | "
-                     f"{row['uss'] / MiB:.1f} | {per} | {marginal} | {row['threads']} | {notes} |")
+        lines.append(
+            f"| {row['label']} | {row['pg']} + {row['redis']} | {row['rss'] / MiB:.1f} | "
+            f"{row['uss'] / MiB:.1f} | {per} | {marginal} | {row['threads']} | {notes} |"
+        )
     lines += [
         "",
         "RSS counts shared library pages too; USS is the memory only this process holds (what would be "
@@ -152,8 +176,11 @@ def main() -> int:
             for label, pg_count, redis_count, _ in SCENARIOS:
                 result = measure(pg, rd, pg_count, redis_count, args.interval)
                 runs[label].append(result)
-                print(f"  run {repeat + 1}/{args.repeat} {label}: RSS {result['rss'] / MiB:.1f} MiB "
-                      f"({result['seconds']:.1f} s)", file=sys.stderr)
+                print(
+                    f"  run {repeat + 1}/{args.repeat} {label}: RSS {result['rss'] / MiB:.1f} MiB "
+                    f"({result['seconds']:.1f} s)",
+                    file=sys.stderr,
+                )
 
     rows = []
     for label, pg_count, redis_count, reference in SCENARIOS:
@@ -167,16 +194,31 @@ def main() -> int:
         growth = statistics.median(r["rss"] - r["rss_before"] for r in results)
         if abs(growth) >= MiB:
             notes.append(f"RSS moved {growth / MiB:+.1f} MiB over the last interval")
-        rows.append({"label": label, "pg": pg_count, "redis": redis_count, "reference": reference, "notes": notes,
-                     "rss": statistics.median(r["rss"] for r in results),
-                     "uss": statistics.median(r["uss"] for r in results),
-                     "threads": max(r["threads"] for r in results)})
+        rows.append(
+            {
+                "label": label,
+                "pg": pg_count,
+                "redis": redis_count,
+                "reference": reference,
+                "notes": notes,
+                "rss": statistics.median(r["rss"] for r in results),
+                "uss": statistics.median(r["uss"] for r in results),
+                "threads": max(r["threads"] for r in results),
+            }
+        )
     text = render(args, rows)
     print(text)
     if not args.no_write:
-        write_data("agent_memory", {"command": command_line(args), "machine": machine_line(),
-                                    "unit": {"rss": "bytes", "uss": "bytes"}, "interval_s": args.interval,
-                                    "series": rows})
+        write_data(
+            "agent_memory",
+            {
+                "command": command_line(args),
+                "machine": machine_line(),
+                "unit": {"rss": "bytes", "uss": "bytes"},
+                "interval_s": args.interval,
+                "series": rows,
+            },
+        )
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0

@@ -15,12 +15,10 @@ import math
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from report import DOC, cpu_model, write_section  # bench/report.py
 
@@ -65,20 +63,38 @@ def run(distribution: str, resource_count: int, agent_count: int, repeat: int) -
     rows = []
 
     seconds, full = timed(repeat, lambda: place(demands, agents, {}, balance=True))
-    rows.append(("full assignment", f"{seconds:.3f}", f"{len(full.moves)} (min {resource_count})",
-                 f"{worst_over_ideal(full.loads):.4f}"))
+    rows.append(
+        (
+            "full assignment",
+            f"{seconds:.3f}",
+            f"{len(full.moves)} (min {resource_count})",
+            f"{worst_over_ideal(full.loads):.4f}",
+        )
+    )
 
     leaving = agents[0].agent_id
     stayers = agents[1:]
     held = sum(1 for owner in full.owners.values() if owner == leaving)
     seconds, left = timed(repeat, lambda: place(demands, stayers, full.owners, balance=False))
-    rows.append(("one agent leaves (balance=False)", f"{seconds:.3f}", f"{len(left.moves)} (min {held})",
-                 f"{worst_over_ideal(left.loads):.4f}"))
+    rows.append(
+        (
+            "one agent leaves (balance=False)",
+            f"{seconds:.3f}",
+            f"{len(left.moves)} (min {held})",
+            f"{worst_over_ideal(left.loads):.4f}",
+        )
+    )
 
     seconds, (plan, accepted) = timed(repeat, lambda: plan_cost_rebalance(demands, stayers, left.owners))
     verdict = "accepted" if accepted else "refused (gain < 10%)"
-    rows.append((f"then plan_cost_rebalance: {verdict}", f"{seconds:.3f}", f"{len(plan.moves)}",
-                 f"{worst_over_ideal(plan.loads):.4f}"))
+    rows.append(
+        (
+            f"then plan_cost_rebalance: {verdict}",
+            f"{seconds:.3f}",
+            f"{len(plan.moves)}",
+            f"{worst_over_ideal(plan.loads):.4f}",
+        )
+    )
 
     joiners = agents + [AgentSlot("agent-new")]
     minimum = equal_cost_minimum(full.owners, resource_count, [a.agent_id for a in joiners])
@@ -88,15 +104,23 @@ def run(distribution: str, resource_count: int, agent_count: int, repeat: int) -
     else:  # no exact minimum with costs: compare with a fair share counted in average-cost databases
         reference = f"fair share ≈ {resource_count / len(joiners):.1f} average-cost databases"
     newcomer = joined.loads["agent-new"] / (math.fsum(joined.loads.values()) / len(joined.loads))
-    rows.append((f"one agent joins (balance=True); newcomer at {newcomer:.3f} of ideal", f"{seconds:.3f}",
-                 f"{len(joined.moves)} ({reference})", f"{worst_over_ideal(joined.loads):.4f}"))
+    rows.append(
+        (
+            f"one agent joins (balance=True); newcomer at {newcomer:.3f} of ideal",
+            f"{seconds:.3f}",
+            f"{len(joined.moves)} ({reference})",
+            f"{worst_over_ideal(joined.loads):.4f}",
+        )
+    )
     return rows
 
 
 def render(args, results) -> str:
     command = "python bench/bench_assignment.py" + "".join(
-        f" --{k} {v}" for k, v in (("resources", args.resources), ("agents", args.agents), ("repeat", args.repeat))
-        if v != DEFAULTS[k])
+        f" --{k} {v}"
+        for k, v in (("resources", args.resources), ("agents", args.agents), ("repeat", args.repeat))
+        if v != DEFAULTS[k]
+    )
     lines = [
         SECTION,
         "",

@@ -31,8 +31,7 @@ from dbintel.coordinator.engine.assignment import AgentSlot, ResourceDemand, pla
 SECTION = "## Assignment quality vs the peers"
 DEFAULT_SIZES = "10000x100,100000x1000"
 ALGORITHMS = ("engine", "rendezvous", "ch-bl")
-LABELS = {"engine": "dbintel engine", "rendezvous": "rendezvous (HRW)",
-          "ch-bl": "CH bounded loads (OTel TA default)"}
+LABELS = {"engine": "dbintel engine", "rendezvous": "rendezvous (HRW)", "ch-bl": "CH bounded loads (OTel TA default)"}
 REBALANCE_IMPROVEMENT = 0.10  # the config default of scaling.coordinator.rebalance_improvement
 
 
@@ -99,8 +98,7 @@ class EngineRunner:
         slots = [AgentSlot(agent_id=a) for a in sorted(live)]
         demands = [ResourceDemand(resource_id=rid, cost=self.costs[rid]) for rid in sorted(inventory)]
         if event.kind == "periodic":
-            placement, _accepted = plan_cost_rebalance(demands, slots, previous,
-                                                       min_improvement=REBALANCE_IMPROVEMENT)
+            placement, _accepted = plan_cost_rebalance(demands, slots, previous, min_improvement=REBALANCE_IMPROVEMENT)
         else:
             placement = place(demands, slots, previous, balance=event.kind in ("initial", "join"))
         self.target = dict(placement.owners)
@@ -168,8 +166,13 @@ def movement(event: Event, before: dict[str, str], after: dict[str, str], costs:
     if event.kind == "leave":
         forced |= {r for r, a in before.items() if a in set(event.changed_agents)}
     extra = sum(1 for r, a in after.items() if r not in forced and r in before and before[r] != a)
-    return {"moved": len(changed), "moved_cost": moved_cost, "minimum_cost": minimum,
-            "ratio": moved_cost / minimum if minimum > 0 else None, "moved_existing": extra}
+    return {
+        "moved": len(changed),
+        "moved_cost": moved_cost,
+        "minimum_cost": minimum,
+        "ratio": moved_cost / minimum if minimum > 0 else None,
+        "moved_existing": extra,
+    }
 
 
 def worst_over_ideal(loads: dict[str, float]) -> float:
@@ -183,9 +186,12 @@ def run_size(resources: int, agent_count: int) -> list[dict]:
     rows = []
     costs_by = {dist: cost_table(dist, all_ids) for dist in ("equal", "lognormal")}
     # The peers ignore costs, so one run of each serves both cost tables; the engine runs per table.
-    runners = {("rendezvous", None): RendezvousRunner(), ("ch-bl", None): RingRunner(),
-               ("engine", "equal"): EngineRunner(costs_by["equal"]),
-               ("engine", "lognormal"): EngineRunner(costs_by["lognormal"])}
+    runners = {
+        ("rendezvous", None): RendezvousRunner(),
+        ("ch-bl", None): RingRunner(),
+        ("engine", "equal"): EngineRunner(costs_by["equal"]),
+        ("engine", "lognormal"): EngineRunner(costs_by["lognormal"]),
+    }
     previous: dict[tuple, dict[str, str]] = {key: {} for key in runners}
     for event in events:
         for (algorithm, dist), runner in runners.items():
@@ -193,15 +199,24 @@ def run_size(resources: int, agent_count: int) -> list[dict]:
             owners = runner.step(event)
             seconds = time.perf_counter() - started
             assert set(owners) == set(event.databases) and set(owners.values()) <= set(event.agents)
-            for distribution in ([dist] if dist else ["equal", "lognormal"]):
+            for distribution in [dist] if dist else ["equal", "lognormal"]:
                 costs = costs_by[distribution]
                 loads = loads_of(owners, costs, event.agents)
-                rows.append({"size": f"{resources}x{agent_count}", "resources": len(event.databases),
-                             "agents": len(event.agents), "costs": distribution, "algorithm": algorithm,
-                             "event": event.name, "kind": event.kind, "seconds": seconds,
-                             "worst_over_ideal": worst_over_ideal(loads),
-                             "idle_agents": sum(1 for v in loads.values() if v == 0),
-                             **movement(event, previous[(algorithm, dist)], owners, costs)})
+                rows.append(
+                    {
+                        "size": f"{resources}x{agent_count}",
+                        "resources": len(event.databases),
+                        "agents": len(event.agents),
+                        "costs": distribution,
+                        "algorithm": algorithm,
+                        "event": event.name,
+                        "kind": event.kind,
+                        "seconds": seconds,
+                        "worst_over_ideal": worst_over_ideal(loads),
+                        "idle_agents": sum(1 for v in loads.values() if v == 0),
+                        **movement(event, previous[(algorithm, dist)], owners, costs),
+                    }
+                )
             previous[(algorithm, dist)] = dict(owners)
         print(f"  {resources}x{agent_count} {event.name}: done", file=sys.stderr)
     return rows
@@ -212,54 +227,76 @@ def fmt_ratio(row: dict) -> str:
 
 
 def command_line(args) -> str:
-    return "python bench/bench_assignment_quality.py" + (f" --sizes {args.sizes}" if args.sizes != DEFAULT_SIZES else "")
+    return "python bench/bench_assignment_quality.py" + (
+        f" --sizes {args.sizes}" if args.sizes != DEFAULT_SIZES else ""
+    )
 
 
 def render(args, rows: list[dict], noise: MachineLoad) -> str:
     command = command_line(args)
-    lines = [SECTION, "", machine_line(), f"Command: `{command}`. {noise.sentence()}", "",
-             "Every algorithm sees the same churn trace (initial placement; 1 agent leaves; 1 joins; several leave "
-             "at once; several join; 1% more databases; 1% removed; the periodic cost rebalance) with equal costs "
-             "and with skewed costs (lognormal μ=0 σ=1, seeded: the largest database costs about 50× the mean). "
-             "The engine is called as the leader calls it (`planning.plan_step`: `place(balance=True)` after joins, "
-             "`balance=False` after leaves and inventory changes, `plan_cost_rebalance(min_improvement=0.10)` "
-             "periodically). The peers, re-implemented in `bench/peers/assigners.py`:",
-             "",
-             "- **CH bounded loads**: the OpenTelemetry target allocator's default `consistent-hashing` strategy "
-             "(`open-telemetry/opentelemetry-operator` `cmd/otel-allocator/internal/allocation/consistent_hashing.go`: "
-             "`buraksezer/consistent` with PartitionCount 1061, ReplicationFactor 5, Load 1.1, xxhash64; "
-             "the ring is rebuilt from the member set on every collector change). Library v0.10.0's `consistent.go`: "
-             "members replicated on a ring (`name+i`), partition p goes to the first member clockwise owning fewer "
-             "than ceil(⌊1061 / members⌋ × 1.1) partitions, a target goes to partition xxhash64(target) mod 1061. "
-             "Costs are not considered.",
-             "- **Rendezvous (HRW)**: each database to the agent with the highest hash of (database, agent). "
-             "Costs are not considered.",
-             "",
-             "**Movement / minimum** = cost of the databases whose assignment changed ÷ the least that must change "
-             "(with equal costs: databases). Minimum: a leave, what the leavers held (under that algorithm's own "
-             "placement); a join of j agents to k, the newcomers' fair share j × total ÷ (k + j), so a value a "
-             "little under 1 means the newcomer ended slightly under its fair share; adding or removing databases, "
-             "those databases. **Worst/ideal** = max agent load ÷ (total load ÷ agents). *Existing moved* = "
-             "databases that were neither added, removed nor held by a leaver and still changed owner.",
-             ""]
+    lines = [
+        SECTION,
+        "",
+        machine_line(),
+        f"Command: `{command}`. {noise.sentence()}",
+        "",
+        "Every algorithm sees the same churn trace (initial placement; 1 agent leaves; 1 joins; several leave "
+        "at once; several join; 1% more databases; 1% removed; the periodic cost rebalance) with equal costs "
+        "and with skewed costs (lognormal μ=0 σ=1, seeded: the largest database costs about 50× the mean). "
+        "The engine is called as the leader calls it (`planning.plan_step`: `place(balance=True)` after joins, "
+        "`balance=False` after leaves and inventory changes, `plan_cost_rebalance(min_improvement=0.10)` "
+        "periodically). The peers, re-implemented in `bench/peers/assigners.py`:",
+        "",
+        "- **CH bounded loads**: the OpenTelemetry target allocator's default `consistent-hashing` strategy "
+        "(`open-telemetry/opentelemetry-operator` `cmd/otel-allocator/internal/allocation/consistent_hashing.go`: "
+        "`buraksezer/consistent` with PartitionCount 1061, ReplicationFactor 5, Load 1.1, xxhash64; "
+        "the ring is rebuilt from the member set on every collector change). Library v0.10.0's `consistent.go`: "
+        "members replicated on a ring (`name+i`), partition p goes to the first member clockwise owning fewer "
+        "than ceil(⌊1061 / members⌋ × 1.1) partitions, a target goes to partition xxhash64(target) mod 1061. "
+        "Costs are not considered.",
+        "- **Rendezvous (HRW)**: each database to the agent with the highest hash of (database, agent). "
+        "Costs are not considered.",
+        "",
+        "**Movement / minimum** = cost of the databases whose assignment changed ÷ the least that must change "
+        "(with equal costs: databases). Minimum: a leave, what the leavers held (under that algorithm's own "
+        "placement); a join of j agents to k, the newcomers' fair share j × total ÷ (k + j), so a value a "
+        "little under 1 means the newcomer ended slightly under its fair share; adding or removing databases, "
+        "those databases. **Worst/ideal** = max agent load ÷ (total load ÷ agents). *Existing moved* = "
+        "databases that were neither added, removed nor held by a leaver and still changed owner.",
+        "",
+    ]
     for size in sorted({r["size"] for r in rows}, key=lambda s: int(s.split("x")[0])):
         resources, agents = size.split("x")
-        lines += [f"### {int(resources):,} databases × {int(agents):,} agents", "",
-                  "| event | algorithm | movement / minimum (equal) | existing moved (equal) | worst/ideal (equal) "
-                  "| movement / minimum (skewed) | worst/ideal (skewed) | seconds (equal) |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### {int(resources):,} databases × {int(agents):,} agents",
+            "",
+            "| event | algorithm | movement / minimum (equal) | existing moved (equal) | worst/ideal (equal) "
+            "| movement / minimum (skewed) | worst/ideal (skewed) | seconds (equal) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         events = list(dict.fromkeys(r["event"] for r in rows if r["size"] == size))
         for event in events:
             for algorithm in ALGORITHMS:
-                eq, sk = (next(r for r in rows if (r["size"], r["event"], r["algorithm"], r["costs"])
-                               == (size, event, algorithm, costs)) for costs in ("equal", "lognormal"))
-                lines.append(f"| {event} | {LABELS[algorithm]} | {fmt_ratio(eq)} | {eq['moved_existing']:,} | "
-                             f"{eq['worst_over_ideal']:.3f} | {fmt_ratio(sk)} | {sk['worst_over_ideal']:.3f} | "
-                             f"{eq['seconds']:.3f} |")
+                eq, sk = (
+                    next(
+                        r
+                        for r in rows
+                        if (r["size"], r["event"], r["algorithm"], r["costs"]) == (size, event, algorithm, costs)
+                    )
+                    for costs in ("equal", "lognormal")
+                )
+                lines.append(
+                    f"| {event} | {LABELS[algorithm]} | {fmt_ratio(eq)} | {eq['moved_existing']:,} | "
+                    f"{eq['worst_over_ideal']:.3f} | {fmt_ratio(sk)} | {sk['worst_over_ideal']:.3f} | "
+                    f"{eq['seconds']:.3f} |"
+                )
         lines.append("")
-    lines += [image_link("assignment_quality", "Assignment quality: movement over minimum and worst load over ideal"),
-              "",
-              *reading(rows), ""]
+    lines += [
+        image_link("assignment_quality", "Assignment quality: movement over minimum and worst load over ideal"),
+        "",
+        *reading(rows),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -269,8 +306,11 @@ def reading(rows: list[dict]) -> list[str]:
     mine = [r for r in rows if r["size"] == big]
 
     def span(algorithm, kinds, field="ratio", costs=("equal", "lognormal")):
-        values = [r[field] for r in mine if r["algorithm"] == algorithm and r["kind"] in kinds
-                  and r["costs"] in costs and r[field] is not None]
+        values = [
+            r[field]
+            for r in mine
+            if r["algorithm"] == algorithm and r["kind"] in kinds and r["costs"] in costs and r[field] is not None
+        ]
         return min(values), max(values)
 
     def fmt(pair, digits=2):
@@ -279,40 +319,59 @@ def reading(rows: list[dict]) -> list[str]:
         return low_text if low_text == high_text else f"{low_text}–{high_text}"
 
     out = [f"Reading ({big.replace('x', ' databases × ')} agents):", ""]
-    out.append("- Movement / minimum on leaves: " + "; ".join(
-        f"{LABELS[a]} {fmt(span(a, ('leave',)))}" for a in ALGORITHMS) + ". On joins: " + "; ".join(
-        f"{LABELS[a]} {fmt(span(a, ('join',)))}" for a in ALGORITHMS) + " (under 1: the newcomers took less than "
-        "their fair share and stay under-loaded, which the worst/ideal column pays for).")
-    out.append("- Worst/ideal over the whole trace, equal costs: " + "; ".join(
-        f"{LABELS[a]} up to {span(a, KINDS_ALL, 'worst_over_ideal', ('equal',))[1]:.2f}" for a in ALGORITHMS)
-        + "; skewed costs: " + "; ".join(
-        f"{LABELS[a]} up to {span(a, KINDS_ALL, 'worst_over_ideal', ('lognormal',))[1]:.2f}" for a in ALGORITHMS) + ".")
+    out.append(
+        "- Movement / minimum on leaves: "
+        + "; ".join(f"{LABELS[a]} {fmt(span(a, ('leave',)))}" for a in ALGORITHMS)
+        + ". On joins: "
+        + "; ".join(f"{LABELS[a]} {fmt(span(a, ('join',)))}" for a in ALGORITHMS)
+        + " (under 1: the newcomers took less than "
+        "their fair share and stay under-loaded, which the worst/ideal column pays for)."
+    )
+    out.append(
+        "- Worst/ideal over the whole trace, equal costs: "
+        + "; ".join(
+            f"{LABELS[a]} up to {span(a, KINDS_ALL, 'worst_over_ideal', ('equal',))[1]:.2f}" for a in ALGORITHMS
+        )
+        + "; skewed costs: "
+        + "; ".join(
+            f"{LABELS[a]} up to {span(a, KINDS_ALL, 'worst_over_ideal', ('lognormal',))[1]:.2f}" for a in ALGORITHMS
+        )
+        + "."
+    )
     ring = [r for r in mine if r["algorithm"] == "ch-bl" and r["costs"] == "equal"]
     agents = ring[0]["agents"]
     bound = math.ceil((1061 // agents) * 1.1)  # as the library computes it
     idle = max(r["idle_agents"] for r in ring)
     share = bound * ring[0]["resources"] / 1061
-    out.append(f"- The ring: with 1,061 partitions on ~{agents:,} agents the load bound is {bound} partitions per "
-               f"member (~{share:,.0f} databases against an ideal of {ring[0]['resources'] / agents:,.0f})"
-               + (f", and up to {idle:,} agents own no partition at all" if idle else "")
-               + "; a collector change rebuilds the ring, so partitions of agents that stayed move too "
-               "(existing moved).")
+    out.append(
+        f"- The ring: with 1,061 partitions on ~{agents:,} agents the load bound is {bound} partitions per "
+        f"member (~{share:,.0f} databases against an ideal of {ring[0]['resources'] / agents:,.0f})"
+        + (f", and up to {idle:,} agents own no partition at all" if idle else "")
+        + "; a collector change rebuilds the ring, so partitions of agents that stayed move too "
+        "(existing moved)."
+    )
     engine_skew_leave = span("engine", ("leave",), "worst_over_ideal", ("lognormal",))[1]
-    periodic = next(r for r in mine
-                    if r["algorithm"] == "engine" and r["kind"] == "periodic" and r["costs"] == "lognormal")
+    periodic = next(
+        r for r in mine if r["algorithm"] == "engine" and r["kind"] == "periodic" and r["costs"] == "lognormal"
+    )
     refused = periodic["moved"] == 0
     engine_seconds = span("engine", KINDS_ALL, "seconds")[1]
     peer_seconds = max(span(a, KINDS_ALL, "seconds")[1] for a in ("rendezvous", "ch-bl"))
-    out.append(f"- Where we lose: after leaves with skewed costs the engine moves only the leavers' databases, so the "
-               f"agent that receives a large one runs up to {engine_skew_leave:.2f}× the ideal; the periodic cost "
-               + ("rebalance at the end of the trace found the engine at "
-                  f"{periodic['worst_over_ideal']:.2f}× and refused to move anything (its spread gain was under the "
-                  "10% threshold), so that imbalance stays until a join or an operator's rebalance."
-                  if refused else f"rebalance brought it to {periodic['worst_over_ideal']:.2f}×.")
-               + f" The engine recomputes every database on every step (up to {engine_seconds:.2f} s here, pure "
-               f"Python); a hash peer only recomputes on membership changes and locates new keys otherwise (up to "
-               f"{peer_seconds:.2f} s for our Python re-implementations — pure-Python xxhash64, numpy-vectorised "
-               "HRW — their Go originals are faster).")
+    out.append(
+        f"- Where we lose: after leaves with skewed costs the engine moves only the leavers' databases, so the "
+        f"agent that receives a large one runs up to {engine_skew_leave:.2f}× the ideal; the periodic cost "
+        + (
+            "rebalance at the end of the trace found the engine at "
+            f"{periodic['worst_over_ideal']:.2f}× and refused to move anything (its spread gain was under the "
+            "10% threshold), so that imbalance stays until a join or an operator's rebalance."
+            if refused
+            else f"rebalance brought it to {periodic['worst_over_ideal']:.2f}×."
+        )
+        + f" The engine recomputes every database on every step (up to {engine_seconds:.2f} s here, pure "
+        f"Python); a hash peer only recomputes on membership changes and locates new keys otherwise (up to "
+        f"{peer_seconds:.2f} s for our Python re-implementations — pure-Python xxhash64, numpy-vectorised "
+        "HRW — their Go originals are faster)."
+    )
     return out
 
 
@@ -332,11 +391,21 @@ def main() -> int:
     text = render(args, rows, noise)
     print(text)
     if not args.no_write:
-        write_data("assignment_quality", {
-            "command": command_line(args), "machine": machine_line(), "noise": noise.as_dict(),
-            "unit": {"ratio": "moved cost / minimum cost", "worst_over_ideal": "max agent load / mean agent load",
-                     "seconds": "wall seconds of one step"},
-            "labels": LABELS, "series": rows})
+        write_data(
+            "assignment_quality",
+            {
+                "command": command_line(args),
+                "machine": machine_line(),
+                "noise": noise.as_dict(),
+                "unit": {
+                    "ratio": "moved cost / minimum cost",
+                    "worst_over_ideal": "max agent load / mean agent load",
+                    "seconds": "wall seconds of one step",
+                },
+                "labels": LABELS,
+                "series": rows,
+            },
+        )
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0

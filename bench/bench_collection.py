@@ -45,10 +45,14 @@ import psutil
 import pymysql
 import yaml
 from pydantic import SecretStr
-
 from report import DOC, MachineLoad, image_link, machine_line, write_data, write_section  # bench/report.py
-from servers import (AgentProcess, metric_total, process_cpu_seconds, sample_lines,  # bench/servers.py, which
-                     scrape)  # also puts the repo root on sys.path
+from servers import (
+    AgentProcess,
+    metric_total,
+    process_cpu_seconds,
+    sample_lines,  # bench/servers.py, which
+    scrape,
+)  # also puts the repo root on sys.path
 
 from dbintel.agent.collectors import collector_class
 from dbintel.common.config import DatabaseConfig
@@ -56,14 +60,27 @@ from tests.servers import MariaDBServer, PostgresServer, RedisServer, free_port
 
 SECTION = "## Collection cost vs the peer exporters"
 DEFAULTS = {"rounds": 5, "collections": 10, "agent_polls": 3, "growth_rounds": 3}
-PG_PASSWORD_ENV, MARIADB_PASSWORD_ENV, REDIS_PASSWORD_ENV = "BENCH_PG_PASSWORD", "BENCH_MARIADB_PASSWORD", \
-    "BENCH_REDIS_PASSWORD"
+PG_PASSWORD_ENV, MARIADB_PASSWORD_ENV, REDIS_PASSWORD_ENV = (
+    "BENCH_PG_PASSWORD",
+    "BENCH_MARIADB_PASSWORD",
+    "BENCH_REDIS_PASSWORD",
+)
 AGENT_INTERVAL = 1.0  # the shortest interval the config allows
 EXAMPLE_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
 TABLE_QUERIES = ("pg_stat_user_tables", "pg_statio_user_tables")
 # Lines about the exporting process itself, not the database: left out of "database samples".
-SELF_PREFIXES = ("go_", "process_", "promhttp_", "pg_exporter_", "pg_scrape_collector_", "postgres_exporter_",
-                 "mysql_exporter_", "mysqld_exporter_", "redis_exporter_", "dbintel_agent_")
+SELF_PREFIXES = (
+    "go_",
+    "process_",
+    "promhttp_",
+    "pg_exporter_",
+    "pg_scrape_collector_",
+    "postgres_exporter_",
+    "mysql_exporter_",
+    "mysqld_exporter_",
+    "redis_exporter_",
+    "dbintel_agent_",
+)
 KINDS = ("postgresql", "mysql", "redis")  # the order of the tables
 TARGET_STATEMENTS = {"postgresql": 5, "mysql": 5, "redis": 3}
 # The peers' server-settings samples: many lines from one statement, told apart in the notes.
@@ -79,6 +96,7 @@ def database_lines(lines: list[str]) -> list[str]:
 
 
 # --- what the servers saw ------------------------------------------------------------------------
+
 
 @dataclass
 class ServerCounts:
@@ -97,8 +115,9 @@ class PostgresWatch:
 
     async def open(self) -> None:
         # One persistent superuser connection over the unix socket: never the monitoring role, never new.
-        self._conn = await asyncpg.connect(host=str(self.server.socket_dir), port=self.server.port,
-                                           user=self.server.superuser, database="postgres")
+        self._conn = await asyncpg.connect(
+            host=str(self.server.socket_dir), port=self.server.port, user=self.server.superuser, database="postgres"
+        )
         await self._conn.execute("ALTER SYSTEM SET log_connections = on")
         await self._conn.execute("SELECT pg_reload_conf()")
 
@@ -110,7 +129,9 @@ class PostgresWatch:
         assert self._conn is not None
         calls = await self._conn.fetchval(
             "SELECT coalesce(sum(s.calls), 0)::bigint FROM pg_stat_statements s"
-            " JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1", self.role)
+            " JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1",
+            self.role,
+        )
         return ServerCounts(statements=int(calls), connections=self._authorized())
 
     async def settle(self) -> None:
@@ -141,15 +162,18 @@ class MariaDBWatch:
         self._conn: pymysql.Connection | None = None
 
     async def open(self) -> None:
-        self._conn = pymysql.connect(unix_socket=str(self.server.socket_path), user=self.server.superuser,
-                                     autocommit=True)
+        self._conn = pymysql.connect(
+            unix_socket=str(self.server.socket_path), user=self.server.superuser, autocommit=True
+        )
 
     def _read(self) -> ServerCounts:
         assert self._conn is not None
         with self._conn.cursor() as cursor:
-            cursor.execute("SELECT EVENT_NAME, COUNT_STAR FROM performance_schema."
-                           "events_statements_summary_by_user_by_event_name WHERE USER = %s AND COUNT_STAR > 0",
-                           (self.user,))
+            cursor.execute(
+                "SELECT EVENT_NAME, COUNT_STAR FROM performance_schema."
+                "events_statements_summary_by_user_by_event_name WHERE USER = %s AND COUNT_STAR > 0",
+                (self.user,),
+            )
             by_command = Counter({name.removeprefix("statement/"): int(calls) for name, calls in cursor.fetchall()})
             cursor.execute("SHOW GLOBAL STATUS LIKE 'Connections'")
             connections = int(cursor.fetchone()[1])
@@ -178,10 +202,18 @@ class RedisWatch:
 
     def _read(self) -> ServerCounts:
         info = self._client.info("commandstats", "stats")
-        by_command = Counter({key.removeprefix("cmdstat_"): int(value["calls"])
-                              for key, value in info.items() if key.startswith("cmdstat_")})
-        return ServerCounts(statements=sum(by_command.values()), connections=int(info["total_connections_received"]),
-                            by_command=by_command)
+        by_command = Counter(
+            {
+                key.removeprefix("cmdstat_"): int(value["calls"])
+                for key, value in info.items()
+                if key.startswith("cmdstat_")
+            }
+        )
+        return ServerCounts(
+            statements=sum(by_command.values()),
+            connections=int(info["total_connections_received"]),
+            by_command=by_command,
+        )
 
     async def open(self) -> None:
         self._read()  # connect first, so the calibration below sees no handshake
@@ -203,8 +235,11 @@ class RedisWatch:
 
 
 def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
-    return ServerCounts(after.statements - before.statements, after.connections - before.connections,
-                        after.by_command - before.by_command)
+    return ServerCounts(
+        after.statements - before.statements,
+        after.connections - before.connections,
+        after.by_command - before.by_command,
+    )
 
 
 async def measured(watch, body):
@@ -216,6 +251,7 @@ async def measured(watch, body):
 
 
 # --- contenders ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Window:
@@ -273,9 +309,13 @@ class Exporter:
         self.kind, self.name, self.error_metric = kind, name, error_metric
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="dbintel-bench-exporter-", suffix=".log", delete=False)
-        self.popen = subprocess.Popen([*command, f"--web.listen-address=127.0.0.1:{self.port}"],
-                                      env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            [*command, f"--web.listen-address=127.0.0.1:{self.port}"],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.process = psutil.Process(self.popen.pid)
         self.url = f"http://127.0.0.1:{self.port}/metrics"
 
@@ -285,9 +325,10 @@ class Exporter:
             try:
                 scrape(self.url, timeout=5)
                 break
-            except OSError:
+            except OSError as error:
                 if self.popen.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} did not start: {Path(self.log.name).read_text()[-2000:]}")
+                    log_tail = Path(self.log.name).read_text()[-2000:]  # noqa: ASYNC240 - failing anyway
+                    raise RuntimeError(f"{self.name} did not start: {log_tail}") from error
                 await asyncio.sleep(0.1)
         scrape(self.url)
 
@@ -304,8 +345,17 @@ class Exporter:
             if metric_total(text, self.error_metric) != 0:
                 problems.append(f"{self.error_metric} != 0")
         cpu = process_cpu_seconds(self.process.pid) - cpu_before
-        return Window(n, cpu, samples / n, database_samples / n, latencies, problems=problems, scrape_cpu=cpu,
-                      scrape_latencies=latencies, last_exposition=text)
+        return Window(
+            n,
+            cpu,
+            samples / n,
+            database_samples / n,
+            latencies,
+            problems=problems,
+            scrape_cpu=cpu,
+            scrape_latencies=latencies,
+            last_exposition=text,
+        )
 
     async def close(self) -> None:
         if self.popen.poll() is None:
@@ -335,8 +385,9 @@ class AgentPath:
             raise RuntimeError(f"{self.name}: no polls after start:\n{self.agent.log_tail()}")
         # The schedule is anchored (missed slots are skipped, the phase kept), so one poll's start time
         # before any pause fixes every later slot.
-        self.slot_anchor = metric_total(await asyncio.to_thread(self.agent.scrape),
-                                        "dbintel_agent_last_poll_timestamp_seconds")
+        self.slot_anchor = metric_total(
+            await asyncio.to_thread(self.agent.scrape), "dbintel_agent_last_poll_timestamp_seconds"
+        )
         self.agent.pause()
 
     def _mid_phase_after(self, moment: float) -> float:
@@ -377,13 +428,24 @@ class AgentPath:
         duration_name = "dbintel_agent_poll_duration_seconds"
         label = f'type="{self.kind}"'
         seconds = metric_total(text, duration_name + "_sum", label) - metric_total(first, duration_name + "_sum", label)
-        count = metric_total(text, duration_name + "_count", label) - metric_total(first, duration_name + "_count", label)
+        count = metric_total(text, duration_name + "_count", label) - metric_total(
+            first, duration_name + "_count", label
+        )
         problems = [] if polls == n else [f"{polls:g} polls in {n} intervals"]
         problems += [line for line in sample_lines(text) if line.startswith("dbintel_agent_poll_errors_total")]
         polls = max(polls, 1)
-        return Window(int(polls), cpu, samples / n, database_samples / n, [seconds / max(count, 1)],
-                      server=counts, problems=problems, scrape_cpu=scrape_cpu, scrape_latencies=scrape_latencies,
-                      last_exposition=text)
+        return Window(
+            int(polls),
+            cpu,
+            samples / n,
+            database_samples / n,
+            [seconds / max(count, 1)],
+            server=counts,
+            problems=problems,
+            scrape_cpu=scrape_cpu,
+            scrape_latencies=scrape_latencies,
+            last_exposition=text,
+        )
 
     async def profile(self, seconds: float) -> list[tuple[str, float]]:
         """Shares of the agent's on-CPU stack samples by layer (py-spy), scraped once per interval meanwhile."""
@@ -393,14 +455,28 @@ class AgentPath:
         self.agent.resume()
         try:
             spy = await asyncio.create_subprocess_exec(
-                "py-spy", "record", "--pid", str(self.agent.process.pid), "--duration", f"{seconds:g}",
-                "--rate", "1000", "--nonblocking", "--full-filenames", "--format", "raw", "--output", str(output),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.agent.process.pid),
+                "--duration",
+                f"{seconds:g}",
+                "--rate",
+                "1000",
+                "--nonblocking",
+                "--full-filenames",
+                "--format",
+                "raw",
+                "--output",
+                str(output),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             while spy.returncode is None:
                 await asyncio.to_thread(self.agent.scrape)
                 try:
                     await asyncio.wait_for(spy.wait(), AGENT_INTERVAL)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self.agent.pause()
@@ -450,6 +526,7 @@ def stack_shares(raw: str) -> list[tuple[str, float]]:
 
 # --- the run -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Tally:
     """All windows of one contender in one scenario."""
@@ -484,8 +561,10 @@ class Tally:
 
     @property
     def samples(self) -> tuple[float, float]:
-        return (statistics.median(w.database_samples for w in self.windows),
-                statistics.median(w.samples for w in self.windows))
+        return (
+            statistics.median(w.database_samples for w in self.windows),
+            statistics.median(w.samples for w in self.windows),
+        )
 
     @property
     def statements(self) -> float:
@@ -525,19 +604,37 @@ class Target:
 
 
 def postgres_database(server: PostgresServer) -> dict:
-    return {"name": "bench-pg", "type": "postgresql", "endpoint": server.address, "username": server.monitor_user,
-            "password": f"${{env:{PG_PASSWORD_ENV}}}", "database": server.app_database,
-            "interval": f"{AGENT_INTERVAL:g}s"}
+    return {
+        "name": "bench-pg",
+        "type": "postgresql",
+        "endpoint": server.address,
+        "username": server.monitor_user,
+        "password": f"${{env:{PG_PASSWORD_ENV}}}",
+        "database": server.app_database,
+        "interval": f"{AGENT_INTERVAL:g}s",
+    }
 
 
 def mariadb_database(server: MariaDBServer) -> dict:
-    return {"name": "bench-mariadb", "type": "mysql", "endpoint": server.address, "username": server.monitor_user,
-            "password": f"${{env:{MARIADB_PASSWORD_ENV}}}", "interval": f"{AGENT_INTERVAL:g}s"}
+    return {
+        "name": "bench-mariadb",
+        "type": "mysql",
+        "endpoint": server.address,
+        "username": server.monitor_user,
+        "password": f"${{env:{MARIADB_PASSWORD_ENV}}}",
+        "interval": f"{AGENT_INTERVAL:g}s",
+    }
 
 
 def redis_database(server: RedisServer) -> dict:
-    return {"name": "bench-redis", "type": "redis", "endpoint": server.address,
-            "password": f"${{env:{REDIS_PASSWORD_ENV}}}", "database": "0", "interval": f"{AGENT_INTERVAL:g}s"}
+    return {
+        "name": "bench-redis",
+        "type": "redis",
+        "endpoint": server.address,
+        "password": f"${{env:{REDIS_PASSWORD_ENV}}}",
+        "database": "0",
+        "interval": f"{AGENT_INTERVAL:g}s",
+    }
 
 
 def table_queries_file(directory: Path) -> Path:
@@ -552,13 +649,16 @@ def mysqld_exporter_config(server: MariaDBServer, directory: Path) -> Path:
     """The my.cnf prometheus-mysqld-exporter 0.14 reads its credentials from (--config.my-cnf), mode 0600."""
     path = directory / "mysqld-exporter.cnf"
     path.touch(mode=0o600)
-    path.write_text(f"[client]\nuser={server.monitor_user}\npassword={server.monitor_password}\n"
-                    f"host={server.host}\nport={server.port}\n")
+    path.write_text(
+        f"[client]\nuser={server.monitor_user}\npassword={server.monitor_password}\n"
+        f"host={server.host}\nport={server.port}\n"
+    )
     return path
 
 
 def grow_postgres(server: PostgresServer) -> None:
-    server.execute(f"""
+    server.execute(
+        f"""
 DO $$ BEGIN FOR i IN 1..{EXTRA_TABLES} LOOP
   EXECUTE format('CREATE TABLE bench_t%s (id int PRIMARY KEY, k int NOT NULL, v text)', i);
   EXECUTE format('CREATE INDEX bench_t%s_k_idx ON bench_t%s (k)', i, i);
@@ -566,26 +666,34 @@ DO $$ BEGIN FOR i IN 1..{EXTRA_TABLES} LOOP
 END LOOP; END $$;
 VACUUM ANALYZE;
 SELECT pg_stat_force_next_flush();
-""", database=server.app_database)
+""",
+        database=server.app_database,
+    )
 
 
 def grow_mariadb(server: MariaDBServer) -> None:
     """The same 200 tables × 2 indexes, each written and read through its index once, so that
     performance_schema has table and index I/O rows for them (as it would on a live server)."""
-    server.execute("\n".join(
-        f"CREATE TABLE bench_t{i} (id INT PRIMARY KEY, k INT NOT NULL, v TEXT, KEY bench_t{i}_k_idx (k)) ENGINE=InnoDB;\n"
-        f"INSERT INTO bench_t{i} SELECT seq, seq % 10, 'x' FROM seq_1_to_20;\n"
-        f"SELECT count(*) FROM bench_t{i} WHERE k = 1;"
-        for i in range(1, EXTRA_TABLES + 1)), database=server.app_database)
+    server.execute(
+        "\n".join(
+            f"CREATE TABLE bench_t{i} (id INT PRIMARY KEY, k INT NOT NULL, v TEXT, KEY bench_t{i}_k_idx (k)) ENGINE=InnoDB;\n"
+            f"INSERT INTO bench_t{i} SELECT seq, seq % 10, 'x' FROM seq_1_to_20;\n"
+            f"SELECT count(*) FROM bench_t{i} WHERE k = 1;"
+            for i in range(1, EXTRA_TABLES + 1)
+        ),
+        database=server.app_database,
+    )
 
 
 def add_postgres_databases(server: PostgresServer, total: int) -> None:
     """Extra databases bench_db2..bench_db<total>, TABLES_PER_EXTRA small tables each."""
     existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
-    tables = "\n".join(f"CREATE TABLE t{j} (id int PRIMARY KEY, k int NOT NULL);\n"
-                       f"CREATE INDEX t{j}_k_idx ON t{j} (k);\n"
-                       f"INSERT INTO t{j} SELECT g, g % 10 FROM generate_series(1, 20) g;"
-                       for j in range(TABLES_PER_EXTRA))
+    tables = "\n".join(
+        f"CREATE TABLE t{j} (id int PRIMARY KEY, k int NOT NULL);\n"
+        f"CREATE INDEX t{j}_k_idx ON t{j} (k);\n"
+        f"INSERT INTO t{j} SELECT g, g % 10 FROM generate_series(1, 20) g;"
+        for j in range(TABLES_PER_EXTRA)
+    )
     for i in range(2, total + 1):
         if f"bench_db{i}" not in existing:
             server.execute(f"CREATE DATABASE bench_db{i}")
@@ -599,10 +707,15 @@ def add_mariadb_schemas(server: MariaDBServer, total: int) -> None:
     for i in range(2, total + 1):
         if f"bench_s{i}" in existing:
             continue
-        server.execute(f"CREATE DATABASE bench_s{i};\nUSE bench_s{i};\n" + "\n".join(
-            f"CREATE TABLE bench_s{i}.t{j} (id INT PRIMARY KEY, k INT NOT NULL, KEY t{j}_k_idx (k)) ENGINE=InnoDB;\n"
-            f"INSERT INTO bench_s{i}.t{j} SELECT seq, seq % 10 FROM seq_1_to_20;\n"
-            f"SELECT count(*) FROM bench_s{i}.t{j} WHERE k = 1;" for j in range(TABLES_PER_EXTRA)))
+        server.execute(
+            f"CREATE DATABASE bench_s{i};\nUSE bench_s{i};\n"
+            + "\n".join(
+                f"CREATE TABLE bench_s{i}.t{j} (id INT PRIMARY KEY, k INT NOT NULL, KEY t{j}_k_idx (k)) ENGINE=InnoDB;\n"
+                f"INSERT INTO bench_s{i}.t{j} SELECT seq, seq % 10 FROM seq_1_to_20;\n"
+                f"SELECT count(*) FROM bench_s{i}.t{j} WHERE k = 1;"
+                for j in range(TABLES_PER_EXTRA)
+            )
+        )
 
 
 def drop_growth(pg: PostgresServer, maria: MariaDBServer) -> None:
@@ -623,8 +736,9 @@ def fill_redis(server: RedisServer, databases: int, keys: int) -> None:
         client.close()
 
 
-async def run_scenario(args, targets: list[Target], scenario: str,
-                       profiles: dict[str, list[tuple[str, float]]]) -> list[Tally]:
+async def run_scenario(
+    args, targets: list[Target], scenario: str, profiles: dict[str, list[tuple[str, float]]]
+) -> list[Tally]:
     direct = {t.kind: t.direct() for t in targets}
     secrets = {t.password_env: t.password for t in targets}
     agents = {t.kind: AgentPath(t.kind, t.database, secrets) for t in targets}
@@ -638,12 +752,12 @@ async def run_scenario(args, targets: list[Target], scenario: str,
         for round_number in range(args.rounds):
             shift = round_number % len(sequential)  # rotate who goes first, so no one always runs on a cold cache
             for contender in sequential[shift:] + sequential[:shift]:
-                counts, window = await measured(watches[contender.kind],
-                                                lambda c=contender: c.window(args.collections))
+                counts, window = await measured(watches[contender.kind], lambda c=contender: c.window(args.collections))
                 window.server = counts
                 if window.own_statements is not None and window.own_statements != counts.statements:
-                    window.problems.append(f"the server saw {counts.statements} statements, the collector counted "
-                                           f"{window.own_statements}")
+                    window.problems.append(
+                        f"the server saw {counts.statements} statements, the collector counted {window.own_statements}"
+                    )
                 tallies[id(contender)].windows.append(window)
             # One agent at a time (the others SIGSTOPped): two cores, and no agent's polls in another's window.
             for agent in agents.values():
@@ -652,8 +766,9 @@ async def run_scenario(args, targets: list[Target], scenario: str,
         if not args.no_profile:
             for kind, agent in agents.items():  # "where does our time go", for each type a peer spent less on
                 ours = tallies[id(agent)].cpu_us_per_sample
-                if any(tallies[id(e)].cpu_us_per_sample < ours for e in sequential if e.kind == kind
-                       and e.family == "peer"):
+                if any(
+                    tallies[id(e)].cpu_us_per_sample < ours for e in sequential if e.kind == kind and e.family == "peer"
+                ):
                     profiles[kind] = await agent.profile(seconds=args.agent_polls + 2)
     finally:
         for contender in [*direct.values(), *agents.values()]:
@@ -666,14 +781,28 @@ def row(tally: Tally) -> tuple[str, ...]:
     database_samples, samples = tally.samples
     scrape = tally.scrape_cpu_ms
     scrape_text = "—" if scrape is None else "all" if tally.contender.family == "peer" else f"{scrape:.2f}"
-    return (tally.contender.name, f"{database_samples:.0f} / {samples:.0f}", f"{tally.cpu_ms:.2f}", scrape_text,
-            f"{tally.cpu_us_per_sample:.1f}", f"{tally.statements:.1f}", f"{tally.connections:.2f}",
-            f"{tally.latency_ms:.1f}")
+    return (
+        tally.contender.name,
+        f"{database_samples:.0f} / {samples:.0f}",
+        f"{tally.cpu_ms:.2f}",
+        scrape_text,
+        f"{tally.cpu_us_per_sample:.1f}",
+        f"{tally.statements:.1f}",
+        f"{tally.connections:.2f}",
+        f"{tally.latency_ms:.1f}",
+    )
 
 
-HEADER = ("contender", "database samples / all lines", "CPU ms / collection", "of which serving the scrape, ms",
-          "CPU µs / database sample", "statements / collection", "new connections / collection",
-          "latency ms (median)")
+HEADER = (
+    "contender",
+    "database samples / all lines",
+    "CPU ms / collection",
+    "of which serving the scrape, ms",
+    "CPU µs / database sample",
+    "statements / collection",
+    "new connections / collection",
+    "latency ms (median)",
+)
 
 
 def table(tallies: list[Tally]) -> list[str]:
@@ -692,18 +821,24 @@ def verdicts(tallies: list[Tally]) -> list[str]:
         limit = TARGET_STATEMENTS[kind]
         for t in ours:
             met = "met" if t.statements <= limit else "NOT met"
-            out.append(f"{t.contender.name}: ≤ {limit} statements per collection: **{met}** ({t.statements:.1f}); "
-                       f"no new connection per collection: **{'met' if t.connections == 0 else 'NOT met'}** "
-                       f"({t.connections:.2f}).")
+            out.append(
+                f"{t.contender.name}: ≤ {limit} statements per collection: **{met}** ({t.statements:.1f}); "
+                f"no new connection per collection: **{'met' if t.connections == 0 else 'NOT met'}** "
+                f"({t.connections:.2f})."
+            )
         agent = next(t for t in ours if isinstance(t.contender, AgentPath))
         direct = next(t for t in ours if isinstance(t.contender, DirectCollector))
         for peer in peers:
             met = agent.cpu_us_per_sample <= peer.cpu_us_per_sample
-            out.append(f"agent CPU per database sample at or below that of {peer.contender.name}: "
-                       f"**{'met' if met else 'NOT met'}** ({agent.cpu_us_per_sample:.1f} vs "
-                       f"{peer.cpu_us_per_sample:.1f} µs; per collection {agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} ms).")
-        out.append(f"for comparison, the {kind} collector alone (in-process, no exposition): "
-                   f"{direct.cpu_us_per_sample:.1f} µs per sample, {direct.cpu_ms:.2f} ms per collection.")
+            out.append(
+                f"agent CPU per database sample at or below that of {peer.contender.name}: "
+                f"**{'met' if met else 'NOT met'}** ({agent.cpu_us_per_sample:.1f} vs "
+                f"{peer.cpu_us_per_sample:.1f} µs; per collection {agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} ms)."
+            )
+        out.append(
+            f"for comparison, the {kind} collector alone (in-process, no exposition): "
+            f"{direct.cpu_us_per_sample:.1f} µs per sample, {direct.cpu_ms:.2f} ms per collection."
+        )
     return out
 
 
@@ -711,17 +846,29 @@ def tally_data(results: dict[str, list[Tally]]) -> dict[str, list[dict]]:
     """scenario -> one record per contender, for docs/data/collection.json and bench/plots.py."""
     out = {}
     for scenario, tallies in results.items():
-        out[scenario] = [{"name": t.contender.name, "kind": t.contender.kind, "family": t.contender.family,
-                          "path": type(t.contender).__name__, "cpu_ms": t.cpu_ms,
-                          "cpu_us_per_sample": t.cpu_us_per_sample, "samples": t.samples[0],
-                          "all_lines": t.samples[1], "statements": t.statements, "connections": t.connections,
-                          "latency_ms": t.latency_ms} for t in tallies]
+        out[scenario] = [
+            {
+                "name": t.contender.name,
+                "kind": t.contender.kind,
+                "family": t.contender.family,
+                "path": type(t.contender).__name__,
+                "cpu_ms": t.cpu_ms,
+                "cpu_us_per_sample": t.cpu_us_per_sample,
+                "samples": t.samples[0],
+                "all_lines": t.samples[1],
+                "statements": t.statements,
+                "connections": t.connections,
+                "latency_ms": t.latency_ms,
+            }
+            for t in tallies
+        ]
     return out
 
 
 def command_line(args) -> str:
     return "python bench/bench_collection.py" + "".join(
-        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]
+    )
 
 
 async def main_async(args) -> int:
@@ -730,11 +877,23 @@ async def main_async(args) -> int:
     text = render(args, results, profiles, noise)
     print(text)
     if not args.no_write:
-        write_data("collection", {"command": command_line(args), "machine": machine_line(), "noise": noise.as_dict(),
-                                  "unit": {"cpu_ms": "CPU ms per collection", "cpu_us_per_sample": "CPU µs per "
-                                           "database sample", "statements": "statements per collection",
-                                           "samples": "database samples per collection", "latency_ms": "ms"},
-                                  "growth_sizes": list(GROWTH_SIZES), "series": tally_data(results)})
+        write_data(
+            "collection",
+            {
+                "command": command_line(args),
+                "machine": machine_line(),
+                "noise": noise.as_dict(),
+                "unit": {
+                    "cpu_ms": "CPU ms per collection",
+                    "cpu_us_per_sample": "CPU µs per database sample",
+                    "statements": "statements per collection",
+                    "samples": "database samples per collection",
+                    "latency_ms": "ms",
+                },
+                "growth_sizes": list(GROWTH_SIZES),
+                "series": tally_data(results),
+            },
+        )
         write_section(SECTION, text)
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     return 0
@@ -748,33 +907,61 @@ async def measure_all(args):
     profiles: dict[str, dict[str, list[tuple[str, float]]]] = {"small": {}, "many": {}}
     try:
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in (pg, maria, rd)))
-        targets = [Target("postgresql", postgres_database(pg), PG_PASSWORD_ENV, pg.monitor_password, PostgresWatch(pg)),
-                   Target("mysql", mariadb_database(maria), MARIADB_PASSWORD_ENV, maria.monitor_password,
-                          MariaDBWatch(maria)),
-                   Target("redis", redis_database(rd), REDIS_PASSWORD_ENV, rd.password, RedisWatch(rd))]
+        targets = [
+            Target("postgresql", postgres_database(pg), PG_PASSWORD_ENV, pg.monitor_password, PostgresWatch(pg)),
+            Target("mysql", mariadb_database(maria), MARIADB_PASSWORD_ENV, maria.monitor_password, MariaDBWatch(maria)),
+            Target("redis", redis_database(rd), REDIS_PASSWORD_ENV, rd.password, RedisWatch(rd)),
+        ]
         for target in targets:
             await target.watch.open()
         fill_redis(rd, 1, 100)
         dsn = {"DATA_SOURCE_NAME": pg.dsn(database=pg.app_database)}
         my_cnf = f"--config.my-cnf={mysqld_exporter_config(maria, work)}"
         targets[0].exporters = [
-            Exporter("postgresql", "postgres_exporter 0.11 (defaults)", ["prometheus-postgres-exporter"], dsn,
-                     "pg_exporter_last_scrape_error"),
-            Exporter("postgresql", "postgres_exporter 0.11 + example table queries",
-                     ["prometheus-postgres-exporter", f"--extend.query-path={table_queries_file(work)}"], dsn,
-                     "pg_exporter_last_scrape_error"),
+            Exporter(
+                "postgresql",
+                "postgres_exporter 0.11 (defaults)",
+                ["prometheus-postgres-exporter"],
+                dsn,
+                "pg_exporter_last_scrape_error",
+            ),
+            Exporter(
+                "postgresql",
+                "postgres_exporter 0.11 + example table queries",
+                ["prometheus-postgres-exporter", f"--extend.query-path={table_queries_file(work)}"],
+                dsn,
+                "pg_exporter_last_scrape_error",
+            ),
         ]
         targets[1].exporters = [
-            Exporter("mysql", "mysqld_exporter 0.14 (defaults)", ["prometheus-mysqld-exporter", my_cnf], {},
-                     "mysql_exporter_last_scrape_error"),
-            Exporter("mysql", "mysqld_exporter 0.14 + table/index I/O waits",
-                     ["prometheus-mysqld-exporter", my_cnf, "--collect.perf_schema.tableiowaits",
-                      "--collect.perf_schema.indexiowaits"], {}, "mysql_exporter_last_scrape_error"),
+            Exporter(
+                "mysql",
+                "mysqld_exporter 0.14 (defaults)",
+                ["prometheus-mysqld-exporter", my_cnf],
+                {},
+                "mysql_exporter_last_scrape_error",
+            ),
+            Exporter(
+                "mysql",
+                "mysqld_exporter 0.14 + table/index I/O waits",
+                [
+                    "prometheus-mysqld-exporter",
+                    my_cnf,
+                    "--collect.perf_schema.tableiowaits",
+                    "--collect.perf_schema.indexiowaits",
+                ],
+                {},
+                "mysql_exporter_last_scrape_error",
+            ),
         ]
         targets[2].exporters = [
-            Exporter("redis", "redis_exporter 1.45 (defaults)",
-                     ["prometheus-redis-exporter", f"--redis.addr=redis://{rd.address}"],
-                     {"REDIS_PASSWORD": rd.password}, "redis_exporter_last_scrape_error"),
+            Exporter(
+                "redis",
+                "redis_exporter 1.45 (defaults)",
+                ["prometheus-redis-exporter", f"--redis.addr=redis://{rd.address}"],
+                {"REDIS_PASSWORD": rd.password},
+                "redis_exporter_last_scrape_error",
+            ),
         ]
         results["small"] = await run_scenario(args, targets, "small", profiles["small"])
         growth_args = argparse.Namespace(**{**vars(args), "rounds": args.growth_rounds, "no_profile": True})
@@ -804,31 +991,48 @@ def growth_lines(results: dict[str, list[Tally]], rounds: int) -> list[str]:
     if not all(s in results for s in scenarios):
         return []
     sizes = " / ".join(str(n) for n in GROWTH_SIZES)
-    lines = [f"### Many databases (PostgreSQL databases / MariaDB schemas on the server: {sizes})", "",
-             f"The same contenders (Redis aside) with {sizes} databases on the PostgreSQL server and as many schemas "
-             f"on the MariaDB server (the app's plus extra ones of {TABLES_PER_EXTRA} tables × 1 index each, every "
-             f"table written and read once), {rounds} rounds each (the 1-database figures are the small-schema run's). Each cell reads {sizes}.", "",
-             "| contender | database samples | CPU ms / collection | statements / collection | latency ms |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"### Many databases (PostgreSQL databases / MariaDB schemas on the server: {sizes})",
+        "",
+        f"The same contenders (Redis aside) with {sizes} databases on the PostgreSQL server and as many schemas "
+        f"on the MariaDB server (the app's plus extra ones of {TABLES_PER_EXTRA} tables × 1 index each, every "
+        f"table written and read once), {rounds} rounds each (the 1-database figures are the small-schema run's). Each cell reads {sizes}.",
+        "",
+        "| contender | database samples | CPU ms / collection | statements / collection | latency ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
     by_name = {s: {t.contender.name: t for t in results[s]} for s in scenarios}
     for tally in results["databases-" + str(GROWTH_SIZES[-1])]:
         cells = [by_name[s].get(tally.contender.name) for s in scenarios]
         if any(c is None for c in cells):
             continue
-        lines.append(f"| {tally.contender.name} | {' / '.join(f'{c.samples[0]:.0f}' for c in cells)} | "
-                     f"{' / '.join(f'{c.cpu_ms:.2f}' for c in cells)} | "
-                     f"{' / '.join(f'{c.statements:.0f}' for c in cells)} | "
-                     f"{' / '.join(f'{c.latency_ms:.1f}' for c in cells)} |")
+        lines.append(
+            f"| {tally.contender.name} | {' / '.join(f'{c.samples[0]:.0f}' for c in cells)} | "
+            f"{' / '.join(f'{c.cpu_ms:.2f}' for c in cells)} | "
+            f"{' / '.join(f'{c.statements:.0f}' for c in cells)} | "
+            f"{' / '.join(f'{c.latency_ms:.1f}' for c in cells)} |"
+        )
     lines.append("")
     for kind in ("postgresql", "mysql"):
         first = {t.contender.name: t for t in results["small"] if t.contender.kind == kind}
         last = {t.contender.name: t for t in results[scenarios[-1]] if t.contender.kind == kind}
-        growth = [(name, last[name].cpu_ms / first[name].cpu_ms, last[name].statements - first[name].statements)
-                  for name in last if name in first and first[name].cpu_ms > 0]
-        lines.append(f"- {kind}, from 1 to {GROWTH_SIZES[-1]}: CPU per collection × " + "; ".join(
-            f"{factor:.1f} {name}" for name, factor, _ in growth) + ". Statements per collection "
-            + ("stay the same for every contender." if all(abs(d) < 0.5 for *_, d in growth) else "change: " + "; ".join(
-                f"{name} {delta:+.0f}" for name, _, delta in growth if abs(delta) >= 0.5) + "."))
+        growth = [
+            (name, last[name].cpu_ms / first[name].cpu_ms, last[name].statements - first[name].statements)
+            for name in last
+            if name in first and first[name].cpu_ms > 0
+        ]
+        lines.append(
+            f"- {kind}, from 1 to {GROWTH_SIZES[-1]}: CPU per collection × "
+            + "; ".join(f"{factor:.1f} {name}" for name, factor, _ in growth)
+            + ". Statements per collection "
+            + (
+                "stay the same for every contender."
+                if all(abs(d) < 0.5 for *_, d in growth)
+                else "change: "
+                + "; ".join(f"{name} {delta:+.0f}" for name, _, delta in growth if abs(delta) >= 0.5)
+                + "."
+            )
+        )
     top = {t.contender.name: t for t in results[scenarios[-1]]}
     for kind in ("postgresql", "mysql"):
         agent = next((t for t in top.values() if t.contender.kind == kind and isinstance(t.contender, AgentPath)), None)
@@ -836,10 +1040,12 @@ def growth_lines(results: dict[str, list[Tally]], rounds: int) -> list[str]:
             continue
         for peer in (t for t in top.values() if t.contender.kind == kind and t.contender.family == "peer"):
             verdict = "we lose" if agent.cpu_ms > peer.cpu_ms else "we win"
-            lines.append(f"- At {GROWTH_SIZES[-1]}, {agent.contender.name} vs {peer.contender.name}: "
-                         f"{agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} CPU ms per collection (**{verdict}**), "
-                         f"{agent.cpu_us_per_sample:.1f} vs {peer.cpu_us_per_sample:.1f} µs per database sample, "
-                         f"{agent.samples[0]:.0f} vs {peer.samples[0]:.0f} database samples.")
+            lines.append(
+                f"- At {GROWTH_SIZES[-1]}, {agent.contender.name} vs {peer.contender.name}: "
+                f"{agent.cpu_ms:.2f} vs {peer.cpu_ms:.2f} CPU ms per collection (**{verdict}**), "
+                f"{agent.cpu_us_per_sample:.1f} vs {peer.cpu_us_per_sample:.1f} µs per database sample, "
+                f"{agent.samples[0]:.0f} vs {peer.samples[0]:.0f} database samples."
+            )
     lines.append("")
     return lines
 
@@ -847,7 +1053,9 @@ def growth_lines(results: dict[str, list[Tally]], rounds: int) -> list[str]:
 def render(args, results, profiles, noise: MachineLoad | None = None) -> str:
     command = command_line(args)
     lines = [
-        SECTION, "", machine_line(),
+        SECTION,
+        "",
+        machine_line(),
         f"Command: `{command}` (about 5 minutes). {noise.sentence() if noise else ''} PostgreSQL 15, MariaDB 10.11 "
         "and Redis 7.0 from tests/servers.py; PostgreSQL 15, MariaDB 10.11 and Redis 7.0 from tests/servers.py; "
         "every contender uses the same monitoring account on the same data, the exporters included, so all see "
@@ -866,7 +1074,7 @@ def render(args, results, profiles, noise: MachineLoad | None = None) -> str:
         "",
         "- CPU: the collecting process's CPU-time clock (clock_getcpuclockid; psutil's cpu_times ticks at 10 ms, "
         "too coarse): the exporter over its scrapes; this process around `collect()`; the agent process over the "
-        "whole window (polls, scrapes, idle wake-ups). \"of which serving the scrape\" is the agent's CPU "
+        'whole window (polls, scrapes, idle wake-ups). "of which serving the scrape" is the agent\'s CPU '
         "during the scrapes alone.",
         "- Database samples: exposition sample lines less the exporters' own `go_`/`process_`/`promhttp_`/"
         "`*_exporter_` lines and the agent's `dbintel_agent_*` lines; for the in-process collector, "
@@ -883,10 +1091,14 @@ def render(args, results, profiles, noise: MachineLoad | None = None) -> str:
         "- Scrapes ask for plain text (no gzip) on both sides.",
         "",
     ]
-    for scenario, title in (("small", "Small schema (PostgreSQL 2 tables, 4 indexes; MariaDB 1 table, 2 indexes; "
-                                      "100 keys in Redis db 0)"),
-                            ("many", f"Many tables (+{EXTRA_TABLES} tables × 2 indexes in PostgreSQL and in MariaDB; "
-                                     f"{KEYS_PER_DB} keys in each of {EXTRA_REDIS_DBS} Redis databases)")):
+    for scenario, title in (
+        ("small", "Small schema (PostgreSQL 2 tables, 4 indexes; MariaDB 1 table, 2 indexes; 100 keys in Redis db 0)"),
+        (
+            "many",
+            f"Many tables (+{EXTRA_TABLES} tables × 2 indexes in PostgreSQL and in MariaDB; "
+            f"{KEYS_PER_DB} keys in each of {EXTRA_REDIS_DBS} Redis databases)",
+        ),
+    ):
         tallies = results[scenario]
         lines += [f"### {title}", "", *table(tallies), ""]
         lines += [f"- {v}" for v in verdicts(tallies)]
@@ -894,28 +1106,43 @@ def render(args, results, profiles, noise: MachineLoad | None = None) -> str:
             if t.problems():
                 lines.append(f"- {t.contender.name} problems: {'; '.join(t.problems())}")
             if t.contender.kind in ("mysql", "redis"):
-                lines.append(f"- {t.contender.name} {'statements' if t.contender.kind == 'mysql' else 'commands'} "
-                             f"per collection: {t.commands()}")
+                lines.append(
+                    f"- {t.contender.name} {'statements' if t.contender.kind == 'mysql' else 'commands'} "
+                    f"per collection: {t.commands()}"
+                )
             if isinstance(t.contender, AgentPath):
-                lines.append(f"- {t.contender.name}: serving the scrape is {t.scrape_cpu_ms / t.cpu_ms:.0%} of its "
-                             f"CPU per collection (one scrape took {t.scrape_latency_ms:.1f} ms wall).")
+                lines.append(
+                    f"- {t.contender.name}: serving the scrape is {t.scrape_cpu_ms / t.cpu_ms:.0%} of its "
+                    f"CPU per collection (one scrape took {t.scrape_latency_ms:.1f} ms wall)."
+                )
             prefix = SETTINGS_PREFIXES.get(t.contender.kind)
             if prefix and t.contender.family == "peer":
-                lines.append(f"- {t.contender.name}: {t.lines_starting(prefix)} of its database samples "
-                             f"are {prefix}* (server settings, one statement).")
+                lines.append(
+                    f"- {t.contender.name}: {t.lines_starting(prefix)} of its database samples "
+                    f"are {prefix}* (server settings, one statement)."
+                )
         for kind, shares in profiles[scenario].items():
             *layers, (_, total) = shares
             if total < MIN_PROFILE_SAMPLES:
-                lines.append(f"- py-spy caught only {total:.0f} on-CPU stack samples of the {kind} agent: too few "
-                             "to split; the scrape column above is the split.")
+                lines.append(
+                    f"- py-spy caught only {total:.0f} on-CPU stack samples of the {kind} agent: too few "
+                    "to split; the scrape column above is the split."
+                )
                 continue
-            lines.append(f"- where the {kind} agent's CPU goes (py-spy, {total:.0f} on-CPU stack samples): "
-                         + "; ".join(f"{layer} {share:.0%}" for layer, share in layers if share >= 0.01))
+            lines.append(
+                f"- where the {kind} agent's CPU goes (py-spy, {total:.0f} on-CPU stack samples): "
+                + "; ".join(f"{layer} {share:.0%}" for layer, share in layers if share >= 0.01)
+            )
         lines.append("")
     lines += growth_lines(results, args.growth_rounds)
-    lines += [image_link("collection_cost", "Collection cost: CPU per sample and statements per collection, us vs "
-                         "the exporters"), "",
-              image_link("collection_growth", "Collection cost as the monitored server grows"), ""]
+    lines += [
+        image_link(
+            "collection_cost", "Collection cost: CPU per sample and statements per collection, us vs the exporters"
+        ),
+        "",
+        image_link("collection_growth", "Collection cost as the monitored server grows"),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -924,8 +1151,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=DEFAULTS["rounds"])
     parser.add_argument("--collections", type=int, default=DEFAULTS["collections"])
     parser.add_argument("--agent-polls", type=int, default=DEFAULTS["agent_polls"])
-    parser.add_argument("--growth-rounds", type=int, default=DEFAULTS["growth_rounds"],
-                        help="rounds at each size of the many-databases growth")
+    parser.add_argument(
+        "--growth-rounds",
+        type=int,
+        default=DEFAULTS["growth_rounds"],
+        help="rounds at each size of the many-databases growth",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of a losing agent")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     return asyncio.run(main_async(parser.parse_args()))

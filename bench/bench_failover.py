@@ -38,12 +38,11 @@ import uuid
 from pathlib import Path
 
 import yaml
-
 from report import DOC, image_link, machine_line, write_section  # bench/report.py
 from servers import REPO_ROOT, metric_by_resource, scrape  # bench/servers.py (puts the repo root on sys.path)
 
-from tests.processes import stop_process_group, wait_http_ok  # noqa: E402
-from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.processes import stop_process_group, wait_http_ok
+from tests.servers import PostgresServer, RedisServer, free_port
 
 SECTION = "## Failover: agent death to new owner polling"
 DATA = REPO_ROOT / "docs" / "data" / "bench_failover.json"
@@ -54,13 +53,15 @@ SCRAPE_EVERY_S = 0.2
 
 # The peer: Datadog Cluster Agent. node_expiration_timeout 30 s (default), expired nodes are looked
 # for every node_expiration_timeout / 2 = 15 s, and a runner fetches its checks every 10 s.
-PEER = ("Datadog Cluster Agent (cluster checks), defaults: a dead runner's checks run elsewhere after 30–55 s "
-        "(node_expiration_timeout 30 s + up to one 15 s expiry sweep + up to one 10 s poll of the Cluster "
-        "Agent by the new runner). Sources: docs.datadoghq.com/agent/cluster_agent/clusterchecks/ (\"The Agents "
-        "connect to the Cluster Agent every ten seconds\"; a silent Agent is removed and its configurations "
-        "dispatched to others); DataDog/datadog-agent pkg/config/setup (`cluster_checks.node_expiration_timeout` "
-        "default 30) and pkg/clusteragent/clusterchecks/dispatcher_main.go (expiry sweep every "
-        "node_expiration_timeout/2).")
+PEER = (
+    "Datadog Cluster Agent (cluster checks), defaults: a dead runner's checks run elsewhere after 30–55 s "
+    "(node_expiration_timeout 30 s + up to one 15 s expiry sweep + up to one 10 s poll of the Cluster "
+    'Agent by the new runner). Sources: docs.datadoghq.com/agent/cluster_agent/clusterchecks/ ("The Agents '
+    'connect to the Cluster Agent every ten seconds"; a silent Agent is removed and its configurations '
+    "dispatched to others); DataDog/datadog-agent pkg/config/setup (`cluster_checks.node_expiration_timeout` "
+    "default 30) and pkg/clusteragent/clusterchecks/dispatcher_main.go (expiry sweep every "
+    "node_expiration_timeout/2)."
+)
 
 
 def parse_duration(text: str) -> float:
@@ -72,53 +73,116 @@ def parse_duration(text: str) -> float:
 
 
 class Cluster:
-    def __init__(self, args, workdir: Path, state_redis: RedisServer, target_redis: RedisServer,
-                 postgres: PostgresServer):
+    def __init__(
+        self, args, workdir: Path, state_redis: RedisServer, target_redis: RedisServer, postgres: PostgresServer
+    ):
         self.args, self.workdir = args, workdir
-        self.env = {**os.environ, "FAILOVER_STATE_REDIS_PASSWORD": state_redis.password,
-                    "FAILOVER_TARGET_REDIS_PASSWORD": target_redis.password,
-                    "FAILOVER_PG_PASSWORD": postgres.monitor_password}
-        databases = [{"name": f"pg{i}", "type": "postgresql", "endpoint": f"{postgres.host}:{postgres.port}",
-                      "username": postgres.monitor_user, "password": "${env:FAILOVER_PG_PASSWORD}",
-                      "database": postgres.app_database if i % 2 else "postgres", "interval": args.interval_text}
-                     for i in range(POSTGRES_ENTRIES)]
-        databases += [{"name": f"redis{i}", "type": "redis", "endpoint": target_redis.address,
-                       "password": "${env:FAILOVER_TARGET_REDIS_PASSWORD}", "database": str(i),
-                       "interval": args.interval_text} for i in range(16)]
-        self.resources = {f"db:postgresql/pg{i}" for i in range(POSTGRES_ENTRIES)} | {f"db:redis/redis{i}"
-                                                                                       for i in range(16)}
+        self.env = {
+            **os.environ,
+            "FAILOVER_STATE_REDIS_PASSWORD": state_redis.password,
+            "FAILOVER_TARGET_REDIS_PASSWORD": target_redis.password,
+            "FAILOVER_PG_PASSWORD": postgres.monitor_password,
+        }
+        databases = [
+            {
+                "name": f"pg{i}",
+                "type": "postgresql",
+                "endpoint": f"{postgres.host}:{postgres.port}",
+                "username": postgres.monitor_user,
+                "password": "${env:FAILOVER_PG_PASSWORD}",
+                "database": postgres.app_database if i % 2 else "postgres",
+                "interval": args.interval_text,
+            }
+            for i in range(POSTGRES_ENTRIES)
+        ]
+        databases += [
+            {
+                "name": f"redis{i}",
+                "type": "redis",
+                "endpoint": target_redis.address,
+                "password": "${env:FAILOVER_TARGET_REDIS_PASSWORD}",
+                "database": str(i),
+                "interval": args.interval_text,
+            }
+            for i in range(16)
+        ]
+        self.resources = {f"db:postgresql/pg{i}" for i in range(POSTGRES_ENTRIES)} | {
+            f"db:redis/redis{i}" for i in range(16)
+        }
         self.grpc_port = free_port()
         self.config = workdir / "config.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "scaling": {"enabled": True, "mode": "redis",
-                        "redis": {"address": state_redis.address, "password": "${env:FAILOVER_STATE_REDIS_PASSWORD}",
-                                  "key_prefix": f"failover:{uuid.uuid4().hex[:8]}:"},
-                        "coordinator": {"heartbeat_interval": args.heartbeat_text, "node_timeout": args.node_timeout_text,
-                                        # a restarted agent gets its share back within seconds between rounds
-                                        "min_rebalance_interval": "5s"}},
-            "databases": databases}, sort_keys=False))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "scaling": {
+                        "enabled": True,
+                        "mode": "redis",
+                        "redis": {
+                            "address": state_redis.address,
+                            "password": "${env:FAILOVER_STATE_REDIS_PASSWORD}",
+                            "key_prefix": f"failover:{uuid.uuid4().hex[:8]}:",
+                        },
+                        "coordinator": {
+                            "heartbeat_interval": args.heartbeat_text,
+                            "node_timeout": args.node_timeout_text,
+                            # a restarted agent gets its share back within seconds between rounds
+                            "min_rebalance_interval": "5s",
+                        },
+                    },
+                    "databases": databases,
+                },
+                sort_keys=False,
+            )
+        )
         self.coordinator: subprocess.Popen | None = None
         self.agents: dict[str, tuple[subprocess.Popen, int]] = {}  # agent id -> (process, metrics port)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         log = open(self.workdir / log_name, "ab")
-        return subprocess.Popen([sys.executable, "-m", "dbintel.cli", "--log-level", "info", *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dbintel.cli", "--log-level", "info", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_coordinator(self) -> None:
         health = free_port()
-        self.coordinator = self._spawn(["coordinator", "--config", str(self.config),
-                                        "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
-                                        "--metrics-listen", f"127.0.0.1:{free_port()}",
-                                        "--health-listen", f"127.0.0.1:{health}"], "coordinator.log")
+        self.coordinator = self._spawn(
+            [
+                "coordinator",
+                "--config",
+                str(self.config),
+                "--grpc-listen",
+                f"127.0.0.1:{self.grpc_port}",
+                "--metrics-listen",
+                f"127.0.0.1:{free_port()}",
+                "--health-listen",
+                f"127.0.0.1:{health}",
+            ],
+            "coordinator.log",
+        )
         wait_http_ok(f"http://127.0.0.1:{health}/ready", self.coordinator, timeout=60)
 
     def start_agent(self, agent_id: str) -> None:
         metrics = free_port()
-        process = self._spawn(["agent", "--config", str(self.config), "--agent-id", agent_id,
-                               "--coordinator", f"127.0.0.1:{self.grpc_port}",
-                               "--metrics-listen", f"127.0.0.1:{metrics}", "--health-listen", f"127.0.0.1:{free_port()}"],
-                              f"{agent_id}.log")
+        process = self._spawn(
+            [
+                "agent",
+                "--config",
+                str(self.config),
+                "--agent-id",
+                agent_id,
+                "--coordinator",
+                f"127.0.0.1:{self.grpc_port}",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics}",
+                "--health-listen",
+                f"127.0.0.1:{free_port()}",
+            ],
+            f"{agent_id}.log",
+        )
         wait_http_ok(f"http://127.0.0.1:{metrics}/metrics", process, timeout=60)
         self.agents[agent_id] = (process, metrics)
 
@@ -161,7 +225,9 @@ def run_round(cluster: Cluster, victim: str, how: signal.Signals) -> dict:
     died_at = time.time()
     os.killpg(process.pid, how) if how == signal.SIGKILL else process.send_signal(how)
     first_new_poll: dict[str, float] = {}
-    deadline = time.monotonic() + cluster.args.node_timeout + 4 * cluster.args.heartbeat + 3 * cluster.args.interval + 30
+    deadline = (
+        time.monotonic() + cluster.args.node_timeout + 4 * cluster.args.heartbeat + 3 * cluster.args.interval + 30
+    )
     while len(first_new_poll) < len(moving) and time.monotonic() < deadline:
         for agent in survivors:
             for rid, started in cluster.last_polls(agent).items():
@@ -171,15 +237,27 @@ def run_round(cluster: Cluster, victim: str, how: signal.Signals) -> dict:
     process.wait(timeout=30)
     # The victim's final polls up to its death (for SIGTERM it may poll until it hands off).
     if len(first_new_poll) < len(moving):
-        raise RuntimeError(f"{how.name}: {len(moving) - len(first_new_poll)} of {victim}'s databases were not "
-                           "polled by another agent in time")
+        raise RuntimeError(
+            f"{how.name}: {len(moving) - len(first_new_poll)} of {victim}'s databases were not "
+            "polled by another agent in time"
+        )
     delays = sorted(first_new_poll[r] - died_at for r in moving)
     gaps = sorted(first_new_poll[r] - victim_last.get(r, died_at) for r in moving)
-    result = {"signal": how.name, "victim": victim, "databases_moved": len(moving),
-              "all_moved_s": delays[-1], "first_moved_s": delays[0], "median_db_s": statistics.median(delays),
-              "largest_gap_s": gaps[-1]}
-    print(f"{how.name:7} {victim}: {len(moving)} databases, first polled elsewhere after {delays[0]:.1f}s, "
-          f"all after {delays[-1]:.1f}s, largest gap in a series {gaps[-1]:.1f}s", file=sys.stderr, flush=True)
+    result = {
+        "signal": how.name,
+        "victim": victim,
+        "databases_moved": len(moving),
+        "all_moved_s": delays[-1],
+        "first_moved_s": delays[0],
+        "median_db_s": statistics.median(delays),
+        "largest_gap_s": gaps[-1],
+    }
+    print(
+        f"{how.name:7} {victim}: {len(moving)} databases, first polled elsewhere after {delays[0]:.1f}s, "
+        f"all after {delays[-1]:.1f}s, largest gap in a series {gaps[-1]:.1f}s",
+        file=sys.stderr,
+        flush=True,
+    )
     cluster.start_agent(victim)  # the same id again, a new process (a restarted pod)
     return result
 
@@ -191,7 +269,8 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 def render(args, rounds: list[dict], command: str, wall_s: float) -> str:
     hb, nt, iv = args.heartbeat, args.node_timeout, args.interval
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         machine_line(),
         f"Command: `{command}` ({wall_s / 60:.0f} min). One `dbintel coordinator` (scaling.mode: redis, real Redis) "
         f"and {AGENTS} `dbintel agent` processes polling a real PostgreSQL ({POSTGRES_ENTRIES} inventory entries) "
@@ -207,18 +286,21 @@ def render(args, rounds: list[dict], command: str, wall_s: float) -> str:
         "all its databases polled elsewhere, s (min / median / max) | largest gap in a series, s (max) | bound |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name, bound in (("SIGKILL", f"node_timeout + one heartbeat = {nt + hb:g} s, + first poll on schedule "
-                                    f"(≤ {iv:g} s)"),
-                        ("SIGTERM", f"hand-off within 1 s; the new owner continues the schedule (≤ {iv:g} s)")):
+    for name, bound in (
+        ("SIGKILL", f"node_timeout + one heartbeat = {nt + hb:g} s, + first poll on schedule (≤ {iv:g} s)"),
+        ("SIGTERM", f"hand-off within 1 s; the new owner continues the schedule (≤ {iv:g} s)"),
+    ):
         rows = [r for r in rounds if r["signal"] == name]
         if not rows:
             continue
         first, every = summary([r["first_moved_s"] for r in rows]), summary([r["all_moved_s"] for r in rows])
         moved = sorted({r["databases_moved"] for r in rows})
         moved_text = f"{moved[0]}" if moved[0] == moved[-1] else f"{moved[0]}–{moved[-1]}"
-        lines.append(f"| {name} | {len(rows)} | {moved_text} | {first[0]:.1f} / {first[1]:.1f} / {first[2]:.1f} | "
-                     f"{every[0]:.1f} / {every[1]:.1f} / {every[2]:.1f} | {max(r['largest_gap_s'] for r in rows):.1f} | "
-                     f"{bound} |")
+        lines.append(
+            f"| {name} | {len(rows)} | {moved_text} | {first[0]:.1f} / {first[1]:.1f} / {first[2]:.1f} | "
+            f"{every[0]:.1f} / {every[1]:.1f} / {every[2]:.1f} | {max(r['largest_gap_s'] for r in rows):.1f} | "
+            f"{bound} |"
+        )
     kill = [r["all_moved_s"] for r in rounds if r["signal"] == "SIGKILL"]
     lines += [
         "",
@@ -252,11 +334,20 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
     args.heartbeat_text, args.node_timeout_text, args.interval_text = args.heartbeat, args.node_timeout, args.interval
-    args.heartbeat, args.node_timeout, args.interval = (parse_duration(args.heartbeat), parse_duration(args.node_timeout),
-                                                        parse_duration(args.interval))
+    args.heartbeat, args.node_timeout, args.interval = (
+        parse_duration(args.heartbeat),
+        parse_duration(args.node_timeout),
+        parse_duration(args.interval),
+    )
     command = "python bench/bench_failover.py" + "".join(
-        f" --{k} {v}" for k, v in (("rounds", args.rounds), ("heartbeat", args.heartbeat_text),
-                                   ("node-timeout", args.node_timeout_text), ("interval", args.interval_text)))
+        f" --{k} {v}"
+        for k, v in (
+            ("rounds", args.rounds),
+            ("heartbeat", args.heartbeat_text),
+            ("node-timeout", args.node_timeout_text),
+            ("interval", args.interval_text),
+        )
+    )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     servers = [RedisServer(), RedisServer(), PostgresServer()]
@@ -283,17 +374,44 @@ def main() -> int:
     print(text)
     if not args.no_write:
         DATA.parent.mkdir(parents=True, exist_ok=True)
-        DATA.write_text(json.dumps({
-            "bench": "failover", "command": command, "unit": "seconds",
-            "settings": {"heartbeat_interval_s": args.heartbeat, "node_timeout_s": args.node_timeout,
-                         "collection_interval_s": args.interval, "agents": AGENTS, "databases": 24},
-            # one series per signal; each point is one round: seconds from the signal until all of the
-            # victim's databases were polled by another agent (also: the first one, and the per-db median)
-            "series": {name: [{k: r[k] for k in ("all_moved_s", "first_moved_s", "median_db_s", "largest_gap_s",
-                                                 "databases_moved")} for r in rounds if r["signal"] == name]
-                       for name in ("SIGKILL", "SIGTERM")},
-            "peer": {"name": "Datadog Cluster Agent (defaults)", "min_s": 30, "max_s": 55},
-            "machine": machine_line()}, indent=1))
+        DATA.write_text(
+            json.dumps(
+                {
+                    "bench": "failover",
+                    "command": command,
+                    "unit": "seconds",
+                    "settings": {
+                        "heartbeat_interval_s": args.heartbeat,
+                        "node_timeout_s": args.node_timeout,
+                        "collection_interval_s": args.interval,
+                        "agents": AGENTS,
+                        "databases": 24,
+                    },
+                    # one series per signal; each point is one round: seconds from the signal until all of the
+                    # victim's databases were polled by another agent (also: the first one, and the per-db median)
+                    "series": {
+                        name: [
+                            {
+                                k: r[k]
+                                for k in (
+                                    "all_moved_s",
+                                    "first_moved_s",
+                                    "median_db_s",
+                                    "largest_gap_s",
+                                    "databases_moved",
+                                )
+                            }
+                            for r in rounds
+                            if r["signal"] == name
+                        ]
+                        for name in ("SIGKILL", "SIGTERM")
+                    },
+                    "peer": {"name": "Datadog Cluster Agent (defaults)", "min_s": 30, "max_s": 55},
+                    "machine": machine_line(),
+                },
+                indent=1,
+            )
+        )
         write_section(SECTION, text + "\n\n" + image_link("failover", "Agent death to new owner polling"))
         print(f"wrote {DATA} and the '{SECTION}' section of {DOC}", file=sys.stderr)
     print(f"logs in {workdir}", file=sys.stderr)

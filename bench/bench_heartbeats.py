@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import multiprocessing
 import os
 import random
@@ -45,10 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import json
 import psutil
 import yaml
-
 from report import DOC, image_link, machine_line, write_section  # bench/report.py
 
 from dbintel.v1 import agent_service_pb2 as apb
@@ -73,6 +72,7 @@ REDIS_PASSWORD_ENV = "DBINTEL_BENCH_REDIS_PASSWORD"
 @dataclass
 class PhaseStats:
     """Counters shared by every simulated agent of the generator during one phase."""
+
     window_start: float = float("inf")
     window_end: float = float("inf")
     sent: int = 0
@@ -113,12 +113,16 @@ class SimulatedAgent:
 
     def request(self, *, register: bool = False, released=()) -> bytes:
         now_s = int(time.time())
-        message = apb.HeartbeatRequest(agent_id=self.agent_id, applied_assignment_epoch=self.epoch,
-                                       current=[self._status(r, now_s) for r in sorted(self.held)],
-                                       released=[self._status(r, now_s) for r in sorted(released)])
+        message = apb.HeartbeatRequest(
+            agent_id=self.agent_id,
+            applied_assignment_epoch=self.epoch,
+            current=[self._status(r, now_s) for r in sorted(self.held)],
+            released=[self._status(r, now_s) for r in sorted(released)],
+        )
         if register:
-            message.registration.CopyFrom(apb.AgentRegistration(
-                pod_name=self.agent_id, version="bench", instance_id=self.instance_id))
+            message.registration.CopyFrom(
+                apb.AgentRegistration(pod_name=self.agent_id, version="bench", instance_id=self.instance_id)
+            )
         return message.SerializeToString()
 
     async def send(self, data: bytes) -> None:
@@ -225,9 +229,12 @@ class Generator:
         started = time.perf_counter()
         count, address = self.p["agents"], self.p["address"]
         # A local subchannel pool per channel: otherwise equal channels share one TCP connection.
-        self.channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
-                                                                     ("grpc.bench_channel", i)])
-                         for i in range(self.p["channels"])]
+        self.channels = [
+            grpc.aio.insecure_channel(
+                address, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.bench_channel", i)]
+            )
+            for i in range(self.p["channels"])
+        ]
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 10) for c in self.channels))
         for i in range(count):
             method = self.channels[i % len(self.channels)].stream_stream(HEARTBEAT_METHOD)  # bytes in, bytes out
@@ -251,25 +258,37 @@ class Generator:
                     retries.add(task)
                     task.add_done_callback(retries.discard)
             held = [r for a in self.agents for r in a.held]
-            quiet = all(a.epoch > 0 and not a.pending and not a.last_reply_degraded and not a.retrying
-                        and now - a.last_assignment_at >= 1.0 for a in self.agents)
+            quiet = all(
+                a.epoch > 0
+                and not a.pending
+                and not a.last_reply_degraded
+                and not a.retrying
+                and now - a.last_assignment_at >= 1.0
+                for a in self.agents
+            )
             if quiet and len(held) == total and len(set(held)) == total:
                 break
             if now > deadline:
-                raise RuntimeError(f"placement not quiet after {self.p['setup_timeout']}s: {len(set(held))}/{total} "
-                                   f"databases held, {sum(1 for a in self.agents if a.epoch == 0)} agents without "
-                                   f"assignment, {sum(1 for a in self.agents if a.last_reply_degraded)} agents "
-                                   f"whose last reply was degraded, {self.phase.stream_ends} streams ended")
+                raise RuntimeError(
+                    f"placement not quiet after {self.p['setup_timeout']}s: {len(set(held))}/{total} "
+                    f"databases held, {sum(1 for a in self.agents if a.epoch == 0)} agents without "
+                    f"assignment, {sum(1 for a in self.agents if a.last_reply_degraded)} agents "
+                    f"whose last reply was degraded, {self.phase.stream_ends} streams ended"
+                )
         for agent in self.agents:
             agent.steady = agent.request()
         sizes = [len(a.held) for a in self.agents]
-        return {"setup_s": time.perf_counter() - started,
-                "first_assignment_s": min(a.first_assignment_at for a in self.agents) - started,
-                "all_assigned_s": max(a.first_assignment_at for a in self.agents) - started,
-                "held_min": min(sizes), "held_max": max(sizes),
-                "request_bytes": statistics.mean(len(a.steady) for a in self.agents),
-                "setup_messages": self.phase.sent, "setup_degraded": self.phase.degraded,
-                "agents_degraded": sum(1 for a in self.agents if a.degraded_replies)}
+        return {
+            "setup_s": time.perf_counter() - started,
+            "first_assignment_s": min(a.first_assignment_at for a in self.agents) - started,
+            "all_assigned_s": max(a.first_assignment_at for a in self.agents) - started,
+            "held_min": min(sizes),
+            "held_max": max(sizes),
+            "request_bytes": statistics.mean(len(a.steady) for a in self.agents),
+            "setup_messages": self.phase.sent,
+            "setup_degraded": self.phase.degraded,
+            "agents_degraded": sum(1 for a in self.agents if a.degraded_replies),
+        }
 
     async def run_phase(self, kind: str, warmup: float, measure: float, rate: float = 0.0) -> dict:
         phase = self.phase = PhaseStats()
@@ -281,13 +300,16 @@ class Generator:
         senders = []
         if kind == "saturated":
             in_flight = min(self.p["in_flight"], len(self.agents))
-            senders = [asyncio.create_task(self._closed_loop(self.agents[i::in_flight], phase.window_end))
-                       for i in range(in_flight)]
+            senders = [
+                asyncio.create_task(self._closed_loop(self.agents[i::in_flight], phase.window_end))
+                for i in range(in_flight)
+            ]
         elif kind == "paced":
             period = len(self.agents) / rate
             rng = random.Random(7)
-            senders = [asyncio.create_task(a.paced(t0 + rng.uniform(0, period), period, phase.window_end))
-                       for a in self.agents]
+            senders = [
+                asyncio.create_task(a.paced(t0 + rng.uniform(0, period), period, phase.window_end)) for a in self.agents
+            ]
         await asyncio.sleep(max(0.0, phase.window_start - time.perf_counter()))
         cpu0 = [_cpu_seconds(p) for p in (self.coordinator, self.redis, self.me)] + [_machine_busy_seconds()]
         wall0 = time.perf_counter()
@@ -308,18 +330,27 @@ class Generator:
             return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
 
         return {
-            "kind": kind, "wall_s": wall, "sent": phase.sent, "answered": phase.answered,
-            "unanswered": sum(len(a.pending) for a in self.agents), "unsolicited": phase.unsolicited,
-            "assignment_responses": phase.assignment_responses, "stream_ends": phase.stream_ends,
+            "kind": kind,
+            "wall_s": wall,
+            "sent": phase.sent,
+            "answered": phase.answered,
+            "unanswered": sum(len(a.pending) for a in self.agents),
+            "unsolicited": phase.unsolicited,
+            "assignment_responses": phase.assignment_responses,
+            "stream_ends": phase.stream_ends,
             "degraded": phase.degraded,
             "coordinator_counted": counted_after - counted_before,
             "throughput": phase.answered_in_window / wall,
-            "p50_ms": quantile(0.50) * 1000, "p99_ms": quantile(0.99) * 1000, "max_ms": quantile(1.0) * 1000,
+            "p50_ms": quantile(0.50) * 1000,
+            "p99_ms": quantile(0.99) * 1000,
+            "max_ms": quantile(1.0) * 1000,
             "latency_samples": len(latencies),
-            "coordinator_cpu_s": cpu1[0] - cpu0[0], "redis_cpu_s": cpu1[1] - cpu0[1],
+            "coordinator_cpu_s": cpu1[0] - cpu0[0],
+            "redis_cpu_s": cpu1[1] - cpu0[1],
             "generator_cpu_s": cpu1[2] - cpu0[2],
             "others_cpu_s": max(0.0, (cpu1[3] - cpu0[3]) - sum(cpu1[i] - cpu0[i] for i in range(3))),
-            "coordinator_rss": rss, "redis_rss": redis_rss,
+            "coordinator_rss": rss,
+            "redis_rss": redis_rss,
         }
 
     @staticmethod
@@ -370,12 +401,17 @@ def generator_main(conn, params: dict) -> None:
 def write_config(path: Path, mode: str, agents: int, redis=None) -> None:
     doc: dict = {
         "scaling": {"enabled": True, "mode": mode},  # scaling.coordinator timings: the defaults (30s heartbeat)
-        "databases": [{"name": f"db{i:05d}", "type": "redis", "endpoint": "127.0.0.1:6379", "database": "0"}
-                      for i in range(agents * DATABASES_PER_AGENT)],
+        "databases": [
+            {"name": f"db{i:05d}", "type": "redis", "endpoint": "127.0.0.1:6379", "database": "0"}
+            for i in range(agents * DATABASES_PER_AGENT)
+        ],
     }
     if redis is not None:
-        doc["scaling"]["redis"] = {"address": redis.address, "password": f"${{env:{REDIS_PASSWORD_ENV}}}",
-                                   "key_prefix": f"bench:{uuid.uuid4().hex[:8]}:"}
+        doc["scaling"]["redis"] = {
+            "address": redis.address,
+            "password": f"${{env:{REDIS_PASSWORD_ENV}}}",
+            "key_prefix": f"bench:{uuid.uuid4().hex[:8]}:",
+        }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -397,6 +433,7 @@ class Runner:
     def run(self, mode: str, agents: int, profile_prefix: Path | None = None, baseline: str | None = None) -> Scenario:
         from tests.processes import wait_http_ok
         from tests.servers import free_port
+
         scenario = Scenario(mode, agents, "baseline" if baseline else "this tree")
         started = time.monotonic()
         if mode == "redis":
@@ -413,28 +450,60 @@ class Runner:
             env[REDIS_PASSWORD_ENV] = self.redis.password
         log = open(self.workdir / f"coordinator-{mode}-{agents}{'-baseline' if baseline else ''}.log", "w")
         coordinator = subprocess.Popen(
-            [sys.executable, "-m", "dbintel.cli", "--log-level", "warning", "coordinator", "--config", str(config),
-             "--grpc-listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-             "--health-listen", f"127.0.0.1:{health_port}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "dbintel.cli",
+                "--log-level",
+                "warning",
+                "coordinator",
+                "--config",
+                str(config),
+                "--grpc-listen",
+                f"127.0.0.1:{grpc_port}",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+                "--health-listen",
+                f"127.0.0.1:{health_port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         generator = None
         try:
             wait_http_ok(f"http://127.0.0.1:{health_port}/ready", coordinator)
-            generator = context.Process(target=generator_main, name="heartbeat-load", args=(child_end, {
-                "agents": agents, "address": f"127.0.0.1:{grpc_port}", "channels": self.args.channels,
-                "in_flight": self.args.in_flight,
-                "coordinator_pid": coordinator.pid, "metrics_port": metrics_port,
-                "redis_pid": self.redis.pid if mode == "redis" else None, "setup_timeout": self.args.setup_timeout}))
+            generator = context.Process(
+                target=generator_main,
+                name="heartbeat-load",
+                args=(
+                    child_end,
+                    {
+                        "agents": agents,
+                        "address": f"127.0.0.1:{grpc_port}",
+                        "channels": self.args.channels,
+                        "in_flight": self.args.in_flight,
+                        "coordinator_pid": coordinator.pid,
+                        "metrics_port": metrics_port,
+                        "redis_pid": self.redis.pid if mode == "redis" else None,
+                        "setup_timeout": self.args.setup_timeout,
+                    },
+                ),
+            )
             generator.start()
             scenario.setup = self._receive(parent_end, generator, "ready")
             if mode == "redis":
                 info = self.redis.client().info()
                 scenario.setup["redis_connections_opened"] = info["total_connections_received"]
                 scenario.setup["redis_clients_now"] = info["connected_clients"]
-            print(f"{mode} {agents}: placement quiet after {scenario.setup['setup_s']:.1f}s "
-                  f"(coordinator started {time.monotonic() - started:.1f}s ago): {scenario.setup}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{mode} {agents}: placement quiet after {scenario.setup['setup_s']:.1f}s "
+                f"(coordinator started {time.monotonic() - started:.1f}s ago): {scenario.setup}",
+                file=sys.stderr,
+                flush=True,
+            )
             for kind, warmup, measure in (("idle", 0.0, self.args.idle), ("saturated", 1.0, self.args.measure)):
                 output = Path(f"{profile_prefix}-{kind}.txt") if profile_prefix else None
                 profiler = self._start_profiler(coordinator.pid, output, warmup + measure) if output else None
@@ -478,9 +547,25 @@ class Runner:
         py_spy = shutil.which("py-spy")
         if py_spy is None:
             raise SystemExit("--profile needs py-spy: pip install py-spy")
-        return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(int(round(seconds))),
-                                 "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(output)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(round(seconds)),
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -491,9 +576,17 @@ class Runner:
 ACTIVITIES = (
     ("heartbeat path: validate, record, read assignment, reply", ("AgentServicer.",)),
     ("leader step: plan (inventory from config, plan_step)", ("LeaderLoop.",)),
-    ("leader step / gauges: read whole store (agents, target, assignments) and decode",
-     ("ScalingStore.read_agents", "ScalingStore.read_target", "ScalingStore.read_assignments",
-      "ScalingStore.read_meta", "ScalingStore.now_ms", "Coordinator._refresh_gauges")),
+    (
+        "leader step / gauges: read whole store (agents, target, assignments) and decode",
+        (
+            "ScalingStore.read_agents",
+            "ScalingStore.read_target",
+            "ScalingStore.read_assignments",
+            "ScalingStore.read_meta",
+            "ScalingStore.now_ms",
+            "Coordinator._refresh_gauges",
+        ),
+    ),
     ("Redis client I/O not attributable to a caller", ("redis/",)),
     ("event loop and gRPC callbacks (C code, not sampled deeper)", ("base_events.py", "events.py")),
 )
@@ -515,8 +608,11 @@ def summarize_profile(path: Path, top: int = 12) -> tuple[int, list[tuple[str, f
             inclusive[frame] += n
     as_share = lambda pairs: [(name, 100.0 * n / max(1, total)) for name, n in pairs]  # noqa: E731
     order = [name for name, _ in ACTIVITIES] + ["other"]
-    return (total, as_share(sorted(activities.items(), key=lambda kv: order.index(kv[0]))),
-            as_share(inclusive.most_common(top)))
+    return (
+        total,
+        as_share(sorted(activities.items(), key=lambda kv: order.index(kv[0]))),
+        as_share(inclusive.most_common(top)),
+    )
 
 
 def _short_frame(frame: str) -> str:
@@ -552,19 +648,27 @@ def derived(scenario: Scenario, fit: tuple[float, float]) -> dict:
     marginal = max(0.0, sat["coordinator_cpu_s"] - idle_cpu_per_s * sat["wall_s"]) / max(1, hb_rate * sat["wall_s"])
     a, b = fit
     agents_model = max(0.0, (HEADROOM - a) / (b + marginal / DEFAULT_INTERVAL_S))
-    return {"idle_cpu_per_s": idle_cpu_per_s, "hb_rate": hb_rate, "per_1000": per_1000,
-            "paced_per_1000": paced_per_1000, "marginal_ms": marginal * 1000,
-            "agents_naive": hb_rate * DEFAULT_INTERVAL_S, "agents_headroom": hb_rate * DEFAULT_INTERVAL_S * HEADROOM,
-            "agents_model": agents_model}
+    return {
+        "idle_cpu_per_s": idle_cpu_per_s,
+        "hb_rate": hb_rate,
+        "per_1000": per_1000,
+        "paced_per_1000": paced_per_1000,
+        "marginal_ms": marginal * 1000,
+        "agents_naive": hb_rate * DEFAULT_INTERVAL_S,
+        "agents_headroom": hb_rate * DEFAULT_INTERVAL_S * HEADROOM,
+        "agents_model": agents_model,
+    }
 
 
 def code_version() -> str:
     """The commit measured, marked when services/ had uncommitted changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "services"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "services"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"`{head}`" + (" with uncommitted changes in services/" if dirty else "")
@@ -579,10 +683,12 @@ def pct(seconds: float, wall: float) -> str:
 
 
 def command_line(args) -> str:
-    return "python bench/bench_heartbeats.py" + "".join(
-        f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS
-        if getattr(args, k) != DEFAULTS[k]) + (" --profile" if args.profile else "") + (
-        f" --baseline DIR --baseline-label '{args.baseline_label}'" if args.baseline else "")
+    return (
+        "python bench/bench_heartbeats.py"
+        + "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
+        + (" --profile" if args.profile else "")
+        + (f" --baseline DIR --baseline-label '{args.baseline_label}'" if args.baseline else "")
+    )
 
 
 def write_data(args, scenarios: list[Scenario], baselines: list[Scenario]) -> None:
@@ -592,27 +698,51 @@ def write_data(args, scenarios: list[Scenario], baselines: list[Scenario]) -> No
         fit = background_fit([x for x in (baselines if s.code == "baseline" else scenarios) if x.mode == s.mode])
         d = derived(s, fit)
         label = f"{s.mode}, baseline" if s.code == "baseline" else s.mode
-        series.setdefault(label, []).append({
-            "agents": s.agents, "heartbeats_per_s": d["hb_rate"],
-            "paced_p50_ms": s.phases["paced"]["p50_ms"], "paced_p99_ms": s.phases["paced"]["p99_ms"],
-            "saturated_p50_ms": s.phases["saturated"]["p50_ms"], "saturated_p99_ms": s.phases["saturated"]["p99_ms"],
-            "idle_cpu_share": d["idle_cpu_per_s"], "cpu_ms_per_heartbeat": d["marginal_ms"],
-            "agents_per_replica_model": d["agents_model"]})
+        series.setdefault(label, []).append(
+            {
+                "agents": s.agents,
+                "heartbeats_per_s": d["hb_rate"],
+                "paced_p50_ms": s.phases["paced"]["p50_ms"],
+                "paced_p99_ms": s.phases["paced"]["p99_ms"],
+                "saturated_p50_ms": s.phases["saturated"]["p50_ms"],
+                "saturated_p99_ms": s.phases["saturated"]["p99_ms"],
+                "idle_cpu_share": d["idle_cpu_per_s"],
+                "cpu_ms_per_heartbeat": d["marginal_ms"],
+                "agents_per_replica_model": d["agents_model"],
+            }
+        )
     DATA.parent.mkdir(parents=True, exist_ok=True)
-    DATA.write_text(json.dumps({
-        "bench": "heartbeats", "command": command_line(args),
-        "unit": {"heartbeats_per_s": "1/s", "paced_p50_ms": "ms", "paced_p99_ms": "ms", "saturated_p50_ms": "ms",
-                 "saturated_p99_ms": "ms", "idle_cpu_share": "share of one core", "cpu_ms_per_heartbeat": "ms",
-                 "agents_per_replica_model": "agents at the default 30 s heartbeat, 50% of a core"},
-        "series": series, "baseline": args.baseline_label if baselines else None,
-        "default_heartbeat_interval_s": DEFAULT_INTERVAL_S, "machine": machine_line()}, indent=1))
+    DATA.write_text(
+        json.dumps(
+            {
+                "bench": "heartbeats",
+                "command": command_line(args),
+                "unit": {
+                    "heartbeats_per_s": "1/s",
+                    "paced_p50_ms": "ms",
+                    "paced_p99_ms": "ms",
+                    "saturated_p50_ms": "ms",
+                    "saturated_p99_ms": "ms",
+                    "idle_cpu_share": "share of one core",
+                    "cpu_ms_per_heartbeat": "ms",
+                    "agents_per_replica_model": "agents at the default 30 s heartbeat, 50% of a core",
+                },
+                "series": series,
+                "baseline": args.baseline_label if baselines else None,
+                "default_heartbeat_interval_s": DEFAULT_INTERVAL_S,
+                "machine": machine_line(),
+            },
+            indent=1,
+        )
+    )
 
 
 def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines: list[Scenario] = ()) -> str:
     command = command_line(args)
     fits = {mode: background_fit([s for s in scenarios if s.mode == mode]) for mode in {s.mode for s in scenarios}}
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         machine_line() + f" Coordinator code as of commit {code_version()}.",
         f"Command: `{command}`. One coordinator process (`python -m dbintel.cli coordinator`, its own "
         "process, measured alone with psutil, all its threads); the load generator is a second process "
@@ -653,7 +783,8 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines:
             f"{100 * d['idle_cpu_per_s']:.0f} | {mib(max(s.phases[k]['coordinator_rss'] for k in s.phases))} | "
             f"{pct(sat['generator_cpu_s'], sat['wall_s'])} | "
             f"{pct(sat['redis_cpu_s'], sat['wall_s']) if s.mode == 'redis' else '–'} | "
-            f"{pct(sat['others_cpu_s'], sat['wall_s'])} | {answered:,} / {sent:,} |")
+            f"{pct(sat['others_cpu_s'], sat['wall_s'])} | {answered:,} / {sent:,} |"
+        )
     lines += [
         "",
         "Every heartbeat sent got its reply (answered / sent; the coordinator's own "
@@ -665,7 +796,7 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines:
     if any(s.setup["setup_degraded"] or any(p["degraded"] for p in s.phases.values()) for s in scenarios):
         lines += [
             "**Degraded replies appeared** although Redis was up and idle: the coordinator's store calls "
-            "failed under the burst (its log says \"store unreachable\"), so those heartbeats were not "
+            'failed under the burst (its log says "store unreachable"), so those heartbeats were not '
             "recorded and the replica reported itself not ready until its next successful store call. "
             "*Redis connections opened* in the storm table shows how many connections its pool used.",
             "",
@@ -679,13 +810,15 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines:
     ]
     for s in scenarios:
         u = s.setup
-        lines.append(f"| {s.mode} | {s.agents:,} | {u['setup_messages']:,} | {u['setup_degraded']:,} | "
-                     f"{u['agents_degraded']:,} | {u.get('redis_connections_opened', '–')} | "
-                     f"{u['first_assignment_s']:.1f} | {u['setup_s']:.1f} |")
+        lines.append(
+            f"| {s.mode} | {s.agents:,} | {u['setup_messages']:,} | {u['setup_degraded']:,} | "
+            f"{u['agents_degraded']:,} | {u.get('redis_connections_opened', '–')} | "
+            f"{u['first_assignment_s']:.1f} | {u['setup_s']:.1f} |"
+        )
     lines += [
         "",
         "Times are from the first registration sent; the leader places nothing until no agent has joined for "
-        "2 s (`leader.JOIN_SETTLE_S`). A degraded reply to a registration or to the "
+        "2 s (`schedule.JOIN_SETTLE_S`). A degraded reply to a registration or to the "
         "ack of an assignment means the coordinator did not record it. The generator repeats such a heartbeat "
         "within a second (at a random moment); a real agent repeats it with its next heartbeat, 30 s later, so "
         "on a real fleet those agents get their databases — and hand-offs that wait for their acks complete — "
@@ -699,19 +832,27 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines:
     ]
     for s in scenarios:
         d = derived(s, fits[s.mode])
-        lines.append(f"| {s.mode} | {s.agents:,} | {d['agents_naive']:,.0f} | {d['agents_headroom']:,.0f} | "
-                     f"{d['marginal_ms']:.3f} | {100 * d['idle_cpu_per_s']:.1f} | {d['agents_model']:,.0f} |")
-    fit_text = "; ".join(f"{mode}: {100 * a:.1f}% + {100 * b * 1000:.1f}% per 1,000 agents"
-                         for mode, (a, b) in sorted(fits.items()))
+        lines.append(
+            f"| {s.mode} | {s.agents:,} | {d['agents_naive']:,.0f} | {d['agents_headroom']:,.0f} | "
+            f"{d['marginal_ms']:.3f} | {100 * d['idle_cpu_per_s']:.1f} | {d['agents_model']:,.0f} |"
+        )
+    fit_text = "; ".join(
+        f"{mode}: {100 * a:.1f}% + {100 * b * 1000:.1f}% per 1,000 agents" for mode, (a, b) in sorted(fits.items())
+    )
     by_mode = {mode: sorted((s for s in scenarios if s.mode == mode), key=lambda s: s.agents) for mode in fits}
     try:
-        from dbintel.coordinator.leader import tick_seconds
-        tick_text = f"{tick_seconds(DEFAULT_INTERVAL_S):g} s at the default heartbeat interval (`leader.tick_seconds`)"
+        from dbintel.coordinator.schedule import tick_seconds
+
+        tick_text = (
+            f"{tick_seconds(DEFAULT_INTERVAL_S):g} s at the default heartbeat interval (`schedule.tick_seconds`)"
+        )
     except ImportError:  # a coordinator without it steps on a fixed tick
         tick_text = "tick of the leader loop"
-    p99_text = "; ".join(f"{mode}: {rows[0].phases['paced']['p99_ms']:.0f} ms at {rows[0].agents:,} agents, "
-                         f"{rows[-1].phases['paced']['p99_ms']:.0f} ms at {rows[-1].agents:,}"
-                         for mode, rows in sorted(by_mode.items()))
+    p99_text = "; ".join(
+        f"{mode}: {rows[0].phases['paced']['p99_ms']:.0f} ms at {rows[0].agents:,} agents, "
+        f"{rows[-1].phases['paced']['p99_ms']:.0f} ms at {rows[-1].agents:,}"
+        for mode, rows in sorted(by_mode.items())
+    )
     lines += [
         "",
         "*Heartbeats/s × 30* is how many agents one replica could serve if heartbeats were its only work and it "
@@ -744,55 +885,83 @@ def render(args, scenarios: list[Scenario], profiles: list[Scenario], baselines:
         idle_total, idle_activities, _ = summarize_profile(Path(s.profiles["idle"]))
         total, activities, hottest = summarize_profile(Path(s.profiles["saturated"]))
         idle_share, saturated_share = dict(idle_activities), dict(activities)
-        lines += [f"### Profile: {s.mode} mode, {s.agents:,} agents", "",
-                  "`py-spy record --rate 100 --nonblocking --format raw` on the coordinator during the idle and the "
-                  f"saturated phase of a separate run (samples of its Python thread while it was busy: "
-                  f"{idle_total:,} idle, {total:,} saturated; this run did "
-                  f"{s.phases['saturated']['throughput']:,.0f} heartbeats/s saturated, its other figures are not in "
-                  "the tables above). Share of the busy samples, by what the thread was doing:", "",
-                  "| activity | idle phase | saturated phase |", "|---|---:|---:|"]
-        lines += [f"| {name} | {idle_share.get(name, 0.0):.0f}% | {saturated_share.get(name, 0.0):.0f}% |"
-                  for name in [n for n, _ in ACTIVITIES] + ["other"] if name in idle_share or name in saturated_share]
-        lines += ["", "Hottest dbintel functions, saturated (inclusive): " + "; ".join(
-            f"`{name}` {share:.0f}%" for name, share in hottest) + ".", ""]
+        lines += [
+            f"### Profile: {s.mode} mode, {s.agents:,} agents",
+            "",
+            "`py-spy record --rate 100 --nonblocking --format raw` on the coordinator during the idle and the "
+            f"saturated phase of a separate run (samples of its Python thread while it was busy: "
+            f"{idle_total:,} idle, {total:,} saturated; this run did "
+            f"{s.phases['saturated']['throughput']:,.0f} heartbeats/s saturated, its other figures are not in "
+            "the tables above). Share of the busy samples, by what the thread was doing:",
+            "",
+            "| activity | idle phase | saturated phase |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {idle_share.get(name, 0.0):.0f}% | {saturated_share.get(name, 0.0):.0f}% |"
+            for name in [n for n, _ in ACTIVITIES] + ["other"]
+            if name in idle_share or name in saturated_share
+        ]
+        lines += [
+            "",
+            "Hottest dbintel functions, saturated (inclusive): "
+            + "; ".join(f"`{name}` {share:.0f}%" for name, share in hottest)
+            + ".",
+            "",
+        ]
         shares = dict(hottest)
         validating, serving = shares.get("validation.py heartbeat"), shares.get("agent_service.py AgentServicer._read")
         if validating and serving:
-            lines += [f"Of the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
-                      f"(`validation.heartbeat`) takes {validating:.0f}%: every heartbeat reads every field of each "
-                      "of the agent's database statuses from the protobuf message and builds one `PollStatus` per "
-                      "database (`validation._statuses`).", ""]
+            lines += [
+                f"Of the heartbeat path ({serving:.0f}% of the busy thread), validating the request "
+                f"(`validation.heartbeat`) takes {validating:.0f}%: every heartbeat reads every field of each "
+                "of the agent's database statuses from the protobuf message and builds one `PollStatus` per "
+                "database (`validation._statuses`).",
+                "",
+            ]
     return "\n".join(lines)
 
 
 def render_comparison(args, scenarios: list[Scenario], baselines: list[Scenario]) -> list[str]:
-    lines = [f"### Before / after: {args.baseline_label}", "",
-             f"Each scenario ran twice back to back, first with the coordinator code {args.baseline_label} "
-             "(a copy of services/ with the previous leader.py, planning.py, agent_service.py and validation.py), "
-             "then with this tree, so both saw the same machine. Idle CPU is the leader's and the gauges' "
-             "background work with no heartbeat: the direct measure of the leader step. p99 at 50% is where a "
-             "leader step stalls heartbeats, but any stall shows there, including other jobs taking the CPU "
-             "(*others CPU %* in the first table): on a busy machine read that column as noise-bound.", "",
-             "| mode | agents | idle CPU % of a core (before → after) | p99 ms at 50% (before → after) | "
-             "heartbeats/s saturated (before → after) | CPU ms per heartbeat, marginal (before → after) | "
-             "model: agents at 50% of a core (before → after) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### Before / after: {args.baseline_label}",
+        "",
+        f"Each scenario ran twice back to back, first with the coordinator code {args.baseline_label} "
+        "(a copy of services/ with the previous leader.py, planning.py, agent_service.py and validation.py), "
+        "then with this tree, so both saw the same machine. Idle CPU is the leader's and the gauges' "
+        "background work with no heartbeat: the direct measure of the leader step. p99 at 50% is where a "
+        "leader step stalls heartbeats, but any stall shows there, including other jobs taking the CPU "
+        "(*others CPU %* in the first table): on a busy machine read that column as noise-bound.",
+        "",
+        "| mode | agents | idle CPU % of a core (before → after) | p99 ms at 50% (before → after) | "
+        "heartbeats/s saturated (before → after) | CPU ms per heartbeat, marginal (before → after) | "
+        "model: agents at 50% of a core (before → after) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     fits_before = {m: background_fit([s for s in baselines if s.mode == m]) for m in {s.mode for s in baselines}}
     fits_after = {m: background_fit([s for s in scenarios if s.mode == m]) for m in {s.mode for s in scenarios}}
     for before in baselines:
         after = next(s for s in scenarios if s.mode == before.mode and s.agents == before.agents)
         b, a = derived(before, fits_before[before.mode]), derived(after, fits_after[after.mode])
-        lines.append(f"| {before.mode} | {before.agents:,} | {100 * b['idle_cpu_per_s']:.1f} → {100 * a['idle_cpu_per_s']:.1f} | "
-                     f"{before.phases['paced']['p99_ms']:.0f} → {after.phases['paced']['p99_ms']:.0f} | "
-                     f"{b['hb_rate']:,.0f} → {a['hb_rate']:,.0f} | {b['marginal_ms']:.3f} → {a['marginal_ms']:.3f} | "
-                     f"{b['agents_model']:,.0f} → {a['agents_model']:,.0f} |")
+        lines.append(
+            f"| {before.mode} | {before.agents:,} | {100 * b['idle_cpu_per_s']:.1f} → {100 * a['idle_cpu_per_s']:.1f} | "
+            f"{before.phases['paced']['p99_ms']:.0f} → {after.phases['paced']['p99_ms']:.0f} | "
+            f"{b['hb_rate']:,.0f} → {a['hb_rate']:,.0f} | {b['marginal_ms']:.3f} → {a['marginal_ms']:.3f} | "
+            f"{b['agents_model']:,.0f} → {a['agents_model']:,.0f} |"
+        )
     lines.append("")
     return lines
 
 
 # Per scenario: idle 10 s (two leader ticks at the default interval) + 2 × (1 s warm-up + 4 s) = 20 s of load.
-DEFAULTS = {"agents": "200,500,1000", "modes": "memory,redis", "channels": 8, "in_flight": 50, "measure": 4.0,
-            "idle": 10.0}
+DEFAULTS = {
+    "agents": "200,500,1000",
+    "modes": "memory,redis",
+    "channels": 8,
+    "in_flight": 50,
+    "measure": 4.0,
+    "idle": 10.0,
+}
 
 
 def main() -> int:
@@ -800,45 +969,67 @@ def main() -> int:
     parser.add_argument("--agents", default=DEFAULTS["agents"], help="comma-separated agent counts")
     parser.add_argument("--modes", default=DEFAULTS["modes"], help="memory, redis or both")
     parser.add_argument("--channels", type=int, default=DEFAULTS["channels"], help="gRPC channels the streams share")
-    parser.add_argument("--in-flight", type=int, default=DEFAULTS["in_flight"],
-                        help="heartbeats in flight at once in the saturated phase (closed loop)")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=DEFAULTS["in_flight"],
+        help="heartbeats in flight at once in the saturated phase (closed loop)",
+    )
     parser.add_argument("--measure", type=float, default=DEFAULTS["measure"], help="seconds measured per loaded phase")
     parser.add_argument("--idle", type=float, default=DEFAULTS["idle"], help="seconds of the idle phase")
-    parser.add_argument("--setup-timeout", type=float, default=60.0,
-                        help="most seconds for the agents' registration and placement to settle")
-    parser.add_argument("--profile", action="store_true",
-                        help="one extra py-spy-profiled run per mode at the largest agent count")
-    parser.add_argument("--baseline", metavar="DIR",
-                        help="also run each scenario with the dbintel package in DIR (DIR/dbintel), for before/after")
-    parser.add_argument("--baseline-label", default="before",
-                        help="what the baseline is, for the before/after table (e.g. a commit)")
+    parser.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=60.0,
+        help="most seconds for the agents' registration and placement to settle",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="one extra py-spy-profiled run per mode at the largest agent count"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run each scenario with the dbintel package in DIR (DIR/dbintel), for before/after",
+    )
+    parser.add_argument(
+        "--baseline-label", default="before", help="what the baseline is, for the before/after table (e.g. a commit)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args()
     counts = [int(x) for x in args.agents.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
 
     from tests.servers import RedisServer
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-heartbeats-"))
     redis = RedisServer().start() if "redis" in modes else None
     scenarios, profiles, baselines = [], [], []
 
     def check(scenario: Scenario) -> None:
         d, sat = derived(scenario, background_fit([scenario])), scenario.phases["saturated"]
-        print(f"{scenario.mode:6} {scenario.agents:5} agents ({scenario.code}): {d['hb_rate']:8.0f} hb/s saturated, "
-              f"p50/p99 {scenario.phases['paced']['p50_ms']:.1f}/{scenario.phases['paced']['p99_ms']:.1f} ms at 50%, "
-              f"idle CPU {100 * d['idle_cpu_per_s']:.1f}%, coordinator CPU {100 * sat['coordinator_cpu_s'] / sat['wall_s']:.0f}%, "
-              f"generator {100 * sat['generator_cpu_s'] / sat['wall_s']:.0f}%, {scenario.wall_s:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{scenario.mode:6} {scenario.agents:5} agents ({scenario.code}): {d['hb_rate']:8.0f} hb/s saturated, "
+            f"p50/p99 {scenario.phases['paced']['p50_ms']:.1f}/{scenario.phases['paced']['p99_ms']:.1f} ms at 50%, "
+            f"idle CPU {100 * d['idle_cpu_per_s']:.1f}%, coordinator CPU {100 * sat['coordinator_cpu_s'] / sat['wall_s']:.0f}%, "
+            f"generator {100 * sat['generator_cpu_s'] / sat['wall_s']:.0f}%, {scenario.wall_s:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         where = f"{scenario.mode}/{scenario.agents}/{scenario.code}"
         for kind, phase in scenario.phases.items():
             if phase["unanswered"] or phase["stream_ends"] or phase["sent"] != phase["answered"]:
                 raise RuntimeError(f"{where}/{kind}: not every heartbeat was answered: {phase}")
             if int(phase["coordinator_counted"]) != phase["sent"]:
-                raise RuntimeError(f"{where}/{kind}: the coordinator counted {phase['coordinator_counted']:.0f} "
-                                   f"heartbeats, the generator sent {phase['sent']}")
+                raise RuntimeError(
+                    f"{where}/{kind}: the coordinator counted {phase['coordinator_counted']:.0f} "
+                    f"heartbeats, the generator sent {phase['sent']}"
+                )
             if phase["assignment_responses"] or phase["unsolicited"] or phase["degraded"]:
-                print(f"WARNING {where}/{kind}: {phase['degraded']} degraded replies, "
-                      f"{phase['assignment_responses']} assignments while measuring", file=sys.stderr)
+                print(
+                    f"WARNING {where}/{kind}: {phase['degraded']} degraded replies, "
+                    f"{phase['assignment_responses']} assignments while measuring",
+                    file=sys.stderr,
+                )
 
     try:
         runner = Runner(args, workdir, redis)
@@ -860,7 +1051,10 @@ def main() -> int:
     print(text)
     if not args.no_write:
         write_data(args, scenarios, baselines)
-        write_section(SECTION, text + "\n\n" + image_link("coordinator_heartbeats", "Coordinator heartbeat throughput and latency"))
+        write_section(
+            SECTION,
+            text + "\n\n" + image_link("coordinator_heartbeats", "Coordinator heartbeat throughput and latency"),
+        )
         print(f"wrote the '{SECTION}' section of {DOC}", file=sys.stderr)
     if args.profile:
         print(f"py-spy raw profiles kept in {workdir}", file=sys.stderr)

@@ -20,9 +20,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from report import DATA_DIR, IMG_DIR  # noqa: E402  (bench/report.py)
+import matplotlib.pyplot as plt
+from report import DATA_DIR, IMG_DIR
 
 COLORS = {"engine": "#1f77b4", "rendezvous": "#ff7f0e", "ch-bl": "#d62728", "dbintel": "#1f77b4", "peer": "#7f7f7f"}
 
@@ -61,9 +60,16 @@ def plot_assignment_quality(data: dict) -> list[Path]:
     moving = [e for e in events if next(r for r in rows if r["event"] == e)["kind"] not in ("initial", "periodic")]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     for col, costs in enumerate(("equal", "lognormal")):
-        def values(field, evs):
-            return {a: [next(r[field] for r in rows if r["event"] == e and r["algorithm"] == a and r["costs"] == costs)
-                        for e in evs] for a in algorithms}
+
+        def values(field, evs, costs=costs):
+            return {
+                a: [
+                    next(r[field] for r in rows if r["event"] == e and r["algorithm"] == a and r["costs"] == costs)
+                    for e in evs
+                ]
+                for a in algorithms
+            }
+
         ax = axes[0][col]
         grouped_bars(ax, moving, values("ratio", moving), COLORS, data["labels"])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
@@ -94,8 +100,12 @@ def plot_collection(data: dict) -> list[Path]:
         rows = series[scenario]
         names = [_short(r["name"]) for r in rows]
         colors = [COLORS["dbintel"] if r["family"] == "dbintel" else COLORS["peer"] for r in rows]
-        for row_index, (field, label) in enumerate((("cpu_us_per_sample", "CPU µs per database sample"),
-                                                    ("statements", "statements (commands) per collection"))):
+        for row_index, (field, label) in enumerate(
+            (
+                ("cpu_us_per_sample", "CPU µs per database sample"),
+                ("statements", "statements (commands) per collection"),
+            )
+        ):
             ax = axes[row_index][col]
             ax.barh(range(len(rows)), [r[field] for r in rows], color=colors)
             ax.set_yticks(range(len(rows)))
@@ -111,14 +121,17 @@ def plot_collection(data: dict) -> list[Path]:
     steps = ["small", *(f"databases-{n}" for n in sizes[1:])]
     if sizes and all(s in series for s in steps):
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-        for ax, kind, title in ((axes[0], "postgresql", "PostgreSQL: databases on the server"),
-                                (axes[1], "mysql", "MariaDB: schemas on the server")):
+        for ax, kind, title in (
+            (axes[0], "postgresql", "PostgreSQL: databases on the server"),
+            (axes[1], "mysql", "MariaDB: schemas on the server"),
+        ):
             peer_colors = iter(["#7f7f7f", "#ff7f0e", "#2ca02c"])
             for record in series[steps[-1]]:
                 if record["kind"] != kind:
                     continue
-                ys = [next((r["cpu_ms"] for r in series[s] if r["name"] == record["name"]), float("nan"))
-                      for s in steps]
+                ys = [
+                    next((r["cpu_ms"] for r in series[s] if r["name"] == record["name"]), float("nan")) for s in steps
+                ]
                 if record["family"] == "dbintel":  # the agent dark, the in-process collector light
                     color, style = ("#1f77b4", "-") if record["path"] == "AgentPath" else ("#9ecae1", "-")
                 else:
@@ -133,8 +146,10 @@ def plot_collection(data: dict) -> list[Path]:
         fig.tight_layout()
         paths.append(save(fig, "collection_growth", data["command"]))
     else:
-        print("collection: no many-databases growth in docs/data/collection.json; collection_growth.png not drawn",
-              file=sys.stderr)
+        print(
+            "collection: no many-databases growth in docs/data/collection.json; collection_growth.png not drawn",
+            file=sys.stderr,
+        )
     return paths
 
 
@@ -149,12 +164,24 @@ def plot_agent_density(data: dict) -> list[Path]:
         earlier = [r for r in mine if last[r["databases"]] is not r]
         xs = sorted(last)
         axes[0].plot(xs, [100 * last[x]["missed_share"] for x in xs], marker="o", color=color, label=kind)
-        axes[0].scatter([r["databases"] for r in earlier], [100 * r["missed_share"] for r in earlier],
-                        facecolors="none", edgecolors=color, label=f"{kind}: earlier attempt" if earlier else None)
-        axes[1].plot(xs, [100 * last[x]["agent_cpu_share"] for x in xs], marker="o", color=color,
-                     label=f"{kind}: agent")
-        axes[1].plot(xs, [100 * last[x].get("server_cpu_share", float("nan")) for x in xs], marker="x",
-                     linestyle=":", color=color, label=f"{kind}: its server")
+        axes[0].scatter(
+            [r["databases"] for r in earlier],
+            [100 * r["missed_share"] for r in earlier],
+            facecolors="none",
+            edgecolors=color,
+            label=f"{kind}: earlier attempt" if earlier else None,
+        )
+        axes[1].plot(
+            xs, [100 * last[x]["agent_cpu_share"] for x in xs], marker="o", color=color, label=f"{kind}: agent"
+        )
+        axes[1].plot(
+            xs,
+            [100 * last[x].get("server_cpu_share", float("nan")) for x in xs],
+            marker="x",
+            linestyle=":",
+            color=color,
+            label=f"{kind}: its server",
+        )
     axes[0].axhline(100 * data["missed_limit"], color="black", linestyle="--", linewidth=0.8, label="1% limit")
     axes[0].set_ylabel("missed polls, %")
     axes[1].set_ylabel("CPU, % of one core (agent and server pinned to one each)")
@@ -186,14 +213,16 @@ def plot_agent_memory(data: dict) -> list[Path]:
 def plot_heartbeats(data: dict) -> list[Path]:
     """bench/bench_heartbeats.py (Helper D's): series name -> records per fleet size."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = (("heartbeats_per_s", "heartbeats/s one coordinator sustains (saturated)", False),
-              ("paced_p99_ms", "p99 latency ms at 50% of saturation", True),
-              ("agents_per_replica_model", "agents per replica at 50% of a core (model)", False))
+    panels = (
+        ("heartbeats_per_s", "heartbeats/s one coordinator sustains (saturated)", False),
+        ("paced_p99_ms", "p99 latency ms at 50% of saturation", True),
+        ("agents_per_replica_model", "agents per replica at 50% of a core (model)", False),
+    )
     for name, records in data["series"].items():
         xs = [r["agents"] for r in records]
         style = "--" if "before" in name else "-"
         color = "#d62728" if name.startswith("redis") else "#1f77b4" if name.startswith("memory") else None
-        for ax, (field, label, log) in zip(axes, panels):
+        for ax, (field, label, log) in zip(axes, panels, strict=False):
             ax.plot(xs, [r.get(field, float("nan")) for r in records], style, marker="o", label=name, color=color)
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("agents (simulated)")
@@ -211,16 +240,20 @@ def plot_failover(data: dict) -> list[Path]:
     scenarios = list(data["series"])
     for i, scenario in enumerate(scenarios):
         runs = data["series"][scenario]
-        for offset, (field, label, color) in enumerate((("first_moved_s", "first database polled by its new owner",
-                                                         "#aec7e8"),
-                                                        ("all_moved_s", "all databases moved", "#1f77b4"),
-                                                        ("largest_gap_s", "largest gap in a series", "#ff7f0e"))):
+        for offset, (field, label, color) in enumerate(
+            (
+                ("first_moved_s", "first database polled by its new owner", "#aec7e8"),
+                ("all_moved_s", "all databases moved", "#1f77b4"),
+                ("largest_gap_s", "largest gap in a series", "#ff7f0e"),
+            )
+        ):
             ys = [r[field] for r in runs if field in r]
             ax.scatter([i + (offset - 1) * 0.2] * len(ys), ys, color=color, label=label if i == 0 else None, s=18)
     peer = data.get("peer")
     if peer:
-        ax.axhspan(peer["min_s"], peer["max_s"], color="#dddddd", label=f"{peer['name']}: {peer['min_s']}–"
-                   f"{peer['max_s']} s")
+        ax.axhspan(
+            peer["min_s"], peer["max_s"], color="#dddddd", label=f"{peer['name']}: {peer['min_s']}–{peer['max_s']} s"
+        )
     settings = data.get("settings", {})
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels([f"agent {s}" for s in scenarios])
@@ -246,16 +279,23 @@ def plot_generic(name: str, data: dict) -> list[Path]:
     elif isinstance(series, list) and series and isinstance(series[0], dict):
         label_key = next((k for k, v in series[0].items() if isinstance(v, str)), None)
         numeric = [k for k, v in series[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        groups = [" ".join(str(r.get(k)) for k in series[0] if isinstance(series[0][k], str)) or str(i)
-                  for i, r in enumerate(series)] if label_key else [str(i) for i in range(len(series))]
+        groups = (
+            [
+                " ".join(str(r.get(k)) for k in series[0] if isinstance(series[0][k], str)) or str(i)
+                for i, r in enumerate(series)
+            ]
+            if label_key
+            else [str(i) for i in range(len(series))]
+        )
         grouped_bars(ax, groups, {k: [float(r.get(k) or 0) for r in series] for k in numeric}, {}, {})
         ax.set_yscale("symlog")
     else:
         plt.close(fig)
         print(f"{name}: `series` has a shape plots.py does not know; not drawn", file=sys.stderr)
         return []
-    ax.set_ylabel(unit if isinstance(unit, str) else ", ".join(f"{k}: {v}" for k, v in dict(unit).items())[:120],
-                  fontsize=8)
+    ax.set_ylabel(
+        unit if isinstance(unit, str) else ", ".join(f"{k}: {v}" for k, v in dict(unit).items())[:120], fontsize=8
+    )
     ax.legend(fontsize=7)
     ax.set_title(name.replace("_", " "))
     fig.tight_layout()
@@ -270,9 +310,14 @@ PLOTS = {
     "bench_heartbeats": plot_heartbeats,
     "bench_failover": plot_failover,
 }
-PRODUCER = {"assignment_quality": "bench/bench_assignment_quality.py", "collection": "bench/bench_collection.py",
-            "agent_density": "bench/bench_agent_density.py", "agent_memory": "bench/bench_agent_memory.py",
-            "bench_heartbeats": "bench/bench_heartbeats.py", "bench_failover": "bench/bench_failover.py"}
+PRODUCER = {
+    "assignment_quality": "bench/bench_assignment_quality.py",
+    "collection": "bench/bench_collection.py",
+    "agent_density": "bench/bench_agent_density.py",
+    "agent_memory": "bench/bench_agent_memory.py",
+    "bench_heartbeats": "bench/bench_heartbeats.py",
+    "bench_failover": "bench/bench_failover.py",
+}
 
 
 def main() -> int:
@@ -284,8 +329,11 @@ def main() -> int:
             continue
         data = load(bench)
         if data is None:
-            print(f"{bench}: docs/data/{bench}.json is missing — run `python {PRODUCER[bench]}` to produce it; "
-                  "its plot is not drawn", file=sys.stderr)
+            print(
+                f"{bench}: docs/data/{bench}.json is missing — run `python {PRODUCER[bench]}` to produce it; "
+                "its plot is not drawn",
+                file=sys.stderr,
+            )
             continue
         for path in draw(data):
             print(f"{bench}: wrote {path}")

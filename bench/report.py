@@ -21,8 +21,10 @@ def cpu_model() -> str:
 
 
 def machine_line() -> str:
-    return (f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}.")
+    return (
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}."
+    )
 
 
 def write_section(section: str, text: str) -> None:
@@ -47,7 +49,7 @@ def write_data(bench: str, payload: dict) -> Path:
     missing = {"series", "unit", "command"} - payload.keys()
     if missing:
         raise ValueError(f"bench data for {bench} lacks {sorted(missing)}")
-    import json  # noqa: PLC0415 (only the benches that write data need it)
+    import json
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     path = DATA_DIR / f"{bench}.json"
@@ -65,8 +67,9 @@ class MachineLoad:
     process and its descendants (sampled each second, so short-lived children count until they exit)."""
 
     def __init__(self, interval: float = 1.0):
-        import psutil  # noqa: PLC0415
-        import threading  # noqa: PLC0415
+        import threading
+
+        import psutil
 
         self._psutil, self._interval = psutil, interval
         self._own: dict[int, float] = {}  # pid -> CPU seconds seen so far
@@ -90,8 +93,8 @@ class MachineLoad:
         while not self._stop.wait(self._interval):
             self._tree_cpu()
 
-    def __enter__(self) -> "MachineLoad":
-        import time  # noqa: PLC0415
+    def __enter__(self) -> MachineLoad:
+        import time
 
         self._tree_cpu()
         self._base = dict(self._own)  # what already ran before the bench started does not count
@@ -101,7 +104,7 @@ class MachineLoad:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        import time  # noqa: PLC0415
+        import time
 
         self._stop.set()
         self._thread.join()
@@ -120,14 +123,20 @@ class MachineLoad:
         return noise_sentence(self.as_dict())
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 1), "busy_cores": round(self.busy_cores, 3),
-                "own_cores": round(self.own_cores, 3), "others_cores": round(self.others_cores, 3),
-                "cpus": os.cpu_count()}
+        return {
+            "seconds": round(self.seconds, 1),
+            "busy_cores": round(self.busy_cores, 3),
+            "own_cores": round(self.own_cores, 3),
+            "others_cores": round(self.others_cores, 3),
+            "cpus": os.cpu_count(),
+        }
 
 
 def noise_sentence(noise: dict) -> str:
     """The MachineLoad figures (as stored in docs/data/*.json) as one sentence for the doc."""
-    return (f"Noise: over the {noise['seconds']:.0f} s run the machine's {noise['cpus']} cores were busy "
-            f"{noise['busy_cores']:.2f} cores on average, of which this bench and its processes "
-            f"{noise['own_cores']:.2f} and everything else (other jobs on this shared machine) "
-            f"{noise['others_cores']:.2f}.")
+    return (
+        f"Noise: over the {noise['seconds']:.0f} s run the machine's {noise['cpus']} cores were busy "
+        f"{noise['busy_cores']:.2f} cores on average, of which this bench and its processes "
+        f"{noise['own_cores']:.2f} and everything else (other jobs on this shared machine) "
+        f"{noise['others_cores']:.2f}."
+    )

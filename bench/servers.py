@@ -94,24 +94,37 @@ class WidePostgresServer(PostgresServer):
         super().__init__()
 
     def _command(self) -> list[str]:
-        return [f"max_connections={self.max_connections}" if part.startswith("max_connections=") else part
-                for part in super()._command()]
+        return [
+            f"max_connections={self.max_connections}" if part.startswith("max_connections=") else part
+            for part in super()._command()
+        ]
 
 
 class AgentProcess:
     """`python -m dbintel.cli agent` on a generated config; SIGSTOP/SIGCONT pause and resume it."""
 
-    def __init__(self, databases: list[dict], secrets: dict[str, str], *, agent_id: str = "bench-agent",
-                 log_level: str = "warning"):
+    def __init__(
+        self,
+        databases: list[dict],
+        secrets: dict[str, str],
+        *,
+        agent_id: str = "bench-agent",
+        log_level: str = "warning",
+    ):
         self.root = Path(tempfile.mkdtemp(prefix="dbintel-bench-agent-"))
         self.metrics_port, self.health_port = free_port(), free_port()
         self.agent_id, self.log_level = agent_id, log_level
         self.secrets = secrets  # env name -> password; the config holds only ${env:NAME}
         self.config_path = self.root / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump({
-            "scaling": {"enabled": True, "mode": "memory", "receiver_scaling": {"ignore_assignments": True}},
-            "databases": databases,
-        }, sort_keys=False))
+        self.config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "scaling": {"enabled": True, "mode": "memory", "receiver_scaling": {"ignore_assignments": True}},
+                    "databases": databases,
+                },
+                sort_keys=False,
+            )
+        )
         self.log_path = self.root / "agent.log"
         self._popen: subprocess.Popen[bytes] | None = None
         self.process: psutil.Process | None = None
@@ -120,15 +133,28 @@ class AgentProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def start(self, timeout: float = 60.0) -> "AgentProcess":
-        command = [sys.executable, "-m", "dbintel.cli", "--log-level", self.log_level, "agent",
-                   "--config", str(self.config_path), "--agent-id", self.agent_id,
-                   "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-                   "--health-listen", f"127.0.0.1:{self.health_port}"]
+    def start(self, timeout: float = 60.0) -> AgentProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "dbintel.cli",
+            "--log-level",
+            self.log_level,
+            "agent",
+            "--config",
+            str(self.config_path),
+            "--agent-id",
+            self.agent_id,
+            "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}",
+            "--health-listen",
+            f"127.0.0.1:{self.health_port}",
+        ]
         env = {**os.environ, **self.secrets}
         with open(self.log_path, "wb") as log:
-            self._popen = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+            self._popen = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.process = psutil.Process(self._popen.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -193,7 +219,7 @@ class AgentProcess:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "AgentProcess":
+    def __enter__(self) -> AgentProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -17,9 +17,9 @@ import argparse
 import csv
 import difflib
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "metrics.md"
@@ -70,11 +70,14 @@ def coverage(specs: Sequence | None, reference: Sequence[Mapping[str, str]]) -> 
     default = sorted(row["metric_name"] for row in reference if row["enabled_by_default"] == "true")
     optional = sorted(row["metric_name"] for row in reference if row["enabled_by_default"] != "true")
     return Coverage(
-        default_covered=sum(name in declared for name in default), default_total=len(default),
-        optional_covered=sum(name in declared for name in optional), optional_total=len(optional),
+        default_covered=sum(name in declared for name in default),
+        default_total=len(default),
+        optional_covered=sum(name in declared for name in optional),
+        optional_total=len(optional),
         beyond=sum(spec.tier == "beyond" for spec in specs or ()),
         missing_default=tuple(name for name in default if name not in declared),
-        missing_optional=tuple(name for name in optional if name not in declared))
+        missing_optional=tuple(name for name in optional if name not in declared),
+    )
 
 
 def cell(text: str) -> str:
@@ -93,15 +96,32 @@ def _otel_type(spec) -> str:
 
 
 def _metric_rows(specs: Iterable) -> list[str]:
-    lines = ["| OTel name | Prometheus name | Prometheus type | OTel type | Unit | Labels | Default | Tier "
-             "| Description | Source | Verified on |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| OTel name | Prometheus name | Prometheus type | OTel type | Unit | Labels | Default | Tier "
+        "| Description | Source | Verified on |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for spec in sorted(specs, key=lambda s: s.name):
         labels = ", ".join(code(label) for label in spec.label_names)
-        lines.append("| " + " | ".join((
-            code(spec.name), code(spec.prometheus_name), spec.prometheus_type, _otel_type(spec), code(spec.unit),
-            labels, "on" if spec.enabled_by_default else "off", spec.tier, cell(spec.description),
-            cell(spec.source), cell("; ".join(spec.verified_on)) or "—")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                (
+                    code(spec.name),
+                    code(spec.prometheus_name),
+                    spec.prometheus_type,
+                    _otel_type(spec),
+                    code(spec.unit),
+                    labels,
+                    "on" if spec.enabled_by_default else "off",
+                    spec.tier,
+                    cell(spec.description),
+                    cell(spec.source),
+                    cell("; ".join(spec.verified_on)) or "—",
+                )
+            )
+            + " |"
+        )
     return lines
 
 
@@ -131,8 +151,8 @@ def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Seque
         "",
         "Tier `reference` = a metric of the OTel receiver (its reference row in `tests/reference/metrics/`); "
         "`beyond` = what the receivers lack and the peers (Prometheus exporters, Datadog) have. "
-        "\"Verified on\" names the servers the metric was seen working on, or \"(documented shape)\" / "
-        "\"(captured)\" where it was tested with replies shaped like the server's documented or captured output.",
+        '"Verified on" names the servers the metric was seen working on, or "(documented shape)" / '
+        '"(captured)" where it was tested with replies shaped like the server\'s documented or captured output.',
         "",
         "## Coverage",
         "",
@@ -146,9 +166,11 @@ def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Seque
         c = covered[db_type]
         status = "implemented" if specs is not None else "not yet implemented"
         declared = str(len(tuple(specs))) if specs is not None else "0"
-        out.append(f"| {DISPLAY_NAMES.get(db_type, db_type)} (`{db_type}`) | {status} | {declared} | "
-                   f"{_fraction(c.default_covered, c.default_total)} | "
-                   f"{_fraction(c.optional_covered, c.optional_total)} | {c.beyond} |")
+        out.append(
+            f"| {DISPLAY_NAMES.get(db_type, db_type)} (`{db_type}`) | {status} | {declared} | "
+            f"{_fraction(c.default_covered, c.default_total)} | "
+            f"{_fraction(c.optional_covered, c.optional_total)} | {c.beyond} |"
+        )
     for db_type, specs in tables.items():
         name = DISPLAY_NAMES.get(db_type, db_type)
         out += ["", f"## {name}", ""]
@@ -157,11 +179,15 @@ def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Seque
             continue
         c = covered[db_type]
         on = sum(spec.enabled_by_default for spec in specs)
-        out.append(f"{len(tuple(specs))} metrics ({on} on by default). Reference coverage: default "
-                   f"{_fraction(c.default_covered, c.default_total)}, optional "
-                   f"{_fraction(c.optional_covered, c.optional_total)}; {c.beyond} beyond the receiver.")
-        for label, missing in (("Default reference rows not declared", c.missing_default),
-                               ("Optional reference rows not declared", c.missing_optional)):
+        out.append(
+            f"{len(tuple(specs))} metrics ({on} on by default). Reference coverage: default "
+            f"{_fraction(c.default_covered, c.default_total)}, optional "
+            f"{_fraction(c.optional_covered, c.optional_total)}; {c.beyond} beyond the receiver."
+        )
+        for label, missing in (
+            ("Default reference rows not declared", c.missing_default),
+            ("Optional reference rows not declared", c.missing_optional),
+        ):
             if missing:
                 out += ["", f"{label}: " + ", ".join(code(n) for n in missing) + "."]
         out += [""] + _metric_rows(specs)
@@ -172,8 +198,10 @@ def generate() -> str:
     from dbintel.common.config import DATABASE_TYPES
 
     tables = load_tables(DATABASE_TYPES)
-    return render({t: (tuple(table) if table is not None else None) for t, table in tables.items()},
-                  {t: load_reference(t) for t in DATABASE_TYPES})
+    return render(
+        {t: (tuple(table) if table is not None else None) for t, table in tables.items()},
+        {t: load_reference(t) for t in DATABASE_TYPES},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         current = args.output.read_text() if args.output.exists() else ""
         if current == text:
             return 0
-        diff = difflib.unified_diff(current.splitlines(), text.splitlines(), str(args.output), "generated",
-                                    lineterm="", n=0)
+        diff = difflib.unified_diff(
+            current.splitlines(), text.splitlines(), str(args.output), "generated", lineterm="", n=0
+        )
         print(f"{args.output} is stale; regenerate it with: {COMMAND}", file=sys.stderr)
         print("\n".join(list(diff)[:40]), file=sys.stderr)
         return 1

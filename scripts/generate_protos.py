@@ -48,8 +48,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
         if options.check:
-            stale = [f.name for f in files if not (OUTPUT_PACKAGE / f.name).exists()
-                     or not filecmp.cmp(f, OUTPUT_PACKAGE / f.name, shallow=False)]
+            stale = [
+                f.name
+                for f in files
+                if not (OUTPUT_PACKAGE / f.name).exists() or not filecmp.cmp(f, OUTPUT_PACKAGE / f.name, shallow=False)
+            ]
             extra = sorted({p.name for p in OUTPUT_PACKAGE.glob("*.py*")} - {f.name for f in files})
             if stale or extra:
                 print(f"stale stubs: {stale} extra: {extra}; run python scripts/generate_protos.py")

@@ -1,30 +1,48 @@
 #!/usr/bin/env bash
-# Install what the tests need: database servers and exporters (apt), dbintel[test] (pip) and
-# buf (npm, into the gitignored .ci/work/npm). Idempotent; a re-run with everything present
-# changes nothing and takes a few seconds. One summary line per step; details go to
-# .ci/work/install-deps.log and are printed only when a step fails.
+# Install what dbintel needs on this machine, for one purpose:
+#   bash scripts/install-deps.sh up     what `dbintel up` needs: PostgreSQL and Redis (apt), dbintel (pip)
+#   bash scripts/install-deps.sh test   (the default) everything the test suite needs: the servers,
+#                                       exporters and Prometheus (apt), dbintel[test] (pip), buf and the
+#                                       Prometheus Operator schemas (npm, into the gitignored .ci/work/npm)
+# Idempotent; a re-run with everything present changes nothing and takes a few seconds. One summary
+# line per step; details are appended to .ci/work/install-deps.log (one header per run, so the first,
+# real install stays readable) and this run's part is printed only when a step fails.
 set -euo pipefail
+
+purpose="${1:-test}"
+case "$purpose" in
+up | test) ;;
+*)
+    echo "install-deps: unknown purpose '$purpose' (expected 'up' or 'test')" >&2
+    exit 2
+    ;;
+esac
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 work_dir="$repo_root/.ci/work"
 mkdir -p "$work_dir"
 log="$work_dir/install-deps.log"
-: >"$log"
+touch "$log"
+run_start=$(($(stat -c %s "$log") + 1)) # tail -c +N: this run's lines only
+printf '\n==== install-deps %s, %s ====\n' "$purpose" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$log"
 
 python="${PYTHON:-python}"
 
 fail() {
-    echo "install-deps: $1 failed; last lines of $log:" >&2
-    tail -n 40 "$log" >&2
+    echo "install-deps: $1 failed; last lines of this run in $log:" >&2
+    tail -c +"$run_start" "$log" | tail -n 40 >&2
     exit 1
 }
 
-# --- apt: servers, exporters and Prometheus (the deploy tests scrape a cluster with it) --------
-apt_packages=(
-    redis-server mariadb-server postgresql postgresql-contrib
-    prometheus prometheus-postgres-exporter prometheus-redis-exporter prometheus-mysqld-exporter
-)
+# --- apt: servers; for the tests also exporters and Prometheus (the deploy tests scrape with it) ---
+apt_packages=(redis-server postgresql)
+if [[ "$purpose" == test ]]; then
+    apt_packages+=(
+        mariadb-server postgresql-contrib
+        prometheus prometheus-postgres-exporter prometheus-redis-exporter prometheus-mysqld-exporter
+    )
+fi
 missing=()
 for package in "${apt_packages[@]}"; do
     status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
@@ -55,11 +73,13 @@ else
     echo "apt: installed ${missing[*]}"
 fi
 
-# --- pip: the package and its test extras --------------------------------------------------------
+# --- pip: the package (and for the tests its test extra) ------------------------------------------
 # Skip pip when dbintel is installed editable from this checkout and every requirement in
-# pyproject.toml (dependencies + the test extra) is satisfied; pip itself takes ~10 s to say so.
+# pyproject.toml (dependencies, plus the test extra for the tests) is satisfied; pip itself takes
+# ~10 s to say so.
+if [[ "$purpose" == test ]]; then pip_target='.[test]'; else pip_target='.'; fi
 pip_is_current() {
-    "$python" - "$repo_root" <<'PY'
+    "$python" - "$repo_root" "$purpose" <<'PY'
 import sys, tomllib
 from importlib import metadata
 from pathlib import Path
@@ -68,7 +88,7 @@ from packaging.requirements import Requirement
 
 root = Path(sys.argv[1])
 project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+wanted = project["dependencies"] + (project["optional-dependencies"]["test"] if sys.argv[2] == "test" else [])
 for line in wanted:
     requirement = Requirement(line)
     try:
@@ -83,13 +103,15 @@ sys.exit(0 if Path(dbintel.__file__).resolve().parent == root / "services" else 
 PY
 }
 if pip_is_current >/dev/null 2>&1; then
-    echo "pip: dbintel[test] already installed (editable, requirements satisfied)"
+    echo "pip: $pip_target already installed (editable, requirements satisfied)"
 else
-    "$python" -m pip install --quiet --disable-pip-version-check --no-input -e '.[test]' >>"$log" 2>&1 ||
-        fail "pip install -e '.[test]'"
+    "$python" -m pip install --quiet --disable-pip-version-check --no-input -e "$pip_target" >>"$log" 2>&1 ||
+        fail "pip install -e '$pip_target'"
     pip_is_current >>"$log" 2>&1 || fail "pip install left requirements unsatisfied"
-    echo "pip: installed dbintel[test] (editable)"
+    echo "pip: installed $pip_target (editable)"
 fi
+
+[[ "$purpose" == test ]] || exit 0
 
 # --- npm: buf ------------------------------------------------------------------------------------
 npm_prefix="$work_dir/npm"

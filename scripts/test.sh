@@ -17,7 +17,7 @@ fi
 # buf (installed by install-deps.sh) for the protocol tests.
 export PATH="$repo_root/.ci/work/npm/node_modules/.bin:$PATH"
 
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh test
 
 status=0
 python -m pytest "$@" || status=$?

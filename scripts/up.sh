@@ -10,5 +10,5 @@ pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
 if ! command -v python >/dev/null && [[ -d "$pyenv_root/shims" ]]; then
     export PATH="$pyenv_root/shims:$pyenv_root/bin:$PATH"
 fi
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh up
 exec python -m dbintel.cli up "$@"

@@ -45,8 +45,24 @@ class LocalRedis:
         self._dir = Path(tempfile.mkdtemp(prefix="dbintel-up-redis-"))
         log = self._dir / "redis.log"
         self._process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self._dir), "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"], stdout=log.open("w"), stderr=subprocess.STDOUT)
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self._dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         _wait_port(self.port, self._process, log, "redis-server")
 
     def stop(self) -> None:
@@ -78,7 +94,10 @@ class LocalPostgres:
                 raise LocalServerError("running as root needs the 'postgres' system user") from None
             os.chown(self._dir, account.pw_uid, account.pw_gid)
             user = "postgres"
-        run = lambda cmd, **kw: subprocess.run(cmd, user=user, check=True, capture_output=True, **kw)
+
+        def run(cmd, **kw):
+            return subprocess.run(cmd, user=user, check=True, capture_output=True, **kw)
+
         try:
             run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
         except subprocess.CalledProcessError as exc:
@@ -87,9 +106,23 @@ class LocalPostgres:
             if user:
                 os.chown(log, account.pw_uid, account.pw_gid)
             self._process = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self._dir),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "shared_preload_libraries=pg_stat_statements"],
-                user=user, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self._dir),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "shared_preload_libraries=pg_stat_statements",
+                ],
+                user=user,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         _wait_port(self.port, self._process, log, "postgres")
 
     def stop(self) -> None:

@@ -18,27 +18,46 @@ from dbintel.coordinator.server import Coordinator
 from dbintel.v1 import agent_service_pb2 as apb
 from dbintel.v1 import agent_service_pb2_grpc, operator_service_pb2_grpc
 
-FAST_TIMING = {"heartbeat_interval": "300ms", "node_timeout": "1500ms", "rebalance_interval": "5m",
-               "min_rebalance_interval": "1s"}
+FAST_TIMING = {
+    "heartbeat_interval": "300ms",
+    "node_timeout": "1500ms",
+    "rebalance_interval": "5m",
+    "min_rebalance_interval": "1s",
+}
 
 
-def make_config(databases: int = 6, *, mode: str = "memory", redis=None, leader_ttl: str = "2s",
-                timing: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> Config:
+def make_config(
+    databases: int = 6,
+    *,
+    mode: str = "memory",
+    redis=None,
+    leader_ttl: str = "2s",
+    timing: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
     import yaml
+
     doc: dict[str, Any] = {
         "scaling": {"mode": mode, "coordinator": {**FAST_TIMING, **(timing or {})}},
-        "coordinator": {"grpc_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                        "health_listen": "127.0.0.1:0"},
-        "databases": [{"name": f"db{i:03d}", "type": "redis", "endpoint": "127.0.0.1:6379", "database": str(i % 16)}
-                      for i in range(databases)],
+        "coordinator": {"grpc_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "health_listen": "127.0.0.1:0"},
+        "databases": [
+            {"name": f"db{i:03d}", "type": "redis", "endpoint": "127.0.0.1:6379", "database": str(i % 16)}
+            for i in range(databases)
+        ],
     }
     if redis is not None:
         os.environ["DBINTEL_TEST_REDIS_PASSWORD"] = redis.password  # resolved where the store connects
-        doc["scaling"]["redis"] = {"address": redis.address, "password": "${env:DBINTEL_TEST_REDIS_PASSWORD}",
-                                   "key_prefix": f"test:{uuid.uuid4().hex[:8]}:", "leader_ttl": leader_ttl}
+        doc["scaling"]["redis"] = {
+            "address": redis.address,
+            "password": "${env:DBINTEL_TEST_REDIS_PASSWORD}",
+            "key_prefix": f"test:{uuid.uuid4().hex[:8]}:",
+            "leader_ttl": leader_ttl,
+        }
     for key, value in (extra or {}).items():
         doc[key] = value
-    return parse_config(yaml.safe_dump(doc), environ={"DBINTEL_TEST_REDIS_PASSWORD": getattr(redis, "password", "") or ""})
+    return parse_config(
+        yaml.safe_dump(doc), environ={"DBINTEL_TEST_REDIS_PASSWORD": getattr(redis, "password", "") or ""}
+    )
 
 
 async def start_coordinator(config: Config, name: str, **kwargs) -> Coordinator:
@@ -63,8 +82,17 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, mes
 class ScriptedAgent:
     """A protocol-faithful agent without collectors: holds what it is told, acks at once."""
 
-    def __init__(self, agent_id: str, address: str, *, pod_name: str | None = None, zone: str = "",
-                 capacity: int = 0, heartbeat_s: float = 0.3, reconnect: bool = True):
+    def __init__(
+        self,
+        agent_id: str,
+        address: str,
+        *,
+        pod_name: str | None = None,
+        zone: str = "",
+        capacity: int = 0,
+        heartbeat_s: float = 0.3,
+        reconnect: bool = True,
+    ):
         self.agent_id, self.address = agent_id, address
         self.pod_name = pod_name or agent_id
         self.zone, self.capacity, self.heartbeat_s = zone, capacity, heartbeat_s
@@ -91,16 +119,25 @@ class ScriptedAgent:
         return status
 
     def request(self, with_registration: bool = False, released=()) -> apb.HeartbeatRequest:
-        message = apb.HeartbeatRequest(agent_id=self.agent_id, applied_assignment_epoch=self.epoch,
-                                       current=[self._status(r) for r in sorted(self.held)],
-                                       released=[self._status(r) for r in sorted(released)])
+        message = apb.HeartbeatRequest(
+            agent_id=self.agent_id,
+            applied_assignment_epoch=self.epoch,
+            current=[self._status(r) for r in sorted(self.held)],
+            released=[self._status(r) for r in sorted(released)],
+        )
         if with_registration:
-            message.registration.CopyFrom(apb.AgentRegistration(pod_name=self.pod_name, zone=self.zone,
-                                                                capacity=self.capacity, version="test",
-                                                                instance_id=self.instance_id))
+            message.registration.CopyFrom(
+                apb.AgentRegistration(
+                    pod_name=self.pod_name,
+                    zone=self.zone,
+                    capacity=self.capacity,
+                    version="test",
+                    instance_id=self.instance_id,
+                )
+            )
         return message
 
-    def start(self) -> "ScriptedAgent":
+    def start(self) -> ScriptedAgent:
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -162,7 +199,8 @@ class ScriptedAgent:
     async def leave(self, reason: str = "test") -> int:
         async with grpc.aio.insecure_channel(self.address) as channel:
             reply = await agent_service_pb2_grpc.AgentServiceStub(channel).Leave(
-                apb.LeaveRequest(agent_id=self.agent_id, reason=reason), timeout=5)
+                apb.LeaveRequest(agent_id=self.agent_id, reason=reason), timeout=5
+            )
         await self.stop()
         return reply.released_resources
 

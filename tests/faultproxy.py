@@ -169,7 +169,7 @@ class FaultProxy:
                 await writer.drain()
                 return
             piece = view[: max(1, int(rate / _SHAPING_SLICES_PER_S))]
-            view = view[len(piece):]
+            view = view[len(piece) :]
             writer.write(bytes(piece))
             await writer.drain()
             await asyncio.sleep(len(piece) / rate)
@@ -178,8 +178,9 @@ class FaultProxy:
 class _Link:
     """One client connection and its upstream connection."""
 
-    def __init__(self, proxy: FaultProxy, client_reader: asyncio.StreamReader,
-                 client_writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proxy: FaultProxy, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         self.proxy = proxy
         self.client_reader = client_reader
         self.client_writer = client_writer

@@ -218,7 +218,7 @@ def _close_open_servers() -> None:
     for server in list(_open_servers):
         try:
             server.close()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             pass
     _reaper.shutdown()
 
@@ -413,8 +413,15 @@ class ManagedServer:
                 extra_groups=[] if user is not None else None,
             )
 
-    def _run(self, command: list[str], *, input_text: str | None = None, as_service_user: bool = False,
-             timeout: float = 60.0, what: str = "command") -> str:
+    def _run(
+        self,
+        command: list[str],
+        *,
+        input_text: str | None = None,
+        as_service_user: bool = False,
+        timeout: float = 60.0,
+        what: str = "command",
+    ) -> str:
         """Run a short client command to completion; raise with its (redacted) output on failure."""
         user = self._run_as() if as_service_user else None
         try:
@@ -442,11 +449,13 @@ class ManagedServer:
         while time.monotonic() < deadline:
             if not self.is_running():
                 self._forget_process()
-                raise ServerError(f"{self.kind} on port {self.port} exited during startup; log tail:\n{self.log_tail()}")
+                raise ServerError(
+                    f"{self.kind} on port {self.port} exited during startup; log tail:\n{self.log_tail()}"
+                )
             try:
                 if self._probe():
                     return
-            except Exception as exc:  # noqa: BLE001 - still starting up
+            except Exception as exc:
                 last_error = exc
             time.sleep(0.1)
         self.kill()
@@ -479,9 +488,16 @@ class RedisServer(ManagedServer):
     startup_timeout = 30.0
     username = "default"  # the ACL user that --requirepass sets the password of
 
-    def __init__(self, password: str | None = None, *, tls_cert_file: str | None = None,
-                 tls_key_file: str | None = None, tls_ca_file: str | None = None,
-                 tls_auth_clients: str = "no", tls_client_cert: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        password: str | None = None,
+        *,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_auth_clients: str = "no",
+        tls_client_cert: tuple[str, str] | None = None,
+    ) -> None:
         self.password = password if password is not None else _new_password()
         self.binary = find_binary("redis-server")
         self.tls_cert_file, self.tls_key_file, self.tls_ca_file = tls_cert_file, tls_key_file, tls_ca_file
@@ -511,19 +527,35 @@ class RedisServer(ManagedServer):
     def _command(self) -> list[str]:
         command = [
             self.binary,
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--requirepass", self.password,
-            "--dir", str(self.root),
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--logfile", "",  # stdout, i.e. our log file
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--requirepass",
+            self.password,
+            "--dir",
+            str(self.root),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",  # stdout, i.e. our log file
         ]
         if self.tls:
             command[command.index("--port") + 1] = "0"
-            command += ["--tls-port", str(self.port), "--tls-cert-file", self.tls_cert_file,
-                        "--tls-key-file", str(self.tls_key_file), "--tls-auth-clients", self.tls_auth_clients]
+            command += [
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls_cert_file,
+                "--tls-key-file",
+                str(self.tls_key_file),
+                "--tls-auth-clients",
+                self.tls_auth_clients,
+            ]
             if self.tls_ca_file:
                 command += ["--tls-ca-cert-file", self.tls_ca_file]
         return command
@@ -626,11 +658,25 @@ class PostgresServer(ManagedServer):
         so CREATE DATABASE and VACUUM work."""
         output = self._run(
             [
-                str(self.bin_dir / "psql"), "-X", "-q", "-A", "-t",
-                "--field-separator-zero", "--record-separator=\n",
-                "-v", "ON_ERROR_STOP=1",
-                "-h", str(self.socket_dir), "-p", str(self.port),
-                "-U", self.superuser, "-d", database, "-f", "-",
+                str(self.bin_dir / "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "--field-separator-zero",
+                "--record-separator=\n",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                "-d",
+                database,
+                "-f",
+                "-",
             ],
             input_text=sql,
             what=f"psql on {database}",
@@ -640,9 +686,16 @@ class PostgresServer(ManagedServer):
     def _prepare(self) -> None:
         self._run(
             [
-                str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
-                "--auth-local=trust", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C", "--no-sync",
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.superuser,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
             ],
             as_service_user=True,
             what="initdb",
@@ -664,8 +717,20 @@ class PostgresServer(ManagedServer):
 
     def _probe(self) -> bool:
         probe = subprocess.run(
-            [str(self.bin_dir / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port),
-             "-U", self.superuser, "-d", "postgres", "-t", "2"],
+            [
+                str(self.bin_dir / "pg_isready"),
+                "-q",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+            ],
             capture_output=True,
             timeout=5,
         )
@@ -716,8 +781,12 @@ class MariaDBServer(ManagedServer):
         of every statement that returns rows, values as the client's batch-mode text
         (NULL as 'NULL', tabs and newlines escaped)."""
         command = [
-            self.client_binary, "--no-defaults", f"--socket={self.socket_path}",
-            f"--user={self.superuser}", "--batch", "--skip-column-names",
+            self.client_binary,
+            "--no-defaults",
+            f"--socket={self.socket_path}",
+            f"--user={self.superuser}",
+            "--batch",
+            "--skip-column-names",
         ]
         if database is not None:
             command.append(f"--database={database}")
@@ -726,8 +795,11 @@ class MariaDBServer(ManagedServer):
 
     def _prepare(self) -> None:
         command = [
-            self.install_binary, "--no-defaults", f"--datadir={self.data_dir}",
-            "--auth-root-authentication-method=socket", "--skip-test-db",
+            self.install_binary,
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
         ]
         if self._run_as() is not None:
             command.append(f"--user={self.service_user}")
@@ -735,7 +807,8 @@ class MariaDBServer(ManagedServer):
 
     def _command(self) -> list[str]:
         return [
-            self.server_binary, "--no-defaults",
+            self.server_binary,
+            "--no-defaults",
             f"--datadir={self.data_dir}",
             f"--socket={self.socket_path}",
             f"--port={self.port}",

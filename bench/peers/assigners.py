@@ -21,11 +21,11 @@ import hashlib
 import math
 import struct
 from bisect import bisect_left
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["xxh64", "ConsistentHashingBoundedLoads", "rendezvous_owners", "loads_of"]
+__all__ = ["ConsistentHashingBoundedLoads", "loads_of", "rendezvous_owners", "xxh64"]
 
 _M64 = (1 << 64) - 1
 _P1, _P2, _P3 = 11400714785074694791, 14029467366897019727, 1609587929392839161
@@ -81,8 +81,9 @@ def xxh64(data: bytes, seed: int = 0) -> int:
 class ConsistentHashingBoundedLoads:
     """buraksezer/consistent v0.10.0 as the OpenTelemetry target allocator configures it."""
 
-    def __init__(self, members: Iterable[str], *, partition_count: int = 1061, replication_factor: int = 5,
-                 load: float = 1.1):
+    def __init__(
+        self, members: Iterable[str], *, partition_count: int = 1061, replication_factor: int = 5, load: float = 1.1
+    ):
         self.members = sorted(set(members))
         self.partition_count = partition_count
         self.replication_factor = replication_factor
@@ -137,8 +138,11 @@ class ConsistentHashingBoundedLoads:
 
 
 def _key_hashes(keys: Sequence[str]) -> np.ndarray:
-    return np.fromiter((int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
-                       dtype=np.uint64, count=len(keys))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys),
+        dtype=np.uint64,
+        count=len(keys),
+    )
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -160,9 +164,9 @@ def rendezvous_owners(keys: Sequence[str], agents: Iterable[str], *, chunk: int 
     owners: dict[str, str] = {}
     with np.errstate(over="ignore"):
         for start in range(0, len(keys), chunk):
-            block = key_hashes[start:start + chunk, None] ^ agent_hashes[None, :]
+            block = key_hashes[start : start + chunk, None] ^ agent_hashes[None, :]
             best = np.argmax(_mix64(block), axis=1)  # first maximum = lowest agent id on a tie
-            for key, index in zip(keys[start:start + chunk], best.tolist()):
+            for key, index in zip(keys[start : start + chunk], best.tolist(), strict=False):
                 owners[key] = agent_ids[index]
     return owners
 

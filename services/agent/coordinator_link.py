@@ -21,7 +21,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
@@ -56,8 +57,9 @@ CHANNEL_OPTIONS = (
 )
 
 
-def backoff_delay(attempt: int, rng: random.Random, *, initial: float = BACKOFF_INITIAL,
-                  cap: float = BACKOFF_CAP) -> float:
+def backoff_delay(
+    attempt: int, rng: random.Random, *, initial: float = BACKOFF_INITIAL, cap: float = BACKOFF_CAP
+) -> float:
     """Full jitter: uniform in [0, min(cap, initial * 2^attempt)] (attempt counts from 0)."""
     return rng.uniform(0.0, min(cap, initial * (2 ** min(attempt, 32))))
 
@@ -92,10 +94,21 @@ class _ReplicaDegraded(Exception):
 class CoordinatorLink:
     """Keeps one agent connected to the coordinator. `start()`, then `leave()` and `close()`."""
 
-    def __init__(self, target: str, agent_id: str, registration: pb.AgentRegistration, handler: LinkHandler, *,
-                 heartbeat_interval: float, check_interval: float, node_timeout: float, stop_on_loss: bool,
-                 tls: TLSSettings | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+    def __init__(
+        self,
+        target: str,
+        agent_id: str,
+        registration: pb.AgentRegistration,
+        handler: LinkHandler,
+        *,
+        heartbeat_interval: float,
+        check_interval: float,
+        node_timeout: float,
+        stop_on_loss: bool,
+        tls: TLSSettings | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ):
         self.target = target
         self._tls = tls
         self.agent_id = agent_id
@@ -171,7 +184,7 @@ class CoordinatorLink:
         try:
             reply = await self._stub.Leave(pb.LeaveRequest(agent_id=self.agent_id, reason=reason), timeout=timeout)
             log.info("left the cluster (%s); %d database(s) released", reason, reply.released_resources)
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
             log.warning("Leave failed (%s); the coordinator will expire this agent instead", self._describe(exc))
 
     async def close(self) -> None:
@@ -193,11 +206,14 @@ class CoordinatorLink:
             while True:
                 self._stream_responded = False
                 try:
-                    await self._stream_once(lambda: _cancel(fallback))
+                    await self._stream_once(lambda: _cancel(fallback))  # noqa: B023 - the fallback running when the stream answers
                     log.warning("Heartbeat stream to %s ended by the coordinator", self.target)
                 except _StreamStalled:
-                    log.warning("Heartbeat stream to %s stalled (a request unanswered for %.1fs); reconnecting",
-                                self.target, self._response_timeout())
+                    log.warning(
+                        "Heartbeat stream to %s stalled (a request unanswered for %.1fs); reconnecting",
+                        self.target,
+                        self._response_timeout(),
+                    )
                 except _ReplicaDegraded:
                     log.info("coordinator replica cannot reach its store; trying another")
                 except Exception as exc:  # AioRpcError mostly; any failure means: reconnect
@@ -281,8 +297,9 @@ class CoordinatorLink:
         while True:
             self._send_requested = False
             applied_epoch, current, released = self._handler.report()
-            request = pb.HeartbeatRequest(agent_id=self.agent_id, applied_assignment_epoch=applied_epoch,
-                                          current=current, released=released)
+            request = pb.HeartbeatRequest(
+                agent_id=self.agent_id, applied_assignment_epoch=applied_epoch, current=current, released=released
+            )
             if first:  # every new stream starts with the registration
                 request.registration.CopyFrom(self._registration)
             self._writing = True
@@ -301,8 +318,10 @@ class CoordinatorLink:
                 if not waiter.done():
                     waiter.set_result(None)
             await self._until_next_heartbeat(written_at)
-            if self._unanswered_since is not None and \
-                    self._monotonic() - self._unanswered_since >= self._response_timeout():
+            if (
+                self._unanswered_since is not None
+                and self._monotonic() - self._unanswered_since >= self._response_timeout()
+            ):
                 raise _StreamStalled()
 
     async def _until_next_heartbeat(self, written_at: float) -> None:
@@ -331,9 +350,10 @@ class CoordinatorLink:
         while True:
             await asyncio.sleep(self._check_interval)
             try:
-                reply = await self._stub.GetAssignments(pb.GetAssignmentsRequest(agent_id=self.agent_id),
-                                                        timeout=max(0.5, min(self._check_interval, 5.0)))
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                reply = await self._stub.GetAssignments(
+                    pb.GetAssignmentsRequest(agent_id=self.agent_id), timeout=max(0.5, min(self._check_interval, 5.0))
+                )
+            except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 log.debug("GetAssignments failed: %s", self._describe(exc))
                 continue
             self._acknowledged(reply.degraded, connected=self.connected)
@@ -358,7 +378,8 @@ class CoordinatorLink:
         self._lost_reported = False
         if degraded != self._degraded:
             (log.warning if degraded else log.info)(
-                "coordinator reports its store %s", "unreachable: keeping the assignment" if degraded else "back")
+                "coordinator reports its store %s", "unreachable: keeping the assignment" if degraded else "back"
+            )
         self._degraded = degraded
         self._set_connected(connected)
 
@@ -379,8 +400,11 @@ class CoordinatorLink:
             silence = self._monotonic() - self._last_ack
             if silence > self._node_timeout and not self._lost_reported:
                 self._lost_reported = True
-                log.warning("no acknowledged exchange with the coordinator for %.1fs (node_timeout): "
-                            "stopping all polls until an assignment arrives", silence)
+                log.warning(
+                    "no acknowledged exchange with the coordinator for %.1fs (node_timeout): "
+                    "stopping all polls until an assignment arrives",
+                    silence,
+                )
                 await asyncio.shield(self._handler.on_coordinator_lost())
 
 

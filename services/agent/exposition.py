@@ -13,10 +13,9 @@ they collide with the metric's own label names: the metric wins) and the metric'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
-
 import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -32,7 +31,8 @@ POLL_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 UTILIZATION_HELP = (
     "Share of this agent's poll capacity in use: the sum over held databases of last poll duration / "
     "interval (the mean number of polls in flight), divided by agent.max_concurrent_polls. "
-    "1 means the poll slots are busy all the time; the agent HPA scales on it.")
+    "1 means the poll slots are busy all the time; the agent HPA scales on it."
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
         static = (name + "{" + resource + user).replace("%", "%%")  # a user label value may hold a %
         template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r\n"
         width = len(spec.label_names)
-        lines = []
+        lines: list[str] = []
         append = lines.append
         for sample in samples:
             value = float(sample.value)
@@ -106,8 +106,9 @@ def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
                 append(line % _attribute_values(sample.attributes[:width]))
                 continue
             append(template % (*_attribute_values(sample.attributes[:width]), value))
-        out[name] = _RenderedFamily(f"# HELP {name} {_escape_help(spec.description)}\n"
-                                    f"# TYPE {name} {spec.prometheus_type}\n", "".join(lines))
+        out[name] = _RenderedFamily(
+            f"# HELP {name} {_escape_help(spec.description)}\n# TYPE {name} {spec.prometheus_type}\n", "".join(lines)
+        )
     return out
 
 
@@ -122,8 +123,14 @@ def _family(prometheus_name: str, documentation: str, typ: str) -> tuple[Metric,
 class AgentExposition(Collector):
     """Renders database snapshots and agent self-metrics on `registry`."""
 
-    def __init__(self, registry: CollectorRegistry, *, snapshots: Callable[[], Mapping[str, ResourceSnapshot]],
-                 status: Callable[[], AgentStatus], max_concurrent_polls: int):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        snapshots: Callable[[], Mapping[str, ResourceSnapshot]],
+        status: Callable[[], AgentStatus],
+        max_concurrent_polls: int,
+    ):
         self._snapshots = snapshots
         self._status = status
         self._registry = registry
@@ -132,8 +139,12 @@ class AgentExposition(Collector):
         self._max_concurrent_polls = max_concurrent_polls
         # By type only (bounded cardinality), so a standard histogram that outlives revocations is right.
         self._poll_duration = Histogram(
-            "dbintel_agent_poll_duration_seconds", "Duration of one poll (one collection) of a database, by type.",
-            ["type"], registry=registry, buckets=POLL_DURATION_BUCKETS)
+            "dbintel_agent_poll_duration_seconds",
+            "Duration of one poll (one collection) of a database, by type.",
+            ["type"],
+            registry=registry,
+            buckets=POLL_DURATION_BUCKETS,
+        )
         registry.register(self)
 
     def observe_poll(self, db_type: str, seconds: float) -> None:
@@ -168,34 +179,50 @@ class AgentExposition(Collector):
     def _self_families(self, snapshots: list[ResourceSnapshot]) -> Iterable[Metric]:
         status = self._status()
         for name, help_text, value in (
-                ("dbintel_agent_assigned_databases", "Databases assigned to this agent (its held assignment).",
-                 status.assigned_databases),
-                ("dbintel_agent_assignment_epoch", "Epoch of the assignment this agent applied (0 before the first).",
-                 status.assignment_epoch),
-                ("dbintel_agent_coordinator_degraded",
-                 "1 while the agent has no coordinator link or the coordinator reports its store unreachable; "
-                 "the agent keeps (or, with on_coordinator_loss: stop, drops) its assignment meanwhile.",
-                 int(status.coordinator_degraded)),
-                ("dbintel_agent_coordinator_connected", "1 while the Heartbeat stream to a coordinator is open.",
-                 int(status.coordinator_connected)),
-                ("dbintel_agent_utilization", UTILIZATION_HELP,
-                 utilization(snapshots, self._max_concurrent_polls))):
+            (
+                "dbintel_agent_assigned_databases",
+                "Databases assigned to this agent (its held assignment).",
+                status.assigned_databases,
+            ),
+            (
+                "dbintel_agent_assignment_epoch",
+                "Epoch of the assignment this agent applied (0 before the first).",
+                status.assignment_epoch,
+            ),
+            (
+                "dbintel_agent_coordinator_degraded",
+                "1 while the agent has no coordinator link or the coordinator reports its store unreachable; "
+                "the agent keeps (or, with on_coordinator_loss: stop, drops) its assignment meanwhile.",
+                int(status.coordinator_degraded),
+            ),
+            (
+                "dbintel_agent_coordinator_connected",
+                "1 while the Heartbeat stream to a coordinator is open.",
+                int(status.coordinator_connected),
+            ),
+            ("dbintel_agent_utilization", UTILIZATION_HELP, utilization(snapshots, self._max_concurrent_polls)),
+        ):
             family, sample_name = _family(name, help_text, "gauge")
             family.add_sample(sample_name, {}, float(value))
             yield family
 
         polled = [s for s in snapshots if s.polled]
         up, up_name = _family("dbintel_database_up", "1 if the last poll reached the database, else 0.", "gauge")
-        polls, polls_name = _family("dbintel_agent_polls_total", "Polls of the database since this agent took it.",
-                                    "counter")
+        polls, polls_name = _family(
+            "dbintel_agent_polls_total", "Polls of the database since this agent took it.", "counter"
+        )
         errors, errors_name = _family(
             "dbintel_agent_poll_errors_total",
             "Errors while polling the database since this agent took it, by reason (timeout, connection, "
-            "permission, unsupported, server_error, bad_reply, secret, config, collector_error).", "counter")
+            "permission, unsupported, server_error, bad_reply, secret, config, collector_error).",
+            "counter",
+        )
         statements, statements_name = _family(
-            "dbintel_agent_statements_per_poll", "Statements (commands) the last poll sent to the database.", "gauge")
+            "dbintel_agent_statements_per_poll", "Statements (commands) the last poll sent to the database.", "gauge"
+        )
         last, last_name = _family(
-            "dbintel_agent_last_poll_timestamp_seconds", "Unix time at which this agent's last poll started.", "gauge")
+            "dbintel_agent_last_poll_timestamp_seconds", "Unix time at which this agent's last poll started.", "gauge"
+        )
         for s in polled:
             resource = {RESOURCE_LABEL: s.resource_id}
             up.add_sample(up_name, {**resource, "type": s.db_type}, 1.0 if s.up else 0.0)

@@ -10,7 +10,7 @@ attribute names (`redis.db`), plus `dbintel_resource` and the database's configu
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -37,27 +37,41 @@ Snapshots = Callable[[], Mapping[str, ResourceSnapshot]]
 class OTLPPush:
     """Pushes database metrics over OTLP/gRPC every `settings.interval`."""
 
-    def __init__(self, settings: OTLPSettings, *, snapshots: Snapshots, agent_id: str,
-                 exporter: MetricExporter | None = None):
+    def __init__(
+        self, settings: OTLPSettings, *, snapshots: Snapshots, agent_id: str, exporter: MetricExporter | None = None
+    ):
         self._snapshots = snapshots
         exporter = exporter or OTLPMetricExporter(
-            endpoint=settings.endpoint, insecure=settings.insecure,
-            headers=dict(settings.headers) or None, timeout=min(10.0, settings.interval.total_seconds()))
+            endpoint=settings.endpoint,
+            insecure=settings.insecure,
+            headers=dict(settings.headers) or None,
+            timeout=min(10.0, settings.interval.total_seconds()),
+        )
         interval_ms = settings.interval.total_seconds() * 1000
         self._reader = PeriodicExportingMetricReader(
-            exporter, export_interval_millis=interval_ms, export_timeout_millis=min(interval_ms, 10_000),
-            cardinality_limits={kind: CARDINALITY_LIMIT
-                                for kind in (ObservableCounter, ObservableUpDownCounter, ObservableGauge)})
+            exporter,
+            export_interval_millis=interval_ms,
+            export_timeout_millis=min(interval_ms, 10_000),
+            cardinality_limits=dict.fromkeys(
+                (ObservableCounter, ObservableUpDownCounter, ObservableGauge), CARDINALITY_LIMIT
+            ),
+        )
         self._provider = MeterProvider(
-            metric_readers=[self._reader], shutdown_on_exit=False,
-            resource=Resource.create({"service.name": "dbintel-agent", "service.instance.id": agent_id,
-                                      "service.version": __version__}))
+            metric_readers=[self._reader],
+            shutdown_on_exit=False,
+            resource=Resource.create(
+                {"service.name": "dbintel-agent", "service.instance.id": agent_id, "service.version": __version__}
+            ),
+        )
         self._meter = self._provider.get_meter("dbintel.agent", __version__)
         self._types: set[str] = set()
         self._closed = False
         self._meter.create_observable_gauge(
-            "dbintel.database.up", callbacks=[self._observe_up], unit="1",
-            description="1 if the last poll reached the database, else 0.")
+            "dbintel.database.up",
+            callbacks=[self._observe_up],
+            unit="1",
+            description="1 if the last poll reached the database, else 0.",
+        )
 
     def add_table(self, db_type: str, table: MetricTable) -> None:
         """Create the instruments of a database type (once per type)."""
@@ -65,9 +79,13 @@ class OTLPPush:
             return
         self._types.add(db_type)
         for spec in table:
-            create = (self._meter.create_observable_counter if spec.is_counter
-                      else self._meter.create_observable_up_down_counter if spec.type == "sum"
-                      else self._meter.create_observable_gauge)
+            create = (
+                self._meter.create_observable_counter
+                if spec.is_counter
+                else self._meter.create_observable_up_down_counter
+                if spec.type == "sum"
+                else self._meter.create_observable_gauge
+            )
             create(spec.name, callbacks=[self._observer(spec)], unit=spec.unit, description=spec.description)
 
     def _observer(self, spec: MetricSpec) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -78,14 +96,18 @@ class OTLPPush:
                     continue
                 base = {RESOURCE_LABEL: snapshot.resource_id, **snapshot.user_labels(spec)}
                 for sample in samples:
-                    yield Observation(sample.value, {**base, **dict(zip(spec.attributes, sample.attributes))})
+                    yield Observation(
+                        sample.value, {**base, **dict(zip(spec.attributes, sample.attributes, strict=False))}
+                    )
+
         return observe
 
     def _observe_up(self, _options: CallbackOptions) -> Iterable[Observation]:
         for snapshot in self._snapshots().values():
             if snapshot.polled:
-                yield Observation(1 if snapshot.up else 0, {RESOURCE_LABEL: snapshot.resource_id,
-                                                            "type": snapshot.db_type})
+                yield Observation(
+                    1 if snapshot.up else 0, {RESOURCE_LABEL: snapshot.resource_id, "type": snapshot.db_type}
+                )
 
     def flush(self, timeout: float) -> bool:
         """Export now (blocking; call from a thread)."""

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 import uuid
+
 from prometheus_client import CollectorRegistry
 
 from dbintel import __version__
@@ -59,8 +60,12 @@ def make_collector(resource_id: str, database: DatabaseConfig) -> DatabaseCollec
 
 def resource_status(snapshot: ResourceSnapshot) -> types_pb2.ResourceStatus:
     """One database's line of a heartbeat."""
-    status = types_pb2.ResourceStatus(resource_id=snapshot.resource_id, polls_total=snapshot.polls_total,
-                                      errors_total=snapshot.errors_total, up=snapshot.up)
+    status = types_pb2.ResourceStatus(
+        resource_id=snapshot.resource_id,
+        polls_total=snapshot.polls_total,
+        errors_total=snapshot.errors_total,
+        up=snapshot.up,
+    )
     # Until this agent polls, the previous owner's time stands, so a quick second move keeps the schedule.
     last = snapshot.last_poll_time if snapshot.last_poll_time is not None else snapshot.inherited_last_poll_time
     if last is not None:
@@ -84,9 +89,16 @@ class _Released:
 class Agent:
     """One agent process. See the module docstring; `dbintel agent` runs `run_until_signal()`."""
 
-    def __init__(self, config: Config, *, agent_id: str, coordinator: str | None = None,
-                 metrics_listen: str | None = None, health_listen: str | None = None,
-                 config_path: str | None = None):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        agent_id: str,
+        coordinator: str | None = None,
+        metrics_listen: str | None = None,
+        health_listen: str | None = None,
+        config_path: str | None = None,
+    ):
         self._config = config
         self.agent_id = agent_id
         self.coordinator = coordinator or config.agent.coordinator
@@ -94,15 +106,39 @@ class Agent:
         self._ignore_assignments = config.scaling.receiver_scaling.ignore_assignments
         self.instance_id = uuid.uuid4().hex
         self.registry = CollectorRegistry()
-        self._scheduler = PollScheduler(make_collector, max_concurrent_polls=config.agent.max_concurrent_polls,
-                                        on_poll=self._on_poll)
-        self._exposition = AgentExposition(self.registry, snapshots=self._scheduler.snapshots, status=self._status,
-                                           max_concurrent_polls=config.agent.max_concurrent_polls)
+        self._scheduler = PollScheduler(
+            make_collector, max_concurrent_polls=config.agent.max_concurrent_polls, on_poll=self._on_poll
+        )
+        self._exposition = AgentExposition(
+            self.registry,
+            snapshots=self._scheduler.snapshots,
+            status=self._status,
+            max_concurrent_polls=config.agent.max_concurrent_polls,
+        )
         self._otlp: OTLPPush | None = None
-        self._metrics_endpoint = MetricsEndpoint(metrics_listen or config.agent.metrics_listen, self.registry,
-                                                 render=self._exposition.render)
+        self._metrics_endpoint = MetricsEndpoint(
+            metrics_listen or config.agent.metrics_listen, self.registry, render=self._exposition.render
+        )
         self._health_endpoint = HealthEndpoint(health_listen or config.agent.health_listen, self._readiness)
-        self._link: CoordinatorLink | None = None
+        scaling = config.scaling
+        registration = pb.AgentRegistration(
+            pod_name=os.environ.get("POD_NAME") or socket.gethostname(),
+            zone=config.agent.zone,
+            version=__version__,
+            capacity=config.agent.capacity,
+            instance_id=self.instance_id,
+        )
+        self._link = CoordinatorLink(  # started by start(), unless ignore_assignments
+            self.coordinator,
+            self.agent_id,
+            registration,
+            self,
+            heartbeat_interval=scaling.coordinator.heartbeat_interval.total_seconds(),
+            check_interval=scaling.receiver_scaling.check_interval.total_seconds(),
+            node_timeout=scaling.coordinator.node_timeout.total_seconds(),
+            stop_on_loss=scaling.receiver_scaling.on_coordinator_loss == "stop",
+            tls=config.agent.tls,
+        )
         self._apply_lock = asyncio.Lock()
         self._assigned: frozenset[str] = frozenset()
         self._assignment_epoch = 0
@@ -149,8 +185,12 @@ class Agent:
         return self._scheduler
 
     def _status(self) -> AgentStatus:
-        return AgentStatus(assigned_databases=len(self._assigned), assignment_epoch=self._assignment_epoch,
-                           coordinator_degraded=self.degraded, coordinator_connected=self._connected)
+        return AgentStatus(
+            assigned_databases=len(self._assigned),
+            assignment_epoch=self._assignment_epoch,
+            coordinator_degraded=self.degraded,
+            coordinator_connected=self._connected,
+        )
 
     def _readiness(self) -> tuple[bool, str]:
         if self._closing:
@@ -159,9 +199,10 @@ class Agent:
             return True, f"ignore_assignments: polling all {len(self._assigned)} configured database(s)"
         if self._holds_assignment:
             return True, f"holding assignment epoch {self._assignment_epoch} ({len(self._assigned)} database(s))"
-        last_error = self._link.last_error if self._link is not None else None
+        last_error = self._link.last_error
         return False, f"waiting for an assignment from the coordinator at {self.coordinator}" + (
-            f" (last attempt: {last_error})" if last_error else "")
+            f" (last attempt: {last_error})" if last_error else ""
+        )
 
     def _on_poll(self, db_type: str, seconds: float) -> None:
         self._exposition.observe_poll(db_type, seconds)
@@ -184,24 +225,19 @@ class Agent:
                 self._grant(resource_id, database, None)
             self._assigned = frozenset(resources)
             return
-        registration = pb.AgentRegistration(
-            pod_name=os.environ.get("POD_NAME") or socket.gethostname(), zone=self._config.agent.zone,
-            version=__version__, capacity=self._config.agent.capacity, instance_id=self.instance_id)
-        scaling = self._config.scaling
-        self._link = CoordinatorLink(
-            self.coordinator, self.agent_id, registration, self,
-            heartbeat_interval=scaling.coordinator.heartbeat_interval.total_seconds(),
-            check_interval=scaling.receiver_scaling.check_interval.total_seconds(),
-            node_timeout=scaling.coordinator.node_timeout.total_seconds(),
-            stop_on_loss=scaling.receiver_scaling.on_coordinator_loss == "stop", tls=self._config.agent.tls)
         self._link.start()
 
     async def run_until_signal(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down within agent.shutdown_grace."""
         loop = asyncio.get_running_loop()
         received: asyncio.Future[str] = loop.create_future()
+
+        def on_signal(name: str) -> None:
+            if not received.done():
+                received.set_result(name)
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda s=signum: received.done() or received.set_result(s.name))
+            loop.add_signal_handler(signum, on_signal, signum.name)
         try:
             await self.start()
             reason = await received
@@ -232,7 +268,7 @@ class Agent:
                 async with self._apply_lock:
                     await self._scheduler.stop()
                     self._release(self._scheduler.held)
-                if self._link is not None:
+                if not self._ignore_assignments:
                     # A last heartbeat releases everything with its final poll times (so the next owners
                     # continue the schedule exactly); then Leave hands the databases over at once.
                     await self._link.final_report(timeout=remaining(0.4))  # answered, or Leave may overtake it
@@ -244,8 +280,7 @@ class Agent:
         except TimeoutError:
             log.warning("shutdown did not finish within shutdown_grace (%.1fs); exiting anyway", grace)
         finally:
-            if self._link is not None:
-                await self._link.close()
+            await self._link.close()
             # The metrics server's shutdown waits out its 0.5s poll loop: keep that off the event loop.
             await asyncio.gather(asyncio.to_thread(self._metrics_endpoint.stop), self._health_endpoint.stop())
             self._assigned = frozenset()
@@ -297,13 +332,16 @@ class Agent:
                 log.warning("ignoring an assignment addressed to %s", assignment.agent_id)
                 return False
             # After a stop on coordinator loss the same epoch is welcome again: it means nothing moved.
-            newer = epoch > self._assignment_epoch or (not self._holds_assignment and epoch == self._assignment_epoch
-                                                        and epoch > 0)
+            newer = epoch > self._assignment_epoch or (
+                not self._holds_assignment and epoch == self._assignment_epoch and epoch > 0
+            )
             if not newer:
                 log.debug("ignoring stale assignment epoch %d (holding %d)", epoch, self._assignment_epoch)
                 return False
-            grants = {g.resource_id: (g.last_poll_time.ToNanoseconds() / 1e9 if g.HasField("last_poll_time") else None)
-                      for g in assignment.resources}
+            grants = {
+                g.resource_id: (g.last_poll_time.ToNanoseconds() / 1e9 if g.HasField("last_poll_time") else None)
+                for g in assignment.resources
+            }
             revoked = self._scheduler.held - grants.keys()
             self._release(revoked)
             await self._scheduler.remove(revoked)
@@ -314,15 +352,21 @@ class Agent:
             for resource_id in granted:
                 database = resources.get(resource_id)
                 if database is None:
-                    log.error("assignment epoch %d grants %s, which is not in the config: not polling it",
-                              epoch, resource_id)
+                    log.error(
+                        "assignment epoch %d grants %s, which is not in the config: not polling it", epoch, resource_id
+                    )
                     continue
                 self._grant(resource_id, database, grants[resource_id])
             self._assigned = frozenset(grants)
             self._assignment_epoch = epoch
             self._holds_assignment = True
-            log.info("applied assignment epoch %d: %d database(s), %d granted, %d revoked",
-                     epoch, len(grants), len(granted), len(revoked))
+            log.info(
+                "applied assignment epoch %d: %d database(s), %d granted, %d revoked",
+                epoch,
+                len(grants),
+                len(granted),
+                len(revoked),
+            )
             return True
 
     def _resources_for(self, resource_ids: list[str]) -> dict[str, DatabaseConfig]:
@@ -344,4 +388,3 @@ class Agent:
                 self._otlp.add_table(database.type, collector_class(database.type).table)
             except (CollectorUnavailable, ImportError):
                 pass  # the scheduler reports it as a config error on every poll
-

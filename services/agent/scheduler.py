@@ -19,8 +19,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from dbintel.common.config import DatabaseConfig
 
@@ -107,36 +107,39 @@ class ResourceSnapshot:
         own = spec.label_names
         return {k: v for k, v in self.database.labels.items() if k not in own}
 
-    def after_poll(self, *, started: float, duration: float, result: CollectionResult | None,
-                   failure: tuple[str, str] | None) -> "ResourceSnapshot":
-        """The snapshot after one poll: `result` when the collector returned, else `failure` = (reason, message)."""
+    def after_poll(
+        self, *, started: float, duration: float, outcome: CollectionResult | tuple[str, str]
+    ) -> ResourceSnapshot:
+        """The snapshot after one poll: the collector's result, or (reason, message) when it gave none."""
         counts = dict(self.error_counts)
-        reasons = [e.reason for e in result.errors] if result is not None else []
-        failed = result is None or not result.up
-        if failure is not None:
-            reasons.append(failure[0])
-        elif result is not None and not result.up and not result.errors:
-            reasons.append("connection")  # the collector said down without saying why
+        by_metric: dict[str, list[Sample]] = {}
+        if isinstance(outcome, CollectionResult):
+            up, statements = outcome.up, outcome.statements
+            reasons: list[str] = [e.reason for e in outcome.errors]
+            if not up and not outcome.errors:
+                reasons.append("connection")  # the collector said down without saying why
+            down_reason = "" if up else "; ".join(f"{e.reason}: {e.message}" for e in outcome.errors) or "connection"
+            for sample in outcome.samples:
+                by_metric.setdefault(sample.spec.name, []).append(sample)
+        else:
+            reason, message = outcome
+            up, statements, reasons, down_reason = False, 0, [reason], f"{reason}: {message}"
         for reason in reasons:
             counts[reason] = counts.get(reason, 0) + 1
-        by_metric: dict[str, list[Sample]] = {}
-        if result is not None:
-            for sample in result.samples:
-                by_metric.setdefault(sample.spec.name, []).append(sample)
-        if failure is not None:
-            down_reason = f"{failure[0]}: {failure[1]}"
-        elif failed:
-            down_reason = "; ".join(f"{e.reason}: {e.message}" for e in result.errors) or "connection"
-        else:
-            down_reason = ""
         return ResourceSnapshot(
-            resource_id=self.resource_id, database=self.database,
-            polls_total=self.polls_total + 1, errors_total=self.errors_total + (1 if failed else 0),
-            error_counts=counts, up=not failed,
+            resource_id=self.resource_id,
+            database=self.database,
+            polls_total=self.polls_total + 1,
+            errors_total=self.errors_total + (0 if up else 1),
+            error_counts=counts,
+            up=up,
             samples_by_metric={name: tuple(samples) for name, samples in by_metric.items()},
-            statements=result.statements if result is not None else 0,
-            last_poll_time=started, last_poll_duration=duration,
-            inherited_last_poll_time=self.inherited_last_poll_time, down_reason=down_reason)
+            statements=statements,
+            last_poll_time=started,
+            last_poll_duration=duration,
+            inherited_last_poll_time=self.inherited_last_poll_time,
+            down_reason=down_reason,
+        )
 
 
 class _Poller:
@@ -160,9 +163,15 @@ def _consume_outcome(task: asyncio.Task) -> None:
 class PollScheduler:
     """Runs the polls of the held databases and publishes their snapshots."""
 
-    def __init__(self, collector_factory: CollectorFactory, *, max_concurrent_polls: int,
-                 on_poll: Callable[[str, float], None] | None = None,
-                 wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+    def __init__(
+        self,
+        collector_factory: CollectorFactory,
+        *,
+        max_concurrent_polls: int,
+        on_poll: Callable[[str, float], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ):
         self._factory = collector_factory
         self._semaphore = asyncio.Semaphore(max_concurrent_polls)
         self.max_concurrent_polls = max_concurrent_polls
@@ -172,6 +181,7 @@ class PollScheduler:
         self._pollers: dict[str, _Poller] = {}
         self._snapshots: dict[str, ResourceSnapshot] = {}  # replaced on every change, never mutated
         self._retiring: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()  # set whenever the snapshots are replaced; see changed()
 
     # -- views ----------------------------------------------------------------------------------
     @property
@@ -183,13 +193,23 @@ class PollScheduler:
         """The current snapshots; safe to iterate from any thread (the dict is never mutated)."""
         return self._snapshots
 
+    async def changed(self) -> None:
+        """Return at the next change of the snapshots: a grant, a poll or a revocation."""
+        # Callers look at snapshots() and call this with no await in between, so no change slips past.
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _replace(self, snapshots: dict[str, ResourceSnapshot]) -> None:
+        self._snapshots = snapshots
+        self._changed.set()
+
     def _publish(self, resource_id: str, snapshot: ResourceSnapshot | None) -> None:
         snapshots = dict(self._snapshots)
         if snapshot is None:
             snapshots.pop(resource_id, None)
         else:
             snapshots[resource_id] = snapshot
-        self._snapshots = snapshots
+        self._replace(snapshots)
 
     # -- grants and revocations -----------------------------------------------------------------
     def add(self, resource_id: str, database: DatabaseConfig, *, last_poll_time: float | None = None) -> None:
@@ -214,7 +234,7 @@ class PollScheduler:
         snapshots = dict(self._snapshots)
         for poller in pollers:
             snapshots.pop(poller.resource_id, None)
-        self._snapshots = snapshots
+        self._replace(snapshots)
         await self._stop_loops(pollers)
         for poller in pollers:
             task = asyncio.get_running_loop().create_task(self._retire(poller), name=f"close {poller.resource_id}")
@@ -278,23 +298,22 @@ class PollScheduler:
         timeout = poller.database.poll_timeout.total_seconds()
         async with self._semaphore:
             started_wall, started = self._wall(), loop.time()
-            result: CollectionResult | None = None
-            failure: tuple[str, str] | None = None
+            outcome: CollectionResult | tuple[str, str]
             if poller.inflight is not None and not poller.inflight.done():
-                failure = ("timeout", "the previous poll has not finished (its collector ignores cancellation)")
+                outcome = ("timeout", "the previous poll has not finished (its collector ignores cancellation)")
             else:
-                if poller.collector is None:
-                    try:
+                try:
+                    if poller.collector is None:
                         poller.collector = self._factory(poller.resource_id, poller.database)
-                    except CollectorSetupError as exc:
-                        failure = (exc.reason, str(exc))
-                if poller.collector is not None:
-                    result, failure = await self._collect(poller, timeout)
+                except CollectorSetupError as exc:
+                    outcome = (exc.reason, str(exc))
+                else:
+                    outcome = await self._collect(poller, poller.collector, timeout)
             duration = loop.time() - started
         snapshot = self._snapshots.get(poller.resource_id)
         if snapshot is None or self._pollers.get(poller.resource_id) is not poller:
             return  # revoked while polling: publish nothing
-        updated = snapshot.after_poll(started=started_wall, duration=duration, result=result, failure=failure)
+        updated = snapshot.after_poll(started=started_wall, duration=duration, outcome=outcome)
         self._publish(poller.resource_id, updated)
         if not updated.up and (snapshot.up or not snapshot.polled or snapshot.down_reason != updated.down_reason):
             log.warning("%s is down: %s", poller.resource_id, updated.down_reason)  # once per change, not per poll
@@ -303,9 +322,11 @@ class PollScheduler:
         if self._on_poll is not None and poller.collector is not None:
             self._on_poll(poller.database.type, duration)
 
-    async def _collect(self, poller: _Poller, timeout: float) -> tuple[CollectionResult | None, tuple[str, str] | None]:
-        assert poller.collector is not None
-        task = asyncio.get_running_loop().create_task(poller.collector.collect())
+    async def _collect(
+        self, poller: _Poller, collector: DatabaseCollector, timeout: float
+    ) -> CollectionResult | tuple[str, str]:
+        """The collector's result, or (reason, message) when it timed out or raised."""
+        task = asyncio.get_running_loop().create_task(collector.collect())
         task.add_done_callback(_consume_outcome)
         poller.inflight = task
         try:
@@ -315,12 +336,16 @@ class PollScheduler:
             raise
         if not done:
             task.cancel()  # the semaphore is released now, whether or not the collector unwinds
-            return None, ("timeout", f"no answer within {timeout:g}s")
+            return ("timeout", f"no answer within {timeout:g}s")
         if task.cancelled():
-            return None, ("timeout", "the collection was cancelled")
+            return ("timeout", "the collection was cancelled")
         exc = task.exception()
         if exc is not None:
-            log.error("collector of %s raised %s", poller.resource_id, type(exc).__name__,
-                      exc_info=(type(exc), exc, exc.__traceback__))
-            return None, ("collector_error", type(exc).__name__)
-        return task.result(), None
+            log.error(
+                "collector of %s raised %s",
+                poller.resource_id,
+                type(exc).__name__,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+            return ("collector_error", type(exc).__name__)
+        return task.result()

@@ -1,22 +1,36 @@
 """The single YAML config both roles read (the Kubernetes ConfigMap): one frozen model per section.
 
 `load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at once, each
-with its dotted path (`scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)`).
+with its dotted path, the database it is about and the value given
+(`databases[1] (catalog).type: 'mysqll' is not one of postgresql, mysql, mongodb, redis`); values
+under secret fields are never shown.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .durations import Duration, format_duration
+from .endpoints import parse_host_port
 from .secrets import check_reference
 
 DATABASE_TYPES = ("postgresql", "mysql", "mongodb", "redis")
@@ -25,6 +39,9 @@ CONFIG_ENV_VAR = "DBINTEL_CONFIG"
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_KEYS = frozenset({"password", "operator_token"})  # these stay references, resolved where used
+# Values under fields like these are never quoted in an error (OTLP headers carry API keys).
+_SECRET_FIELD = re.compile(r"password|secret|token|headers|credential|auth", re.IGNORECASE)
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # Roles whose certificate/key files are checked for readability while validating (parse_config's check_files).
 ROLES = ("coordinator", "agent")
 
@@ -32,22 +49,31 @@ ROLES = ("coordinator", "agent")
 def _rule_errors(problems: list[tuple[str, str]]) -> None:
     """Raise every cross-field problem of one section at once (see ConfigError.from_validation)."""
     if problems:
-        raise PydanticCustomError("config_rules", "{summary}", {"summary": "; ".join(f"{f}: {m}" for f, m in problems),
-                                                                 "problems": problems})
+        raise PydanticCustomError(
+            "config_rules", "{summary}", {"summary": "; ".join(f"{f}: {m}" for f, m in problems), "problems": problems}
+        )
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _host_port(value: str, *, allow_empty_host: bool = False, listen: bool = False) -> str:
-    host, sep, port = value.rpartition(":")
-    lowest = 0 if listen else 1  # a listen address may ask for any free port
-    if not sep or not port.isdigit() or not lowest <= int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port (port {lowest}-65535)")
-    if not host and not allow_empty_host:
-        raise ValueError(f"{value!r} has no host")
+def _endpoint(value: str) -> str:
+    parse_host_port(value)
     return value
+
+
+def _listen(value: str) -> str:
+    parse_host_port(value, allow_empty_host=True, allow_port_zero=True)  # ":0" asks for any free port
+    return value
+
+
+def _number_as_text(value: Any) -> Any:
+    # YAML reads `database: 0` or `shard: 3` as integers; in these fields they are meant as text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
 
 
 def _unreadable(path: str | None) -> str | None:
@@ -67,7 +93,8 @@ def _unreadable(path: str | None) -> str | None:
 
 
 def _checks_files(info: ValidationInfo, role: str) -> bool:
-    return bool(info.context) and role in info.context.get("check_files", ())
+    context = info.context or {}
+    return role in context.get("check_files", ())
 
 
 def _file_problems(section: BaseModel, fields: tuple[str, ...], prefix: str = "") -> list[tuple[str, str]]:
@@ -90,7 +117,7 @@ class TLSSettings(_Section):
     insecure_skip_verify: bool = False
 
     @model_validator(mode="after")
-    def _pairs(self) -> "TLSSettings":
+    def _pairs(self) -> TLSSettings:
         problems = []
         if bool(self.cert_file) != bool(self.key_file):
             problems.append(("cert_file", "cert_file and key_file go together"))
@@ -105,8 +132,12 @@ class TLSSettings(_Section):
     def grpc_problems(self, prefix: str = "tls.") -> list[tuple[str, str]]:
         """gRPC channels always verify the server: there is no switch to skip it."""
         if self.insecure_skip_verify:
-            return [(f"{prefix}insecure_skip_verify", "not supported for gRPC; give ca_file (the CA that signed "
-                                                      "the coordinator's certificate) instead")]
+            return [
+                (
+                    f"{prefix}insecure_skip_verify",
+                    "not supported for gRPC; give ca_file (the CA that signed the coordinator's certificate) instead",
+                )
+            ]
         return []
 
 
@@ -122,13 +153,16 @@ class ServerTLSSettings(_Section):
     require_client_cert: bool = False
 
     @model_validator(mode="after")
-    def _rules(self) -> "ServerTLSSettings":
+    def _rules(self) -> ServerTLSSettings:
         problems = []
         if self.enabled:
-            problems += [(name, "required when TLS is enabled") for name in ("cert_file", "key_file")
-                         if not getattr(self, name)]
+            problems += [
+                (name, "required when TLS is enabled") for name in ("cert_file", "key_file") if not getattr(self, name)
+            ]
             if self.require_client_cert and not self.client_ca_file:
-                problems.append(("client_ca_file", "required with require_client_cert (the CA that signs client certificates)"))
+                problems.append(
+                    ("client_ca_file", "required with require_client_cert (the CA that signs client certificates)")
+                )
         elif self.cert_file or self.key_file or self.client_ca_file or self.require_client_cert:
             problems.append(("enabled", "TLS files or options are set but enabled is false"))
         _rule_errors(problems)
@@ -140,14 +174,14 @@ class ServerTLSSettings(_Section):
 
 class RedisSettings(_Section):
     address: str = "localhost:6379"
-    db: int = Field(0, ge=0, le=15)
-    key_prefix: str = Field("dbintel:scaling:", min_length=1)
+    db: int = Field(default=0, ge=0, le=15)
+    key_prefix: str = Field(default="dbintel:scaling:", min_length=1)
     leader_ttl: Duration = timedelta(seconds=30)
-    username: str | None = None
+    username: Text | None = None
     password: str | None = None
     tls: TLSSettings = TLSSettings()
 
-    _address = field_validator("address")(lambda v: _host_port(v))
+    _address = field_validator("address")(_endpoint)
 
     @field_validator("password")
     @classmethod
@@ -155,10 +189,10 @@ class RedisSettings(_Section):
         return None if value is None else check_reference(value)
 
     @model_validator(mode="after")
-    def _ttl(self, info: ValidationInfo) -> "RedisSettings":
+    def _ttl(self, info: ValidationInfo) -> RedisSettings:
         problems = []
         if self.leader_ttl < timedelta(seconds=1):
-            problems.append(("leader_ttl", "must be at least 1s"))
+            problems.append(("leader_ttl", f"must be at least 1s, not {format_duration(self.leader_ttl)}"))
         if _checks_files(info, "coordinator"):
             problems += self.tls.file_problems()
         _rule_errors(problems)
@@ -171,18 +205,31 @@ class CoordinatorScaling(_Section):
     rebalance_interval: Duration = timedelta(minutes=5)
     min_rebalance_interval: Duration = timedelta(minutes=1)
     # A periodic cost rebalance is applied only if it improves the spread by at least this share.
-    rebalance_improvement: float = Field(0.10, ge=0.0, le=1.0)
+    rebalance_improvement: float = Field(default=0.10, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _order(self) -> "CoordinatorScaling":
+    def _order(self) -> CoordinatorScaling:
         problems = []
         if self.heartbeat_interval < timedelta(milliseconds=100):
-            problems.append(("heartbeat_interval", "must be at least 100ms"))
+            problems.append(
+                ("heartbeat_interval", f"must be at least 100ms, not {format_duration(self.heartbeat_interval)}")
+            )
         if self.node_timeout < self.heartbeat_interval:
-            problems.append(("node_timeout", f"must be ≥ heartbeat_interval ({format_duration(self.heartbeat_interval)})"))
+            problems.append(
+                (
+                    "node_timeout",
+                    f"must be ≥ heartbeat_interval ({format_duration(self.heartbeat_interval)}), "
+                    f"not {format_duration(self.node_timeout)}",
+                )
+            )
         if self.min_rebalance_interval > self.rebalance_interval:
-            problems.append(("min_rebalance_interval",
-                             f"must be ≤ rebalance_interval ({format_duration(self.rebalance_interval)})"))
+            problems.append(
+                (
+                    "min_rebalance_interval",
+                    f"must be ≤ rebalance_interval ({format_duration(self.rebalance_interval)}), "
+                    f"not {format_duration(self.min_rebalance_interval)}",
+                )
+            )
         _rule_errors(problems)
         return self
 
@@ -194,10 +241,10 @@ class ReceiverScaling(_Section):
     on_coordinator_loss: Literal["keep", "stop"] = "keep"
 
     @model_validator(mode="after")
-    def _interval(self) -> "ReceiverScaling":
+    def _interval(self) -> ReceiverScaling:
         problems = []
         if self.check_interval < timedelta(milliseconds=100):
-            problems.append(("check_interval", "must be at least 100ms"))
+            problems.append(("check_interval", f"must be at least 100ms, not {format_duration(self.check_interval)}"))
         _rule_errors(problems)
         return self
 
@@ -217,20 +264,20 @@ class MetricToggle(_Section):
 class DatabaseConfig(_Section):
     """One monitored database. The password is a reference the agent resolves."""
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Text = Field(min_length=1, max_length=200, pattern=_NAME_PATTERN)
     type: Literal["postgresql", "mysql", "mongodb", "redis"]
     endpoint: str
-    username: str | None = None
+    username: Text | None = None
     password: str | None = None
-    database: str | None = None
+    database: Text | None = None  # kept as text: a PostgreSQL/MySQL database name, or a Redis db number
     interval: Duration = timedelta(seconds=30)
     timeout: Duration | None = None  # per poll; default min(10s, interval)
-    labels: dict[str, str] = {}
+    labels: dict[str, Text] = {}
     tls: TLSSettings = TLSSettings()
-    pin: str | None = None  # agent id this database must stay on while that agent is live
+    pin: Text | None = None  # agent id this database must stay on while that agent is live
     metrics: dict[str, MetricToggle] = {}
 
-    _endpoint = field_validator("endpoint")(lambda v: _host_port(v))
+    _endpoint = field_validator("endpoint")(_endpoint)
 
     @field_validator("password")
     @classmethod
@@ -246,14 +293,20 @@ class DatabaseConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _rules(self) -> "DatabaseConfig":
+    def _rules(self) -> DatabaseConfig:
         problems = []
         if self.interval < timedelta(seconds=1):
-            problems.append(("interval", "must be at least 1s"))
+            problems.append(("interval", f"must be at least 1s, not {format_duration(self.interval)}"))
         if self.timeout is not None and not timedelta(0) < self.timeout <= self.interval:
-            problems.append(("timeout", f"must be > 0 and ≤ interval ({format_duration(self.interval)})"))
+            problems.append(
+                (
+                    "timeout",
+                    f"must be > 0 and ≤ interval ({format_duration(self.interval)}), "
+                    f"not {format_duration(self.timeout)}",
+                )
+            )
         if self.type == "redis" and self.database is not None and not self.database.isdigit():
-            problems.append(("database", "for redis, the database is a db number like 0"))
+            problems.append(("database", f"{self.database!r}: for redis, the database is a db number like 0"))
         if "dbintel_resource" in self.labels:
             problems.append(("labels", "dbintel_resource is set by dbintel itself"))
         _rule_errors(problems)
@@ -287,8 +340,7 @@ class CoordinatorSettings(_Section):
     # `authorization: Bearer <token>`. Agent RPCs, health and reflection are not affected.
     operator_token: str | None = None
 
-    _listens = field_validator("grpc_listen", "metrics_listen", "health_listen")(
-        lambda v: _host_port(v, allow_empty_host=True, listen=True))
+    _listens = field_validator("grpc_listen", "metrics_listen", "health_listen")(_listen)
 
     @field_validator("operator_token")
     @classmethod
@@ -296,12 +348,17 @@ class CoordinatorSettings(_Section):
         return None if value is None else check_reference(value, what="the token")
 
     @model_validator(mode="after")
-    def _security(self, info: ValidationInfo) -> "CoordinatorSettings":
+    def _security(self, info: ValidationInfo) -> CoordinatorSettings:
         problems = self.client_tls.grpc_problems("client_tls.")
         if self.tls.enabled and not self.client_tls.enabled:
-            problems.append(("client_tls", "required when tls is enabled: followers forward Rebalance/DrainAgent "
-                                           "to the leader over TLS (set enabled, ca_file, and cert_file/key_file "
-                                           "under mutual TLS)"))
+            problems.append(
+                (
+                    "client_tls",
+                    "required when tls is enabled: followers forward Rebalance/DrainAgent "
+                    "to the leader over TLS (set enabled, ca_file, and cert_file/key_file "
+                    "under mutual TLS)",
+                )
+            )
         if _checks_files(info, "coordinator"):
             problems += self.tls.file_problems("tls.") + self.client_tls.file_problems("client_tls.")
         _rule_errors(problems)
@@ -322,18 +379,18 @@ class AgentSettings(_Section):
     coordinator: str = "localhost:50051"
     metrics_listen: str = "0.0.0.0:8889"
     health_listen: str = "0.0.0.0:13133"
-    max_concurrent_polls: int = Field(32, ge=1, le=10_000)
+    max_concurrent_polls: int = Field(default=32, ge=1, le=10_000)
     shutdown_grace: Duration = timedelta(seconds=10)
-    zone: str = ""
-    capacity: int = Field(0, ge=0)  # most databases this agent takes; 0 = no limit
+    zone: Text = ""
+    capacity: int = Field(default=0, ge=0)  # most databases this agent takes; 0 = no limit
     otlp: OTLPSettings = OTLPSettings()
     tls: TLSSettings = TLSSettings()  # for the link to the coordinator (cert_file/key_file under mutual TLS)
 
-    _coordinator = field_validator("coordinator")(lambda v: _host_port(v))
-    _listens = field_validator("metrics_listen", "health_listen")(lambda v: _host_port(v, allow_empty_host=True, listen=True))
+    _coordinator = field_validator("coordinator")(_endpoint)
+    _listens = field_validator("metrics_listen", "health_listen")(_listen)
 
     @model_validator(mode="after")
-    def _security(self, info: ValidationInfo) -> "AgentSettings":
+    def _security(self, info: ValidationInfo) -> AgentSettings:
         problems = self.tls.grpc_problems()
         if _checks_files(info, "agent"):
             problems += self.tls.file_problems()
@@ -348,13 +405,15 @@ class Config(_Section):
     databases: list[DatabaseConfig] = []
 
     @model_validator(mode="after")
-    def _unique(self) -> "Config":
-        problems, seen = [], {}
+    def _unique(self) -> Config:
+        problems: list[tuple[str, str]] = []
+        seen: dict[tuple[str, str], int] = {}
         for index, db in enumerate(self.databases):
             key = (db.type, db.name)
             if key in seen:
-                problems.append((f"databases[{index}].name",
-                                 f"duplicate {db.type} name {db.name!r} (also databases[{seen[key]}])"))
+                problems.append(
+                    (f"databases[{index}].name", f"duplicate {db.type} name {db.name!r} (also databases[{seen[key]}])")
+                )
             seen.setdefault(key, index)
         _rule_errors(problems)
         return self
@@ -373,32 +432,132 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
 
     @classmethod
-    def from_validation(cls, error: ValidationError, source: str) -> "ConfigError":
+    def from_validation(
+        cls,
+        error: ValidationError,
+        source: str,
+        document: Any = None,
+        substituted: Mapping[str, str] | None = None,
+    ) -> ConfigError:
+        """One line per problem. `document` is what was validated (to name each database entry);
+        `substituted` maps environment values back to their references (see _expand_env)."""
         problems: list[str] = []
-        for item in error.errors(include_url=False, include_input=False):
+        for item in error.errors(include_url=False):
             path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in item["loc"]).replace(".[", "[")
             if item["type"] == "config_rules":
                 for field, message in item["ctx"]["problems"]:
-                    problems.append(f"{path + '.' if path else ''}{field}: {message}")
+                    problems.append(f"{_name_entry(f'{path}.{field}' if path else field, document)}: {message}")
                 continue
-            message = item["msg"].removeprefix("Value error, ")
-            if item["type"] == "extra_forbidden":
-                message = "unknown field (check the spelling)"
-            problems.append(f"{path or '(top level)'}: {message}")
+            problems.append(f"{_name_entry(path, document) or '(top level)'}: {_message(item, substituted or {})}")
         return cls(problems, source)
 
 
-def _expand_env(node: Any, environ: Mapping[str, str], path: str, problems: list[str],
-                substituted: dict[str, str]) -> Any:
+_DATABASE_ENTRY = re.compile(r"^databases\[(\d+)\]")
+_SHOWN_CHARACTERS = 80
+
+
+def _name_entry(path: str, document: Any) -> str:
+    """`databases[1].type` -> `databases[1] (catalog).type`, when entry 1 has a usable name."""
+    match = _DATABASE_ENTRY.match(path)
+    if not match or not isinstance(document, dict) or not isinstance(document.get("databases"), list):
+        return path
+    entries, index = document["databases"], int(match.group(1))
+    entry = entries[index] if index < len(entries) else None
+    name = _number_as_text(entry.get("name")) if isinstance(entry, dict) else None
+    if not isinstance(name, str) or len(name) > 200 or not re.match(_NAME_PATTERN, name):
+        return path  # no name, or a bad one (reported on its own line)
+    return f"{match.group(0)} ({name}){path[match.end() :]}"
+
+
+def _show(value: Any, substituted: Mapping[str, str]) -> str:
+    """The value as the file gave it: an environment value as its reference, a long one shortened
+    (after that replacement, so no part of a substituted value can show)."""
+    text = _redact_text(repr(value), substituted)
+    return text if len(text) <= _SHOWN_CHARACTERS else text[: _SHOWN_CHARACTERS - 1] + "…"
+
+
+def _choices(expected: str) -> str:
+    """pydantic's "'a', 'b' or 'c'" as "a, b, c"."""
+    return ", ".join(re.findall(r"'([^']*)'", expected)) or expected
+
+
+def _message(item: ErrorDetails, substituted: Mapping[str, str]) -> str:
+    """One problem in words, with the value given (never under a secret field)."""
+    kind, ctx, loc = item["type"], item.get("ctx", {}), item["loc"]
+    if kind == "value_error":  # our validators' own words, which name the value where it is safe
+        return item["msg"].removeprefix("Value error, ")
+    if kind == "missing":
+        return "required, but not given"
+    if kind == "extra_forbidden":  # the value is not shown: it may be a misspelt password
+        known = _section_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        if close:
+            return f"unknown field; did you mean {close[0]!r}?"
+        return "unknown field (check the spelling" + (f"; known: {', '.join(known)})" if known else ")")
+    secret = any(isinstance(p, str) and _SECRET_FIELD.search(p) for p in loc)
+    value = "the value (not shown: a secret field)" if secret else _show(item["input"], substituted)
+    match kind:
+        case "literal_error" | "enum":
+            return f"{value} is not one of {_choices(str(ctx.get('expected', '')))}"
+        case "string_type":
+            scalar = not secret and isinstance(item["input"], (bool, int, float))
+            return f"{value} is not text" + (" (quote it in the YAML file if it is meant as text)" if scalar else "")
+        case "int_parsing" | "int_type" | "int_from_float":
+            return f"{value} is not a whole number"
+        case "float_parsing" | "float_type":
+            return f"{value} is not a number"
+        case "bool_parsing" | "bool_type":
+            return f"{value} is not true or false"
+        case "dict_type":
+            return f"{value} is not a mapping (key: value)"
+        case "model_type":
+            return f"{value} is not a section (a mapping of settings)"
+        case "list_type":
+            return f"{value} is not a list"
+        case "greater_than_equal":
+            return f"{value} is less than the minimum {ctx.get('ge')}"
+        case "less_than_equal":
+            return f"{value} is more than the maximum {ctx.get('le')}"
+        case "string_too_short":
+            return f"{value} is shorter than {ctx.get('min_length')} character(s)"
+        case "string_too_long":
+            return f"{value} is longer than {ctx.get('max_length')} characters"
+        case "string_pattern_mismatch" if ctx.get("pattern") == _NAME_PATTERN:
+            return f"{value} is not a name: letters, digits, '.', '_' and '-', starting with a letter or digit"
+    return f"{item['msg'][:1].lower()}{item['msg'][1:]} (got {value})"
+
+
+def _section_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the section at `loc` (for 'did you mean'); [] when `loc` is not a section."""
+    node: Any = Config
+    for part in loc:
+        if get_origin(node) in (list, dict):
+            node = get_args(node)[-1]  # a list index or a mapping key: the items' type
+        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = node.model_fields[str(part)].annotation
+        else:
+            return []
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _expand_env(
+    node: Any, environ: Mapping[str, str], path: str, problems: list[str], substituted: dict[str, str]
+) -> Any:
     """Expand ${env:NAME} in every string except secrets, which stay references. `substituted`
     collects value -> reference, so that error messages can show the reference, never the value."""
     if isinstance(node, dict):
-        return {k: (v if k in _SECRET_KEYS else
-                    _expand_env(v, environ, f"{path}.{k}" if path else str(k), problems, substituted))
-                for k, v in node.items()}
+        return {
+            k: (
+                v
+                if k in _SECRET_KEYS
+                else _expand_env(v, environ, f"{path}.{k}" if path else str(k), problems, substituted)
+            )
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_expand_env(v, environ, f"{path}[{i}]", problems, substituted) for i, v in enumerate(node)]
     if isinstance(node, str):
+
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in environ:
@@ -406,31 +565,46 @@ def _expand_env(node: Any, environ: Mapping[str, str], path: str, problems: list
                 return match.group(0)
             substituted[environ[name]] = match.group(0)
             return environ[name]
+
         return _ENV_REFERENCE.sub(substitute, node)
     return node
 
 
+def _redact_text(text: str, substituted: Mapping[str, str]) -> str:
+    """A value that came from the environment is shown as its reference (it may be a secret put in
+    the wrong field). Longest first, so a value inside another stays hidden."""
+    for value in sorted(substituted, key=len, reverse=True):
+        if len(value) >= 3:  # shorter ones would garble the message and reveal next to nothing
+            text = text.replace(value, substituted[value])
+    return text
+
+
 def _redact(problems: list[str], substituted: Mapping[str, str]) -> list[str]:
-    """Messages may quote a bad value; one that came from the environment is shown as its reference
-    (it may be a secret put in the wrong field). Longest first, so a value inside another stays hidden."""
-    out = []
-    for problem in problems:
-        for value in sorted(substituted, key=len, reverse=True):
-            if len(value) >= 3:  # shorter ones would garble the message and reveal next to nothing
-                problem = problem.replace(value, substituted[value])
-        out.append(problem)
-    return out
+    return [_redact_text(problem, substituted) for problem in problems]
 
 
-def parse_config(text: str, source: str = "config", environ: Mapping[str, str] | None = None, *,
-                 check_files: tuple[str, ...] = ()) -> Config:
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> str:
+    """`FILE:LINE:COLUMN: ...` from PyYAML's marks. Its own text is not used: it quotes the offending
+    line, which may hold a password written in clear."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = ""
+        if exc.context and exc.context_mark is not None:
+            context = f" ({exc.context}, line {exc.context_mark.line + 1} column {exc.context_mark.column + 1})"
+        return f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {exc.problem or 'syntax error'}{context}"
+    return f"{source}: invalid YAML ({type(exc).__name__})"
+
+
+def parse_config(
+    text: str, source: str = "config", environ: Mapping[str, str] | None = None, *, check_files: tuple[str, ...] = ()
+) -> Config:
     """Parse and validate. `check_files` names the roles (ROLES) whose TLS files must be readable
     here: each role checks its own at start; `dbintel validate --check-files` on request."""
     environ = os.environ if environ is None else environ
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"(YAML) {exc}".replace("\n", " ")], source) from None
+        raise ConfigError([_yaml_problem(exc, source)], source) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -438,18 +612,23 @@ def parse_config(text: str, source: str = "config", environ: Mapping[str, str] |
     problems: list[str] = []
     substituted: dict[str, str] = {}
     expanded = _expand_env(raw, environ, "", problems, substituted)
+    problems = [_name_entry(problem, raw) for problem in problems]
     try:
         config = Config.model_validate(expanded, context={"check_files": tuple(check_files)})
     except ValidationError as exc:
-        raise ConfigError(_redact(problems + ConfigError.from_validation(exc, source).problems, substituted),
-                          source) from None
+        invalid = ConfigError.from_validation(exc, source, expanded, substituted).problems
+        # A field whose variable is unset still holds the reference text: only the unset variable is news.
+        unset = {problem.split(": ", 1)[0] for problem in problems}
+        invalid = [problem for problem in invalid if problem.split(": ", 1)[0] not in unset]
+        raise ConfigError(_redact(problems + invalid, substituted), source) from None
     if problems:
         raise ConfigError(problems, source)
     return config
 
 
-def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None, *,
-                check_files: tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None, *, check_files: tuple[str, ...] = ()
+) -> Config:
     """Load the config from `path`, else $DBINTEL_CONFIG, else all defaults (see parse_config)."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV_VAR)

@@ -39,8 +39,7 @@ def server_credentials(tls: ServerTLSSettings, section: str = "coordinator.tls")
     assert tls.cert_file and tls.key_file  # the config model requires both when enabled
     pair = (_read(tls.key_file, f"{section}.key_file"), _read(tls.cert_file, f"{section}.cert_file"))
     client_ca = _read(tls.client_ca_file, f"{section}.client_ca_file") if tls.client_ca_file else None
-    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
-                                       require_client_auth=tls.require_client_cert)
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=tls.require_client_cert)
 
 
 def channel_credentials(tls: TLSSettings, section: str = "tls") -> grpc.ChannelCredentials | None:
@@ -50,20 +49,22 @@ def channel_credentials(tls: TLSSettings, section: str = "tls") -> grpc.ChannelC
     return grpc.ssl_channel_credentials(
         root_certificates=_read(tls.ca_file, f"{section}.ca_file") if tls.ca_file else None,
         private_key=_read(tls.key_file, f"{section}.key_file") if tls.key_file else None,
-        certificate_chain=_read(tls.cert_file, f"{section}.cert_file") if tls.cert_file else None)
+        certificate_chain=_read(tls.cert_file, f"{section}.cert_file") if tls.cert_file else None,
+    )
 
 
-def open_channel(target: str, tls: TLSSettings | None = None, *, section: str = "tls",
-                 options: Sequence[tuple[str, object]] = ()) -> grpc.aio.Channel:
+def open_channel(
+    target: str, tls: TLSSettings | None = None, *, section: str = "tls", options: Sequence[tuple[str, object]] = ()
+) -> grpc.aio.Channel:
     """An asyncio channel to `target`, over TLS when `tls.enabled`. `server_name` overrides the name
     the server's certificate must carry (e.g. a Service name when dialing a pod IP)."""
     credentials = channel_credentials(tls, section) if tls is not None else None
-    if credentials is None:
+    if tls is None or credentials is None:
         return grpc.aio.insecure_channel(target, options=list(options))
-    options = list(options)
+    secure_options = list(options)
     if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(target, credentials, options=options)
+        secure_options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(target, credentials, options=secure_options)
 
 
 def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str, tls: TLSSettings | None) -> str:
@@ -73,14 +74,21 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str, tls: TLSSettings 
         return text
     details = (exc.details() or "").lower() + " " + (exc.debug_error_string() or "").lower()
     secured = tls is not None and tls.enabled
-    if not secured and ("socket closed" in details or "connection reset" in details or "ssl" in details
-                        or "handshake" in details or "tls" in details):
+    if not secured and (
+        "socket closed" in details
+        or "connection reset" in details
+        or "ssl" in details
+        or "handshake" in details
+        or "tls" in details
+    ):
         return text + f" (is {target} serving TLS? this client speaks plaintext: set tls.enabled and ca_file)"
     if secured and any(w in details for w in ("ssl", "handshake", "certificate", "tls", "wrong_version")):
         return text + f" (TLS handshake with {target} failed: check ca_file and server_name)"
     if secured and "socket closed" in details:
-        return text + f" ({target} closed the TLS connection: under mutual TLS it needs a client certificate " \
-                      "(cert_file/key_file) signed by the CA it trusts)"
+        return (
+            text + f" ({target} closed the TLS connection: under mutual TLS it needs a client certificate "
+            "(cert_file/key_file) signed by the CA it trusts)"
+        )
     return text
 
 
@@ -95,7 +103,12 @@ def bearer_matches(metadata: Sequence[tuple[str, object]] | None, token: SecretS
     expected = token.get_secret_value().encode()
     for key, value in metadata or ():
         if key == AUTHORIZATION:
-            presented = value.encode() if isinstance(value, str) else bytes(value)
+            if isinstance(value, str):
+                presented = value.encode()
+            elif isinstance(value, bytes):
+                presented = value
+            else:
+                return False  # metadata values are text or bytes (binary "-bin" keys)
             scheme, _, credentials = presented.partition(b" ")
             return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), expected)
     return False
@@ -104,6 +117,7 @@ def bearer_matches(metadata: Sequence[tuple[str, object]] | None, token: SecretS
 def _refuse(message: str) -> grpc.RpcMethodHandler:
     async def refuse(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
@@ -121,7 +135,9 @@ class OperatorTokenInterceptor(grpc.aio.ServerInterceptor):
         if bearer_matches(metadata, self._token):
             return await continuation(handler_call_details)
         presented = any(key == AUTHORIZATION for key, _ in metadata or ())
-        return _refuse("operator RPCs need 'authorization: Bearer <token>' metadata: the token presented does "
-                       "not match" if presented else
-                       "operator RPCs need 'authorization: Bearer <token>' metadata (coordinator.operator_token "
-                       "is set); none was presented")
+        return _refuse(
+            "operator RPCs need 'authorization: Bearer <token>' metadata: the token presented does not match"
+            if presented
+            else "operator RPCs need 'authorization: Bearer <token>' metadata (coordinator.operator_token "
+            "is set); none was presented"
+        )

@@ -10,21 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Callable
-
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .endpoints import parse_host_port
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return (host or "0.0.0.0").strip("[]"), int(port)
+def _bind_address(listen: str) -> tuple[str, int]:
+    """(host, port) to bind: an empty host is every IPv4 address, port 0 any free port."""
+    host, port = parse_host_port(listen, allow_empty_host=True, allow_port_zero=True)
+    return host or "0.0.0.0", port
 
 
 class MetricsEndpoint:
@@ -41,7 +43,7 @@ class MetricsEndpoint:
         render = self._render
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404, "try /metrics")
                     return
@@ -60,12 +62,13 @@ class MetricsEndpoint:
             def log_message(self, *args) -> None:  # scrapes are not worth a log line each
                 pass
 
-        host, port = split_listen(self._listen)
+        host, port = _bind_address(self._listen)
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -83,7 +86,7 @@ class HealthEndpoint:
         self.port: int | None = None
 
     async def start(self) -> None:
-        host, port = split_listen(self._listen)
+        host, port = _bind_address(self._listen)
         self._server = await asyncio.start_server(self._handle, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -100,6 +103,7 @@ class HealthEndpoint:
                 pass  # headers are not needed
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
+            body: dict[str, object]
             if path in ("/", "/healthz", "/livez"):
                 status, body = 200, {"status": "alive"}
             elif path in ("/ready", "/readyz"):
@@ -109,10 +113,13 @@ class HealthEndpoint:
                 status, body = 404, {"status": "not found", "paths": ["/", "/ready"]}
             payload = json.dumps(body).encode()
             reason = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}[status]
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
             pass
         finally:
             writer.close()

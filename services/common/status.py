@@ -14,8 +14,14 @@ from dbintel.v1 import operator_service_pb2 as pb
 from dbintel.v1 import operator_service_pb2_grpc
 
 
-async def fetch_status(address: str, *, agent_filter: str = "", timeout: float = 5.0,
-                       tls: TLSSettings | None = None, token: SecretStr | None = None) -> dict:
+async def fetch_status(
+    address: str,
+    *,
+    agent_filter: str = "",
+    timeout: float = 5.0,
+    tls: TLSSettings | None = None,
+    token: SecretStr | None = None,
+) -> dict:
     """The three operator listings; `tls` secures the channel, `token` is the operator bearer token."""
     async with open_channel(address, tls) as channel:
         stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
@@ -26,14 +32,23 @@ async def fetch_status(address: str, *, agent_filter: str = "", timeout: float =
             assignments = await stub.ListAssignments(pb.ListAssignmentsRequest(agent_id=agent_filter), **call)
         except grpc.aio.AioRpcError as exc:
             raise ConnectionError(f"{address}: {describe_rpc_error(exc, address, tls)}") from None
-    as_dict = lambda m: MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return {"cluster": as_dict(cluster), "agents": as_dict(agents)["agents"],
-            "assignments": as_dict(assignments)["assignments"]}
+
+    def as_dict(m):
+        return MessageToDict(m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+    return {
+        "cluster": as_dict(cluster),
+        "agents": as_dict(agents)["agents"],
+        "assignments": as_dict(assignments)["assignments"],
+    }
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -41,7 +56,7 @@ def _ago(timestamp: str | None) -> str:
     if not timestamp:
         return "-"
     when = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    seconds = (dt.datetime.now(dt.timezone.utc) - when).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - when).total_seconds()
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
@@ -57,12 +72,33 @@ def render_status(status: dict) -> str:
         f"rebalances  {c['rebalances_total']}, last: {c['last_rebalance_reason'] or '-'} "
         f"{_ago(c.get('last_rebalance_time'))}",
     ]
-    agents = _table(["AGENT", "STATE", "ZONE", "DATABASES", "POLLING", "LOAD", "EPOCH", "APPLIED", "HEARTBEAT"],
-                    [[a["agent_id"], a["state"].removeprefix("AGENT_STATE_").lower(), a["zone"] or "-",
-                      str(a["target_resources"]), str(a["current_resources"]), f"{a['load']:.3f}",
-                      str(a["assignment_epoch"]), str(a["applied_assignment_epoch"]),
-                      _ago(a.get("last_heartbeat_time"))] for a in status["agents"]])
-    assignments = _table(["DATABASE", "AGENT", "STATE", "COST"],
-                         [[a["resource_id"], a["agent_id"] or "-", a["state"].removeprefix("ASSIGNMENT_STATE_").lower(),
-                           f"{a['cost']:.4f}"] for a in status["assignments"]])
+    agents = _table(
+        ["AGENT", "STATE", "ZONE", "DATABASES", "POLLING", "LOAD", "EPOCH", "APPLIED", "HEARTBEAT"],
+        [
+            [
+                a["agent_id"],
+                a["state"].removeprefix("AGENT_STATE_").lower(),
+                a["zone"] or "-",
+                str(a["target_resources"]),
+                str(a["current_resources"]),
+                f"{a['load']:.3f}",
+                str(a["assignment_epoch"]),
+                str(a["applied_assignment_epoch"]),
+                _ago(a.get("last_heartbeat_time")),
+            ]
+            for a in status["agents"]
+        ],
+    )
+    assignments = _table(
+        ["DATABASE", "AGENT", "STATE", "COST"],
+        [
+            [
+                a["resource_id"],
+                a["agent_id"] or "-",
+                a["state"].removeprefix("ASSIGNMENT_STATE_").lower(),
+                f"{a['cost']:.4f}",
+            ]
+            for a in status["assignments"]
+        ],
+    )
     return "\n".join(summary) + "\n\n" + agents + "\n\n" + assignments

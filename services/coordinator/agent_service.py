@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -19,13 +19,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dbintel.common.config import Config
 from dbintel.v1 import agent_service_pb2 as pb
-from dbintel.v1 import agent_service_pb2_grpc
-from dbintel.v1 import types_pb2
+from dbintel.v1 import agent_service_pb2_grpc, types_pb2
 
-from . import validation
-from .store.base import ScalingStore, StoreEvent
+from . import rpc, validation
+from .model import (
+    AgentAlreadyLeft,
+    AgentIdConflict,
+    AssignmentRecord,
+    HeartbeatReport,
+    Registration,
+    StoreUnavailable,
+)
+from .store.base import EventSubscription, ScalingStore, StoreEvent
 from .store.health import StoreHealth
-from .store.records import AgentAlreadyLeft, AgentIdConflict, AssignmentRecord, HeartbeatReport, Registration, StoreUnavailable
 from .telemetry import CoordinatorMetrics
 
 log = logging.getLogger(__name__)
@@ -38,11 +44,13 @@ def assignment_message(agent_id: str, record: AssignmentRecord | None) -> types_
     for rid in sorted(record.grants):
         grant = types_pb2.ResourceGrant(resource_id=rid)
         if record.grants[rid] > 0:
-            grant.last_poll_time.CopyFrom(Timestamp(seconds=record.grants[rid] // 1000,
-                                                    nanos=(record.grants[rid] % 1000) * 1_000_000))
+            grant.last_poll_time.CopyFrom(
+                Timestamp(seconds=record.grants[rid] // 1000, nanos=(record.grants[rid] % 1000) * 1_000_000)
+            )
         grants.append(grant)
-    return types_pb2.Assignment(agent_id=agent_id, assignment_epoch=record.epoch, leader_epoch=record.leader_epoch,
-                                resources=grants)
+    return types_pb2.Assignment(
+        agent_id=agent_id, assignment_epoch=record.epoch, leader_epoch=record.leader_epoch, resources=grants
+    )
 
 
 @dataclass(eq=False)
@@ -55,19 +63,25 @@ class Session:
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
-    def __init__(self, store: ScalingStore, *, coordinator_id: str, config_source: Callable[[], Config],
-                 metrics: CoordinatorMetrics, store_health: StoreHealth, leader_epoch: Callable[[], int]):
+    def __init__(
+        self,
+        store: ScalingStore,
+        *,
+        coordinator_id: str,
+        config_source: Callable[[], Config],
+        metrics: CoordinatorMetrics,
+        store_health: StoreHealth,
+        leader_epoch: Callable[[], int],
+    ):
         self._store, self._id, self._config_source = store, coordinator_id, config_source
         self._metrics, self._health, self._leader_epoch = metrics, store_health, leader_epoch
         self.sessions: dict[str, Session] = {}
         self._fanout: asyncio.Task | None = None
-        self._subscription = None
         self._interval_cache: tuple[object, Duration] | None = None  # (config it came from, its heartbeat_interval)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._subscription = self._store.subscribe()
-        self._fanout = asyncio.create_task(self._push_assignments(), name="assignment-fanout")
+        self._fanout = asyncio.create_task(self._push_assignments(self._store.subscribe()), name="assignment-fanout")
 
     async def stop(self) -> None:
         for session in list(self.sessions.values()):
@@ -76,8 +90,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             self._fanout.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fanout
-        if self._subscription is not None:
-            self._subscription.close()
 
     def _timing(self):
         return self._config_source().scaling.coordinator
@@ -88,10 +100,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
-        try:
-            report = validation.heartbeat(first, None, self._id)
-        except validation.InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        report = await rpc.checked(context, validation.heartbeat, first, None, self._id)
         session = Session(agent_id=report.agent_id, registration=report.registration)
         reader = asyncio.create_task(self._read(session, first, request_iterator))
         try:
@@ -101,7 +110,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                     return
                 if isinstance(item, tuple):
                     _, code, message = item
-                    await context.abort(code, message)
+                    await rpc.abort(context, code, message)
                 if item.HasField("assignment"):
                     session.last_sent_epoch = max(session.last_sent_epoch, item.assignment.assignment_epoch)
                 yield item
@@ -177,32 +186,37 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             interval.FromTimedelta(config.scaling.coordinator.heartbeat_interval)
             self._interval_cache = (config, interval)
         interval = self._interval_cache[1]
-        return pb.HeartbeatResponse(degraded=degraded, heartbeat_interval=interval, coordinator_id=self._id,
-                                    leader_epoch=self._leader_epoch())
+        return pb.HeartbeatResponse(
+            degraded=degraded, heartbeat_interval=interval, coordinator_id=self._id, leader_epoch=self._leader_epoch()
+        )
 
-    async def _push_assignments(self) -> None:
+    async def _push_assignments(self, subscription: EventSubscription) -> None:
         """Push the leader's new assignments to the agents streaming to this replica."""
-        async for event in self._subscription:
-            if event.kind == "reregister":
-                await self._reregister_all()
-                continue
-            if event.kind not in ("assignments", "resync"):
-                continue
-            agents = [a for a in (event.agents if event.kind == "assignments" else self.sessions) if a in self.sessions]
-            if not agents:
-                continue
-            try:
-                records = await self._store.read_assignments(agents)
-            except StoreUnavailable:
-                self._health.failed("push_assignments")
-                continue
-            for agent_id, record in records.items():
-                session = self.sessions.get(agent_id)
-                if session is not None and record.epoch > session.last_sent_epoch:
-                    response = self._response(False)
-                    response.assignment.CopyFrom(assignment_message(agent_id, record))
-                    session.last_sent_epoch = record.epoch
-                    session.outbox.put_nowait(response)
+        try:
+            async for event in subscription:
+                if event.kind == "reregister":
+                    await self._reregister_all()
+                elif event.kind in ("assignments", "resync"):
+                    await self._push(list(event.agents) if event.kind == "assignments" else list(self.sessions))
+        finally:
+            subscription.close()
+
+    async def _push(self, agent_ids: list[str]) -> None:
+        agents = [a for a in agent_ids if a in self.sessions]
+        if not agents:
+            return
+        try:
+            records = await self._store.read_assignments(agents)
+        except StoreUnavailable:
+            self._health.failed("push_assignments")
+            return
+        for agent_id, record in records.items():
+            session = self.sessions.get(agent_id)
+            if session is not None and record.epoch > session.last_sent_epoch:
+                response = self._response(False)
+                response.assignment.CopyFrom(assignment_message(agent_id, record))
+                session.last_sent_epoch = record.epoch
+                session.outbox.put_nowait(response)
 
     async def _reregister_all(self) -> None:
         timeout_ms = int(self._timing().node_timeout.total_seconds() * 1000)
@@ -221,10 +235,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
 
     # -- unary ------------------------------------------------------------------------------------------
     async def GetAssignments(self, request, context):
-        try:
-            agent = validation.agent_id(request.agent_id)
-        except validation.InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        agent = await rpc.checked(context, validation.agent_id, request.agent_id)
         try:
             record = (await self._store.read_assignments([agent])).get(agent)
             await self._health.succeeded()
@@ -234,11 +245,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         return pb.GetAssignmentsResponse(assignment=assignment_message(agent, record))
 
     async def Leave(self, request, context):
-        try:
-            agent = validation.agent_id(request.agent_id)
-            validation._text(request.reason, "reason", 1024)
-        except validation.InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        agent = await rpc.checked(context, validation.agent_id, request.agent_id)
+        await rpc.checked(context, validation.leave_reason, request.reason)
         try:
             # Its final heartbeat has usually emptied its current set already, so count what it was granted.
             record = (await self._store.read_assignments([agent])).get(agent)
@@ -247,7 +255,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             await self._store.publish(StoreEvent("membership", (agent,)))
         except StoreUnavailable:
             self._health.failed("leave")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")
+            await rpc.abort(context, grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")
         session = self.sessions.get(agent)
         if session is not None:  # its stream has nothing more to say
             session.outbox.put_nowait(None)

@@ -7,12 +7,13 @@ hold right now) and turns the difference into one fenced `PlacementWrite`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .engine.assignment import AgentSlot, Move, Placement, ResourceDemand, place, plan_cost_rebalance
 from .engine.handoff import changed, holdings
-from .store.records import AgentRecord, PlacementWrite
+from .model import AgentRecord, PlacementWrite
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,13 @@ class StepPlan:
         return not (w.target_set or w.target_delete or w.assignments or w.expire)
 
 
-def liveness(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int,
-             grace_from_ms: int = 0) -> tuple[list[str], list[str]]:
+def liveness(
+    agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int, grace_from_ms: int = 0
+) -> tuple[list[str], list[str]]:
     """(live members, members to expire). Silence is counted from the later of the last heartbeat
     and the end of a store outage (`grace_from_ms`), so nobody is expired for the store's silence."""
-    live, expire = [], []
+    live: list[str] = []
+    expire: list[str] = []
     for agent_id, record in agents.items():
         if not record.is_member:
             continue
@@ -65,8 +68,9 @@ def liveness(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: in
     return sorted(live), sorted(expire)
 
 
-def expiry_deadline_ms(agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int,
-                       grace_from_ms: int = 0) -> int:
+def expiry_deadline_ms(
+    agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int, grace_from_ms: int = 0
+) -> int:
     """The first store time at which `liveness` could expire a member of `agents`. A heartbeat only
     moves it later, so until then a leader step with no event in between has nothing to expire.
     Capped at one node_timeout after `now_ms`, so the leader re-reads the store at least that often."""
@@ -85,8 +89,9 @@ def _may_be_polling(step: StepInput, agent_id: str) -> frozenset[str]:
     return frozenset(r for r in reported if r in step.inventory)
 
 
-def measured_costs(inventory: Mapping[str, InventoryItem], agents: Mapping[str, AgentRecord],
-                   live: list[str]) -> dict[str, float]:
+def measured_costs(
+    inventory: Mapping[str, InventoryItem], agents: Mapping[str, AgentRecord], live: list[str]
+) -> dict[str, float]:
     """cost = last poll duration ÷ interval, from the live agent polling it. An unmeasured database
     costs the mean measured cost of its type (1.0 when nothing of that type is measured yet), so a
     fresh database neither looks free nor a thousand times dearer than its measured siblings."""
@@ -116,10 +121,12 @@ def last_poll_times(agents: Mapping[str, AgentRecord]) -> dict[str, int]:
     return newest
 
 
-def plan_step(step: StepInput, *, balance: bool = False, cost_rebalance: float | None = None,
-              reason: str = "") -> StepPlan:
+def plan_step(
+    step: StepInput, *, balance: bool = False, cost_rebalance: float | None = None, reason: str = ""
+) -> StepPlan:
     """Compute one leader step. `balance`: move the minimum needed to balance (agents joined);
-    `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share."""
+    `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share;
+    `reason`: what prompted the step, recorded with a target change (else `_unprompted_reason`)."""
     live, expire = liveness(step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms)
     current = {a: _may_be_polling(step, a) for a in live}
     costs = measured_costs(step.inventory, step.agents, live)
@@ -130,11 +137,19 @@ def plan_step(step: StepInput, *, balance: bool = False, cost_rebalance: float |
         for rid in current[agent_id]:
             previous.setdefault(rid, agent_id)
 
-    slots = [AgentSlot(agent_id=a, capacity=step.agents[a].registration.capacity,
-                       zone=step.agents[a].registration.zone, draining=step.agents[a].state == "draining")
-             for a in live]
-    demands = [ResourceDemand(resource_id=rid, cost=costs[rid], pinned_agent=item.pin)
-               for rid, item in sorted(step.inventory.items())]
+    slots = [
+        AgentSlot(
+            agent_id=a,
+            capacity=step.agents[a].registration.capacity,
+            zone=step.agents[a].registration.zone,
+            draining=step.agents[a].state == "draining",
+        )
+        for a in live
+    ]
+    demands = [
+        ResourceDemand(resource_id=rid, cost=costs[rid], pinned_agent=item.pin)
+        for rid, item in sorted(step.inventory.items())
+    ]
     if cost_rebalance is not None:
         placement, _improved = plan_cost_rebalance(demands, slots, previous, min_improvement=cost_rebalance)
     else:
@@ -144,21 +159,61 @@ def plan_step(step: StepInput, *, balance: bool = False, cost_rebalance: float |
     before = {a: s for a, s in step.assigned.items() if s}
     changed_agents = changed(before, held)
     polls = last_poll_times(step.agents)
-    assignments = {a: {rid: polls.get(rid, 0) for rid in sorted(held.get(a, frozenset()))}
-                   for a in sorted(changed_agents)}
+    assignments = {
+        a: {rid: polls.get(rid, 0) for rid in sorted(held.get(a, frozenset()))} for a in sorted(changed_agents)
+    }
 
     target_set = {r: a for r, a in placement.owners.items() if step.target.get(r) != a}
     target_delete = tuple(sorted(r for r in step.target if r not in placement.owners))
     target_changed = bool(target_set or target_delete)
     real_moves = [m for m in placement.moves if step.target.get(m.resource_id) != m.to_agent]
-    write = PlacementWrite(target_set=target_set, target_delete=target_delete, assignments=assignments,
-                           expire=tuple(expire), rebalance_reason=(reason or "placement") if target_changed else None,
-                           moves=len(real_moves))
-    return StepPlan(write=write, placement=placement, holdings=held, live=tuple(live), expired=tuple(expire),
-                    costs=costs, target_changed=target_changed)
+    write = PlacementWrite(
+        target_set=target_set,
+        target_delete=target_delete,
+        assignments=assignments,
+        expire=tuple(expire),
+        rebalance_reason=(reason or _unprompted_reason(step)) if target_changed else None,
+        moves=len(real_moves),
+    )
+    return StepPlan(
+        write=write,
+        placement=placement,
+        holdings=held,
+        live=tuple(live),
+        expired=tuple(expire),
+        costs=costs,
+        target_changed=target_changed,
+    )
 
 
 def moves_between(before: Mapping[str, str], after: Mapping[str, str]) -> list[Move]:
     """The owner changes between two target placements (for dry runs and operator replies)."""
-    return [Move(resource_id=r, from_agent=before.get(r), to_agent=a)
-            for r, a in sorted(after.items()) if before.get(r) != a]
+    return [
+        Move(resource_id=r, from_agent=before.get(r), to_agent=a)
+        for r, a in sorted(after.items())
+        if before.get(r) != a
+    ]
+
+
+def _unprompted_reason(step: StepInput) -> str:
+    """Why the target changed in a step no join, leave or request prompted."""
+    if set(step.target) != set(step.inventory):
+        return "inventory"
+    return "agent_expired" if any(r.is_member for r in step.agents.values()) else "placement"
+
+
+def with_draining(step: StepInput, agent_id: str) -> StepInput:
+    """The step as if `agent_id` (a member) were already draining: a dry-run drain plans on this."""
+    agents = dict(step.agents)
+    if agent_id in agents and agents[agent_id].is_member:
+        agents[agent_id] = dataclasses.replace(agents[agent_id], state="draining")
+    return dataclasses.replace(step, agents=agents)
+
+
+def loads_of(owners: Mapping[str, str], costs: Mapping[str, float], live: Iterable[str]) -> dict[str, float]:
+    """Each live agent's load under `owners` (a target placement) at today's costs."""
+    loads = dict.fromkeys(live, 0.0)
+    for rid, agent in owners.items():
+        if agent in loads:
+            loads[agent] += costs.get(rid, 1.0)
+    return loads

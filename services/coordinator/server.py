@@ -22,18 +22,19 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from dbintel.common.config import Config, ConfigError, load_config
+from dbintel.common.endpoints import format_host_port, parse_host_port
 from dbintel.common.grpc_security import OperatorTokenInterceptor, server_credentials
 from dbintel.common.http_endpoints import HealthEndpoint, MetricsEndpoint
 from dbintel.common.secrets import resolve_secret
 from dbintel.v1 import agent_service_pb2, agent_service_pb2_grpc, operator_service_pb2, operator_service_pb2_grpc
 
 from .agent_service import AgentServicer
-from .leader import Leadership, LeaderLoop
+from .leader import LeaderLoop, Leadership
+from .model import StoreUnavailable
 from .operator_service import OperatorServicer
-from .store.base import ScalingStore
+from .store.base import EventSubscription, ScalingStore
 from .store.health import StoreHealth
 from .store.memory_store import MemoryScalingStore
-from .store.records import StoreUnavailable
 from .telemetry import CoordinatorMetrics, RpcMetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def build_store(config: Config) -> ScalingStore:
     if config.scaling.mode == "memory":
         return MemoryScalingStore()
     from .store.redis_store import RedisScalingStore
+
     return RedisScalingStore(config.scaling.redis)
 
 
@@ -61,31 +63,51 @@ def _fingerprint(path: str | None) -> str | None:
 
 
 class Coordinator:
-    def __init__(self, config: Config, *, config_path: str | None = None, coordinator_id: str | None = None,
-                 grpc_listen: str | None = None, metrics_listen: str | None = None,
-                 health_listen: str | None = None, store: ScalingStore | None = None,
-                 registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        coordinator_id: str | None = None,
+        grpc_listen: str | None = None,
+        metrics_listen: str | None = None,
+        health_listen: str | None = None,
+        store: ScalingStore | None = None,
+        registry: CollectorRegistry | None = None,
+    ):
         self.config = config
         self._config_path = config_path
         self.id = coordinator_id or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         settings = config.coordinator
         self._grpc_listen = grpc_listen or settings.grpc_listen
+        self._listen_host = parse_host_port(self._grpc_listen, allow_empty_host=True, allow_port_zero=True).host
         self.registry = registry or CollectorRegistry()
         self.metrics = CoordinatorMetrics(self.registry)
         self.store = store or build_store(config)
         self._metrics_endpoint = MetricsEndpoint(metrics_listen or settings.metrics_listen, self.registry)
         self._health_endpoint = HealthEndpoint(health_listen or settings.health_listen, self._readiness)
-        self._store_health = StoreHealth(self.store, config.scaling.coordinator.heartbeat_interval.total_seconds(),
-                                         self.metrics)
+        self._store_health = StoreHealth(
+            self.store, config.scaling.coordinator.heartbeat_interval.total_seconds(), self.metrics
+        )
         self._server: grpc.aio.Server | None = None
         self._health_servicer = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task] = []
         self._last_store_error: str | None = None
         self._started = self._stopped = False
         self.grpc_port: int | None = None
-        self.leadership: Leadership | None = None
-        self.leader_loop: LeaderLoop | None = None
-        self.agent_servicer: AgentServicer | None = None
+        # Built here, not in start(), so they are never missing; nothing of theirs runs before start().
+        self.leadership = Leadership(
+            self.store, self.id, config.scaling.redis.leader_ttl.total_seconds(), "", self.metrics
+        )
+        self.leader_loop = LeaderLoop(self.store, self.leadership, lambda: self.config, self.metrics)
+        self.agent_servicer = AgentServicer(
+            self.store,
+            coordinator_id=self.id,
+            config_source=lambda: self.config,
+            metrics=self.metrics,
+            store_health=self._store_health,
+            leader_epoch=lambda: self.leadership.highest_epoch_seen,
+        )
 
     # -- readiness ------------------------------------------------------------------------------------
     def _readiness(self) -> tuple[bool, str]:
@@ -93,7 +115,7 @@ class Coordinator:
             return False, "starting" if not self._stopped else "stopping"
         if not self._store_health.healthy:
             return False, "store unreachable" + (f": {self._last_store_error}" if self._last_store_error else "")
-        return True, "leader" if self.leadership and self.leadership.is_leader else "follower"
+        return True, "leader" if self.leadership.is_leader else "follower"
 
     @property
     def metrics_port(self) -> int | None:
@@ -103,56 +125,65 @@ class Coordinator:
     def health_port(self) -> int | None:
         return self._health_endpoint.port
 
-    def _advertise_address(self) -> str:
-        host = os.environ.get("POD_IP") or socket.gethostname()
-        listen_host = self._grpc_listen.rpartition(":")[0]
-        if listen_host not in ("", "0.0.0.0", "[::]", "::"):
-            host = listen_host
-        return f"{host}:{self.grpc_port}"
+    def _advertise_address(self, port: int) -> str:
+        """Where followers forward leader-only RPCs: the listen host, unless it is a wildcard."""
+        host = self._listen_host
+        if host in ("", "0.0.0.0", "::"):
+            host = os.environ.get("POD_IP") or socket.gethostname()
+        return format_host_port(host, port)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._started:
             return
-        timing = self.config.scaling
         security = self.config.coordinator
         # Both before anything listens, so a missing file or secret stops start() with its name.
         credentials = server_credentials(security.tls)
         operator_token = resolve_secret(security.operator_token)
         await self.store.start()
         await self._probe_store()
-        self.leadership = Leadership(self.store, self.id, timing.redis.leader_ttl.total_seconds(), "",
-                                     self.metrics)
-        self.leader_loop = LeaderLoop(self.store, self.leadership, lambda: self.config, self.metrics)
-        self.agent_servicer = AgentServicer(self.store, coordinator_id=self.id, config_source=lambda: self.config,
-                                            metrics=self.metrics, store_health=self._store_health,
-                                            leader_epoch=lambda: self.leadership.highest_epoch_seen)
-        operator = OperatorServicer(self.store, coordinator_id=self.id, config_source=lambda: self.config,
-                                    leadership=self.leadership, leader_loop=self.leader_loop,
-                                    forward_tls=security.client_tls, operator_token=operator_token)
-        interceptors = [RpcMetricsInterceptor(self.metrics)]
+        operator = OperatorServicer(
+            self.store,
+            coordinator_id=self.id,
+            config_source=lambda: self.config,
+            leadership=self.leadership,
+            leader_loop=self.leader_loop,
+            forward_tls=security.client_tls,
+            operator_token=operator_token,
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(self.metrics)]
         if operator_token is not None:
             interceptors.append(OperatorTokenInterceptor(operator_token))
         age_ms = int(self.config.coordinator.max_connection_age.total_seconds() * 1000)
         grace_ms = int(self.config.coordinator.max_connection_age_grace.total_seconds() * 1000)
         self._server = grpc.aio.server(
             interceptors=interceptors,
-            options=[("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", grace_ms),
-                     ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-                     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                     ("grpc.keepalive_permit_without_calls", 1),
-                     ("grpc.max_receive_message_length", 32 * 1024 * 1024)])
+            options=[
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", grace_ms),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            ],
+        )
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, self._server)
         operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(operator, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self._server)
-        self.grpc_port = (self._server.add_secure_port(self._grpc_listen, credentials) if credentials is not None
-                          else self._server.add_insecure_port(self._grpc_listen))
-        if not self.grpc_port:
+            self._server,
+        )
+        port = (
+            self._server.add_secure_port(self._grpc_listen, credentials)
+            if credentials is not None
+            else self._server.add_insecure_port(self._grpc_listen)
+        )
+        if not port:
             raise OSError(f"cannot listen on {self._grpc_listen}")
-        self.leadership._address = self._advertise_address()
+        self.grpc_port = port
+        self.leadership.address = self._advertise_address(port)
         await self._server.start()
         self._metrics_endpoint.start()
         await self._health_endpoint.start()
@@ -170,10 +201,16 @@ class Coordinator:
         self.metrics.store_up.set(1)
         self._started = True
         transport = ("mutual TLS" if security.tls.require_client_cert else "TLS") if credentials else "plaintext"
-        log.info("coordinator %s serving gRPC (%s%s) on %s (store: %s), metrics :%s, health :%s", self.id, transport,
-                 ", operator token required" if operator_token else "",
-                 self._grpc_listen.rpartition(":")[0] + f":{self.grpc_port}", self.store.mode,
-                 self.metrics_port, self.health_port)
+        log.info(
+            "coordinator %s serving gRPC (%s%s) on %s (store: %s), metrics :%s, health :%s",
+            self.id,
+            transport,
+            ", operator token required" if operator_token else "",
+            format_host_port(self._listen_host, port),
+            self.store.mode,
+            self.metrics_port,
+            self.health_port,
+        )
 
     async def _probe_store(self) -> None:
         """Say at once why the store cannot be used (wrong password, TLS, address). Not fatal: the
@@ -184,7 +221,7 @@ class Coordinator:
             self._last_store_error = str(exc)
             log.error("store: %s; serving agents as degraded until it answers", exc)
 
-    async def _wake_leader_on_events(self, subscription) -> None:
+    async def _wake_leader_on_events(self, subscription: EventSubscription) -> None:
         try:
             async for event in subscription:
                 if event.kind in ("membership", "resync"):
@@ -247,10 +284,8 @@ class Coordinator:
             self._tasks[0].cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._tasks[0]
-        if self.leadership is not None:
-            await self.leadership.release()
-        if self.agent_servicer is not None:
-            await self.agent_servicer.stop()
+        await self.leadership.release()
+        await self.agent_servicer.stop()
         if self._server is not None:
             await self._server.stop(grace_s)
         for task in self._tasks:

@@ -12,33 +12,49 @@ class CoordinatorMetrics:
     def __init__(self, registry: CollectorRegistry):
         # The four names users already know (gauges despite the _total suffix, as in the original brief).
         self.nodes = Gauge("dbintel_scaling_nodes_total", "Live agents (members not expired)", registry=registry)
-        self.assignments = Gauge("dbintel_scaling_assignments_total", "Databases held by an agent",
-                                 registry=registry)
+        self.assignments = Gauge("dbintel_scaling_assignments_total", "Databases held by an agent", registry=registry)
         self.leader = Gauge("dbintel_scaling_leader", "1 on the leader replica, 0 on followers", registry=registry)
-        self.rebalances = Counter("dbintel_scaling_rebalance", "Changes of the target placement made by this replica",
-                                  registry=registry)
-        self.leader_epoch = Gauge("dbintel_scaling_leader_epoch", "Fencing epoch of the lease this replica last held",
-                                  registry=registry)
-        self.agents_by_state = Gauge("dbintel_scaling_agents", "Known agents by membership state", ["state"],
-                                     registry=registry)
-        self.unassigned = Gauge("dbintel_scaling_unassigned_resources", "Databases no agent can take",
-                                registry=registry)
-        self.moves = Counter("dbintel_scaling_moves", "Databases moved between agents by this replica",
-                             registry=registry)
-        self.heartbeats = Counter("dbintel_scaling_heartbeats", "Heartbeats received by this replica",
-                                  registry=registry)
-        self.connected_agents = Gauge("dbintel_scaling_connected_agents", "Heartbeat streams open on this replica",
-                                      registry=registry)
-        self.store_errors = Counter("dbintel_scaling_store_errors", "Store operations that failed", ["operation"],
-                                    registry=registry)
+        self.rebalances = Counter(
+            "dbintel_scaling_rebalance", "Changes of the target placement made by this replica", registry=registry
+        )
+        self.leader_epoch = Gauge(
+            "dbintel_scaling_leader_epoch", "Fencing epoch of the lease this replica last held", registry=registry
+        )
+        self.agents_by_state = Gauge(
+            "dbintel_scaling_agents", "Known agents by membership state", ["state"], registry=registry
+        )
+        self.unassigned = Gauge(
+            "dbintel_scaling_unassigned_resources", "Databases no agent can take", registry=registry
+        )
+        self.moves = Counter(
+            "dbintel_scaling_moves", "Databases moved between agents by this replica", registry=registry
+        )
+        self.heartbeats = Counter(
+            "dbintel_scaling_heartbeats", "Heartbeats received by this replica", registry=registry
+        )
+        self.connected_agents = Gauge(
+            "dbintel_scaling_connected_agents", "Heartbeat streams open on this replica", registry=registry
+        )
+        self.store_errors = Counter(
+            "dbintel_scaling_store_errors", "Store operations that failed", ["operation"], registry=registry
+        )
         self.store_up = Gauge("dbintel_scaling_store_up", "1 when this replica reaches its store", registry=registry)
-        self.rebalance_duration = Histogram("dbintel_scaling_rebalance_duration_seconds",
-                                            "Time to write one placement change", registry=registry)
-        self.rpcs = Counter("dbintel_grpc_server_handled", "RPCs completed, by method and status code",
-                            ["grpc_method", "grpc_code"], registry=registry)
-        self.rpc_seconds = Histogram("dbintel_grpc_server_handling_seconds", "RPC duration (streams: their lifetime)",
-                                     ["grpc_method"], registry=registry,
-                                     buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 30, 300, 3600))
+        self.rebalance_duration = Histogram(
+            "dbintel_scaling_rebalance_duration_seconds", "Time to write one placement change", registry=registry
+        )
+        self.rpcs = Counter(
+            "dbintel_grpc_server_handled",
+            "RPCs completed, by method and status code",
+            ["grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.rpc_seconds = Histogram(
+            "dbintel_grpc_server_handling_seconds",
+            "RPC duration (streams: their lifetime)",
+            ["grpc_method"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300, 3600),
+        )
 
 
 class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -73,8 +89,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     finish(context, started, code)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                       handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_stream:
             inner_stream = handler.stream_stream
 
@@ -89,6 +106,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     finish(context, started, code)
 
-            return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer,
-                                                         handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+from dbintel.common.config import DATABASE_TYPES
 from dbintel.v1 import agent_service_pb2, types_pb2
 
-from .store.records import HeartbeatReport, PollStatus, Registration
+from .model import HeartbeatReport, PollStatus, Registration
 
 _CONTROL = re.compile(r"[\x00-\x1f]")  # checked on every resource id of every heartbeat: keep it in C
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
@@ -22,8 +23,10 @@ def agent_id(value: str, field: str = "agent_id") -> str:
     if not value:
         raise InvalidArgument(f"{field}: required")
     if not _AGENT_ID.match(value):
-        raise InvalidArgument(f"{field}: must be 1-253 characters of letters, digits, '.', '_', ':' or '-', "
-                              "starting with a letter or digit")
+        raise InvalidArgument(
+            f"{field}: must be 1-253 characters of letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -36,11 +39,13 @@ def _text(value: str, field: str, limit: int = MAX_TEXT) -> str:
 
 
 def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
-    return Registration(pod_name=_text(message.pod_name, "registration.pod_name"),
-                        zone=_text(message.zone, "registration.zone", 128),
-                        version=_text(message.version, "registration.version", 128),
-                        capacity=message.capacity,
-                        instance_id=_text(message.instance_id, "registration.instance_id", 128))
+    return Registration(
+        pod_name=_text(message.pod_name, "registration.pod_name"),
+        zone=_text(message.zone, "registration.zone", 128),
+        version=_text(message.version, "registration.version", 128),
+        capacity=message.capacity,
+        instance_id=_text(message.instance_id, "registration.instance_id", 128),
+    )
 
 
 def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current") -> tuple[str, PollStatus]:
@@ -57,9 +62,13 @@ def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current")
     if duration.seconds > 86_400:
         raise InvalidArgument(f"{field}.last_poll_duration: longer than a day")
     last_ms = status.last_poll_time.seconds * 1000 + status.last_poll_time.nanos // 1_000_000
-    return status.resource_id, PollStatus(last_poll_ms=last_ms,
-                                          duration_ms=duration.seconds * 1000 + duration.nanos / 1e6,
-                                          polls=status.polls_total, errors=status.errors_total, up=status.up)
+    return status.resource_id, PollStatus(
+        last_poll_ms=last_ms,
+        duration_ms=duration.seconds * 1000 + duration.nanos / 1e6,
+        polls=status.polls_total,
+        errors=status.errors_total,
+        up=status.up,
+    )
 
 
 def _statuses(statuses, name: str) -> dict[str, PollStatus]:
@@ -69,16 +78,29 @@ def _statuses(statuses, name: str) -> dict[str, PollStatus]:
     for index, status in enumerate(statuses):
         rid, last, duration = status.resource_id, status.last_poll_time, status.last_poll_duration
         last_s, duration_s, duration_ns = last.seconds, duration.seconds, duration.nanos
-        if (not rid or len(rid) > 1024 or last_s < 0 or duration_s < 0 or duration_ns < 0
-                or duration_s > 86_400 or _CONTROL.search(rid)):
+        if (
+            not rid
+            or len(rid) > 1024
+            or last_s < 0
+            or duration_s < 0
+            or duration_ns < 0
+            or duration_s > 86_400
+            or _CONTROL.search(rid)
+        ):
             _status(index, status, name)  # raises, naming the field
-        out[rid] = PollStatus(last_s * 1000 + last.nanos // 1_000_000, duration_s * 1000 + duration_ns / 1e6,
-                              status.polls_total, status.errors_total, status.up)
+        out[rid] = PollStatus(
+            last_s * 1000 + last.nanos // 1_000_000,
+            duration_s * 1000 + duration_ns / 1e6,
+            status.polls_total,
+            status.errors_total,
+            status.up,
+        )
     return out
 
 
-def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration | None,
-              coordinator_id: str) -> HeartbeatReport:
+def heartbeat(
+    request: agent_service_pb2.HeartbeatRequest, cached: Registration | None, coordinator_id: str
+) -> HeartbeatReport:
     """Validate one heartbeat; the first of a stream must carry the registration."""
     agent = agent_id(request.agent_id)
     if request.HasField("registration"):
@@ -97,11 +119,32 @@ def heartbeat(request: agent_service_pb2.HeartbeatRequest, cached: Registration 
     if len(current) != len(request.current):
         raise InvalidArgument("current: a resource_id appears twice")
     released = _statuses(request.released, "released") if request.released else {}
-    return HeartbeatReport(agent_id=agent, registration=reg, applied_epoch=request.applied_assignment_epoch,
-                           current=current, coordinator_id=coordinator_id, released=released)
+    return HeartbeatReport(
+        agent_id=agent,
+        registration=reg,
+        applied_epoch=request.applied_assignment_epoch,
+        current=current,
+        coordinator_id=coordinator_id,
+        released=released,
+    )
+
+
+def leave_reason(value: str) -> str:
+    return _text(value, "reason", 1024)
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error message, cut to `limit` characters: a reply's details ride in gRPC
+    metadata, and echoing a hostile 70 KB field back would overflow it (RESOURCE_EXHAUSTED, not the answer)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def resource_type(value: str) -> str:
-    if value and value not in ("postgresql", "mysql", "mongodb", "redis"):
-        raise InvalidArgument("type: must be empty or one of postgresql, mysql, mongodb, redis")
+    """A type filter: empty (every type) or one of DATABASE_TYPES."""
+    if value and value not in DATABASE_TYPES:
+        raise InvalidArgument(
+            f"type: {shown(value)} is not one of {', '.join(DATABASE_TYPES)} (empty lists every type)"
+        )
     return value

@@ -46,9 +46,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -67,8 +68,10 @@ FAST_POLL_INTERVAL = "3s"  # every database's interval, and its timeout where on
 SCRAPE_INTERVAL = "1s"  # rewrite 8
 IMAGE_BIN = "/opt/dbintel/bin"  # rewrite 1: the image's venv, as the Dockerfile puts it on PATH
 POD_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.String / SafeEncodeString alphabet
-SERVICE_HOST = re.compile(r"^(?P<service>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?:\.(?P<namespace>[a-z0-9-]+)"
-                          r"(?:\.svc(?:\.cluster\.local)?)?)?:(?P<port>\d+)$")
+SERVICE_HOST = re.compile(
+    r"^(?P<service>[a-z0-9]([-a-z0-9]*[a-z0-9])?)(?:\.(?P<namespace>[a-z0-9-]+)"
+    r"(?:\.svc(?:\.cluster\.local)?)?)?:(?P<port>\d+)$"
+)
 FILE_REFERENCE = re.compile(r"^\$\{file:(?P<path>[^}]+)\}$")
 
 Obj = dict[str, Any]
@@ -97,8 +100,15 @@ class PodProcess(ManagedServer):
 
     def _spawn(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "ab") as log_file:
-            return subprocess.Popen(command, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                command,
+                cwd=self.root,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _wait_until_ready(self) -> None:
         pass  # start() only spawns, so all pods start together as on a cluster; see wait_ready()
@@ -144,8 +154,13 @@ class PrometheusServer(ManagedServer):
         return f"http://{self.address}"
 
     def _command(self) -> list[str]:
-        return [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.root / 'data'}",
-                f"--web.listen-address={self.address}", "--log.level=warn"]
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.root / 'data'}",
+            f"--web.listen-address={self.address}",
+            "--log.level=warn",
+        ]
 
     def _probe(self) -> bool:
         return http_get(f"{self.url}/-/ready")[0] == 200
@@ -172,8 +187,9 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str] = str,
-               interval: float = 0.25) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str] = str, interval: float = 0.25
+) -> Any:
     """Poll `predicate` until it returns something truthy; AssertionError with `describe()` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -186,8 +202,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, describe
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                 f"{f' (last error: {last_error})' if last_error else ''}\n{describe()}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}"
+                f"{f' (last error: {last_error})' if last_error else ''}\n{describe()}"
+            )
         time.sleep(interval)
 
 
@@ -208,8 +226,11 @@ class Pod:
 
     def port(self, name_or_number: str | int) -> int:
         """The loopback port standing for a container port, by name (as probes and PodMonitors name it) or number."""
-        numbers = [p["containerPort"] for p in self.container.get("ports") or []
-                   if name_or_number in (p.get("name"), p["containerPort"])]
+        numbers = [
+            p["containerPort"]
+            for p in self.container.get("ports") or []
+            if name_or_number in (p.get("name"), p["containerPort"])
+        ]
         assert numbers, f"container {self.container['name']} of {self.name} has no port {name_or_number!r}"
         return self.process.loopback_ports[numbers[0]]
 
@@ -243,7 +264,7 @@ def image_env_and_entrypoint(dockerfile: Path) -> tuple[dict[str, str], list[str
                 key, _, value = word.partition("=")
                 env[key] = value.replace("$PATH", "/usr/local/bin:/usr/bin:/bin")
         elif line.startswith("ENTRYPOINT "):
-            entrypoint = json.loads(line[len("ENTRYPOINT "):])
+            entrypoint = json.loads(line[len("ENTRYPOINT ") :])
     assert entrypoint, f"{dockerfile}: no exec-form ENTRYPOINT in the final stage"
     return env, entrypoint
 
@@ -332,8 +353,9 @@ class LocalCluster:
             if not key.endswith("_listen"):
                 continue
             port = int(value.rpartition(":")[2])
-            assert port in pod.process.loopback_ports, (f"{pod.role} listens on {value} ({pod.role}.{key}) but the "
-                                                        f"container declares no port {port}")
+            assert port in pod.process.loopback_ports, (
+                f"{pod.role} listens on {value} ({pod.role}.{key}) but the container declares no port {port}"
+            )
             served.add(port)
             flags.append(f"--{key.replace('_', '-')}={LOOPBACK}:{pod.process.loopback_ports[port]}")
         unserved = set(pod.process.loopback_ports) - served
@@ -345,8 +367,13 @@ class LocalCluster:
         env["PATH"] = env.get("PATH", "/usr/bin:/bin").replace(IMAGE_BIN, str(Path(sys.executable).parent))
         env.update(m.container_env(self.objects, pod.workload, pod.container))
         # One host is one node: pods on it share spec.nodeName and the host IP, as they would.
-        field_values = {"metadata.name": pod.name, "metadata.namespace": NAMESPACE, "status.podIP": LOOPBACK,
-                        "status.hostIP": LOOPBACK, "spec.nodeName": socket.gethostname()}
+        field_values = {
+            "metadata.name": pod.name,
+            "metadata.namespace": NAMESPACE,
+            "status.podIP": LOOPBACK,
+            "status.hostIP": LOOPBACK,
+            "spec.nodeName": socket.gethostname(),
+        }
         for item in pod.container.get("env") or []:
             field_ref = (item.get("valueFrom") or {}).get("fieldRef")
             if field_ref:
@@ -451,14 +478,17 @@ class LocalCluster:
 # -- the test Secret and the database accounts it holds passwords for --------------------------------------
 def inventory(objects: list[Obj]) -> Config:
     """The ConfigMap's config as written (references unresolved)."""
-    return parse_config(m.find(objects, "ConfigMap", "dbintel-config")["data"]["config.yaml"],
-                        environ={"DBINTEL_REDIS_PASSWORD": "unused"})
+    return parse_config(
+        m.find(objects, "ConfigMap", "dbintel-config")["data"]["config.yaml"],
+        environ={"DBINTEL_REDIS_PASSWORD": "unused"},
+    )
 
 
 def secret_key_of(objects: list[Obj], reference: str) -> str:
     """The dbintel-secrets key a database password reference resolves to in the agent container."""
-    workload, template, container = next(t for t in m.dbintel_containers(objects)
-                                         if build_parser().parse_args(t[2].get("args") or []).command == "agent")
+    workload, template, container = next(
+        t for t in m.dbintel_containers(objects) if build_parser().parse_args(t[2].get("args") or []).command == "agent"
+    )
     match = m.REFERENCE.match(reference)
     assert match, f"{reference!r} is not a reference"
     if match.group(1) == "env":
@@ -496,22 +526,26 @@ class DatabaseAccounts:
             password = self._secret[secret_key_of(self._objects, db.password)] if db.password else None
             server = self._servers[db.type]
             if db.type == "postgresql":
-                server.execute(f'CREATE ROLE "{db.username}" LOGIN PASSWORD \'{password}\' IN ROLE pg_monitor')
+                server.execute(f"CREATE ROLE \"{db.username}\" LOGIN PASSWORD '{password}' IN ROLE pg_monitor")
                 self._undo.append(lambda s=server, u=db.username: s.execute(f'DROP ROLE IF EXISTS "{u}"'))
                 if db.database:
                     server.execute(f'CREATE DATABASE "{db.database}"')
-                    self._undo.append(lambda s=server, d=db.database: s.execute(
-                        f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)'))
+                    self._undo.append(
+                        lambda s=server, d=db.database: s.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
+                    )
             elif db.type == "mysql":
                 account = f"'{db.username}'@'%'"
-                server.execute(f"CREATE USER {account} IDENTIFIED BY '{password}';"
-                               f"GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT ON *.* TO {account}")
+                server.execute(
+                    f"CREATE USER {account} IDENTIFIED BY '{password}';"
+                    f"GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT ON *.* TO {account}"
+                )
                 self._undo.append(lambda s=server, a=account: s.execute(f"DROP USER IF EXISTS {a}"))
             elif db.type == "mongodb":
                 source = db.database or "admin"
                 with server.client() as client:
-                    client[source].command("createUser", db.username, pwd=password,
-                                           roles=[{"role": "clusterMonitor", "db": "admin"}])
+                    client[source].command(
+                        "createUser", db.username, pwd=password, roles=[{"role": "clusterMonitor", "db": "admin"}]
+                    )
                 self._undo.append(lambda s=server, u=db.username, d=source: _drop_mongo_user(s, d, u))
             elif db.type == "redis":
                 assert db.username in (None, "default"), "a Redis ACL user would need provisioning here"
@@ -521,7 +555,7 @@ class DatabaseAccounts:
         for undo in reversed(self._undo):
             try:
                 undo()
-            except Exception as exc:  # noqa: BLE001 - drop the rest, then report
+            except Exception as exc:
                 errors.append(repr(exc))
         self._undo.clear()
         if errors:
@@ -580,53 +614,83 @@ def scrape_configs(objects: list[Obj], pods: list[Pod]) -> list[Obj]:
         selector = spec["selector"]
         assert not selector.get("matchExpressions"), "matchExpressions: not translated here"
         for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
-            relabel = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"},
-                       {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"],
-                        "regex": "(Failed|Succeeded)"}]
+            relabel = [
+                {"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"},
+                {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"},
+            ]
             for key, value in selector.get("matchLabels", {}).items():
-                relabel.append({"action": "keep", "regex": f"({value});true", "source_labels": [
-                    f"__meta_kubernetes_pod_label_{_label_name(key)}",
-                    f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"]})
+                relabel.append(
+                    {
+                        "action": "keep",
+                        "regex": f"({value});true",
+                        "source_labels": [
+                            f"__meta_kubernetes_pod_label_{_label_name(key)}",
+                            f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}",
+                        ],
+                    }
+                )
             if "port" in endpoint:
-                relabel.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                                "regex": endpoint["port"]})
+                relabel.append(
+                    {
+                        "action": "keep",
+                        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                        "regex": endpoint["port"],
+                    }
+                )
             else:
-                relabel.append({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_number"],
-                                "regex": str(endpoint["targetPort"])})
+                relabel.append(
+                    {
+                        "action": "keep",
+                        "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+                        "regex": str(endpoint["targetPort"]),
+                    }
+                )
             relabel += [
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
             ]
             for label in spec.get("podTargetLabels") or []:
-                relabel.append({"source_labels": [f"__meta_kubernetes_pod_label_{_label_name(label)}"],
-                                "target_label": _label_name(label), "regex": "(.+)", "replacement": "${1}"})
+                relabel.append(
+                    {
+                        "source_labels": [f"__meta_kubernetes_pod_label_{_label_name(label)}"],
+                        "target_label": _label_name(label),
+                        "regex": "(.+)",
+                        "replacement": "${1}",
+                    }
+                )
             job = f"{namespace}/{name}"
             if spec.get("jobLabel"):
                 job_source = f"__meta_kubernetes_pod_label_{_label_name(spec['jobLabel'])}"
                 relabel.append({"target_label": "job", "replacement": job})
-                relabel.append({"source_labels": [job_source], "target_label": "job", "regex": "(.+)",
-                                "replacement": "${1}"})
+                relabel.append(
+                    {"source_labels": [job_source], "target_label": "job", "regex": "(.+)", "replacement": "${1}"}
+                )
             else:
                 relabel.append({"target_label": "job", "replacement": job})
-            relabel.append({"target_label": "endpoint",
-                            "replacement": endpoint.get("port", str(endpoint.get("targetPort")))})
+            relabel.append(
+                {"target_label": "endpoint", "replacement": endpoint.get("port", str(endpoint.get("targetPort")))}
+            )
             relabel += [_relabeling(r) for r in endpoint.get("relabelings") or []]
             in_scope = [p for p in pods if NAMESPACE in namespaces]
-            jobs.append({
-                "job_name": f"podMonitor/{namespace}/{name}/{index}",
-                "honor_labels": bool(endpoint.get("honorLabels", False)),
-                "scrape_interval": SCRAPE_INTERVAL,
-                "scrape_timeout": SCRAPE_INTERVAL,
-                "metrics_path": endpoint.get("path", "/metrics"),
-                "scheme": endpoint.get("scheme", "http"),
-                "static_configs": discovered_targets(in_scope),
-                "relabel_configs": relabel,
-                "metric_relabel_configs": [_relabeling(r) for r in endpoint.get("metricRelabelings") or []],
-            })
+            jobs.append(
+                {
+                    "job_name": f"podMonitor/{namespace}/{name}/{index}",
+                    "honor_labels": bool(endpoint.get("honorLabels", False)),
+                    "scrape_interval": SCRAPE_INTERVAL,
+                    "scrape_timeout": SCRAPE_INTERVAL,
+                    "metrics_path": endpoint.get("path", "/metrics"),
+                    "scheme": endpoint.get("scheme", "http"),
+                    "static_configs": discovered_targets(in_scope),
+                    "relabel_configs": relabel,
+                    "metric_relabel_configs": [_relabeling(r) for r in endpoint.get("metricRelabelings") or []],
+                }
+            )
     return jobs
 
 
 def prometheus_config(objects: list[Obj], pods: list[Pod]) -> Obj:
-    return {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-            "scrape_configs": scrape_configs(objects, pods)}
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": scrape_configs(objects, pods),
+    }

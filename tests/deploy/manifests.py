@@ -44,8 +44,10 @@ Obj = dict[str, Any]
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        raise RuntimeError("kubectl is not on PATH: the deploy tests need kubectl (with kustomize) to build "
-                           "deploy/kubernetes; install it (it ships with the machine image)")
+        raise RuntimeError(
+            "kubectl is not on PATH: the deploy tests need kubectl (with kustomize) to build "
+            "deploy/kubernetes; install it (it ships with the machine image)"
+        )
     return path
 
 
@@ -105,8 +107,11 @@ def _matches(selector: Obj, labels: dict[str, str]) -> bool:
 
 
 def _selected_pods(objects: list[Obj], namespace: str, selector: Obj) -> list[Obj]:
-    return [template for workload, template in pod_templates(objects)
-            if _ns(workload) == namespace and _matches(selector, template["metadata"].get("labels") or {})]
+    return [
+        template
+        for workload, template in pod_templates(objects)
+        if _ns(workload) == namespace and _matches(selector, template["metadata"].get("labels") or {})
+    ]
 
 
 # -- selectors ------------------------------------------------------------------------------------
@@ -166,8 +171,10 @@ def port_problems(objects: list[Obj]) -> list[str]:
                 for template in pods:
                     named = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports") or []}
                     if endpoint.get("port") not in named:
-                        problems.append(f"{_ref(obj)} endpoint port {endpoint.get('port')!r} is not named by the "
-                                        f"pods it selects ({template['metadata'].get('labels')})")
+                        problems.append(
+                            f"{_ref(obj)} endpoint port {endpoint.get('port')!r} is not named by the "
+                            f"pods it selects ({template['metadata'].get('labels')})"
+                        )
         elif obj["kind"] == "Service" and spec.get("selector"):
             pods = _selected_pods(objects, _ns(obj), {"matchLabels": spec["selector"]})
             for service_port in spec.get("ports") or []:
@@ -199,8 +206,9 @@ def reference_problems(objects: list[Obj]) -> list[str]:
                         ref = source[ref_key]
                         keys = _keys(objects, kind, namespace, ref["name"])
                         if keys is None or ref["key"] not in keys:
-                            problems.append(f"{_ref(workload)} env {env['name']}: {kind} {ref['name']} has no "
-                                            f"key {ref['key']!r}")
+                            problems.append(
+                                f"{_ref(workload)} env {env['name']}: {kind} {ref['name']} has no key {ref['key']!r}"
+                            )
         for volume in template["spec"].get("volumes") or []:
             for vol_key, kind, name_key in (("secret", "Secret", "secretName"), ("configMap", "ConfigMap", "name")):
                 if vol_key in volume and not volume[vol_key].get("optional"):
@@ -210,8 +218,9 @@ def reference_problems(objects: list[Obj]) -> list[str]:
                         problems.append(f"{_ref(workload)} volume {volume['name']}: no {kind} {name}")
                     for item in volume[vol_key].get("items") or []:
                         if keys is not None and item["key"] not in keys:
-                            problems.append(f"{_ref(workload)} volume {volume['name']}: {kind} {name} has no "
-                                            f"key {item['key']!r}")
+                            problems.append(
+                                f"{_ref(workload)} volume {volume['name']}: {kind} {name} has no key {item['key']!r}"
+                            )
     return problems
 
 
@@ -220,8 +229,13 @@ def hpa_problems(objects: list[Obj]) -> list[str]:
     for hpa in (o for o in objects if o["kind"] == "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
         group = target.get("apiVersion", "")
-        if not any(o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
-                   and o["apiVersion"] == group and _ns(o) == _ns(hpa) for o in objects):
+        if not any(
+            o["kind"] == target["kind"]
+            and o["metadata"]["name"] == target["name"]
+            and o["apiVersion"] == group
+            and _ns(o) == _ns(hpa)
+            for o in objects
+        ):
             problems.append(f"{_ref(hpa)} scaleTargetRef {group} {target['kind']}/{target['name']} does not exist")
     return problems
 
@@ -258,8 +272,9 @@ def args_problems(objects: list[Obj]) -> list[str]:
     return problems
 
 
-def _file_under_mount(objects: list[Obj], workload: Obj, template: Obj, container: Obj,
-                      path: str) -> tuple[str, str, str] | None:
+def _file_under_mount(
+    objects: list[Obj], workload: Obj, template: Obj, container: Obj, path: str
+) -> tuple[str, str, str] | None:
     """(kind, name, key) of the ConfigMap/Secret file that `path` is in this container, or None."""
     volumes = {v["name"]: v for v in template["spec"].get("volumes") or []}
     # The deepest mount wins, as in the container's mount table.
@@ -313,10 +328,17 @@ def _role_references(config, role: str) -> list[tuple[str, str | None, list[str]
         redis = config.scaling.redis
         if config.scaling.mode != "redis":
             return []
-        return [("scaling.redis", redis.password, [f for f in (redis.tls.ca_file, redis.tls.cert_file,
-                                                               redis.tls.key_file) if f])]
-    return [(f"databases[{db.name}]", db.password,
-             [f for f in (db.tls.ca_file, db.tls.cert_file, db.tls.key_file) if f]) for db in config.databases]
+        return [
+            (
+                "scaling.redis",
+                redis.password,
+                [f for f in (redis.tls.ca_file, redis.tls.cert_file, redis.tls.key_file) if f],
+            )
+        ]
+    return [
+        (f"databases[{db.name}]", db.password, [f for f in (db.tls.ca_file, db.tls.cert_file, db.tls.key_file) if f])
+        for db in config.databases
+    ]
 
 
 def config_problems(objects: list[Obj]) -> list[str]:
@@ -336,9 +358,14 @@ def config_problems(objects: list[Obj]) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(text)
-            result = subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", str(path)],
-                                    env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
-                                    timeout=60, cwd=tmp)
+            result = subprocess.run(
+                [sys.executable, "-m", "dbintel.cli", "validate", str(path)],
+                env={"PATH": "/usr/bin:/bin", **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp,
+            )
         if result.returncode != 0:
             problems.append(f"{_ref(workload)}: dbintel validate rejects its config: {result.stderr.strip()}")
             continue
@@ -346,17 +373,24 @@ def config_problems(objects: list[Obj]) -> list[str]:
         for where, reference, tls_files in _role_references(config, parsed.command):
             match = REFERENCE.match(reference) if reference else None
             if match and match.group(1) == "env" and match.group(2) not in env:
-                problems.append(f"{_ref(workload)}: {where}.password needs env {match.group(2)}, "
-                                f"which the container does not set")
+                problems.append(
+                    f"{_ref(workload)}: {where}.password needs env {match.group(2)}, which the container does not set"
+                )
             files = tls_files + ([match.group(2)] if match and match.group(1) == "file" else [])
             for file in files:
                 if _file_under_mount(objects, workload, template, container, file) is None:
-                    problems.append(f"{_ref(workload)}: {where} reads {file}, which no mounted Secret/ConfigMap "
-                                    f"key provides")
+                    problems.append(
+                        f"{_ref(workload)}: {where} reads {file}, which no mounted Secret/ConfigMap key provides"
+                    )
     return problems
 
 
 def all_problems(objects: list[Obj]) -> list[str]:
-    return (selector_problems(objects) + port_problems(objects) + reference_problems(objects)
-            + hpa_problems(objects) + args_problems(objects) + config_problems(objects))
-
+    return (
+        selector_problems(objects)
+        + port_problems(objects)
+        + reference_problems(objects)
+        + hpa_problems(objects)
+        + args_problems(objects)
+        + config_problems(objects)
+    )

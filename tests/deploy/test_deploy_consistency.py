@@ -41,61 +41,101 @@ def test_built_manifests_are_consistent(name):
 BREAKAGES: dict[str, tuple[Callable[[list], None], Callable[[list], list[str]], str]] = {
     "service selector": (
         lambda o: m.find(o, "Service", "redis")["spec"]["selector"].update({"app.kubernetes.io/name": "redis-x"}),
-        m.selector_problems, "Service/redis"),
+        m.selector_problems,
+        "Service/redis",
+    ),
     "pdb selector": (
         lambda o: m.find(o, "PodDisruptionBudget", "dbintel-agent")["spec"]["selector"]["matchLabels"].update(
-            {"app.kubernetes.io/name": "agent"}),
-        m.selector_problems, "PodDisruptionBudget/dbintel-agent"),
+            {"app.kubernetes.io/name": "agent"}
+        ),
+        m.selector_problems,
+        "PodDisruptionBudget/dbintel-agent",
+    ),
     "podmonitor selector": (
         lambda o: m.find(o, "PodMonitor", "dbintel-coordinator")["spec"]["selector"]["matchLabels"].update(
-            {"app.kubernetes.io/component": "agent"}),
-        m.selector_problems, "PodMonitor/dbintel-coordinator"),
+            {"app.kubernetes.io/component": "agent"}
+        ),
+        m.selector_problems,
+        "PodMonitor/dbintel-coordinator",
+    ),
     "networkpolicy peer": (
         lambda o: m.find(o, "NetworkPolicy", "redis")["spec"]["ingress"][0]["from"][0]["podSelector"][
-            "matchLabels"].update({"app.kubernetes.io/name": "coordinator"}),
-        m.selector_problems, "NetworkPolicy/redis ingress[0]"),
+            "matchLabels"
+        ].update({"app.kubernetes.io/name": "coordinator"}),
+        m.selector_problems,
+        "NetworkPolicy/redis ingress[0]",
+    ),
     "probe port name": (
         lambda o: coordinator_container(o)["livenessProbe"]["httpGet"].update({"port": "healthz"}),
-        m.port_problems, "Deployment/dbintel-coordinator livenessProbe.httpGet"),
+        m.port_problems,
+        "Deployment/dbintel-coordinator livenessProbe.httpGet",
+    ),
     "grpc probe port": (
         lambda o: coordinator_container(o)["readinessProbe"]["grpc"].update({"port": 50052}),
-        m.port_problems, "Deployment/dbintel-coordinator readinessProbe.grpc"),
+        m.port_problems,
+        "Deployment/dbintel-coordinator readinessProbe.grpc",
+    ),
     "podmonitor port": (
         lambda o: m.find(o, "PodMonitor", "dbintel-agent")["spec"]["podMetricsEndpoints"][0].update(
-            {"port": "http-metrics"}),
-        m.port_problems, "PodMonitor/dbintel-agent"),
+            {"port": "http-metrics"}
+        ),
+        m.port_problems,
+        "PodMonitor/dbintel-agent",
+    ),
     "service target port": (
         lambda o: m.find(o, "Service", "dbintel-coordinator")["spec"]["ports"][0].update({"targetPort": "gprc"}),
-        m.port_problems, "Service/dbintel-coordinator"),
+        m.port_problems,
+        "Service/dbintel-coordinator",
+    ),
     "secret key": (
         lambda o: m.find(o, "Secret", "dbintel-secrets")["stringData"].pop("cache-redis-password"),
-        m.reference_problems, "env CACHE_REDIS_PASSWORD"),
+        m.reference_problems,
+        "env CACHE_REDIS_PASSWORD",
+    ),
     "hpa target": (
         lambda o: m.find(o, "HorizontalPodAutoscaler", "dbintel-agent")["spec"]["scaleTargetRef"].update(
-            {"name": "dbintel-agents"}),
-        m.hpa_problems, "HorizontalPodAutoscaler/dbintel-agent"),
+            {"name": "dbintel-agents"}
+        ),
+        m.hpa_problems,
+        "HorizontalPodAutoscaler/dbintel-agent",
+    ),
     "unknown flag": (
         lambda o: agent_container(o)["args"].append("--agent-name=x"),
-        m.args_problems, "Deployment/dbintel-agent: dbintel rejects args"),
+        m.args_problems,
+        "Deployment/dbintel-agent: dbintel rejects args",
+    ),
     "unknown subcommand": (
         lambda o: coordinator_container(o)["args"].__setitem__(0, "server"),
-        m.args_problems, "Deployment/dbintel-coordinator: dbintel rejects args"),
+        m.args_problems,
+        "Deployment/dbintel-coordinator: dbintel rejects args",
+    ),
     "config not mounted": (
         lambda o: agent_container(o)["args"].__setitem__(2, "/etc/dbintel/agent.yaml"),
-        m.config_problems, "Deployment/dbintel-agent: no ConfigMap/Secret key is mounted"),
+        m.config_problems,
+        "Deployment/dbintel-agent: no ConfigMap/Secret key is mounted",
+    ),
     "invalid config": (
         lambda o: edit_config(o, lambda c: c["scaling"]["coordinator"].update({"node_timeout": "1s"})),
-        m.config_problems, "dbintel validate rejects its config"),
+        m.config_problems,
+        "dbintel validate rejects its config",
+    ),
     "password env not set": (
         lambda o: edit_config(o, lambda c: c["databases"][0].update({"password": "${env:ORDERS_PASSWORD}"})),
-        m.config_problems, "databases[orders].password needs env ORDERS_PASSWORD"),
+        m.config_problems,
+        "databases[orders].password needs env ORDERS_PASSWORD",
+    ),
     "password file not mounted": (
-        lambda o: edit_config(o, lambda c: c["databases"][1].update(
-            {"password": "${file:/etc/dbintel/secrets/catalog-password}"})),
-        m.config_problems, "databases[catalog] reads /etc/dbintel/secrets/catalog-password"),
+        lambda o: edit_config(
+            o, lambda c: c["databases"][1].update({"password": "${file:/etc/dbintel/secrets/catalog-password}"})
+        ),
+        m.config_problems,
+        "databases[catalog] reads /etc/dbintel/secrets/catalog-password",
+    ),
     "redis password not given to coordinator": (
         lambda o: coordinator_container(o)["env"].__delitem__(2),
-        m.config_problems, "scaling.redis.password needs env DBINTEL_REDIS_PASSWORD"),
+        m.config_problems,
+        "scaling.redis.password needs env DBINTEL_REDIS_PASSWORD",
+    ),
 }
 
 
@@ -150,9 +190,14 @@ def test_agent_hpa_scales_on_utilization_with_bounded_steps():
     assert metrics == {("Resource", "cpu"), ("Resource", "memory"), ("Pods", "dbintel_agent_utilization")}
     up, down = hpa["behavior"]["scaleUp"], hpa["behavior"]["scaleDown"]
     assert up["selectPolicy"] == down["selectPolicy"] == "Min"
-    assert {(p["type"], p["value"], p["periodSeconds"]) for p in up["policies"]} == {("Percent", 50, 60), ("Pods", 2, 60)}
-    assert {(p["type"], p["value"], p["periodSeconds"]) for p in down["policies"]} == {("Percent", 10, 60),
-                                                                                       ("Pods", 1, 60)}
+    assert {(p["type"], p["value"], p["periodSeconds"]) for p in up["policies"]} == {
+        ("Percent", 50, 60),
+        ("Pods", 2, 60),
+    }
+    assert {(p["type"], p["value"], p["periodSeconds"]) for p in down["policies"]} == {
+        ("Percent", 10, 60),
+        ("Pods", 1, 60),
+    }
     assert down["stabilizationWindowSeconds"] == 300
     coordinator = m.find(objects, "HorizontalPodAutoscaler", "dbintel-coordinator")["spec"]
     assert (coordinator["minReplicas"], coordinator["maxReplicas"]) == (2, 5)
@@ -186,8 +231,9 @@ def test_dockerfile_matches_the_pods_that_run_it():
             context = template["spec"]["securityContext"]
             assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user[-1], workload["metadata"]["name"]
     # What the build stage copies is in the repository and re-included by .dockerignore.
-    included = {line[1:].rstrip("/") for line in (m.REPO / ".dockerignore").read_text().splitlines()
-                if line.startswith("!")}
+    included = {
+        line[1:].rstrip("/") for line in (m.REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
     for line in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         for source in line.split():
             assert (m.REPO / source).exists() and source.rstrip("/") in included, source

@@ -20,8 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from dbintel.v1 import operator_service_pb2 as opb
 from dbintel.v1 import operator_service_pb2_grpc, types_pb2
 from tests.deploy import manifests as m
-from tests.deploy.local_cluster import (NAMESPACE, DatabaseAccounts, LocalCluster, Pod, PrometheusServer, http_get,
-                                        inventory, make_test_secret, prometheus_config, wait_until)
+from tests.deploy.local_cluster import (
+    NAMESPACE,
+    DatabaseAccounts,
+    LocalCluster,
+    Pod,
+    PrometheusServer,
+    http_get,
+    inventory,
+    make_test_secret,
+    prometheus_config,
+    wait_until,
+)
 from tests.servers import LOOPBACK, RedisServer
 
 DASHBOARD = m.REPO / "deploy" / "grafana" / "dbintel-overview.json"
@@ -41,9 +51,11 @@ def operator_view(pod: Pod) -> OperatorView:
     """The operator RPCs (dbintel.v1.OperatorService), asked of one coordinator pod on its `grpc` port."""
     with grpc.insecure_channel(f"{LOOPBACK}:{pod.port('grpc')}") as channel:
         stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
-        return OperatorView(stub.GetClusterStatus(opb.GetClusterStatusRequest(), timeout=5),
-                            list(stub.ListAgents(opb.ListAgentsRequest(), timeout=5).agents),
-                            list(stub.ListAssignments(opb.ListAssignmentsRequest(), timeout=5).assignments))
+        return OperatorView(
+            stub.GetClusterStatus(opb.GetClusterStatusRequest(), timeout=5),
+            list(stub.ListAgents(opb.ListAgentsRequest(), timeout=5).agents),
+            list(stub.ListAssignments(opb.ListAssignmentsRequest(), timeout=5).assignments),
+        )
 
 
 def scrape(pod: Pod, port: str, path: str) -> dict[str, list]:
@@ -68,8 +80,12 @@ def podmonitor_endpoint(objects, role_pod: Pod) -> dict:
 
 def exported_resources(objects, pod: Pod) -> set[str]:
     endpoint = podmonitor_endpoint(objects, pod)
-    return {labels[RESOURCE] for series in scrape(pod, endpoint["port"], endpoint.get("path", "/metrics")).values()
-            for labels, _ in series if RESOURCE in labels}
+    return {
+        labels[RESOURCE]
+        for series in scrape(pod, endpoint["port"], endpoint.get("path", "/metrics")).values()
+        for labels, _ in series
+        if RESOURCE in labels
+    }
 
 
 @dataclass
@@ -94,10 +110,13 @@ class Deployed:
 def _settled(deployed: Deployed) -> bool:
     """Quiet: a placement of every database that every agent has applied, and has polled at least once."""
     view = operator_view(deployed.coordinators[0])
-    if not (view.cluster.leader_id and view.cluster.resources_pending == 0
-            and len([a for a in view.agents if a.state == types_pb2.AGENT_STATE_ACTIVE]) == len(deployed.agents)
-            and all(a.applied_assignment_epoch == a.assignment_epoch for a in view.agents)
-            and {a.resource_id for a in view.assignments if a.agent_id} == deployed.resources):
+    if not (
+        view.cluster.leader_id
+        and view.cluster.resources_pending == 0
+        and len([a for a in view.agents if a.state == types_pb2.AGENT_STATE_ACTIVE]) == len(deployed.agents)
+        and all(a.applied_assignment_epoch == a.assignment_epoch for a in view.agents)
+        and {a.resource_id for a in view.assignments if a.agent_id} == deployed.resources
+    ):
         return False
     targets = {pod.name: {a.resource_id for a in view.assignments if a.agent_id == pod.name} for pod in deployed.agents}
     return all(exported_resources(deployed.objects, pod) >= targets[pod.name] for pod in deployed.agents)
@@ -110,15 +129,22 @@ def _scraped(deployed: Deployed) -> bool:
         return False
     per_database = deployed.prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")
     scrapes = deployed.prometheus.query("count_over_time(up[1m])")
-    return (len(per_database) == len(deployed.resources) and len(scrapes) == len(targets)
-            and all(float(s["value"][1]) >= 4 for s in scrapes))
+    return (
+        len(per_database) == len(deployed.resources)
+        and len(scrapes) == len(targets)
+        and all(float(s["value"][1]) >= 4 for s in scrapes)
+    )
 
 
 @pytest.fixture(scope="module")
 def deployed(postgres_server, mariadb_server, redis_server, secantus_server):
     objects = m.build("base")
-    servers = {"postgresql": postgres_server, "mysql": mariadb_server, "mongodb": secantus_server,
-               "redis": redis_server}
+    servers = {
+        "postgresql": postgres_server,
+        "mysql": mariadb_server,
+        "mongodb": secantus_server,
+        "redis": redis_server,
+    }
     secret = make_test_secret(objects, servers)
     state_redis = RedisServer(password=secret["redis-password"])  # stands in for StatefulSet/redis
     accounts = DatabaseAccounts(objects, secret, servers)
@@ -137,8 +163,12 @@ def deployed(postgres_server, mariadb_server, redis_server, secantus_server):
         prometheus = PrometheusServer(prometheus_config(objects, cluster.pods))
         prometheus.start()
         result.prometheus = prometheus
-        wait_until(lambda: _scraped(result), SETTLE_TIMEOUT, "Prometheus to scrape every pod",
-                   lambda: prometheus.log_tail() + "\n" + result.describe())
+        wait_until(
+            lambda: _scraped(result),
+            SETTLE_TIMEOUT,
+            "Prometheus to scrape every pod",
+            lambda: prometheus.log_tail() + "\n" + result.describe(),
+        )
         yield result
     finally:
         if prometheus is not None:
@@ -154,17 +184,20 @@ def deployed(postgres_server, mariadb_server, redis_server, secantus_server):
 # -- the runner itself --------------------------------------------------------------------------------------
 def _flatten(node, path: str = "") -> dict[str, object]:
     if isinstance(node, dict):
-        return {k: v for key, value in node.items()
-                for k, v in _flatten(value, f"{path}.{key}" if path else key).items()}
+        return {
+            k: v for key, value in node.items() for k, v in _flatten(value, f"{path}.{key}" if path else key).items()
+        }
     if isinstance(node, list):
         return {k: v for i, value in enumerate(node) for k, v in _flatten(value, f"{path}[{i}]").items()}
     return {path: node}
 
 
 # The config paths local_cluster.py may rewrite (its rewrites 4-7); anything else must stay as written.
-REWRITABLE = re.compile(r"^(scaling\.redis\.address|agent\.coordinator|databases\[\d+\]\.(endpoint|interval|timeout)"
-                        r"|databases\[\d+\]\.password|scaling\.coordinator\.(heartbeat_interval|node_timeout)"
-                        r"|scaling\.receiver_scaling\.check_interval)$")
+REWRITABLE = re.compile(
+    r"^(scaling\.redis\.address|agent\.coordinator|databases\[\d+\]\.(endpoint|interval|timeout)"
+    r"|databases\[\d+\]\.password|scaling\.coordinator\.(heartbeat_interval|node_timeout)"
+    r"|scaling\.receiver_scaling\.check_interval)$"
+)
 
 
 def test_runner_changes_only_what_one_host_needs(deployed):
@@ -174,13 +207,14 @@ def test_runner_changes_only_what_one_host_needs(deployed):
         changed = {k for k in written.keys() | running.keys() if written.get(k) != running.get(k)}
         assert changed and all(REWRITABLE.match(k) for k in changed), (pod.name, sorted(changed))
         for key in (k for k in changed if k.endswith(".password")):  # only a mounted file's path
-            assert running[key] == "${file:" + str(pod.process.root / "volumes") + written[key][len("${file:"):]
+            assert running[key] == "${file:" + str(pod.process.root / "volumes") + written[key][len("${file:") :]
         # The args as written, with mounted paths under the pod's dir, then the listen overrides.
         args = pod.container["args"]
         argv = pod.process.argv
-        assert Path(argv[0]).name == "dbintel" and argv[1:1 + len(args)] == [
-            str(pod.process.root / "volumes") + a if a.startswith("/etc/") else a for a in args]
-        assert all(re.fullmatch(r"--(grpc|metrics|health)-listen=127\.0\.0\.1:\d+", a) for a in argv[1 + len(args):])
+        assert Path(argv[0]).name == "dbintel" and argv[1 : 1 + len(args)] == [
+            str(pod.process.root / "volumes") + a if a.startswith("/etc/") else a for a in args
+        ]
+        assert all(re.fullmatch(r"--(grpc|metrics|health)-listen=127\.0\.0\.1:\d+", a) for a in argv[1 + len(args) :])
         # The env: the manifest's names and the image's ENV, nothing from the test process.
         manifest_env = {e["name"] for e in pod.container["env"]}
         assert set(pod.process.env) == manifest_env | set(deployed.cluster.image_env) | {"HOSTNAME"}
@@ -203,8 +237,9 @@ def test_pods_form_one_cluster_with_one_leader(deployed):
         agents = {(a.agent_id, a.pod_name, a.state) for a in view.agents}
         assert agents == {(p.name, p.name, types_pb2.AGENT_STATE_ACTIVE) for p in deployed.agents}
         assert len(deployed.agents) == m.find(deployed.objects, "Deployment", "dbintel-agent")["spec"]["replicas"] == 3
-    leader_metric = {pod.name: scrape(pod, "metrics", "/metrics")["dbintel_scaling_leader"][0][1]
-                     for pod in deployed.coordinators}
+    leader_metric = {
+        pod.name: scrape(pod, "metrics", "/metrics")["dbintel_scaling_leader"][0][1] for pod in deployed.coordinators
+    }
     assert leader_metric == {name: 1.0 if name in leaders else 0.0 for name in coordinator_names}
 
 
@@ -221,22 +256,27 @@ def test_every_database_is_assigned_once_and_exported_only_by_its_agent(deployed
     for pod in deployed.coordinators:  # coordinators export no database series
         assert exported_resources(deployed.objects, pod) == set()
     # Every database is reached with the password the Secret gave its reference (env or mounted file).
-    up = {labels[RESOURCE]: value for pod in deployed.agents
-          for labels, value in scrape(pod, "metrics", "/metrics")["dbintel_database_up"]}
-    assert up == {resource: 1.0 for resource in deployed.resources}
+    up = {
+        labels[RESOURCE]: value
+        for pod in deployed.agents
+        for labels, value in scrape(pod, "metrics", "/metrics")["dbintel_database_up"]
+    }
+    assert up == dict.fromkeys(deployed.resources, 1.0)
 
 
 def _run_probe(pod: Pod, probe: dict) -> tuple[bool, str]:
     if "httpGet" in probe:
         get = probe["httpGet"]
-        status, body = http_get(f"http://{LOOPBACK}:{pod.port(get['port'])}{get.get('path', '/')}",
-                                timeout=probe.get("timeoutSeconds", 1))
+        status, body = http_get(
+            f"http://{LOOPBACK}:{pod.port(get['port'])}{get.get('path', '/')}", timeout=probe.get("timeoutSeconds", 1)
+        )
         return 200 <= status < 400, f"HTTP {status} {body[:200]}"
     if "grpc" in probe:
         with grpc.insecure_channel(f"{LOOPBACK}:{pod.port(probe['grpc']['port'])}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", "")),
-                timeout=probe.get("timeoutSeconds", 1))
+                timeout=probe.get("timeoutSeconds", 1),
+            )
         return reply.status == health_pb2.HealthCheckResponse.SERVING, str(reply)
     raise AssertionError(f"{pod.name}: probe kind {sorted(probe)} is not run here")
 
@@ -249,17 +289,39 @@ def test_probes_answer_on_the_declared_ports(deployed):
                 ok, detail = _run_probe(pod, pod.container[kind])
                 assert ok, f"{pod.name} {kind}: {detail}"
                 ran.append((pod.role, kind))
-    assert Counter(ran) == {("coordinator", "livenessProbe"): 2, ("coordinator", "readinessProbe"): 2,
-                            ("agent", "livenessProbe"): 3, ("agent", "readinessProbe"): 3}
+    assert Counter(ran) == {
+        ("coordinator", "livenessProbe"): 2,
+        ("coordinator", "readinessProbe"): 2,
+        ("agent", "livenessProbe"): 3,
+        ("agent", "readinessProbe"): 3,
+    }
 
 
 # -- Prometheus --------------------------------------------------------------------------------------------
 def test_prometheus_scrapes_every_pod_through_its_podmonitor(deployed):
     targets = deployed.prometheus.api("targets", state="active")["activeTargets"]
-    seen = {(t["scrapePool"], t["labels"]["job"], t["labels"]["pod"], t["labels"]["namespace"],
-             t["labels"]["endpoint"], t["health"]) for t in targets}
-    expected = {(f"podMonitor/{NAMESPACE}/dbintel-{p.role}/0", f"{NAMESPACE}/dbintel-{p.role}", p.name, NAMESPACE,
-                 "metrics", "up") for p in deployed.cluster.pods}
+    seen = {
+        (
+            t["scrapePool"],
+            t["labels"]["job"],
+            t["labels"]["pod"],
+            t["labels"]["namespace"],
+            t["labels"]["endpoint"],
+            t["health"],
+        )
+        for t in targets
+    }
+    expected = {
+        (
+            f"podMonitor/{NAMESPACE}/dbintel-{p.role}/0",
+            f"{NAMESPACE}/dbintel-{p.role}",
+            p.name,
+            NAMESPACE,
+            "metrics",
+            "up",
+        )
+        for p in deployed.cluster.pods
+    }
     assert seen == expected
     for target in targets:  # the scrape went to the loopback port standing for the pod's `metrics` port
         pod = next(p for p in deployed.cluster.pods if p.name == target["labels"]["pod"])
@@ -270,13 +332,17 @@ def test_prometheus_scrapes_every_pod_through_its_podmonitor(deployed):
 
 def test_prometheus_gets_every_database_exactly_once(deployed):
     prometheus = deployed.prometheus
-    per_database = {r["metric"][RESOURCE]: float(r["value"][1])
-                    for r in prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")}
-    assert per_database == {resource: 1.0 for resource in deployed.resources}
+    per_database = {
+        r["metric"][RESOURCE]: float(r["value"][1])
+        for r in prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")
+    }
+    assert per_database == dict.fromkeys(deployed.resources, 1.0)
     # Not one series of any metric about a database comes from a second pod.
-    pods_per_database = {r["metric"][RESOURCE]: float(r["value"][1]) for r in prometheus.query(
-        f'count by ({RESOURCE}) (count by ({RESOURCE}, pod) ({{{RESOURCE}!=""}}))')}
-    assert pods_per_database == {resource: 1.0 for resource in deployed.resources}
+    pods_per_database = {
+        r["metric"][RESOURCE]: float(r["value"][1])
+        for r in prometheus.query(f'count by ({RESOURCE}) (count by ({RESOURCE}, pod) ({{{RESOURCE}!=""}}))')
+    }
+    assert pods_per_database == dict.fromkeys(deployed.resources, 1.0)
     owners = {a.resource_id: a.agent_id for a in operator_view(deployed.coordinators[0]).assignments}
     exporters = {r["metric"][RESOURCE]: r["metric"]["pod"] for r in prometheus.query("dbintel_database_up")}
     assert exporters == owners
@@ -307,12 +373,14 @@ def dashboard_panels(dashboard: dict) -> list[dict]:
 
 def substitute(expr: str, variables: set[str]) -> str:
     """Grafana's interpolation, for a test: built-ins to durations, every dashboard variable to `.*`."""
+
     def value(match: re.Match) -> str:
         name = next(g for g in match.groups() if g)
         if name in BUILTIN_VARIABLES:
             return BUILTIN_VARIABLES[name]
         assert name in variables, f"{expr}: ${name} is not a dashboard variable"
         return ".*"
+
     return VARIABLE.sub(value, expr)
 
 
@@ -347,14 +415,28 @@ def test_dashboard_is_well_formed():
 def test_dashboard_covers_scaling_and_each_database_type():
     panels = dashboard_panels(json.loads(DASHBOARD.read_text()))
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
-    for metric in ("dbintel_scaling_leader", "dbintel_scaling_nodes_total", "dbintel_scaling_assignments_total",
-                   "dbintel_scaling_rebalance_total", "dbintel_scaling_moves_total",
-                   "dbintel_scaling_unassigned_resources", "dbintel_scaling_heartbeats_total",
-                   "dbintel_agent_utilization", "dbintel_agent_assigned_databases", "dbintel_agent_poll_errors_total",
-                   "dbintel_agent_poll_duration_seconds_bucket", "dbintel_database_up",
-                   "postgresql_backends", "postgresql_commits_total", "mysql_threads", "mongodb_connection_count",
-                   "mongodb_operation_count_total", "redis_clients_connected", "redis_memory_used_bytes",
-                   "redis_commands_processed_total"):
+    for metric in (
+        "dbintel_scaling_leader",
+        "dbintel_scaling_nodes_total",
+        "dbintel_scaling_assignments_total",
+        "dbintel_scaling_rebalance_total",
+        "dbintel_scaling_moves_total",
+        "dbintel_scaling_unassigned_resources",
+        "dbintel_scaling_heartbeats_total",
+        "dbintel_agent_utilization",
+        "dbintel_agent_assigned_databases",
+        "dbintel_agent_poll_errors_total",
+        "dbintel_agent_poll_duration_seconds_bucket",
+        "dbintel_database_up",
+        "postgresql_backends",
+        "postgresql_commits_total",
+        "mysql_threads",
+        "mongodb_connection_count",
+        "mongodb_operation_count_total",
+        "redis_clients_connected",
+        "redis_memory_used_bytes",
+        "redis_commands_processed_total",
+    ):
         assert re.search(rf"\b{metric}\b", exprs), f"no panel queries {metric}"
 
 

@@ -35,22 +35,37 @@ def podmonitor_errors(objects) -> tuple[int, str]:
     if not package.is_dir():
         pytest.fail(f"{package} is missing: run scripts/install-deps.sh (npm @kubernetes-models/prometheus-operator)")
     monitors = [o for o in objects if o["kind"] == "PodMonitor"]
-    result = subprocess.run(["node", str(PODMONITOR_SCRIPT), str(NPM_MODULES)], input=json.dumps(monitors),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["node", str(PODMONITOR_SCRIPT), str(NPM_MODULES)],
+        input=json.dumps(monitors),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
 def test_kustomization_builds_the_expected_objects(name):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in build(name)}
-    for expected in [("Namespace", "database-intelligence"), ("StatefulSet", "redis"), ("Service", "redis"),
-                     ("ConfigMap", "dbintel-config"), ("Deployment", "dbintel-coordinator"),
-                     ("Service", "dbintel-coordinator"), ("Deployment", "dbintel-agent"),
-                     ("HorizontalPodAutoscaler", "dbintel-coordinator"), ("HorizontalPodAutoscaler", "dbintel-agent"),
-                     ("PodMonitor", "dbintel-coordinator"), ("PodMonitor", "dbintel-agent"),
-                     ("ServiceAccount", "dbintel-coordinator"), ("ServiceAccount", "dbintel-agent"),
-                     ("PodDisruptionBudget", "dbintel-coordinator"), ("PodDisruptionBudget", "dbintel-agent"),
-                     ("Secret", "dbintel-secrets")]:
+    for expected in [
+        ("Namespace", "database-intelligence"),
+        ("StatefulSet", "redis"),
+        ("Service", "redis"),
+        ("ConfigMap", "dbintel-config"),
+        ("Deployment", "dbintel-coordinator"),
+        ("Service", "dbintel-coordinator"),
+        ("Deployment", "dbintel-agent"),
+        ("HorizontalPodAutoscaler", "dbintel-coordinator"),
+        ("HorizontalPodAutoscaler", "dbintel-agent"),
+        ("PodMonitor", "dbintel-coordinator"),
+        ("PodMonitor", "dbintel-agent"),
+        ("ServiceAccount", "dbintel-coordinator"),
+        ("ServiceAccount", "dbintel-agent"),
+        ("PodDisruptionBudget", "dbintel-coordinator"),
+        ("PodDisruptionBudget", "dbintel-agent"),
+        ("Secret", "dbintel-secrets"),
+    ]:
         assert expected in kinds, f"{name}: {expected} missing from the build"
     # No RBAC: the code calls no Kubernetes API.
     assert not [k for k in kinds if k[0] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]

@@ -31,16 +31,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import yaml
 
 from dbintel.v1 import operator_service_pb2 as opb
-from dbintel.v1 import operator_service_pb2_grpc
-from dbintel.v1 import types_pb2
+from dbintel.v1 import operator_service_pb2_grpc, types_pb2
 from tests.e2e.ownership import parse_poll_counters
 from tests.faultproxy import FaultProxy
 from tests.processes import stop_process_group
@@ -82,6 +82,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str, perio
 
 # -- fault proxies on a background event loop ----------------------------------------------------------
 
+
 class ProxyLoop:
     """An event loop in a daemon thread that hosts FaultProxy instances for synchronous tests."""
 
@@ -94,7 +95,7 @@ class ProxyLoop:
     def _call(self, coroutine) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
 
-    def proxy(self, host: str, port: int) -> "Proxy":
+    def proxy(self, host: str, port: int) -> Proxy:
         fault_proxy = FaultProxy(host, port)
         self._call(fault_proxy.start(free_port()))  # below the ephemeral range, like every server
         self._proxies.append(fault_proxy)
@@ -102,8 +103,10 @@ class ProxyLoop:
 
     def run(self, function: Callable[[], Any]) -> Any:
         """Run a plain function on the loop's thread (FaultProxy's switches touch asyncio objects)."""
+
         async def call() -> Any:
             return function()
+
         return self._call(call())
 
     def close(self) -> None:
@@ -136,6 +139,7 @@ class Proxy:
 
 # -- processes ------------------------------------------------------------------------------------------
 
+
 class Process:
     """One `dbintel` subprocess in its own process group, output appended to `log_path`."""
 
@@ -143,12 +147,18 @@ class Process:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
         self.popen: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
-            self.popen = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -229,6 +239,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 # -- the inventory ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Targets:
     """The monitored servers."""
@@ -245,15 +256,17 @@ PASSWORD_ENV = {"postgresql": "E2E_PG_PASSWORD", "mysql": "E2E_MYSQL_PASSWORD", 
 def provision_logical_databases(targets: Targets, count: int) -> None:
     """`count` PostgreSQL databases and `count` MariaDB schemas beside the fixtures' own (idempotent)."""
     existing = {row[0] for row in targets.postgres.execute("SELECT datname FROM pg_database")}
-    statements = "".join(f"CREATE DATABASE e2e_pg_{i:02d};\n" for i in range(count)
-                         if f"e2e_pg_{i:02d}" not in existing)
+    statements = "".join(
+        f"CREATE DATABASE e2e_pg_{i:02d};\n" for i in range(count) if f"e2e_pg_{i:02d}" not in existing
+    )
     if statements:
         targets.postgres.execute(statements)
     targets.mariadb.execute("".join(f"CREATE DATABASE IF NOT EXISTS e2e_my_{i:02d};\n" for i in range(count)))
 
 
-def inventory(targets: Targets, *, per_type: int, interval: float,
-              proxied_postgres: str | None = None) -> list[dict[str, Any]]:
+def inventory(
+    targets: Targets, *, per_type: int, interval: float, proxied_postgres: str | None = None
+) -> list[dict[str, Any]]:
     """The database entries: per_type PostgreSQL, MariaDB and MongoDB entries plus Redis db 0-15.
     `proxied_postgres` (host:port of a FaultProxy) serves one extra PostgreSQL entry, `pg-faulty`."""
     every = f"{interval:g}s"
@@ -263,22 +276,58 @@ def inventory(targets: Targets, *, per_type: int, interval: float,
     pg, my, rd, mg = targets.postgres, targets.mariadb, targets.redis, targets.mongo
     entries: list[dict[str, Any]] = []
     for i in range(per_type):
-        entries.append({"name": f"pg-{i:02d}", "type": "postgresql", "endpoint": pg.address,
-                        "username": pg.monitor_user, "password": f"${{env:{PASSWORD_ENV['postgresql']}}}",
-                        "database": f"e2e_pg_{i:02d}", "interval": every, "timeout": timeout})
-        entries.append({"name": f"my-{i:02d}", "type": "mysql", "endpoint": my.address,
-                        "username": my.monitor_user, "password": f"${{env:{PASSWORD_ENV['mysql']}}}",
-                        "database": f"e2e_my_{i:02d}", "interval": every, "timeout": timeout})
-        entries.append({"name": f"mongo-{i:02d}", "type": "mongodb", "endpoint": mg.address, "interval": every,
-                        "timeout": timeout})
+        entries.append(
+            {
+                "name": f"pg-{i:02d}",
+                "type": "postgresql",
+                "endpoint": pg.address,
+                "username": pg.monitor_user,
+                "password": f"${{env:{PASSWORD_ENV['postgresql']}}}",
+                "database": f"e2e_pg_{i:02d}",
+                "interval": every,
+                "timeout": timeout,
+            }
+        )
+        entries.append(
+            {
+                "name": f"my-{i:02d}",
+                "type": "mysql",
+                "endpoint": my.address,
+                "username": my.monitor_user,
+                "password": f"${{env:{PASSWORD_ENV['mysql']}}}",
+                "database": f"e2e_my_{i:02d}",
+                "interval": every,
+                "timeout": timeout,
+            }
+        )
+        entries.append(
+            {"name": f"mongo-{i:02d}", "type": "mongodb", "endpoint": mg.address, "interval": every, "timeout": timeout}
+        )
     for number in range(16):
-        entries.append({"name": f"redis-{number:02d}", "type": "redis", "endpoint": rd.address,
-                        "password": f"${{env:{PASSWORD_ENV['redis']}}}", "database": str(number),
-                        "interval": every, "timeout": timeout})
+        entries.append(
+            {
+                "name": f"redis-{number:02d}",
+                "type": "redis",
+                "endpoint": rd.address,
+                "password": f"${{env:{PASSWORD_ENV['redis']}}}",
+                "database": str(number),
+                "interval": every,
+                "timeout": timeout,
+            }
+        )
     if proxied_postgres is not None:
-        entries.append({"name": "pg-faulty", "type": "postgresql", "endpoint": proxied_postgres,
-                        "username": pg.monitor_user, "password": f"${{env:{PASSWORD_ENV['postgresql']}}}",
-                        "database": pg.app_database, "interval": every, "timeout": timeout})
+        entries.append(
+            {
+                "name": "pg-faulty",
+                "type": "postgresql",
+                "endpoint": proxied_postgres,
+                "username": pg.monitor_user,
+                "password": f"${{env:{PASSWORD_ENV['postgresql']}}}",
+                "database": pg.app_database,
+                "interval": every,
+                "timeout": timeout,
+            }
+        )
     return entries
 
 
@@ -288,11 +337,20 @@ def resource_id(entry: dict[str, Any]) -> str:
 
 # -- the cluster ------------------------------------------------------------------------------------------
 
+
 class Cluster:
     """State Redis + coordinators + agents; see the module docstring."""
 
-    def __init__(self, root: Path, targets: Targets, *, coordinators: int = 3, agents: int = 3,
-                 per_type: int = 12, timing: Timing = Timing()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        targets: Targets,
+        *,
+        coordinators: int = 3,
+        agents: int = 3,
+        per_type: int = 12,
+        timing: Timing = Timing(),
+    ) -> None:
         self.root = root
         self.targets = targets
         self.timing = timing
@@ -304,12 +362,14 @@ class Cluster:
         self._agent_serial = 0
         self._coordinator_count = coordinators
         self._initial_agents = agents
-        self.env = {**os.environ,
-                    "E2E_STATE_REDIS_PASSWORD": self.state_redis.password,
-                    PASSWORD_ENV["postgresql"]: targets.postgres.monitor_password,
-                    PASSWORD_ENV["mysql"]: targets.mariadb.monitor_password,
-                    PASSWORD_ENV["redis"]: targets.redis.password,
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "E2E_STATE_REDIS_PASSWORD": self.state_redis.password,
+            PASSWORD_ENV["postgresql"]: targets.postgres.monitor_password,
+            PASSWORD_ENV["mysql"]: targets.mariadb.monitor_password,
+            PASSWORD_ENV["redis"]: targets.redis.password,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.env.pop("DBINTEL_CONFIG", None)
         self.redis_proxy: Proxy | None = None  # between the last coordinator and the state Redis
         self.database_proxy: Proxy | None = None  # in front of `pg-faulty`
@@ -318,23 +378,32 @@ class Cluster:
         self._channels: dict[str, grpc.Channel] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_redis.start()
         provision_logical_databases(self.targets, self.per_type)
         self.redis_proxy = self.proxies.proxy(self.state_redis.host, self.state_redis.port)
         pg = self.targets.postgres
         self.database_proxy = self.proxies.proxy(pg.host, pg.port)
-        self.databases = inventory(self.targets, per_type=self.per_type, interval=self.timing.interval,
-                                   proxied_postgres=self.database_proxy.address)
+        self.databases = inventory(
+            self.targets,
+            per_type=self.per_type,
+            interval=self.timing.interval,
+            proxied_postgres=self.database_proxy.address,
+        )
         self.original_databases = list(self.databases)
         for index in range(self._coordinator_count):
             # The last replica reaches Redis through the proxy, so it alone can be cut off.
             via_proxy = index == self._coordinator_count - 1
-            self.coordinators.append(Coordinator(
-                Process(f"coord-{index}", [], self.env, self.root / f"coord-{index}.log"),
-                free_port(), free_port(), free_port(),
-                self.root / (f"config-coord-{index}.yaml" if via_proxy else "config.yaml")))
+            self.coordinators.append(
+                Coordinator(
+                    Process(f"coord-{index}", [], self.env, self.root / f"coord-{index}.log"),
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                    self.root / (f"config-coord-{index}.yaml" if via_proxy else "config.yaml"),
+                )
+            )
         self.write_config()
         for coordinator in self.coordinators:
             self.start_coordinator(coordinator)
@@ -359,12 +428,20 @@ class Cluster:
         return {
             "scaling": {
                 "mode": "redis",
-                "redis": {"address": redis_address, "password": "${env:E2E_STATE_REDIS_PASSWORD}",
-                          "key_prefix": "e2e:", "leader_ttl": f"{t.leader_ttl:g}s"},
-                "coordinator": {"heartbeat_interval": f"{t.heartbeat:g}s", "node_timeout": f"{t.node_timeout:g}s",
-                                # Only membership changes rebalance during a scenario: the periodic cost
-                                # rebalance would make the move counts depend on when a test ran.
-                                "rebalance_interval": "1h", "min_rebalance_interval": "1s"},
+                "redis": {
+                    "address": redis_address,
+                    "password": "${env:E2E_STATE_REDIS_PASSWORD}",
+                    "key_prefix": "e2e:",
+                    "leader_ttl": f"{t.leader_ttl:g}s",
+                },
+                "coordinator": {
+                    "heartbeat_interval": f"{t.heartbeat:g}s",
+                    "node_timeout": f"{t.node_timeout:g}s",
+                    # Only membership changes rebalance during a scenario: the periodic cost
+                    # rebalance would make the move counts depend on when a test ran.
+                    "rebalance_interval": "1h",
+                    "min_rebalance_interval": "1s",
+                },
                 "receiver_scaling": {"check_interval": f"{t.check_interval:g}s"},
             },
             "coordinator": {"config_reload_interval": f"{t.config_reload:g}s"},
@@ -402,13 +479,26 @@ class Cluster:
     # -- coordinators -----------------------------------------------------------------------------------
     def start_coordinator(self, coordinator: Coordinator) -> None:
         coordinator.process.argv = [
-            sys.executable, "-m", "dbintel.cli", "coordinator", "--config", str(coordinator.config_path),
-            "--grpc-listen", coordinator.address, "--metrics-listen", f"127.0.0.1:{coordinator.metrics_port}",
-            "--health-listen", f"127.0.0.1:{coordinator.health_port}"]
+            sys.executable,
+            "-m",
+            "dbintel.cli",
+            "coordinator",
+            "--config",
+            str(coordinator.config_path),
+            "--grpc-listen",
+            coordinator.address,
+            "--metrics-listen",
+            f"127.0.0.1:{coordinator.metrics_port}",
+            "--health-listen",
+            f"127.0.0.1:{coordinator.health_port}",
+        ]
         coordinator.process.env = {**self.env, "POD_NAME": coordinator.name}  # its coordinator id
         coordinator.process.start()
-        wait_until(lambda: http_get(f"http://127.0.0.1:{coordinator.health_port}/")[0] == 200, 30,
-                   f"{coordinator.name} alive\n{coordinator.process.log_tail()}")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{coordinator.health_port}/")[0] == 200,
+            30,
+            f"{coordinator.name} alive\n{coordinator.process.log_tail()}",
+        )
 
     def coordinator(self, name: str) -> Coordinator:
         return next(c for c in self.coordinators if c.name == name)
@@ -448,8 +538,11 @@ class Cluster:
 
     def owners(self) -> dict[str, str]:
         """resource id -> agent, for databases in the ASSIGNED state only."""
-        return {rid: agent for rid, (agent, state) in self.assignments().items()
-                if state == types_pb2.ASSIGNMENT_STATE_ASSIGNED}
+        return {
+            rid: agent
+            for rid, (agent, state) in self.assignments().items()
+            if state == types_pb2.ASSIGNMENT_STATE_ASSIGNED
+        }
 
     def agent_states(self) -> dict[str, str]:
         reply = self.operator().ListAgents(opb.ListAgentsRequest(), timeout=3)
@@ -461,11 +554,25 @@ class Cluster:
             name = f"agent-{self._agent_serial:02d}"
             self._agent_serial += 1
         metrics_port, health_port = free_port(), free_port()
-        process = Process(name, [
-            sys.executable, "-m", "dbintel.cli", "agent", "--config", str(self.agent_config_path),
-            "--coordinator", self.agent_target(), "--metrics-listen", f"127.0.0.1:{metrics_port}",
-            "--health-listen", f"127.0.0.1:{health_port}"],
-            {**self.env, "NODE_ID": name}, self.root / f"{name}.log")
+        process = Process(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "dbintel.cli",
+                "agent",
+                "--config",
+                str(self.agent_config_path),
+                "--coordinator",
+                self.agent_target(),
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+                "--health-listen",
+                f"127.0.0.1:{health_port}",
+            ],
+            {**self.env, "NODE_ID": name},
+            self.root / f"{name}.log",
+        )
         agent = AgentProcess(process, metrics_port, health_port)
         self.agents[name] = agent
         process.start()
@@ -474,8 +581,11 @@ class Cluster:
         return agent
 
     def wait_agent_up(self, agent: AgentProcess) -> None:
-        wait_until(lambda: http_get(f"http://127.0.0.1:{agent.health_port}/")[0] == 200, 30,
-                   f"{agent.name} alive\n{agent.process.log_tail()}")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{agent.health_port}/")[0] == 200,
+            30,
+            f"{agent.name} alive\n{agent.process.log_tail()}",
+        )
 
     def live_agents(self) -> dict[str, AgentProcess]:
         return {name: a for name, a in self.agents.items() if a.process.alive}
@@ -514,8 +624,9 @@ class Cluster:
         assignments = self.assignments()
         if set(assignments) != everything:
             return False
-        if any(state != types_pb2.ASSIGNMENT_STATE_ASSIGNED or agent not in live
-               for agent, state in assignments.values()):
+        if any(
+            state != types_pb2.ASSIGNMENT_STATE_ASSIGNED or agent not in live for agent, state in assignments.values()
+        ):
             return False
         if every_agent_holds and {owner for owner, _ in assignments.values()} != live:
             return False
@@ -527,5 +638,9 @@ class Cluster:
         return True
 
     def wait_converged(self, timeout: float = 30.0, *, every_agent_holds: bool = False) -> None:
-        wait_until(lambda: self.converged(every_agent_holds=every_agent_holds), timeout,
-                   "the cluster to converge (every database on exactly one live agent)", period=0.2)
+        wait_until(
+            lambda: self.converged(every_agent_holds=every_agent_holds),
+            timeout,
+            "the cluster to converge (every database on exactly one live agent)",
+            period=0.2,
+        )

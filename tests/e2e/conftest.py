@@ -20,8 +20,12 @@ BASE_AGENTS = 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, postgres_server, mariadb_server, redis_server, secantus_server) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e-cluster")
-    running = Cluster(root, Targets(postgres_server, mariadb_server, redis_server, secantus_server),
-                      coordinators=3, agents=BASE_AGENTS)
+    running = Cluster(
+        root,
+        Targets(postgres_server, mariadb_server, redis_server, secantus_server),
+        coordinators=3,
+        agents=BASE_AGENTS,
+    )
     try:
         running.start()
         running.wait_converged(timeout=60)
@@ -35,8 +39,10 @@ def cluster(tmp_path_factory, postgres_server, mariadb_server, redis_server, sec
 def sampler(cluster: Cluster) -> Iterator[Sampler]:
     # Every agent the cluster knows, dead ones included until restore() forgets them: a failed scrape
     # tells the checker the agent's series are gone (see ownership.polls_from_observations).
-    running = Sampler(lambda: {name: agent.metrics_url for name, agent in list(cluster.agents.items())},
-                      period=cluster.timing.interval / 4).start()
+    running = Sampler(
+        lambda: {name: agent.metrics_url for name, agent in list(cluster.agents.items())},
+        period=cluster.timing.interval / 4,
+    ).start()
     try:
         yield running
     finally:

@@ -26,10 +26,14 @@ def record(scenario: str, *, title: str, bound: str, figures: dict[str, Any], or
             everything = json.loads(FIGURES_PATH.read_text())
         except (OSError, ValueError):
             everything = {}
-        everything[scenario] = {"title": title, "bound": bound, "order": order,
-                                "figures": {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()},
-                                "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                                "load_average_1m": round(os.getloadavg()[0], 2)}
+        everything[scenario] = {
+            "title": title,
+            "bound": bound,
+            "order": order,
+            "figures": {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()},
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        }
         temporary = FIGURES_PATH.with_suffix(".tmp")
         temporary.write_text(json.dumps(everything, indent=2, sort_keys=True) + "\n")
         temporary.replace(FIGURES_PATH)

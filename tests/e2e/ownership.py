@@ -23,6 +23,7 @@ poll's timestamp is seen; the counters cover the rare late sample.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
 import threading
@@ -30,12 +31,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 _SERIES = re.compile(
-    r'^(dbintel_agent_polls_total|dbintel_agent_last_poll_timestamp_seconds)\{dbintel_resource="([^"]+)"\} (\S+)$',
-    re.M)
+    r'^(dbintel_agent_polls_total|dbintel_agent_last_poll_timestamp_seconds)\{dbintel_resource="([^"]+)"\} (\S+)$', re.M
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,11 @@ def parse_poll_counters(text: str) -> dict[str, tuple[int, float | None]]:
     return {resource: (count, lasts.get(resource)) for resource, count in counts.items()}
 
 
-def polls_from_observations(observations: Iterable[Observation], intervals: Mapping[str, float],
-                            scrapes: Mapping[str, list[float]] | None = None) -> dict[str, list[Poll]]:
+def polls_from_observations(
+    observations: Iterable[Observation],
+    intervals: Mapping[str, float],
+    scrapes: Mapping[str, list[float]] | None = None,
+) -> dict[str, list[Poll]]:
     """Every database's polls, in time order, from the agents' samples (see the module docstring).
 
     `scrapes` (agent -> times it was scraped, a failed scrape included) lets the hand-off blind spot
@@ -162,8 +166,15 @@ def polls_from_observations(observations: Iterable[Observation], intervals: Mapp
     return {resource: sorted(found) for resource, found in polls.items()}
 
 
-def _note_tenure_end(tenure_ends: list, agent_scrapes: list[float], agent: str, resource: str,
-                     last_seen: Observation, next_seen_at: float, interval: float) -> None:
+def _note_tenure_end(
+    tenure_ends: list,
+    agent_scrapes: list[float],
+    agent: str,
+    resource: str,
+    last_seen: Observation,
+    next_seen_at: float,
+    interval: float,
+) -> None:
     """If a scrape of `agent` between `last_seen` and its next sighting of `resource` lacked the
     resource (the tenure ended there), note the slots after the last seen poll that fell in between."""
     position = bisect.bisect_right(agent_scrapes, last_seen.at)
@@ -180,8 +191,15 @@ def _note_tenure_end(tenure_ends: list, agent_scrapes: list[float], agent: str, 
         slot += interval
 
 
-def analyse(polls: Mapping[str, list[Poll]], intervals: Mapping[str, float], expected: Iterable[str],
-            start: float, end: float, *, orphan_after: float = 2.5) -> OwnershipReport:
+def analyse(
+    polls: Mapping[str, list[Poll]],
+    intervals: Mapping[str, float],
+    expected: Iterable[str],
+    start: float,
+    end: float,
+    *,
+    orphan_after: float = 2.5,
+) -> OwnershipReport:
     """Duplicates, gaps and orphans of the databases `expected`, for polls within [start, end].
 
     A gap counts when its later poll lies in the window; its earlier poll may precede the window, so a
@@ -192,7 +210,7 @@ def analyse(polls: Mapping[str, list[Poll]], intervals: Mapping[str, float], exp
         interval = intervals.get(resource, 1.0)
         timeline = [p for p in polls.get(resource, []) if p.at <= end]
         report.polls[resource] = [p for p in timeline if p.at >= start]
-        for before, after in zip(timeline, timeline[1:]):
+        for before, after in itertools.pairwise(timeline):
             if after.at < start:
                 continue
             if before.agent != after.agent and after.at - before.at <= interval / 2:
@@ -207,6 +225,7 @@ def analyse(polls: Mapping[str, list[Poll]], intervals: Mapping[str, float], exp
 
 
 # -- the sampler (I/O) -------------------------------------------------------------------------------
+
 
 def _scrape(url: str, timeout: float) -> str | None:
     try:
@@ -233,7 +252,7 @@ class Sampler:
         self.rounds = 0
         self.late_rounds = 0  # rounds that started later than one period after the previous one
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -259,8 +278,10 @@ class Sampler:
             scraped.append((agent, at))  # a failed scrape also says: nothing polled is on show here now
             if text is None:
                 continue
-            found += [Observation(at, agent, resource, count, last)
-                      for resource, (count, last) in parse_poll_counters(text).items()]
+            found += [
+                Observation(at, agent, resource, count, last)
+                for resource, (count, last) in parse_poll_counters(text).items()
+            ]
         with self._lock:
             self._observations += found
             for agent, at in scraped:
@@ -282,8 +303,9 @@ class Sampler:
         while self.rounds < target and time.monotonic() < deadline:
             time.sleep(self.period / 4)
 
-    def report(self, start: float, end: float, intervals: Mapping[str, float], expected: Iterable[str],
-               **options: float) -> OwnershipReport:
+    def report(
+        self, start: float, end: float, intervals: Mapping[str, float], expected: Iterable[str], **options: float
+    ) -> OwnershipReport:
         wanted = set(expected)
         observations = [o for o in self.observations() if o.resource in wanted]  # less work, less GIL
         polls = polls_from_observations(observations, intervals, self.scrapes())

@@ -43,13 +43,19 @@ def report_between(cluster: Cluster, sampler: Sampler, start: float, end: float)
 def describe(report: OwnershipReport) -> str:
     """What went wrong, with the poll timeline around the worst gap or the first duplicate."""
     worst = report.duplicates[0].first.at if report.duplicates else (report.longest(1)[0].end if report.gaps else None)
-    resource = report.duplicates[0].resource if report.duplicates else (
-        report.longest(1)[0].resource if report.gaps else None)
-    around = [(round(p.at % 1000, 3), p.agent, p.inferred) for p in report.polls.get(resource, [])
-              if worst is not None and abs(p.at - worst) < 5]
-    return (f"duplicates={report.duplicates[:3]} orphans={sorted(report.orphans)[:5]} "
-            f"longest gaps={[(g.resource, round(g.length, 2), g.from_agent, g.to_agent) for g in report.longest(3)]} "
-            f"timeline of {resource} (s mod 1000, agent, inferred)={around}")
+    resource = (
+        report.duplicates[0].resource if report.duplicates else (report.longest(1)[0].resource if report.gaps else None)
+    )
+    around = [
+        (round(p.at % 1000, 3), p.agent, p.inferred)
+        for p in report.polls.get(resource, [])
+        if worst is not None and abs(p.at - worst) < 5
+    ]
+    return (
+        f"duplicates={report.duplicates[:3]} orphans={sorted(report.orphans)[:5]} "
+        f"longest gaps={[(g.resource, round(g.length, 2), g.from_agent, g.to_agent) for g in report.longest(3)]} "
+        f"timeline of {resource} (s mod 1000, agent, inferred)={around}"
+    )
 
 
 def moved(before: dict[str, str], after: dict[str, str]) -> set[str]:
@@ -64,12 +70,14 @@ def wait_for_owners(cluster: Cluster, predicate, timeout: float, message: str) -
         nonlocal found
         found = cluster.owners()
         return predicate(found)
+
     wait_until(check, timeout, message, period=0.02)
     return time.time(), found
 
 
-def first_poll_elsewhere(sampler: Sampler, cluster: Cluster, resources: set[str], victim: str, after: float,
-                         timeout: float) -> dict[str, float]:
+def first_poll_elsewhere(
+    sampler: Sampler, cluster: Cluster, resources: set[str], victim: str, after: float, timeout: float
+) -> dict[str, float]:
     """resource -> wall time of its first poll after `after` by an agent other than `victim`."""
     firsts: dict[str, float] = {}
 
@@ -80,27 +88,39 @@ def first_poll_elsewhere(sampler: Sampler, cluster: Cluster, resources: set[str]
             if polls:
                 firsts[rid] = min(polls)
         return set(firsts) == resources
+
     wait_until(all_seen, timeout, "every moved database polled by its new owner", period=0.25)
     return firsts
 
 
 # -- property 1 at rest ------------------------------------------------------------------------------------
 
+
 def test_quiet_cluster_polls_every_database_exactly_once_on_schedule(healthy_cluster, sampler):
     cluster = healthy_cluster
     start = time.time()
     wait_until(lambda: time.time() - start >= 4 * cluster.timing.interval, 30, "four intervals")
     report = report_between(cluster, sampler, start, time.time())
-    record("quiet", order=1, title="Quiet cluster: exactly one owner (property 1)",
-           bound=f"no duplicate, no orphan, every gap <= interval + {GAP_TOLERANCE} s",
-           figures={"databases": len(cluster.resource_ids()), "agents": len(cluster.live_agents()),
-                    "window_s": time.time() - start, "duplicates": len(report.duplicates),
-                    "orphans": len(report.orphans), "max_gap_s": report.max_gap()})
+    record(
+        "quiet",
+        order=1,
+        title="Quiet cluster: exactly one owner (property 1)",
+        bound=f"no duplicate, no orphan, every gap <= interval + {GAP_TOLERANCE} s",
+        figures={
+            "databases": len(cluster.resource_ids()),
+            "agents": len(cluster.live_agents()),
+            "window_s": time.time() - start,
+            "duplicates": len(report.duplicates),
+            "orphans": len(report.orphans),
+            "max_gap_s": report.max_gap(),
+        },
+    )
     assert not report.duplicates and not report.orphans, describe(report)
     assert report.max_gap() <= cluster.timing.interval + GAP_TOLERANCE, describe(report)
 
 
 # -- property 5: failover -----------------------------------------------------------------------------------
+
 
 def test_agent_sigterm_hands_off_within_a_second_without_gap_or_duplicate(healthy_cluster, sampler):
     cluster = healthy_cluster
@@ -109,19 +129,32 @@ def test_agent_sigterm_hands_off_within_a_second_without_gap_or_duplicate(health
     victims = {rid for rid, agent in before.items() if agent == victim}
     start = time.time()
     cluster.agents[victim].process.signal(signal.SIGTERM)
-    seen, after = wait_for_owners(cluster, lambda o: all(o.get(r) not in (None, victim) for r in victims), 10,
-                                  "the SIGTERMed agent's databases assigned elsewhere")
+    seen, after = wait_for_owners(
+        cluster,
+        lambda o: all(o.get(r) not in (None, victim) for r in victims),
+        10,
+        "the SIGTERMed agent's databases assigned elsewhere",
+    )
     handoff = seen - start
     assert cluster.agents[victim].process.wait(15) == 0, cluster.agents[victim].process.log_tail()
     firsts = first_poll_elsewhere(sampler, cluster, victims, victim, start, 10)
     wait_until(lambda: time.time() - start >= 4 * cluster.timing.interval, 30, "a few intervals after")
     report = report_between(cluster, sampler, start - cluster.timing.interval, time.time())
-    record("agent_sigterm", order=2, title="Agent SIGTERM: graceful hand-off (properties 3, 5)",
-           bound=f"assigned elsewhere < 1 s; no gap > interval + {GAP_TOLERANCE} s; no duplicate",
-           figures={"databases_moved": len(victims), "handoff_s": handoff,
-                    "first_poll_by_new_owner_s": max(firsts.values()) - start,
-                    "max_gap_moved_s": report.max_gap(victims), "max_gap_all_s": report.max_gap(),
-                    "duplicates": len(report.duplicates), "orphans": len(report.orphans)})
+    record(
+        "agent_sigterm",
+        order=2,
+        title="Agent SIGTERM: graceful hand-off (properties 3, 5)",
+        bound=f"assigned elsewhere < 1 s; no gap > interval + {GAP_TOLERANCE} s; no duplicate",
+        figures={
+            "databases_moved": len(victims),
+            "handoff_s": handoff,
+            "first_poll_by_new_owner_s": max(firsts.values()) - start,
+            "max_gap_moved_s": report.max_gap(victims),
+            "max_gap_all_s": report.max_gap(),
+            "duplicates": len(report.duplicates),
+            "orphans": len(report.orphans),
+        },
+    )
     assert moved(before, after) == victims  # only its databases moved
     assert handoff < 1.0
     assert not report.duplicates and not report.orphans, describe(report)
@@ -136,20 +169,35 @@ def test_agent_sigkill_moves_its_databases_within_node_timeout_plus_a_heartbeat(
     victims = {rid for rid, agent in before.items() if agent == victim}
     start = time.time()
     cluster.agents[victim].process.kill()
-    seen, after = wait_for_owners(cluster, lambda o: all(o.get(r) not in (None, victim) for r in victims),
-                                  t.node_timeout + 20, "the killed agent's databases assigned elsewhere")
+    seen, after = wait_for_owners(
+        cluster,
+        lambda o: all(o.get(r) not in (None, victim) for r in victims),
+        t.node_timeout + 20,
+        "the killed agent's databases assigned elsewhere",
+    )
     reassigned = seen - start
     firsts = first_poll_elsewhere(sampler, cluster, victims, victim, start, 15)
     first_poll = max(firsts.values()) - start
     report = report_between(cluster, sampler, start, time.time())
     assign_bound = t.node_timeout + t.heartbeat
     poll_bound = assign_bound + t.interval
-    record("agent_sigkill", order=3, title="Agent SIGKILL: crash failover (property 5)",
-           bound=(f"assigned elsewhere <= node_timeout + heartbeat = {assign_bound:g} s, first poll by the new "
-                  f"owner <= that + one interval = {poll_bound:g} s (each + {SCHEDULING_SLACK:g} s scheduling "
-                  f"slack); only the crashed agent's databases move; no duplicate"),
-           figures={"databases_moved": len(victims), "reassigned_s": reassigned, "first_poll_by_new_owner_s": first_poll,
-                    "max_gap_moved_s": report.max_gap(victims), "duplicates": len(report.duplicates)})
+    record(
+        "agent_sigkill",
+        order=3,
+        title="Agent SIGKILL: crash failover (property 5)",
+        bound=(
+            f"assigned elsewhere <= node_timeout + heartbeat = {assign_bound:g} s, first poll by the new "
+            f"owner <= that + one interval = {poll_bound:g} s (each + {SCHEDULING_SLACK:g} s scheduling "
+            f"slack); only the crashed agent's databases move; no duplicate"
+        ),
+        figures={
+            "databases_moved": len(victims),
+            "reassigned_s": reassigned,
+            "first_poll_by_new_owner_s": first_poll,
+            "max_gap_moved_s": report.max_gap(victims),
+            "duplicates": len(report.duplicates),
+        },
+    )
     assert moved(before, after) == victims
     assert reassigned <= assign_bound + SCHEDULING_SLACK
     assert first_poll <= poll_bound + SCHEDULING_SLACK
@@ -166,8 +214,12 @@ def test_leader_sigkill_elects_a_new_leader_within_leader_ttl_and_reshuffles_not
     assert old_leader is not None
     start = time.time()
     cluster.coordinator(old_leader).process.kill()
-    new_leader = wait_until(lambda: (lambda l: l if l not in (None, old_leader) else None)(cluster.leader()),
-                            t.leader_ttl + 20, "a new leader", period=0.02)
+    new_leader = wait_until(
+        lambda: (lambda leader: leader if leader not in (None, old_leader) else None)(cluster.leader()),
+        t.leader_ttl + 20,
+        "a new leader",
+        period=0.02,
+    )
     elected = time.time() - start
     # Several leader ticks under the new leader: it must keep the placement it found.
     settled = time.time()
@@ -176,12 +228,21 @@ def test_leader_sigkill_elects_a_new_leader_within_leader_ttl_and_reshuffles_not
     states = cluster.agent_states()
     report = report_between(cluster, sampler, start, time.time())
     bound = t.leader_ttl + 0.5  # followers try for the lease twice a second
-    record("leader_sigkill", order=4, title="Leader coordinator SIGKILL (properties 2, 5)",
-           bound=f"new leader <= leader_ttl + 0.5 s lease poll = {bound:g} s (+ {SCHEDULING_SLACK:g} s slack); "
-                 "no assignment changes; no agent expired; no gap, no duplicate",
-           figures={"old_leader": old_leader, "new_leader": new_leader, "new_leader_s": elected,
-                    "assignments_changed": len(moved(before, after)), "max_gap_s": report.max_gap(),
-                    "duplicates": len(report.duplicates)})
+    record(
+        "leader_sigkill",
+        order=4,
+        title="Leader coordinator SIGKILL (properties 2, 5)",
+        bound=f"new leader <= leader_ttl + 0.5 s lease poll = {bound:g} s (+ {SCHEDULING_SLACK:g} s slack); "
+        "no assignment changes; no agent expired; no gap, no duplicate",
+        figures={
+            "old_leader": old_leader,
+            "new_leader": new_leader,
+            "new_leader_s": elected,
+            "assignments_changed": len(moved(before, after)),
+            "max_gap_s": report.max_gap(),
+            "duplicates": len(report.duplicates),
+        },
+    )
     assert elected <= bound + SCHEDULING_SLACK
     assert after == before
     assert all(states.get(agent) == "AGENT_STATE_ACTIVE" for agent in cluster.live_agents()), states
@@ -191,16 +252,23 @@ def test_leader_sigkill_elects_a_new_leader_within_leader_ttl_and_reshuffles_not
 
 # -- property 7: a bad database marks only itself down ------------------------------------------------------
 
+
 def _faulty_state(cluster: Cluster) -> tuple[float | None, dict[str, float]]:
     """(dbintel_database_up, error counters by reason) of pg-faulty on whichever agent holds it."""
     for agent in cluster.live_agents().values():
         _, text = http_get(agent.metrics_url)
-        up = re.search(r'^dbintel_database_up\{dbintel_resource="db:postgresql/pg-faulty",type="postgresql"\} (\S+)$',
-                       text, re.M)
+        up = re.search(
+            r'^dbintel_database_up\{dbintel_resource="db:postgresql/pg-faulty",type="postgresql"\} (\S+)$', text, re.M
+        )
         if up:
-            errors = {m[0]: float(m[1]) for m in re.findall(
-                r'^dbintel_agent_poll_errors_total\{dbintel_resource="db:postgresql/pg-faulty",reason="([^"]+)"\} (\S+)$',
-                text, re.M)}
+            errors = {
+                m[0]: float(m[1])
+                for m in re.findall(
+                    r'^dbintel_agent_poll_errors_total\{dbintel_resource="db:postgresql/pg-faulty",reason="([^"]+)"\} (\S+)$',
+                    text,
+                    re.M,
+                )
+            }
             return float(up.group(1)), errors
     return None, {}
 
@@ -227,27 +295,36 @@ def test_black_holed_or_slow_database_is_down_alone_and_others_keep_schedule(hea
     wait_until(lambda: _faulty_state(cluster)[0] == 1.0, 20, "pg-faulty up again after the fault")
     recovered = time.time() - end
     others_report = sampler.report(start, end, cluster.intervals(), others)
-    record("bad_database", order=5, title="A black-holed, then slow, database (property 7)",
-           bound=f"only it reports up=0 and errors; every other database keeps its schedule "
-                 f"(no gap > interval + {GAP_TOLERANCE} s), no duplicate",
-           figures={"down_after_s": down_after, "timeout_errors": errors.get("timeout", 0.0),
-                    "max_gap_others_s": others_report.max_gap(), "duplicates": len(report.duplicates),
-                    "recovered_after_s": recovered})
+    record(
+        "bad_database",
+        order=5,
+        title="A black-holed, then slow, database (property 7)",
+        bound=f"only it reports up=0 and errors; every other database keeps its schedule "
+        f"(no gap > interval + {GAP_TOLERANCE} s), no duplicate",
+        figures={
+            "down_after_s": down_after,
+            "timeout_errors": errors.get("timeout", 0.0),
+            "max_gap_others_s": others_report.max_gap(),
+            "duplicates": len(report.duplicates),
+            "recovered_after_s": recovered,
+        },
+    )
     assert errors.get("timeout", 0) >= 2, errors
     assert not report.duplicates, describe(report)
-    assert not others_report.orphans and others_report.max_gap() <= cluster.timing.interval + GAP_TOLERANCE, \
-        describe(others_report)
+    assert not others_report.orphans and others_report.max_gap() <= cluster.timing.interval + GAP_TOLERANCE, describe(
+        others_report
+    )
     assert faulty not in report.orphans  # still polled (and timing out) on its schedule
 
 
 # -- property 6: Redis trouble ---------------------------------------------------------------------------------
 
+
 def _expired_or_left(cluster: Cluster) -> dict[str, str]:
     return {a: s for a, s in cluster.agent_states().items() if s != "AGENT_STATE_ACTIVE" and a in cluster.agents}
 
 
-def _redis_fault(cluster: Cluster, sampler: Sampler, scenario: str, order: int, title: str, fault,
-                 outage: str) -> None:
+def _redis_fault(cluster: Cluster, sampler: Sampler, scenario: str, order: int, title: str, fault, outage: str) -> None:
     """Apply `fault` to the state Redis; then: converged, nobody expired, and the checker saw no gap,
     no duplicate, no orphan from the fault until convergence. How many databases the re-placement
     moved is recorded: the design promises re-registration, not the old placement."""
@@ -262,13 +339,23 @@ def _redis_fault(cluster: Cluster, sampler: Sampler, scenario: str, order: int, 
     not_active = _expired_or_left(cluster)
     end = time.time()
     report = report_between(cluster, sampler, start, end)
-    record(scenario, order=order, title=title,
-           bound=f"nobody expired; polling continues (no gap > interval + {GAP_TOLERANCE} s, no duplicate, no "
-                 "orphan); converged afterwards, no operator step (databases moved: recorded, not bounded)",
-           figures={"outage": outage, "converged_after_s": converged, "assignments_changed": len(moved(before, after)),
-                    "agents_not_active": len(not_active), "max_gap_s": report.max_gap(),
-                    "duplicates": len(report.duplicates), "orphans": len(report.orphans),
-                    "window_s": end - start})
+    record(
+        scenario,
+        order=order,
+        title=title,
+        bound=f"nobody expired; polling continues (no gap > interval + {GAP_TOLERANCE} s, no duplicate, no "
+        "orphan); converged afterwards, no operator step (databases moved: recorded, not bounded)",
+        figures={
+            "outage": outage,
+            "converged_after_s": converged,
+            "assignments_changed": len(moved(before, after)),
+            "agents_not_active": len(not_active),
+            "max_gap_s": report.max_gap(),
+            "duplicates": len(report.duplicates),
+            "orphans": len(report.orphans),
+            "window_s": end - start,
+        },
+    )
     assert not not_active, not_active
     assert not report.duplicates and not report.orphans, describe(report)
     assert report.max_gap() <= t.interval + GAP_TOLERANCE, describe(report)
@@ -276,8 +363,15 @@ def _redis_fault(cluster: Cluster, sampler: Sampler, scenario: str, order: int, 
 
 def test_redis_restart_loses_nobody(healthy_cluster, sampler):
     # The state Redis keeps nothing on disk: a restart is also a loss of every key.
-    _redis_fault(healthy_cluster, sampler, "redis_restart", 6, "State Redis restarted, data lost (property 6)",
-                 healthy_cluster.state_redis.restart, "restart (stop + start, no persistence)")
+    _redis_fault(
+        healthy_cluster,
+        sampler,
+        "redis_restart",
+        6,
+        "State Redis restarted, data lost (property 6)",
+        healthy_cluster.state_redis.restart,
+        "restart (stop + start, no persistence)",
+    )
 
 
 def test_redis_down_for_twice_node_timeout_expires_nobody(healthy_cluster, sampler):
@@ -290,14 +384,29 @@ def test_redis_down_for_twice_node_timeout_expires_nobody(healthy_cluster, sampl
         # The outage itself is the scenario; the checker watches the agents poll through it.
         wait_until(lambda: time.time() - stopped >= outage, outage + 10, "the outage to last")
         cluster.state_redis.start()
-    _redis_fault(cluster, sampler, "redis_down", 7, "State Redis down for 2 x node_timeout (property 6)",
-                 down_then_up, f"down {outage:g} s, back without its data")
+
+    _redis_fault(
+        cluster,
+        sampler,
+        "redis_down",
+        7,
+        "State Redis down for 2 x node_timeout (property 6)",
+        down_then_up,
+        f"down {outage:g} s, back without its data",
+    )
 
 
 def test_redis_flushall_is_repaired_by_reregistration(healthy_cluster, sampler):
     cluster = healthy_cluster
-    _redis_fault(cluster, sampler, "redis_flushall", 8, "State Redis FLUSHALL (property 6)",
-                 lambda: cluster.state_redis.client().flushall(), "FLUSHALL")
+    _redis_fault(
+        cluster,
+        sampler,
+        "redis_flushall",
+        8,
+        "State Redis FLUSHALL (property 6)",
+        lambda: cluster.state_redis.client().flushall(),
+        "FLUSHALL",
+    )
 
 
 def test_coordinator_cut_off_from_redis_never_makes_two_owners(healthy_cluster, sampler):
@@ -309,8 +418,11 @@ def test_coordinator_cut_off_from_redis_never_makes_two_owners(healthy_cluster, 
     before = cluster.owners()
     start = time.time()
     proxy.blackhole()
-    wait_until(lambda: time.time() - start >= 2 * t.node_timeout + 2 * t.heartbeat, 60,
-               "the partition to outlast node_timeout twice")
+    wait_until(
+        lambda: time.time() - start >= 2 * t.node_timeout + 2 * t.heartbeat,
+        60,
+        "the partition to outlast node_timeout twice",
+    )
     during = time.time()
     report = report_between(cluster, sampler, start, during)
     converged_during = cluster.converged()
@@ -319,17 +431,28 @@ def test_coordinator_cut_off_from_redis_never_makes_two_owners(healthy_cluster, 
     healed = time.time()
     after = cluster.owners()
     whole = report_between(cluster, sampler, start, healed)
-    record("coordinator_cut_off", order=9, title="One coordinator cut off from Redis (properties 1, 2)",
-           bound="exactly one owner per database throughout (no duplicate, no orphan); converged after",
-           figures={"replica": cut.name, "partition_s": during - start, "duplicates": len(whole.duplicates),
-                    "orphans_during": len(report.orphans), "converged_during_partition": converged_during,
-                    "assignments_changed": len(moved(before, after)), "max_gap_s": whole.max_gap(),
-                    "converged_after_heal_s": healed - during})
+    record(
+        "coordinator_cut_off",
+        order=9,
+        title="One coordinator cut off from Redis (properties 1, 2)",
+        bound="exactly one owner per database throughout (no duplicate, no orphan); converged after",
+        figures={
+            "replica": cut.name,
+            "partition_s": during - start,
+            "duplicates": len(whole.duplicates),
+            "orphans_during": len(report.orphans),
+            "converged_during_partition": converged_during,
+            "assignments_changed": len(moved(before, after)),
+            "max_gap_s": whole.max_gap(),
+            "converged_after_heal_s": healed - during,
+        },
+    )
     assert not whole.duplicates, describe(whole)
     assert not report.orphans, describe(report)
 
 
 # -- property 4: scaling -------------------------------------------------------------------------------------
+
 
 def _join_bound(before: dict[str, str], agents: list[str], newcomers: int) -> int:
     """The engine's stated factor (engine/assignment.py): a join moves at most
@@ -372,8 +495,12 @@ def test_scale_out_to_ten_and_back_one_at_a_time_and_all_at_once(healthy_cluster
         started = time.time()
         for name in names:
             cluster.agents[name].process.signal(signal.SIGTERM)
-        seen, _ = wait_for_owners(cluster, lambda o: all(o.get(r) not in (None, *names) for r in leaving), 20,
-                                  "the leavers' databases assigned elsewhere")
+        seen, _ = wait_for_owners(
+            cluster,
+            lambda o: all(o.get(r) not in (None, *names) for r in leaving),
+            20,
+            "the leavers' databases assigned elsewhere",
+        )
         handoffs.append(seen - started)
         for name in names:
             cluster.agents[name].process.wait(15)
@@ -393,26 +520,35 @@ def test_scale_out_to_ten_and_back_one_at_a_time_and_all_at_once(healthy_cluster
     end = time.time()
     report = report_between(cluster, sampler, start, end)
     after_handoffs = [report_between(cluster, sampler, a, b) for a, b in quiet_windows]
-    record("scale", order=10, title="Scale 3 -> 10 agents and back, one at a time and all at once (property 4)",
-           bound="after each hand-off (1.5 intervals once converged) no duplicate, no orphan; a leave moves "
-                 "exactly the leavers' databases; a join moves at most 2 x (equal-cost minimum + newcomers) "
-                 "(engine/assignment.py's stated factor); duplicates during the hand-offs, gaps and hand-off "
-                 "times recorded, not bounded (the SIGTERM scenario bounds a single hand-off)",
-           figures={"joins (newcomers, moves, bound)": joins, "leaves (leavers, moves, their databases)": leaves,
-                    "leave_handoff_s (SIGTERM to all assigned elsewhere)": [round(h, 2) for h in handoffs],
-                    "duplicates_after_handoffs": sum(len(r.duplicates) for r in after_handoffs),
-                    "orphans_after_handoffs": sum(len(r.orphans) for r in after_handoffs),
-                    "duplicates_during_handoffs (double samples)": len(report.duplicates),
-                    "max_gap_s": report.max_gap(), "window_s": end - start})
+    record(
+        "scale",
+        order=10,
+        title="Scale 3 -> 10 agents and back, one at a time and all at once (property 4)",
+        bound="after each hand-off (1.5 intervals once converged) no duplicate, no orphan; a leave moves "
+        "exactly the leavers' databases; a join moves at most 2 x (equal-cost minimum + newcomers) "
+        "(engine/assignment.py's stated factor); duplicates during the hand-offs, gaps and hand-off "
+        "times recorded, not bounded (the SIGTERM scenario bounds a single hand-off)",
+        figures={
+            "joins (newcomers, moves, bound)": joins,
+            "leaves (leavers, moves, their databases)": leaves,
+            "leave_handoff_s (SIGTERM to all assigned elsewhere)": [round(h, 2) for h in handoffs],
+            "duplicates_after_handoffs": sum(len(r.duplicates) for r in after_handoffs),
+            "orphans_after_handoffs": sum(len(r.orphans) for r in after_handoffs),
+            "duplicates_during_handoffs (double samples)": len(report.duplicates),
+            "max_gap_s": report.max_gap(),
+            "window_s": end - start,
+        },
+    )
     for quiet in after_handoffs:
         assert not quiet.duplicates and not quiet.orphans, describe(quiet)
-    for count, moves, bound in joins:
+    for _count, moves, bound in joins:
         assert moves <= bound, joins
-    for count, moves, theirs in leaves:
+    for _count, moves, theirs in leaves:
         assert moves == theirs, leaves
 
 
 # -- inventory reload -------------------------------------------------------------------------------------------
+
 
 def test_inventory_reload_adds_and_removes_databases(healthy_cluster, sampler):
     cluster = healthy_cluster
@@ -431,11 +567,20 @@ def test_inventory_reload_adds_and_removes_databases(healthy_cluster, sampler):
     wait_until(lambda: time.time() - settle >= 3 * cluster.timing.interval, 30, "three intervals")
     report = report_between(cluster, sampler, settle, time.time())
     still_polled = {rid for rid in removed if report.pollers(rid, settle, time.time())}
-    record("inventory_reload", order=11, title="Inventory reload: 3 databases added, 3 removed",
-           bound="the new ones listed, assigned and polled by exactly one agent; the removed ones unlisted and "
-                 f"polled by nobody (config_reload_interval {cluster.timing.config_reload:g} s; time recorded)",
-           figures={"converged_after_s": converged, "duplicates": len(report.duplicates),
-                    "removed_still_polled": len(still_polled), "added": len(added), "removed": len(removed)})
+    record(
+        "inventory_reload",
+        order=11,
+        title="Inventory reload: 3 databases added, 3 removed",
+        bound="the new ones listed, assigned and polled by exactly one agent; the removed ones unlisted and "
+        f"polled by nobody (config_reload_interval {cluster.timing.config_reload:g} s; time recorded)",
+        figures={
+            "converged_after_s": converged,
+            "duplicates": len(report.duplicates),
+            "removed_still_polled": len(still_polled),
+            "added": len(added),
+            "removed": len(removed),
+        },
+    )
     assert added <= listed and not removed & listed
     assert not still_polled
     assert not report.duplicates and not report.orphans, describe(report)

@@ -57,17 +57,20 @@ def _value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value)}"
     if isinstance(value, list):
-        return ", ".join("(" + ", ".join(_value(v) for v in item) + ")" if isinstance(item, list) else _value(item)
-                         for item in value)
+        return ", ".join(
+            "(" + ", ".join(_value(v) for v in item) + ")" if isinstance(item, list) else _value(item) for item in value
+        )
     return str(value)
 
 
 def render_section(entry: dict) -> str:
     rows = "\n".join(f"| {name} | {_value(value)} |" for name, value in sorted(entry["figures"].items()))
-    return (f"## E2E: {entry['title']}\n\n"
-            f"**Bound asserted:** {entry['bound']}.\n\n"
-            f"Measured {entry['measured_at']} (load average {entry['load_average_1m']}), `{COMMAND}`:\n\n"
-            f"| figure | measured |\n|---|---|\n{rows}\n")
+    return (
+        f"## E2E: {entry['title']}\n\n"
+        f"**Bound asserted:** {entry['bound']}.\n\n"
+        f"Measured {entry['measured_at']} (load average {entry['load_average_1m']}), `{COMMAND}`:\n\n"
+        f"| figure | measured |\n|---|---|\n{rows}\n"
+    )
 
 
 def write_section(text: str, heading: str, document: str) -> str:

@@ -73,10 +73,13 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
     def push(self, pushed: types_pb2.Assignment) -> None:
         """Push an assignment as is (even a stale one), as a replica with old state might."""
         for outbox in self._outboxes:
-            outbox.put_nowait(pb.HeartbeatResponse(assignment=pushed, coordinator_id="scripted", leader_epoch=1,
-                                                   degraded=self.degraded))
+            outbox.put_nowait(
+                pb.HeartbeatResponse(
+                    assignment=pushed, coordinator_id="scripted", leader_epoch=1, degraded=self.degraded
+                )
+            )
 
-    async def Heartbeat(self, request_iterator, context):  # noqa: N802 - gRPC method name
+    async def Heartbeat(self, request_iterator, context):
         if self.refuse_streams:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: streams refused")
         outbox: asyncio.Queue = asyncio.Queue()
@@ -103,7 +106,7 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
             self._outboxes.discard(outbox)
             task.cancel()
 
-    async def GetAssignments(self, request, context):  # noqa: N802
+    async def GetAssignments(self, request, context):
         self.get_assignments_calls += 1
         if self.refuse_get_assignments:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: GetAssignments refused")
@@ -112,7 +115,7 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
             reply.assignment.CopyFrom(self.assignment)
         return reply
 
-    async def Leave(self, request, context):  # noqa: N802
+    async def Leave(self, request, context):
         self.events.append(("leave", request))
         return pb.LeaveResponse(released_resources=len(self.assignment.resources) if self.assignment else 0)
 
@@ -158,11 +161,19 @@ async def coordinator() -> AsyncIterator[CoordinatorServer]:
     await server.stop()
 
 
-def config_text(redis: RedisServer, *, heartbeat: str = "30s", node_timeout: str = "90s",
-                on_loss: str = "keep", names: tuple[str, ...] = ("a", "b", "c")) -> str:
+def config_text(
+    redis: RedisServer,
+    *,
+    heartbeat: str = "30s",
+    node_timeout: str = "90s",
+    on_loss: str = "keep",
+    names: tuple[str, ...] = ("a", "b", "c"),
+) -> str:
     databases = "\n".join(
         f"  - {{name: {n}, type: redis, endpoint: '{redis.address}', password: '${{env:LINK_REDIS_PW}}', "
-        f"database: '{DB_NUMBERS[n]}', interval: 1s, labels: {{team: t{n}}}}}" for n in names)
+        f"database: '{DB_NUMBERS[n]}', interval: 1s, labels: {{team: t{n}}}}}"
+        for n in names
+    )
     return f"""
 scaling:
   coordinator: {{heartbeat_interval: {heartbeat}, node_timeout: {node_timeout}}}
@@ -180,8 +191,14 @@ async def make_agent(redis_server: RedisServer, monkeypatch) -> AsyncIterator[Ca
 
     def make(coordinator: CoordinatorServer, config_path: str | None = None, **options) -> Agent:
         config = load_config(config_path) if config_path else parse_config(config_text(redis_server, **options))
-        agent = Agent(config, agent_id=AGENT_ID, coordinator=coordinator.address, metrics_listen="127.0.0.1:0",
-                      health_listen="127.0.0.1:0", config_path=config_path)
+        agent = Agent(
+            config,
+            agent_id=AGENT_ID,
+            coordinator=coordinator.address,
+            metrics_listen="127.0.0.1:0",
+            health_listen="127.0.0.1:0",
+            config_path=config_path,
+        )
         agents.append(agent)
         return agent
 
@@ -215,6 +232,7 @@ async def scrape(agent: Agent) -> str:
     def get() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5) as response:
             return response.read().decode()
+
     return await asyncio.to_thread(get)
 
 
@@ -225,14 +243,16 @@ async def ready_status(agent: Agent) -> int:
                 return response.status
         except urllib.error.HTTPError as exc:
             return exc.code
+
     return await asyncio.to_thread(get)  # the health endpoint is served on this very loop
 
 
 def agent_connections(redis: RedisServer, name: str) -> list[dict]:
     """The agent's connections to one database (its Redis db number)."""
     with redis.client() as client:
-        return [c for c in client.client_list()
-                if c.get("name") == "dbintel-agent" and c.get("db") == str(DB_NUMBERS[name])]
+        return [
+            c for c in client.client_list() if c.get("name") == "dbintel-agent" and c.get("db") == str(DB_NUMBERS[name])
+        ]
 
 
 def series_resources(text: str, family: str) -> set[str]:
@@ -267,8 +287,9 @@ async def test_nothing_is_polled_before_an_assignment_and_the_ack_is_immediate(c
 
     servicer.assign(5, {"a": None, "b": None})
     # The heartbeat interval is 30s: an acknowledgment within seconds can only be the immediate one.
-    await eventually(lambda: any(r.applied_assignment_epoch == 5 for r in servicer.heartbeats), timeout=5,
-                     what="acknowledgment")
+    await eventually(
+        lambda: any(r.applied_assignment_epoch == 5 for r in servicer.heartbeats), timeout=5, what="acknowledgment"
+    )
     ack = next(r for r in servicer.heartbeats if r.applied_assignment_epoch == 5)
     assert {s.resource_id for s in ack.current} == {"db:redis/a", "db:redis/b"}
     assert len(servicer.heartbeats) == 2  # registration, then the acknowledgment; nothing in between
@@ -284,7 +305,8 @@ async def test_nothing_is_polled_before_an_assignment_and_the_ack_is_immediate(c
 
 
 async def test_stale_epochs_are_ignored_and_a_revoke_drops_the_series_and_the_connection(
-        coordinator, running, redis_server):
+    coordinator, running, redis_server
+):
     servicer = coordinator.servicer
     servicer.assign(5, {"a": None, "b": None})
     agent = await running(coordinator)
@@ -361,7 +383,8 @@ async def test_get_assignments_is_the_fallback_while_the_stream_is_down(coordina
 
 
 async def test_on_coordinator_loss_stop_stops_polling_after_node_timeout_and_resumes(
-        coordinator, running, redis_server):
+    coordinator, running, redis_server
+):
     servicer = coordinator.servicer
     servicer.assign(5, {"a": None})
     agent = await running(coordinator, heartbeat="200ms", node_timeout="1s", on_loss="stop")
@@ -417,7 +440,8 @@ async def test_a_degraded_coordinator_leaves_the_assignment_in_place(coordinator
 
 
 async def test_shutdown_reports_last_poll_times_then_leaves_and_closes_everything(
-        coordinator, make_agent, redis_server):
+    coordinator, make_agent, redis_server
+):
     servicer = coordinator.servicer
     servicer.assign(5, {"a": None, "b": None})
     agent = make_agent(coordinator)
@@ -490,7 +514,7 @@ async def test_sigterm_drains_the_agent_with_leave(coordinator, make_agent):
 def test_reconnect_backoff_is_exponential_with_full_jitter():
     rng = random.Random(7)
     for attempt in range(12):
-        ceiling = min(BACKOFF_CAP, BACKOFF_INITIAL * 2 ** attempt)
+        ceiling = min(BACKOFF_CAP, BACKOFF_INITIAL * 2**attempt)
         delays = [backoff_delay(attempt, rng) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread over the whole range

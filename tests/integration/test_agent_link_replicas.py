@@ -41,7 +41,7 @@ class Replica(pb_grpc.AgentServiceServicer):
     def heartbeats(self) -> int:
         return sum(1 for kind, _ in self.events if kind == "heartbeat")
 
-    async def Heartbeat(self, request_iterator, context):  # noqa: N802 - gRPC method name
+    async def Heartbeat(self, request_iterator, context):
         self.streams += 1
         async for request in request_iterator:
             self.events.append(("heartbeat", time.monotonic()))
@@ -53,10 +53,10 @@ class Replica(pb_grpc.AgentServiceServicer):
                 response.assignment.CopyFrom(self.assignment)
             yield response
 
-    async def GetAssignments(self, request, context):  # noqa: N802
+    async def GetAssignments(self, request, context):
         return pb.GetAssignmentsResponse(degraded=self.degraded, assignment=self.assignment)
 
-    async def Leave(self, request, context):  # noqa: N802
+    async def Leave(self, request, context):
         self.events.append(("leave", time.monotonic()))
         return pb.LeaveResponse(released_resources=1)
 
@@ -83,8 +83,9 @@ async def agents(redis_server: RedisServer, monkeypatch) -> AsyncIterator[list[A
 async def start_agent(agents: list[Agent], redis: RedisServer, replicas: list[Replica], **options) -> Agent:
     config = parse_config(config_text(redis, names=("a",), **options))
     target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
-    agent = Agent(config, agent_id=AGENT_ID, coordinator=target, metrics_listen="127.0.0.1:0",
-                  health_listen="127.0.0.1:0")
+    agent = Agent(
+        config, agent_id=AGENT_ID, coordinator=target, metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0"
+    )
     agents.append(agent)
     await agent.start()
     return agent
@@ -110,8 +111,7 @@ async def test_a_replica_that_cannot_reach_its_store_is_left_for_one_that_can(ag
         await healthy.stop()
 
 
-async def test_when_every_replica_is_degraded_the_agent_keeps_its_assignment_and_moves_on_seldom(agents,
-                                                                                               redis_server):
+async def test_when_every_replica_is_degraded_the_agent_keeps_its_assignment_and_moves_on_seldom(agents, redis_server):
     first, second = Replica("one"), Replica("two")
     await first.start()
     await second.start()

@@ -24,9 +24,9 @@ class Receiver(otlp_grpc.MetricsServiceServicer):
         self.exports: list[otlp_pb.ExportMetricsServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
 
-    async def Export(self, request, context):  # noqa: N802 - gRPC method name
+    async def Export(self, request, context):
         self.exports.append(request)
-        self.metadata.append({k: v for k, v in context.invocation_metadata()})
+        self.metadata.append(dict(context.invocation_metadata()))
         return otlp_pb.ExportMetricsServiceResponse()
 
 
@@ -56,12 +56,17 @@ def points(exports: list[otlp_pb.ExportMetricsServiceRequest]) -> list[dict]:
                     kind = metric.WhichOneof("data")
                     data = getattr(metric, kind)
                     for point in data.data_points:
-                        found.append({
-                            "name": metric.name, "kind": kind, "unit": metric.unit,
-                            "monotonic": getattr(data, "is_monotonic", None),
-                            "value": getattr(point, point.WhichOneof("value")),
-                            "attributes": {a.key: _value(a.value) for a in point.attributes},
-                            "resource": resource})
+                        found.append(
+                            {
+                                "name": metric.name,
+                                "kind": kind,
+                                "unit": metric.unit,
+                                "monotonic": getattr(data, "is_monotonic", None),
+                                "value": getattr(point, point.WhichOneof("value")),
+                                "attributes": {a.key: _value(a.value) for a in point.attributes},
+                                "resource": resource,
+                            }
+                        )
     return found
 
 
@@ -88,10 +93,15 @@ async def eventually(condition, timeout: float = 15.0, what: str = "condition") 
 async def test_database_metrics_arrive_over_otlp_with_their_resource_attribute(receiver, redis_server, monkeypatch):
     state, port = receiver
     monkeypatch.setenv("OTLP_REDIS_PW", redis_server.password)
-    agent = Agent(parse_config(agent_config(redis_server, port, "300ms")), agent_id="otlp-agent",
-                  metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    agent = Agent(
+        parse_config(agent_config(redis_server, port, "300ms")),
+        agent_id="otlp-agent",
+        metrics_listen="127.0.0.1:0",
+        health_listen="127.0.0.1:0",
+    )
     await agent.start()
     try:
+
         def memory_points() -> list[dict]:
             return [p for p in points(state.exports) if p["name"] == "redis.memory.used"]
 
@@ -118,8 +128,12 @@ async def test_database_metrics_arrive_over_otlp_with_their_resource_attribute(r
 async def test_shutdown_flushes_the_last_snapshots(receiver, redis_server, monkeypatch):
     state, port = receiver
     monkeypatch.setenv("OTLP_REDIS_PW", redis_server.password)
-    agent = Agent(parse_config(agent_config(redis_server, port, "1h")), agent_id="otlp-agent",
-                  metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    agent = Agent(
+        parse_config(agent_config(redis_server, port, "1h")),
+        agent_id="otlp-agent",
+        metrics_listen="127.0.0.1:0",
+        health_listen="127.0.0.1:0",
+    )
     await agent.start()
     await eventually(lambda: any(s.polled for s in agent.scheduler.snapshots().values()), what="first poll")
     assert state.exports == []  # the interval is an hour: nothing is due yet

@@ -6,6 +6,7 @@ the collector registry (dbintel.agent.collectors.<type>.COLLECTOR)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import urllib.request
@@ -38,18 +39,24 @@ async def proxy_factory() -> AsyncIterator:
 
 
 def redis_entry(name: str, endpoint: str, db: int) -> str:
-    return (f"  - {{name: {name}, type: redis, endpoint: '{endpoint}', password: '${{env:POLL_REDIS_PW}}', "
-            f"database: '{db}', interval: 1s, timeout: 400ms}}")
+    return (
+        f"  - {{name: {name}, type: redis, endpoint: '{endpoint}', password: '${{env:POLL_REDIS_PW}}', "
+        f"database: '{db}', interval: 1s, timeout: 400ms}}"
+    )
 
 
 def postgres_entry(name: str, endpoint: str, pg: PostgresServer) -> str:
-    return (f"  - {{name: {name}, type: postgresql, endpoint: '{endpoint}', username: {pg.monitor_user}, "
-            f"password: '${{env:POLL_PG_PW}}', database: {pg.app_database}, interval: 1s, timeout: 800ms}}")
+    return (
+        f"  - {{name: {name}, type: postgresql, endpoint: '{endpoint}', username: {pg.monitor_user}, "
+        f"password: '${{env:POLL_PG_PW}}', database: {pg.app_database}, interval: 1s, timeout: 800ms}}"
+    )
 
 
 async def start_agent(*entries: str) -> Agent:
-    config = parse_config("scaling: {receiver_scaling: {ignore_assignments: true}}\n"
-                          "agent: {shutdown_grace: 5s}\ndatabases:\n" + "\n".join(entries) + "\n")
+    config = parse_config(
+        "scaling: {receiver_scaling: {ignore_assignments: true}}\n"
+        "agent: {shutdown_grace: 5s}\ndatabases:\n" + "\n".join(entries) + "\n"
+    )
     agent = Agent(config, agent_id="polling-agent", metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
     await agent.start()
     return agent
@@ -84,6 +91,7 @@ async def scrape(agent: Agent) -> str:
     def get() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5) as response:
             return response.read().decode()
+
     return await asyncio.to_thread(get)
 
 
@@ -94,17 +102,19 @@ def has_series(text: str, family: str, resource_id: str) -> bool:
 def assert_on_schedule(polls: list, interval: float) -> None:
     """Consecutive polls one interval apart: none delayed, none skipped, none doubled."""
     starts = [p.last_poll_time for p in polls]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps and all(abs(gap - interval) < 0.25 for gap in gaps), gaps
 
 
 async def test_a_black_holed_redis_marks_only_itself_down_while_postgresql_keeps_its_schedule(
-        redis_server: RedisServer, postgres_server: PostgresServer, proxy_factory, monkeypatch):
+    redis_server: RedisServer, postgres_server: PostgresServer, proxy_factory, monkeypatch
+):
     monkeypatch.setenv("POLL_REDIS_PW", redis_server.password)
     monkeypatch.setenv("POLL_PG_PW", postgres_server.monitor_password)
     proxy = await proxy_factory(redis_server.host, redis_server.port)
-    agent = await start_agent(redis_entry("cache", proxy.address, 3),
-                              postgres_entry("orders", postgres_server.address, postgres_server))
+    agent = await start_agent(
+        redis_entry("cache", proxy.address, 3), postgres_entry("orders", postgres_server.address, postgres_server)
+    )
     cache, orders = "db:redis/cache", "db:postgresql/orders"
     try:
         await eventually(lambda: snapshot(agent, cache).up and snapshot(agent, orders).up, what="both up", agent=agent)
@@ -132,12 +142,14 @@ async def test_a_black_holed_redis_marks_only_itself_down_while_postgresql_keeps
 
 
 async def test_a_black_holed_postgresql_marks_only_itself_down_and_recovers(
-        redis_server: RedisServer, postgres_server: PostgresServer, proxy_factory, monkeypatch):
+    redis_server: RedisServer, postgres_server: PostgresServer, proxy_factory, monkeypatch
+):
     monkeypatch.setenv("POLL_REDIS_PW", redis_server.password)
     monkeypatch.setenv("POLL_PG_PW", postgres_server.monitor_password)
     proxy = await proxy_factory(postgres_server.host, postgres_server.port)
-    agent = await start_agent(postgres_entry("orders", proxy.address, postgres_server),
-                              redis_entry("cache", redis_server.address, 4))
+    agent = await start_agent(
+        postgres_entry("orders", proxy.address, postgres_server), redis_entry("cache", redis_server.address, 4)
+    )
     cache, orders = "db:redis/cache", "db:postgresql/orders"
     try:
         await eventually(lambda: snapshot(agent, cache).up and snapshot(agent, orders).up, what="both up", agent=agent)
@@ -156,7 +168,8 @@ async def test_a_black_holed_postgresql_marks_only_itself_down_and_recovers(
 
 
 async def test_a_refusing_redis_is_down_for_connection_while_another_redis_keeps_polling(
-        redis_server: RedisServer, proxy_factory, monkeypatch):
+    redis_server: RedisServer, proxy_factory, monkeypatch
+):
     monkeypatch.setenv("POLL_REDIS_PW", redis_server.password)
     proxy = await proxy_factory(redis_server.host, redis_server.port)
     agent = await start_agent(redis_entry("refused", proxy.address, 5), redis_entry("fine", redis_server.address, 6))

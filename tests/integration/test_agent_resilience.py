@@ -4,6 +4,7 @@ down while the others keep their schedule; losing the coordinator with `keep` an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import yaml
@@ -16,20 +17,45 @@ from tests.servers import free_port
 
 
 def config_for(redis_endpoints: list[str], *, on_loss: str = "keep", grpc_port: int, pg=None):
-    databases = [{"name": f"r{i}", "type": "redis", "endpoint": endpoint, "password": "${env:RES_REDIS_PW}",
-                  "database": str(i), "interval": "1s", "timeout": "400ms"} for i, endpoint in enumerate(redis_endpoints)]
+    databases = [
+        {
+            "name": f"r{i}",
+            "type": "redis",
+            "endpoint": endpoint,
+            "password": "${env:RES_REDIS_PW}",
+            "database": str(i),
+            "interval": "1s",
+            "timeout": "400ms",
+        }
+        for i, endpoint in enumerate(redis_endpoints)
+    ]
     if pg is not None:
-        databases.append({"name": "app", "type": "postgresql", "endpoint": pg.address, "username": pg.monitor_user,
-                          "password": "${env:RES_PG_PW}", "database": pg.app_database, "interval": "1s",
-                          "timeout": "800ms"})
-    doc = {"scaling": {"mode": "memory",
-                       "coordinator": {"heartbeat_interval": "300ms", "node_timeout": "2s",
-                                       "min_rebalance_interval": "1s"},
-                       "receiver_scaling": {"check_interval": "300ms", "on_coordinator_loss": on_loss}},
-           "coordinator": {"grpc_listen": f"127.0.0.1:{grpc_port}", "metrics_listen": "127.0.0.1:0",
-                           "health_listen": "127.0.0.1:0"},
-           "agent": {"coordinator": f"127.0.0.1:{grpc_port}", "shutdown_grace": "3s"},
-           "databases": databases}
+        databases.append(
+            {
+                "name": "app",
+                "type": "postgresql",
+                "endpoint": pg.address,
+                "username": pg.monitor_user,
+                "password": "${env:RES_PG_PW}",
+                "database": pg.app_database,
+                "interval": "1s",
+                "timeout": "800ms",
+            }
+        )
+    doc = {
+        "scaling": {
+            "mode": "memory",
+            "coordinator": {"heartbeat_interval": "300ms", "node_timeout": "2s", "min_rebalance_interval": "1s"},
+            "receiver_scaling": {"check_interval": "300ms", "on_coordinator_loss": on_loss},
+        },
+        "coordinator": {
+            "grpc_listen": f"127.0.0.1:{grpc_port}",
+            "metrics_listen": "127.0.0.1:0",
+            "health_listen": "127.0.0.1:0",
+        },
+        "agent": {"coordinator": f"127.0.0.1:{grpc_port}", "shutdown_grace": "3s"},
+        "databases": databases,
+    }
     return parse_config(yaml.safe_dump(doc))
 
 
@@ -39,8 +65,7 @@ async def start_agent(config) -> Agent:
     return agent
 
 
-async def test_black_holed_database_is_down_alone_and_others_keep_schedule(redis_server, postgres_server,
-                                                                         monkeypatch):
+async def test_black_holed_database_is_down_alone_and_others_keep_schedule(redis_server, postgres_server, monkeypatch):
     monkeypatch.setenv("RES_REDIS_PW", redis_server.password)
     monkeypatch.setenv("RES_PG_PW", postgres_server.monitor_password)
     proxy = FaultProxy(redis_server.host, redis_server.port)
@@ -70,7 +95,7 @@ async def test_black_holed_database_is_down_alone_and_others_keep_schedule(redis
         for rid in healthy:
             assert snapshots()[rid].up, rid
             assert snapshots()[rid].polls_total - before[rid] >= 3, rid
-            gaps = [b - a for a, b in zip(starts[rid], starts[rid][1:])]
+            gaps = [b - a for a, b in zip(starts[rid], starts[rid][1:], strict=False)]
             assert gaps and max(gaps) < 1.5, (rid, gaps)  # 1 s interval kept, no stall behind the victim
         assert snapshots()[victim].error_counts.get("timeout", 0) >= 1
         proxy.pass_through()
@@ -153,17 +178,20 @@ async def test_moved_database_continues_its_schedule_without_gap_or_double_sampl
         await second.start()
         await asyncio.sleep(2.5)  # a few polls; the join balances two databases over to agent-2
         await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-1"))
-        await wait_for(lambda: second.polling == set(config.resources()) and not first.polling, timeout=10,
-                       message="moved to agent-2")
+        await wait_for(
+            lambda: second.polling == set(config.resources()) and not first.polling,
+            timeout=10,
+            message="moved to agent-2",
+        )
         await asyncio.sleep(2.5)
         interval, moved = 1.0, 0
         for rid in config.resources():
             timeline = sorted((start, instance) for r, start, instance in polls if r == rid)
             owners = [instance for _, instance in timeline]
-            switches = sum(1 for a, b in zip(owners, owners[1:]) if a != b)
+            switches = sum(1 for a, b in itertools.pairwise(owners) if a != b)
             assert switches == 1, (rid, switches)  # one hand-over, owners never interleave
             moved += 1
-            gaps = [b - a for (a, _), (b, _) in zip(timeline, timeline[1:])]
+            gaps = [b - a for (a, _), (b, _) in itertools.pairwise(timeline)]
             assert all(interval - 0.2 <= gap <= interval + 0.35 for gap in gaps), (rid, gaps)
         assert moved == 4
     finally:

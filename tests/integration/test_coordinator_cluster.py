@@ -11,8 +11,16 @@ import pytest
 
 from dbintel.v1 import agent_service_pb2 as apb
 from dbintel.v1 import operator_service_pb2 as opb
-from tests.coordinator_harness import (ScriptedAgent, exactly_once, make_config, operator_stub, owners,
-                                       scripted_cluster, start_coordinator, wait_for)
+from tests.coordinator_harness import (
+    ScriptedAgent,
+    exactly_once,
+    make_config,
+    operator_stub,
+    owners,
+    scripted_cluster,
+    start_coordinator,
+    wait_for,
+)
 
 
 def resources(config) -> set[str]:
@@ -71,7 +79,8 @@ async def test_every_database_has_exactly_one_owner_and_status_shows_it(cluster_
         assert all(a.applied_assignment_epoch == a.assignment_epoch for a in agent_list.agents)
         listed_resources = await stub.ListResources(opb.ListResourcesRequest(type="redis"))
         assert {r.resource_id: r.owner_agent_id for r in listed_resources.resources} == {
-            rid: holders[0] for rid, holders in owners(agents).items()}
+            rid: holders[0] for rid, holders in owners(agents).items()
+        }
     finally:
         await channel.close()
         for agent in agents:
@@ -81,7 +90,7 @@ async def test_every_database_has_exactly_one_owner_and_status_shows_it(cluster_
 
 async def test_leave_hands_off_within_a_second_without_double_owner(cluster_config):
     config = cluster_config(databases=12)
-    async with scripted_cluster(config, 3) as (coordinator, address, agents):
+    async with scripted_cluster(config, 3) as (_coordinator, _address, agents):
         leaving, staying = agents[0], agents[1:]
         moved = set(leaving.held)
         before = {a.agent_id: set(a.held) for a in staying}
@@ -101,7 +110,7 @@ async def test_leave_after_final_report_still_counts_the_databases_it_held(clust
     """The real agent reports everything released in a final heartbeat before Leave, so its current set
     is already empty when Leave arrives; the reply must still say how many databases move."""
     config = cluster_config(databases=9)
-    async with scripted_cluster(config, 3) as (coordinator, address, agents):
+    async with scripted_cluster(config, 3) as (_coordinator, _address, agents):
         leaving = agents[0]
         moved = set(leaving.held)
         assert moved, "the leaving agent should hold databases"
@@ -116,7 +125,7 @@ async def test_leave_after_final_report_still_counts_the_databases_it_held(clust
 async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(cluster_config):
     config = cluster_config(databases=8)
     timing = config.scaling.coordinator
-    async with scripted_cluster(config, 2) as (coordinator, address, agents):
+    async with scripted_cluster(config, 2) as (_coordinator, address, agents):
         crashed, survivor = agents
         await crashed.stop()  # no Leave: a crash
         started = time.monotonic()
@@ -132,13 +141,16 @@ async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(c
 
 async def test_join_moves_only_what_balancing_needs(cluster_config):
     config = cluster_config(databases=12, timing={"min_rebalance_interval": "1s"})
-    async with scripted_cluster(config, 2) as (coordinator, address, agents):
+    async with scripted_cluster(config, 2) as (_coordinator, address, agents):
         before = {a.agent_id: set(a.held) for a in agents}
         newcomer = ScriptedAgent("agent-new", address).start()
         agents.append(newcomer)
         with DuplicateWatcher(agents) as watcher:
-            await wait_for(lambda: len(newcomer.held) == 4 and exactly_once(agents, resources(config)),
-                           timeout=10, message="balanced after join")
+            await wait_for(
+                lambda: len(newcomer.held) == 4 and exactly_once(agents, resources(config)),
+                timeout=10,
+                message="balanced after join",
+            )
         assert watcher.duplicates == []
         kept = sum(len(before[a.agent_id] & a.held) for a in agents[:2])
         assert kept == 8  # exactly 4 moved: the minimum for 12 over 3
@@ -146,20 +158,20 @@ async def test_join_moves_only_what_balancing_needs(cluster_config):
 
 async def test_grant_carries_previous_owner_last_poll_time(cluster_config):
     config = cluster_config(databases=4)
-    async with scripted_cluster(config, 2) as (coordinator, address, agents):
+    async with scripted_cluster(config, 2) as (_coordinator, _address, agents):
         leaving, staying = agents
         stamp = int(time.time() * 1000) - 1234
-        leaving.poll_times_ms = {rid: stamp for rid in leaving.held}
+        leaving.poll_times_ms = dict.fromkeys(leaving.held, stamp)
         moved = set(leaving.held)
         await asyncio.sleep(0.8)  # a heartbeat carries the poll times
         await leaving.leave()
         await wait_for(lambda: staying.held == resources(config), timeout=5, message="hand-off")
-        assert {rid: staying.grants.get(rid) for rid in moved} == {rid: stamp for rid in moved}
+        assert {rid: staying.grants.get(rid) for rid in moved} == dict.fromkeys(moved, stamp)
 
 
 async def test_drain_and_rebalance_dry_run(cluster_config):
     config = cluster_config(databases=6)
-    async with scripted_cluster(config, 2) as (coordinator, address, agents):
+    async with scripted_cluster(config, 2) as (_coordinator, address, agents):
         channel, stub = operator_stub(address)
         try:
             dry = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
@@ -170,15 +182,20 @@ async def test_drain_and_rebalance_dry_run(cluster_config):
             assert len(agents[0].held) == 3  # a dry run changes nothing
             stamp = int(time.time() * 1000) - 4321
             drained = set(agents[0].held)
-            agents[0].poll_times_ms = {rid: stamp for rid in drained}  # reported when it releases them
+            agents[0].poll_times_ms = dict.fromkeys(drained, stamp)  # reported when it releases them
             done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
             assert done.applied
-            await wait_for(lambda: agents[1].held == resources(config) and not agents[0].held, timeout=5,
-                           message="drained")
-            assert {rid: agents[1].grants.get(rid) for rid in drained} == {rid: stamp for rid in drained}
+            await wait_for(
+                lambda: agents[1].held == resources(config) and not agents[0].held, timeout=5, message="drained"
+            )
+            assert {rid: agents[1].grants.get(rid) for rid in drained} == dict.fromkeys(drained, stamp)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.DrainAgent(opb.DrainAgentRequest(agent_id="nobody"))
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as listed:
+                await stub.ListAssignments(opb.ListAssignmentsRequest(agent_id="nobody"))
+            assert listed.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "nobody" in (listed.value.details() or "")
         finally:
             await channel.close()
 
@@ -206,6 +223,7 @@ async def test_malformed_requests_get_invalid_argument_naming_the_field(cluster_
     coordinator = await start_coordinator(config, "c1")
     address = f"127.0.0.1:{coordinator.grpc_port}"
     from dbintel.v1 import agent_service_pb2_grpc
+
     async with grpc.aio.insecure_channel(address) as channel:
         agents = agent_service_pb2_grpc.AgentServiceStub(channel)
         operators = __import__("dbintel.v1.operator_service_pb2_grpc", fromlist=["x"]).OperatorServiceStub(channel)
@@ -214,26 +232,36 @@ async def test_malformed_requests_get_invalid_argument_naming_the_field(cluster_
             async def gen():
                 for r in requests:
                     yield r
+
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 async for _ in agents.Heartbeat(gen()):
                     pass
             return info.value
 
         no_registration = await stream_error(apb.HeartbeatRequest(agent_id="a"))
-        assert no_registration.code() == grpc.StatusCode.INVALID_ARGUMENT and "registration" in no_registration.details()
+        assert (
+            no_registration.code() == grpc.StatusCode.INVALID_ARGUMENT and "registration" in no_registration.details()
+        )
         bad_id = await stream_error(apb.HeartbeatRequest(agent_id="bad id!", registration={"instance_id": "i"}))
         assert "agent_id" in bad_id.details()
-        negative = await stream_error(apb.HeartbeatRequest(
-            agent_id="a", registration={"instance_id": "i"},
-            current=[{"resource_id": "db:x", "last_poll_duration": {"seconds": -5}}]))
+        negative = await stream_error(
+            apb.HeartbeatRequest(
+                agent_id="a",
+                registration={"instance_id": "i"},
+                current=[{"resource_id": "db:x", "last_poll_duration": {"seconds": -5}}],
+            )
+        )
         assert "current[0].last_poll_duration" in negative.details()
-        switched = await stream_error(apb.HeartbeatRequest(agent_id="a", registration={"instance_id": "i"}),
-                                      apb.HeartbeatRequest(agent_id="b"))
+        switched = await stream_error(
+            apb.HeartbeatRequest(agent_id="a", registration={"instance_id": "i"}), apb.HeartbeatRequest(agent_id="b")
+        )
         assert "agent_id" in switched.details()
-        for call, request, field in ((agents.GetAssignments, apb.GetAssignmentsRequest(agent_id=""), "agent_id"),
-                                     (agents.Leave, apb.LeaveRequest(agent_id="x" * 300), "agent_id"),
-                                     (operators.ListResources, opb.ListResourcesRequest(type="oracle"), "type"),
-                                     (operators.ListAssignments, opb.ListAssignmentsRequest(agent_id="a b"), "agent_id")):
+        for call, request, field in (
+            (agents.GetAssignments, apb.GetAssignmentsRequest(agent_id=""), "agent_id"),
+            (agents.Leave, apb.LeaveRequest(agent_id="x" * 300), "agent_id"),
+            (operators.ListResources, opb.ListResourcesRequest(type="oracle"), "type"),
+            (operators.ListAssignments, opb.ListAssignmentsRequest(agent_id="a b"), "agent_id"),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call(request, timeout=5)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in info.value.details()
@@ -245,6 +273,7 @@ async def test_malformed_requests_get_invalid_argument_naming_the_field(cluster_
 
 async def test_shutdown_is_idempotent_and_safe_without_start():
     from dbintel.coordinator.server import Coordinator
+
     never_started = Coordinator(make_config(), coordinator_id="x")
     await never_started.shutdown()
     await never_started.shutdown()

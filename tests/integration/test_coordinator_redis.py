@@ -10,8 +10,14 @@ import yaml
 
 from dbintel.common.config import load_config
 from dbintel.v1 import operator_service_pb2 as opb
-from tests.coordinator_harness import (ScriptedAgent, exactly_once, make_config, operator_stub, start_coordinator,
-                                       wait_for)
+from tests.coordinator_harness import (
+    ScriptedAgent,
+    exactly_once,
+    make_config,
+    operator_stub,
+    start_coordinator,
+    wait_for,
+)
 
 
 async def test_follower_pushes_assignments_within_a_second(redis_server):
@@ -68,7 +74,7 @@ async def test_crashed_leader_replaced_within_leader_ttl(fresh_redis):
     second = await start_coordinator(config, "second")
     try:
         # A crash: every loop of the first replica stops at once; it never renews nor releases.
-        for task in first._tasks:  # noqa: SLF001 - simulating the process dying
+        for task in first._tasks:
             task.cancel()
         started = time.monotonic()
         await wait_for(lambda: second.leadership.is_leader, timeout=5, message="new leader")
@@ -80,8 +86,13 @@ async def test_crashed_leader_replaced_within_leader_ttl(fresh_redis):
 
 
 async def test_redis_unreachable_agents_keep_assignments_and_nobody_expires(fresh_redis):
-    config = make_config(databases=6, mode="redis", redis=fresh_redis, leader_ttl="1s",
-                         timing={"heartbeat_interval": "300ms", "node_timeout": "1500ms"})
+    config = make_config(
+        databases=6,
+        mode="redis",
+        redis=fresh_redis,
+        leader_ttl="1s",
+        timing={"heartbeat_interval": "300ms", "node_timeout": "1500ms"},
+    )
     coordinator = await start_coordinator(config, "c1")
     address = f"127.0.0.1:{coordinator.grpc_port}"
     agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
@@ -122,6 +133,7 @@ async def test_redis_flushall_repaired_by_reregistration_without_reshuffle(fresh
         async def repaired():
             status = await stub.GetClusterStatus(opb.GetClusterStatusRequest())
             return status.leader_id and status.resources_assigned == 9 and status.agents_by_state["active"] == 3
+
         await wait_for(repaired, timeout=10, message="re-registered and placed")
         await channel.close()
         assert {a.agent_id: set(a.held) for a in agents} == before
@@ -133,9 +145,19 @@ async def test_redis_flushall_repaired_by_reregistration_without_reshuffle(fresh
 
 
 async def test_inventory_reload_adds_and_removes_databases(tmp_path, redis_server):
-    config = make_config(databases=3, mode="redis", redis=redis_server,
-                         extra={"coordinator": {"grpc_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                                                "health_listen": "127.0.0.1:0", "config_reload_interval": "200ms"}})
+    config = make_config(
+        databases=3,
+        mode="redis",
+        redis=redis_server,
+        extra={
+            "coordinator": {
+                "grpc_listen": "127.0.0.1:0",
+                "metrics_listen": "127.0.0.1:0",
+                "health_listen": "127.0.0.1:0",
+                "config_reload_interval": "200ms",
+            }
+        },
+    )
     path = tmp_path / "config.yaml"
     doc = config.model_dump(mode="json", exclude_none=True)
     path.write_text(yaml.safe_dump(doc))
@@ -143,8 +165,9 @@ async def test_inventory_reload_adds_and_removes_databases(tmp_path, redis_serve
     agent = ScriptedAgent("agent-0", f"127.0.0.1:{coordinator.grpc_port}").start()
     try:
         await wait_for(lambda: agent.held == set(config.resources()), message="placement")
-        doc["databases"] = doc["databases"][1:] + [{"name": "added", "type": "postgresql",
-                                                    "endpoint": "127.0.0.1:5432"}]
+        doc["databases"] = doc["databases"][1:] + [
+            {"name": "added", "type": "postgresql", "endpoint": "127.0.0.1:5432"}
+        ]
         path.write_text(yaml.safe_dump(doc))
         expected = {"db:redis/db001", "db:redis/db002", "db:postgresql/added"}
         await wait_for(lambda: agent.held == expected, timeout=5, message="reloaded inventory")
@@ -184,8 +207,9 @@ async def test_leader_only_rpcs_sent_to_a_follower_are_forwarded(redis_server):
 
 
 async def test_health_goes_not_serving_before_the_server_stops():
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     coordinator = await start_coordinator(make_config(databases=1), "stopping")
     seen = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{coordinator.grpc_port}") as channel:
@@ -197,6 +221,7 @@ async def test_health_goes_not_serving_before_the_server_stops():
                     seen.append(reply.status)
             except grpc.aio.AioRpcError:
                 pass
+
         follower = asyncio.create_task(follow())
         await wait_for(lambda: seen, message="first health status")
         await coordinator.shutdown()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dbintel.common.config import RedisSettings
-from dbintel.coordinator.store.records import FencedError, HeartbeatReport, PlacementWrite, Registration
+from dbintel.coordinator.model import FencedError, HeartbeatReport, PlacementWrite, Registration
 from dbintel.coordinator.store.redis_store import RedisScalingStore
 from tests.coordinator_harness import ScriptedAgent, wait_for
 from tests.servers import free_port
@@ -38,9 +38,13 @@ async def test_paused_ex_leader_changes_no_key(redis_server, monkeypatch):
         client = redis_server.client()
         before = dump_keys(client, prefix)
         # The resumed ex-leader tries every kind of leader write; each is refused inside Redis.
-        for write in (PlacementWrite(target_set={"db:x": "a2"}), PlacementWrite(target_delete=("db:x",)),
-                      PlacementWrite(assignments={"a1": {}}), PlacementWrite(expire=("a1",)),
-                      PlacementWrite(rebalance_reason="periodic", moves=3)):
+        for write in (
+            PlacementWrite(target_set={"db:x": "a2"}),
+            PlacementWrite(target_delete=("db:x",)),
+            PlacementWrite(assignments={"a1": {}}),
+            PlacementWrite(expire=("a1",)),
+            PlacementWrite(rebalance_reason="periodic", moves=3),
+        ):
             with pytest.raises(FencedError):
                 await old.write_placement(old_lease, write)
         assert not await old.renew_leadership(old_lease, 300)
@@ -53,22 +57,43 @@ async def test_paused_ex_leader_changes_no_key(redis_server, monkeypatch):
 def _coordinator_process(config_path, port, name):
     env = {**os.environ, "POD_NAME": name, "DBINTEL_LOG_LEVEL": "debug"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dbintel.cli", "coordinator", "--config", str(config_path),
-         "--grpc-listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{free_port()}",
-         "--health-listen", f"127.0.0.1:{free_port()}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "dbintel.cli",
+            "coordinator",
+            "--config",
+            str(config_path),
+            "--grpc-listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            f"127.0.0.1:{free_port()}",
+            "--health-listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_sigstopped_leader_process_is_fenced_after_resume(fresh_redis, tmp_path):
     """A real coordinator process frozen with SIGSTOP past leader_ttl: a follower takes over; after
     SIGCONT the ex-leader steps down and no assignment carries its epoch after the takeover."""
     prefix = "fence-proc:"
-    config = {"scaling": {"mode": "redis",
-                          "redis": {"address": fresh_redis.address, "password": "${env:FENCE_PROC_PW}",
-                                    "key_prefix": prefix, "leader_ttl": "1500ms"},
-                          "coordinator": {"heartbeat_interval": "300ms", "node_timeout": "3s",
-                                          "min_rebalance_interval": "1s"}},
-              "databases": [{"name": f"d{i}", "type": "redis", "endpoint": "127.0.0.1:1"} for i in range(6)]}
+    config = {
+        "scaling": {
+            "mode": "redis",
+            "redis": {
+                "address": fresh_redis.address,
+                "password": "${env:FENCE_PROC_PW}",
+                "key_prefix": prefix,
+                "leader_ttl": "1500ms",
+            },
+            "coordinator": {"heartbeat_interval": "300ms", "node_timeout": "3s", "min_rebalance_interval": "1s"},
+        },
+        "databases": [{"name": f"d{i}", "type": "redis", "endpoint": "127.0.0.1:1"} for i in range(6)],
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     os.environ["FENCE_PROC_PW"] = fresh_redis.password
@@ -85,8 +110,11 @@ async def test_sigstopped_leader_process_is_fenced_after_resume(fresh_redis, tmp
         frozen = first if leader.endswith("coord-a") else second
         survivor = second if frozen is first else first
         frozen.send_signal(signal.SIGSTOP)
-        await wait_for(lambda: (client.get(f"{prefix}leader") or b"").decode() not in ("", leader),
-                       timeout=10, message="a new leader")
+        await wait_for(
+            lambda: (client.get(f"{prefix}leader") or b"").decode() not in ("", leader),
+            timeout=10,
+            message="a new leader",
+        )
         new_epoch = int(client.get(f"{prefix}leader").decode().split(":")[0])
         assert new_epoch > old_epoch
         # Force work for the leader while the old one is frozen: one agent leaves.
@@ -95,6 +123,7 @@ async def test_sigstopped_leader_process_is_fenced_after_resume(fresh_redis, tmp
         frozen.send_signal(signal.SIGCONT)
         await asyncio.sleep(2.0)  # the ex-leader resumes, tries its stale loop, and steps down
         import json
+
         docs = {k.decode(): json.loads(v) for k, v in client.hgetall(f"{prefix}assignments").items()}
         assert docs["agent-1"]["leader_epoch"] == new_epoch
         assert int(client.get(f"{prefix}leader").decode().split(":")[0]) == new_epoch

@@ -66,8 +66,7 @@ async def test_grpcurl_lists_and_describes_without_proto_files(running):
     assert "rpc Rebalance" in described.stdout and "rpc DrainAgent" in described.stdout
     status = await run(grpcurl(), "-plaintext", address, "dbintel.v1.OperatorService/GetClusterStatus")
     assert json.loads(status.stdout)["resources_assigned"] == 4
-    dry = await run(grpcurl(), "-plaintext", "-d", '{"dry_run": true}', address,
-                    "dbintel.v1.OperatorService/Rebalance")
+    dry = await run(grpcurl(), "-plaintext", "-d", '{"dry_run": true}', address, "dbintel.v1.OperatorService/Rebalance")
     assert dry.returncode == 0 and "applied" not in json.loads(dry.stdout)  # false is omitted
 
 
@@ -84,8 +83,11 @@ async def test_grpc_health_and_http_endpoints(running):
     assert code == 200 and json.loads(body)["detail"] == "leader"
     code, metrics = await asyncio.to_thread(http_get, coordinator.metrics_port, "/metrics")
     assert code == 200
-    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
-              if line and not line.startswith("#")}
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
     assert values["dbintel_scaling_nodes_total"] == 2
     assert values["dbintel_scaling_assignments_total"] == 4
     assert values["dbintel_scaling_leader"] == 1
@@ -102,8 +104,10 @@ async def test_rpc_interceptor_counts_codes_and_streams(running):
             await stub.ListResources(opb.ListResourcesRequest(type="nope"))
     sample = coordinator.registry.get_sample_value
     assert sample("dbintel_grpc_server_handled_total", {"grpc_method": "GetClusterStatus", "grpc_code": "OK"}) >= 1
-    assert sample("dbintel_grpc_server_handled_total",
-                  {"grpc_method": "ListResources", "grpc_code": "INVALID_ARGUMENT"}) == 1
+    assert (
+        sample("dbintel_grpc_server_handled_total", {"grpc_method": "ListResources", "grpc_code": "INVALID_ARGUMENT"})
+        == 1
+    )
     assert sample("dbintel_grpc_server_handling_seconds_count", {"grpc_method": "GetClusterStatus"}) >= 1
 
 
@@ -120,18 +124,27 @@ async def test_status_command_table_and_json(running):
     doc = json.loads(as_json.stdout)
     assert doc["cluster"]["resources_assigned"] == 4
     assert {a["resource_id"]: a["agent_id"] for a in doc["assignments"]} == {
-        rid: agent.agent_id for agent in agents for rid in agent.held}
-    unreachable = await run(sys.executable, "-m", "dbintel.cli", "status", "--coordinator", "127.0.0.1:1",
-                            "--timeout", "1")
+        rid: agent.agent_id for agent in agents for rid in agent.held
+    }
+    unreachable = await run(
+        sys.executable, "-m", "dbintel.cli", "status", "--coordinator", "127.0.0.1:1", "--timeout", "1"
+    )
     assert unreachable.returncode == 1 and "UNAVAILABLE" in unreachable.stderr
 
 
 async def test_streams_are_aged_out_and_agents_reconnect():
-    config = make_config(databases=2, extra={"coordinator": {"grpc_listen": "127.0.0.1:0",
-                                                             "metrics_listen": "127.0.0.1:0",
-                                                             "health_listen": "127.0.0.1:0",
-                                                             "max_connection_age": "1s",
-                                                             "max_connection_age_grace": "500ms"}})
+    config = make_config(
+        databases=2,
+        extra={
+            "coordinator": {
+                "grpc_listen": "127.0.0.1:0",
+                "metrics_listen": "127.0.0.1:0",
+                "health_listen": "127.0.0.1:0",
+                "max_connection_age": "1s",
+                "max_connection_age_grace": "500ms",
+            }
+        },
+    )
     coordinator = await start_coordinator(config, "ageing")
     agent = ScriptedAgent("agent-0", f"127.0.0.1:{coordinator.grpc_port}").start()
     try:
@@ -146,15 +159,27 @@ async def test_streams_are_aged_out_and_agents_reconnect():
 
 
 _text = st.text(max_size=40)
-_status = st.fixed_dictionaries({"resource_id": _text, "polls_total": st.integers(0, 2**64 - 1),
-                                 "last_poll_duration": st.fixed_dictionaries(
-                                     {"seconds": st.integers(-10**6, 10**6), "nanos": st.integers(-999_999_999, 999_999_999)})})
-_heartbeat = st.builds(lambda agent_id, reg, epoch, current: apb.HeartbeatRequest(
-    agent_id=agent_id, applied_assignment_epoch=epoch, current=current,
-    **({"registration": reg} if reg is not None else {})),
-    _text, st.none() | st.fixed_dictionaries({"pod_name": _text, "instance_id": _text,
-                                              "capacity": st.integers(0, 2**32 - 1)}),
-    st.integers(0, 2**64 - 1), st.lists(_status, max_size=4))
+_status = st.fixed_dictionaries(
+    {
+        "resource_id": _text,
+        "polls_total": st.integers(0, 2**64 - 1),
+        "last_poll_duration": st.fixed_dictionaries(
+            {"seconds": st.integers(-(10**6), 10**6), "nanos": st.integers(-999_999_999, 999_999_999)}
+        ),
+    }
+)
+_heartbeat = st.builds(
+    lambda agent_id, reg, epoch, current: apb.HeartbeatRequest(
+        agent_id=agent_id,
+        applied_assignment_epoch=epoch,
+        current=current,
+        **({"registration": reg} if reg is not None else {}),
+    ),
+    _text,
+    st.none() | st.fixed_dictionaries({"pod_name": _text, "instance_id": _text, "capacity": st.integers(0, 2**32 - 1)}),
+    st.integers(0, 2**64 - 1),
+    st.lists(_status, max_size=4),
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -168,6 +193,7 @@ async def test_generated_requests_never_crash_the_server(running, messages, agen
         async def gen():
             for m in messages:
                 yield m
+
         try:
             async for _ in agents.Heartbeat(gen(), timeout=5):
                 pass
@@ -176,9 +202,11 @@ async def test_generated_requests_never_crash_the_server(running, messages, agen
             # then fails on its own side (INTERNAL, SendMessageOperation) — not a server error.
             client_side = exc.code() == grpc.StatusCode.INTERNAL and "SendMessageOperation" in exc.debug_error_string()
             assert client_side or exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS), exc
-        calls = (lambda: agents.GetAssignments(apb.GetAssignmentsRequest(agent_id=agent_id), timeout=5),
-                 lambda: operators.ListAssignments(opb.ListAssignmentsRequest(agent_id=agent_id), timeout=5),
-                 lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id, dry_run=True), timeout=5))
+        calls = (
+            lambda: agents.GetAssignments(apb.GetAssignmentsRequest(agent_id=agent_id), timeout=5),
+            lambda: operators.ListAssignments(opb.ListAssignmentsRequest(agent_id=agent_id), timeout=5),
+            lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id, dry_run=True), timeout=5),
+        )
         for call in calls:
             try:
                 await call()

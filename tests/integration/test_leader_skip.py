@@ -12,14 +12,13 @@ from tests.coordinator_harness import exactly_once, make_config, scripted_cluste
 def quiet_config(request):
     redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
     # node_timeout long next to the 0.2 s tick, so a quiet second has several ticks and no expiry due.
-    return make_config(8, mode=request.param, redis=redis,
-                       timing={"heartbeat_interval": "300ms", "node_timeout": "3s"})
+    return make_config(8, mode=request.param, redis=redis, timing={"heartbeat_interval": "300ms", "node_timeout": "3s"})
 
 
 async def test_a_quiet_cluster_is_not_replanned_every_tick_but_a_silent_agent_still_expires(quiet_config):
     async with scripted_cluster(quiet_config, 3) as (coordinator, _address, agents):
         loop = coordinator.leader_loop
-        await wait_for(lambda: loop._expiry_due_ms is not None, message="a no-op step")
+        await wait_for(lambda: loop.schedule.expiry_due_ms is not None, message="a no-op step")
         full, skipped = loop.full_steps, loop.skipped_steps
         # Five ticks (about a second) while heartbeats keep coming and none changes anything.
         await wait_for(lambda: loop.skipped_steps - skipped >= 5, timeout=10.0, message="five skipped ticks")
@@ -34,5 +33,8 @@ async def test_a_quiet_cluster_is_not_replanned_every_tick_but_a_silent_agent_st
         # A silent agent publishes nothing; the deadline alone must get it expired.
         silent, survivor = rest
         silent.silent = True
-        await wait_for(lambda: survivor.held == set(quiet_config.resources()), timeout=6.0,
-                       message="the silent agent's databases moved")
+        await wait_for(
+            lambda: survivor.held == set(quiet_config.resources()),
+            timeout=6.0,
+            message="the silent agent's databases moved",
+        )

@@ -35,8 +35,14 @@ ALL = frozenset(TABLE.by_name)
 APP_DB = "dbintel_app"
 # Default metrics whose serverStatus sections SecantusDB does not have (unit-tested on documented shapes),
 # and numExtents, which no server reports since MongoDB 4.4.
-SECANTUS_LACKS = {"mongodb.cache.operations", "mongodb.cursor.timeout.count", "mongodb.document.operation.count",
-                  "mongodb.global_lock.time", "mongodb.session.count", "mongodb.extent.count"}
+SECANTUS_LACKS = {
+    "mongodb.cache.operations",
+    "mongodb.cursor.timeout.count",
+    "mongodb.document.operation.count",
+    "mongodb.global_lock.time",
+    "mongodb.session.count",
+    "mongodb.extent.count",
+}
 
 
 def default_reference_rows() -> list[dict[str, str]]:
@@ -44,15 +50,27 @@ def default_reference_rows() -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle, delimiter="\t") if row["enabled_by_default"] == "true"]
 
 
-def make_collector(endpoint: str, monkeypatch: pytest.MonkeyPatch, *, username: str | None = None,
-                   password: str | None = None, enabled: frozenset[str] = DEFAULT, clock=time.monotonic,
-                   **fields: object) -> MongodbCollector:
+def make_collector(
+    endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    enabled: frozenset[str] = DEFAULT,
+    clock=time.monotonic,
+    **fields: object,
+) -> MongodbCollector:
     """A collector configured as a user would: a password is an ${env:…} reference resolved on the agent."""
     if password is not None:
         monkeypatch.setenv(PASSWORD_ENV, password)
-    config = DatabaseConfig(name="mongo-test", type="mongodb", endpoint=endpoint,
-                            username=username, password=f"${{env:{PASSWORD_ENV}}}" if password is not None else None,
-                            **fields)
+    config = DatabaseConfig(
+        name="mongo-test",
+        type="mongodb",
+        endpoint=endpoint,
+        username=username,
+        password=f"${{env:{PASSWORD_ENV}}}" if password is not None else None,
+        **fields,
+    )
     secret = resolve_secret(config.password) if config.password else None
     return MongodbCollector(config, password=secret, enabled=enabled, clock=clock)
 
@@ -166,8 +184,9 @@ async def test_verified_on_says_exactly_what_secantus_serves(secantus_server, mo
 
 async def test_values_match_the_server(secantus_server, monkeypatch) -> None:
     seed(secantus_server)
-    collector = make_collector(secantus_server.address, monkeypatch,
-                               enabled=DEFAULT | {"mongodb.collection.document.count"})
+    collector = make_collector(
+        secantus_server.address, monkeypatch, enabled=DEFAULT | {"mongodb.collection.document.count"}
+    )
     try:
         last = (await drain(collector))[-1]
     finally:
@@ -216,11 +235,13 @@ async def test_commands_per_collection_are_counted_as_the_server_counts_them(sec
 
 
 async def test_disabled_metrics_send_no_commands_and_optional_ones_appear_only_when_enabled(
-        secantus_server, monkeypatch) -> None:
+    secantus_server, monkeypatch
+) -> None:
     seed(secantus_server)
     lean = make_collector(secantus_server.address, monkeypatch, enabled=frozenset({"mongodb.connection.count"}))
-    rich = make_collector(secantus_server.address, monkeypatch, enabled=DEFAULT | {"mongodb.collection.storage.size",
-                                                                           "mongodb.uptime"})
+    rich = make_collector(
+        secantus_server.address, monkeypatch, enabled=DEFAULT | {"mongodb.collection.storage.size", "mongodb.uptime"}
+    )
     try:
         lean_results = [await lean.collect() for _ in range(3)]
         rich_last = (await drain(rich))[-1]
@@ -235,7 +256,8 @@ async def test_disabled_metrics_send_no_commands_and_optional_ones_appear_only_w
 
 
 async def test_slow_schedule_reemits_cached_values_and_refreshes_after_slow_refresh(
-        secantus_server, monkeypatch) -> None:
+    secantus_server, monkeypatch
+) -> None:
     seed(secantus_server)
     now = [1000.0]
     collector = make_collector(secantus_server.address, monkeypatch, clock=lambda: now[0])
@@ -256,9 +278,17 @@ async def test_slow_schedule_reemits_cached_values_and_refreshes_after_slow_refr
 
 
 # --- roles --------------------------------------------------------------------------------------
-REPLICA_METRICS = frozenset({"mongodb.replica.status", "mongodb.replica_set.member.count", "mongodb.replica_set.lag",
-                             "mongodb.replica_set.headroom", "mongodb.oplog.window", "mongodb.oplog.limit",
-                             "mongodb.oplog.usage"})
+REPLICA_METRICS = frozenset(
+    {
+        "mongodb.replica.status",
+        "mongodb.replica_set.member.count",
+        "mongodb.replica_set.lag",
+        "mongodb.replica_set.headroom",
+        "mongodb.oplog.window",
+        "mongodb.oplog.limit",
+        "mongodb.oplog.usage",
+    }
+)
 
 
 async def test_replica_set_primary_reports_its_state_and_the_oplog(secantus_server, monkeypatch) -> None:
@@ -319,8 +349,9 @@ async def test_wrong_password_is_down_and_never_shows_a_password(secantus_server
 
 async def test_unreachable_server_is_down_and_the_collector_recovers(monkeypatch) -> None:
     password = "pw-" + os.urandom(6).hex()
-    nowhere = make_collector(f"127.0.0.1:{free_port()}", monkeypatch, username="monitor", password=password,
-                             interval="5s", timeout="2s")
+    nowhere = make_collector(
+        f"127.0.0.1:{free_port()}", monkeypatch, username="monitor", password=password, interval="5s", timeout="2s"
+    )
     try:
         down = await nowhere.collect()
     finally:
@@ -367,14 +398,17 @@ async def test_hung_server_times_out_and_a_cancelled_collection_leaves_the_colle
 
 
 async def test_missing_privileges_are_reported_once_with_the_grant_and_the_rest_flows(monkeypatch) -> None:
-    users = {"monitor": ("monitor-" + os.urandom(6).hex(), ["clusterMonitor"]),
-             "appreader": ("reader-" + os.urandom(6).hex(), [{"role": "read", "db": APP_DB}])}
+    users = {
+        "monitor": ("monitor-" + os.urandom(6).hex(), ["clusterMonitor"]),
+        "appreader": ("reader-" + os.urandom(6).hex(), [{"role": "read", "db": APP_DB}]),
+    }
     with AuthSecantusServer(users) as server:
         now = [1000.0]
         # SecantusDB's clusterMonitor does not grant dbStats/listCollections/$indexStats on user databases
         # (MongoDB's does): those are denied, serverStatus and top flow.
-        monitor = make_collector(server.address, monkeypatch, username="monitor", password=users["monitor"][0],
-                                 clock=lambda: now[0])
+        monitor = make_collector(
+            server.address, monkeypatch, username="monitor", password=users["monitor"][0], clock=lambda: now[0]
+        )
         try:
             first_pass = [await monitor.collect() for _ in range(12)]
             now[0] += SLOW_REFRESH
@@ -382,8 +416,9 @@ async def test_missing_privileges_are_reported_once_with_the_grant_and_the_rest_
         finally:
             await monitor.close()
         # A user without clusterMonitor: serverStatus, top and listDatabases are denied.
-        reader = make_collector(server.address, monkeypatch, username="appreader", password=users["appreader"][0],
-                                clock=lambda: now[0])
+        reader = make_collector(
+            server.address, monkeypatch, username="appreader", password=users["appreader"][0], clock=lambda: now[0]
+        )
         try:
             reader_results = [await reader.collect() for _ in range(3)]
         finally:
@@ -417,8 +452,15 @@ async def test_golden_series(secantus_server, monkeypatch) -> None:
         last = (await drain(collector))[-1]
     finally:
         await collector.close()
-    emitted = sorted({f"{s.spec.prometheus_name}{{{','.join(s.spec.label_names)}}}" if s.spec.label_names
-                      else s.spec.prometheus_name for s in last.samples if s.spec.enabled_by_default})
+    emitted = sorted(
+        {
+            f"{s.spec.prometheus_name}{{{','.join(s.spec.label_names)}}}"
+            if s.spec.label_names
+            else s.spec.prometheus_name
+            for s in last.samples
+            if s.spec.enabled_by_default
+        }
+    )
     if os.environ.get("DBINTEL_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text("\n".join(emitted) + "\n")
     assert emitted == GOLDEN.read_text().split(), "run with DBINTEL_UPDATE_GOLDEN=1 to accept the change"

@@ -38,7 +38,7 @@ GOLDEN = TESTS / "golden" / "mysql_series.txt"
 CAPTURED_STATUS = TESTS / "unit" / "data" / "mysql_mariadb_10_11_global_status.tsv"
 CAPTURED_REPLIES = TESTS / "unit" / "data" / "mysql_mariadb_10_11_replies.json"
 PASSWORD_ENV = "DBINTEL_TEST_MYSQL_PASSWORD"
-ALL = TABLE.enabled({name: True for name in TABLE.by_name})
+ALL = TABLE.enabled(dict.fromkeys(TABLE.by_name, True))
 CHANNEL = "dbintel_probe"
 ON_MARIADB = {spec.name for spec in TABLE if MARIADB in spec.verified_on}
 
@@ -48,15 +48,30 @@ def default_reference_rows() -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle, delimiter="\t") if row["enabled_by_default"] == "true"]
 
 
-def make_collector(server: MariaDBServer, monkeypatch: pytest.MonkeyPatch, *, user: str | None = None,
-                   password: str | None = None, enabled: frozenset[str] | None = None,
-                   clock=time.monotonic) -> MysqlCollector:
+def make_collector(
+    server: MariaDBServer,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    enabled: frozenset[str] | None = None,
+    clock=time.monotonic,
+) -> MysqlCollector:
     """A collector configured as a user would: the password is an ${env:…} reference resolved on the agent."""
     monkeypatch.setenv(PASSWORD_ENV, server.monitor_password if password is None else password)
-    config = DatabaseConfig(name="mysql-test", type="mysql", endpoint=server.address,
-                            username=user or server.monitor_user, password=f"${{env:{PASSWORD_ENV}}}")
-    return MysqlCollector(config, password=resolve_secret(config.password),
-                          enabled=TABLE.enabled() if enabled is None else enabled, clock=clock)
+    config = DatabaseConfig(
+        name="mysql-test",
+        type="mysql",
+        endpoint=server.address,
+        username=user or server.monitor_user,
+        password=f"${{env:{PASSWORD_ENV}}}",
+    )
+    return MysqlCollector(
+        config,
+        password=resolve_secret(config.password),
+        enabled=TABLE.enabled() if enabled is None else enabled,
+        clock=clock,
+    )
 
 
 @pytest.fixture
@@ -79,15 +94,19 @@ def values(result: CollectionResult) -> dict[tuple[str, tuple[str, ...]], float]
 
 def workload(server: MariaDBServer) -> None:
     """Row traffic on dbintel_app.orders, so performance_schema has I/O waits and digests (also after a restart)."""
-    server.execute("INSERT INTO orders (customer_id, amount) VALUES (7, 1.5), (8, 2.5);\n"
-                   "UPDATE orders SET status = 'shipped' WHERE customer_id = 8;\n"
-                   "SELECT count(*) FROM orders WHERE customer_id = 7;\n"
-                   "DELETE FROM orders WHERE customer_id = 8 AND status = 'shipped';", database="dbintel_app")
+    server.execute(
+        "INSERT INTO orders (customer_id, amount) VALUES (7, 1.5), (8, 2.5);\n"
+        "UPDATE orders SET status = 'shipped' WHERE customer_id = 8;\n"
+        "SELECT count(*) FROM orders WHERE customer_id = 7;\n"
+        "DELETE FROM orders WHERE customer_id = 8 AND status = 'shipped';",
+        database="dbintel_app",
+    )
 
 
 async def monitor_rows(server: MariaDBServer, sql: str) -> list[dict[str, Any]]:
-    conn = await aiomysql.connect(host=server.host, port=server.port, user=server.monitor_user,
-                                  password=server.monitor_password, autocommit=True)
+    conn = await aiomysql.connect(
+        host=server.host, port=server.port, user=server.monitor_user, password=server.monitor_password, autocommit=True
+    )
     try:
         async with conn.cursor(aiomysql.DictCursor) as cursor:
             await cursor.execute(sql)
@@ -99,8 +118,10 @@ async def monitor_rows(server: MariaDBServer, sql: str) -> list[dict[str, Any]]:
 @contextlib.asynccontextmanager
 async def fake_replica(server: MariaDBServer) -> AsyncIterator[None]:
     """A named replication connection to a closed port: its IO thread fails (2003), its SQL thread runs."""
-    server.execute(f"CHANGE MASTER '{CHANNEL}' TO MASTER_HOST='127.0.0.1', MASTER_PORT={free_port()}, "
-                   f"MASTER_USER='dbintel_nobody', MASTER_CONNECT_RETRY=1;\nSTART SLAVE '{CHANNEL}';")
+    server.execute(
+        f"CHANGE MASTER '{CHANNEL}' TO MASTER_HOST='127.0.0.1', MASTER_PORT={free_port()}, "
+        f"MASTER_USER='dbintel_nobody', MASTER_CONNECT_RETRY=1;\nSTART SLAVE '{CHANNEL}';"
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -119,7 +140,8 @@ def thread_statements(server: MariaDBServer, connection_id: int) -> int:
     rows = server.execute(
         "SELECT COALESCE(SUM(s.COUNT_STAR), 0) "
         "FROM performance_schema.events_statements_summary_by_thread_by_event_name s "
-        f"JOIN performance_schema.threads t USING (THREAD_ID) WHERE t.PROCESSLIST_ID = {connection_id}")
+        f"JOIN performance_schema.threads t USING (THREAD_ID) WHERE t.PROCESSLIST_ID = {connection_id}"
+    )
     return int(rows[0][0])
 
 
@@ -128,8 +150,9 @@ def global_status(server: MariaDBServer, name: str) -> int:
 
 
 # --- coverage -----------------------------------------------------------------------------------
-async def test_every_default_metric_is_emitted_as_declared(mariadb_server: MariaDBServer,
-                                                           collector: MysqlCollector) -> None:
+async def test_every_default_metric_is_emitted_as_declared(
+    mariadb_server: MariaDBServer, collector: MysqlCollector
+) -> None:
     workload(mariadb_server)
     async with fake_replica(mariadb_server):
         result = await collector.collect()
@@ -152,8 +175,9 @@ async def test_every_default_metric_is_emitted_as_declared(mariadb_server: Maria
     assert all(TABLE[name].enabled_by_default for name in found)  # optional metrics only when enabled
 
 
-async def test_every_metric_verified_on_mariadb_is_emitted_when_enabled(mariadb_server: MariaDBServer,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_every_metric_verified_on_mariadb_is_emitted_when_enabled(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     workload(mariadb_server)
     collector = make_collector(mariadb_server, monkeypatch, enabled=ALL)
     try:
@@ -177,23 +201,32 @@ async def test_values_match_the_server(mariadb_server: MariaDBServer, monkeypatc
         await collector.close()
     found = values(result)
     pool, max_connections, log_file = mariadb_server.execute(
-        "SELECT @@innodb_buffer_pool_size, @@max_connections, @@innodb_log_file_size")[0]
+        "SELECT @@innodb_buffer_pool_size, @@max_connections, @@innodb_log_file_size"
+    )[0]
     assert found[("mysql.buffer_pool.limit", ())] == int(pool)
     assert found[("mysql.connection.max", ())] == int(max_connections)
     assert found[("mysql.innodb.redo_log.capacity", ())] == int(log_file)
-    assert 0 < found[("mysql.connection.utilization", ())] == found[("mysql.threads", ("connected",))] / int(
-        max_connections)
+    assert (
+        0
+        < found[("mysql.connection.utilization", ())]
+        == found[("mysql.threads", ("connected",))] / int(max_connections)
+    )
     inserted, fetched_by_index = mariadb_server.execute(
         "SELECT t.COUNT_INSERT, i.COUNT_FETCH FROM performance_schema.table_io_waits_summary_by_table t "
         "JOIN performance_schema.table_io_waits_summary_by_index_usage i USING (OBJECT_SCHEMA, OBJECT_NAME) "
-        "WHERE OBJECT_SCHEMA = 'dbintel_app' AND OBJECT_NAME = 'orders' AND i.INDEX_NAME = 'orders_customer_id_idx'")[0]
+        "WHERE OBJECT_SCHEMA = 'dbintel_app' AND OBJECT_NAME = 'orders' AND i.INDEX_NAME = 'orders_customer_id_idx'"
+    )[0]
     assert found[("mysql.table.io.wait.count", ("insert", "orders", "dbintel_app"))] == int(inserted) >= 2
-    assert found[("mysql.index.io.wait.count", ("fetch", "orders", "dbintel_app", "orders_customer_id_idx"))] == int(
-        fetched_by_index) >= 1
+    assert (
+        found[("mysql.index.io.wait.count", ("fetch", "orders", "dbintel_app", "orders_customer_id_idx"))]
+        == int(fetched_by_index)
+        >= 1
+    )
     assert found[("mysql.table.io.wait.time", ("insert", "orders", "dbintel_app"))] > 0
     assert ("mysql.index.io.wait.count", ("insert", "orders", "dbintel_app", "NONE")) in found
-    table_rows = mariadb_server.execute("SELECT TABLE_ROWS FROM information_schema.TABLES "
-                                        "WHERE TABLE_SCHEMA = 'dbintel_app' AND TABLE_NAME = 'orders'")[0][0]
+    table_rows = mariadb_server.execute(
+        "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'dbintel_app' AND TABLE_NAME = 'orders'"
+    )[0][0]
     assert found[("mysql.table.rows", ("orders", "dbintel_app"))] == int(table_rows) > 0
     assert found[("mysql.table.size", ("orders", "dbintel_app", "data"))] >= 16384
     assert found[("mysql.replica.thread.running", ("io", CHANNEL))] == 0  # Connecting
@@ -208,8 +241,9 @@ async def test_values_match_the_server(mariadb_server: MariaDBServer, monkeypatc
 
 
 # --- cost ---------------------------------------------------------------------------------------
-async def test_at_most_five_statements_on_one_reused_connection(mariadb_server: MariaDBServer,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_at_most_five_statements_on_one_reused_connection(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     collector = make_collector(mariadb_server, monkeypatch, enabled=ALL)  # every query, the worst case
     try:
         assert (await collector.collect()).up
@@ -238,8 +272,9 @@ async def test_default_collection_sends_four_then_three_statements(collector: My
     assert (first.statements, second.statements) == (4, 3)  # catalog, status, performance_schema, replica
 
 
-async def test_queries_of_disabled_metrics_are_not_sent(mariadb_server: MariaDBServer,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_queries_of_disabled_metrics_are_not_sent(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     collector = make_collector(mariadb_server, monkeypatch, enabled=frozenset({"mysql.uptime"}))
     try:
         result = await collector.collect()
@@ -249,8 +284,9 @@ async def test_queries_of_disabled_metrics_are_not_sent(mariadb_server: MariaDBS
     assert [s.spec.name for s in result.samples] == ["mysql.uptime"]
 
 
-async def test_catalog_refreshes_on_the_slow_schedule(mariadb_server: MariaDBServer,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_catalog_refreshes_on_the_slow_schedule(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = [1000.0]
     enabled = frozenset({"mysql.uptime", "mysql.buffer_pool.limit", "mysql.table.size"})
     collector = make_collector(mariadb_server, monkeypatch, enabled=enabled, clock=lambda: now[0])
@@ -273,8 +309,9 @@ async def test_catalog_refreshes_on_the_slow_schedule(mariadb_server: MariaDBSer
 
 
 # --- failures -----------------------------------------------------------------------------------
-async def test_wrong_password_is_down_and_never_shows_a_password(mariadb_server: MariaDBServer,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_wrong_password_is_down_and_never_shows_a_password(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wrong = "wrong-" + secrets.token_hex(8)
     collector = make_collector(mariadb_server, monkeypatch, password=wrong)
     try:
@@ -289,12 +326,19 @@ async def test_wrong_password_is_down_and_never_shows_a_password(mariadb_server:
 
 async def test_tls_is_never_silently_dropped(mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, mariadb_server.monitor_password)
-    config = DatabaseConfig(name="mysql-tls", type="mysql", endpoint=mariadb_server.address,
-                            username=mariadb_server.monitor_user, password=f"${{env:{PASSWORD_ENV}}}",
-                            tls={"enabled": True, "insecure_skip_verify": True})
+    config = DatabaseConfig(
+        name="mysql-tls",
+        type="mysql",
+        endpoint=mariadb_server.address,
+        username=mariadb_server.monitor_user,
+        password=f"${{env:{PASSWORD_ENV}}}",
+        tls={"enabled": True, "insecure_skip_verify": True},
+    )
     collector = MysqlCollector(config, password=resolve_secret(config.password), enabled=TABLE.enabled())
-    logins = f"SELECT COALESCE(SUM(TOTAL_CONNECTIONS), 0) FROM performance_schema.accounts " \
-             f"WHERE USER = '{mariadb_server.monitor_user}'"
+    logins = (
+        f"SELECT COALESCE(SUM(TOTAL_CONNECTIONS), 0) FROM performance_schema.accounts "
+        f"WHERE USER = '{mariadb_server.monitor_user}'"
+    )
     before = mariadb_server.execute(logins)
     try:
         result = await collector.collect()  # the fixture server has no certificate (have_ssl DISABLED)
@@ -307,13 +351,15 @@ async def test_tls_is_never_silently_dropped(mariadb_server: MariaDBServer, monk
 
 
 async def test_missing_grants_are_reported_once_with_the_grant_and_the_rest_flows(
-        mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user, password = "dbintel_lowpriv", secrets.token_hex(12)
     account = f"'{user}'@'%'"
     mariadb_server.execute(f"DROP USER IF EXISTS {account};\nCREATE USER {account} IDENTIFIED BY '{password}';")
     now = [1000.0]
-    collector = make_collector(mariadb_server, monkeypatch, user=user, password=password, enabled=ALL,
-                               clock=lambda: now[0])
+    collector = make_collector(
+        mariadb_server, monkeypatch, user=user, password=password, enabled=ALL, clock=lambda: now[0]
+    )
     try:
         first = await collector.collect()
         second = await collector.collect()
@@ -379,8 +425,13 @@ async def test_golden_series(mariadb_server: MariaDBServer, collector: MysqlColl
     workload(mariadb_server)
     async with fake_replica(mariadb_server):
         result = await collector.collect()
-    lines = sorted({f"{s.spec.prometheus_name}{{{','.join(s.spec.label_names)}}}" for s in result.samples
-                    if s.spec.enabled_by_default})
+    lines = sorted(
+        {
+            f"{s.spec.prometheus_name}{{{','.join(s.spec.label_names)}}}"
+            for s in result.samples
+            if s.spec.enabled_by_default
+        }
+    )
     text = "\n".join(lines) + "\n"
     if os.environ.get("DBINTEL_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text)
@@ -393,8 +444,9 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
-async def test_captured_replies_still_match_the_server(mariadb_server: MariaDBServer,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_captured_replies_still_match_the_server(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """tests/unit/data/mysql_mariadb_10_11_* are this server's replies; DBINTEL_UPDATE_GOLDEN=1 recaptures them."""
     workload(mariadb_server)
     collector = make_collector(mariadb_server, monkeypatch, enabled=ALL)
@@ -405,17 +457,20 @@ async def test_captured_replies_still_match_the_server(mariadb_server: MariaDBSe
             replies = {
                 "server_version": client._conn.get_server_info(),  # the handshake's, as the client parses it
                 "catalog": await client.fetch_catalog(tables=True),
-                "innodb": await client.fetch_innodb(("lock_deadlocks", "trx_rseg_history_len",
-                                                     "log_lsn_checkpoint_age"), transactions=True),
+                "innodb": await client.fetch_innodb(
+                    ("lock_deadlocks", "trx_rseg_history_len", "log_lsn_checkpoint_age"), transactions=True
+                ),
                 "performance_schema": await client.fetch_performance_schema(
-                    ["table_io", "index_io", "table_lock", "digest"]),
+                    ["table_io", "index_io", "table_lock", "digest"]
+                ),
                 "replica_status": await client.fetch_replica_status(),
             }
         status = await client.fetch_global_status()
     finally:
         await collector.close()
-    full_status = {row["Variable_name"]: row["Value"] for row in await monitor_rows(mariadb_server,
-                                                                                    "SHOW GLOBAL STATUS")}
+    full_status = {
+        row["Variable_name"]: row["Value"] for row in await monitor_rows(mariadb_server, "SHOW GLOBAL STATUS")
+    }
     assert status.keys() == STATUS_VARIABLES & full_status.keys()  # the client's WHERE filter loses nothing
     if os.environ.get("DBINTEL_UPDATE_GOLDEN") == "1":
         CAPTURED_STATUS.write_text("".join(f"{name}\t{value}\n" for name, value in full_status.items()))

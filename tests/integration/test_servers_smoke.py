@@ -15,9 +15,9 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+from pymongo import AsyncMongoClient
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from pymongo import AsyncMongoClient
 
 from tests.servers import (
     MariaDBServer,
@@ -258,7 +258,7 @@ async def test_secantus_standalone_has_no_replica_set() -> None:
 
 # --- failure reporting ----------------------------------------------------------------------
 def test_a_missing_binary_names_the_install_script() -> None:
-    with pytest.raises(ServerNotInstalled, match="run scripts/install-deps.sh"):
+    with pytest.raises(ServerNotInstalled, match=r"run scripts/install-deps\.sh"):
         find_binary("dbintel-no-such-server")
 
 
@@ -297,8 +297,13 @@ def test_a_test_process_killed_outright_leaves_no_server_behind(tmp_path) -> Non
         "print(server.pid, server.root, flush=True)\n"
         "sys.stdin.read()\n"  # wait to be killed
     )
-    victim = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=Path(__file__).resolve().parents[2])
+    victim = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         pid, root = victim.stdout.readline().split()
         server = psutil.Process(int(pid))

@@ -8,10 +8,17 @@ import uuid
 import pytest
 
 from dbintel.common.config import RedisSettings
+from dbintel.coordinator.model import (
+    AgentAlreadyLeft,
+    AgentIdConflict,
+    FencedError,
+    HeartbeatReport,
+    PlacementWrite,
+    PollStatus,
+    Registration,
+)
 from dbintel.coordinator.store.base import StoreEvent
 from dbintel.coordinator.store.memory_store import MemoryScalingStore
-from dbintel.coordinator.store.records import (AgentAlreadyLeft, AgentIdConflict, FencedError, HeartbeatReport, PlacementWrite,
-                                               PollStatus, Registration)
 from dbintel.coordinator.store.redis_store import RedisScalingStore
 
 
@@ -22,17 +29,25 @@ async def store(request, monkeypatch):
     else:
         server = request.getfixturevalue("redis_server")
         monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
-        s = RedisScalingStore(RedisSettings(address=server.address, password="${env:TEST_STORE_REDIS_PW}",
-                                            key_prefix=f"contract:{uuid.uuid4().hex[:8]}:"))
+        s = RedisScalingStore(
+            RedisSettings(
+                address=server.address,
+                password="${env:TEST_STORE_REDIS_PW}",
+                key_prefix=f"contract:{uuid.uuid4().hex[:8]}:",
+            )
+        )
     await s.start()
     yield s
     await s.close()
 
 
 def report(agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0):
-    return HeartbeatReport(agent_id=agent, registration=Registration(pod_name=pod, instance_id=instance,
-                                                                     capacity=capacity),
-                           applied_epoch=applied, current=current or {})
+    return HeartbeatReport(
+        agent_id=agent,
+        registration=Registration(pod_name=pod, instance_id=instance, capacity=capacity),
+        applied_epoch=applied,
+        current=current or {},
+    )
 
 
 async def test_lease_is_exclusive_and_epochs_increase(store):
@@ -113,12 +128,22 @@ async def test_placement_write_is_atomic_and_epochs_monotonic(store):
     lease = await store.try_acquire_leadership("c1", 5000)
     await store.record_heartbeat(report("a1"), 90_000)
     await store.record_heartbeat(report("a2", pod="pod-2", instance="i2"), 90_000)
-    epochs = await store.write_placement(lease, PlacementWrite(
-        target_set={"db:x": "a1", "db:y": "a2"}, assignments={"a1": {"db:x": 1234}, "a2": {"db:y": 0}},
-        rebalance_reason="agent_joined", moves=2))
+    epochs = await store.write_placement(
+        lease,
+        PlacementWrite(
+            target_set={"db:x": "a1", "db:y": "a2"},
+            assignments={"a1": {"db:x": 1234}, "a2": {"db:y": 0}},
+            rebalance_reason="agent_joined",
+            moves=2,
+        ),
+    )
     assert set(epochs) == {"a1", "a2"} and epochs["a1"] != epochs["a2"]
-    again = await store.write_placement(lease, PlacementWrite(
-        target_delete=("db:y",), assignments={"a2": {}}, expire=("a2",), rebalance_reason="agent_expired", moves=0))
+    again = await store.write_placement(
+        lease,
+        PlacementWrite(
+            target_delete=("db:y",), assignments={"a2": {}}, expire=("a2",), rebalance_reason="agent_expired", moves=0
+        ),
+    )
     assert again["a2"] > max(epochs.values())
     assert await store.read_target() == {"db:x": "a1"}
     assignments = await store.read_assignments()
@@ -156,11 +181,13 @@ def test_redis_store_tls_settings_reach_the_connection_pool(tmp_path):
     from redis.asyncio.connection import SSLConnection
 
     from dbintel.common.config import TLSSettings
+
     ca = tmp_path / "ca.pem"
     ca.write_text("")
-    store = RedisScalingStore(RedisSettings(address="redis.example:6380", tls=TLSSettings(enabled=True,
-                                                                                          ca_file=str(ca))))
-    pool = store._client.connection_pool  # noqa: SLF001 - the wiring is what is under test
+    store = RedisScalingStore(
+        RedisSettings(address="redis.example:6380", tls=TLSSettings(enabled=True, ca_file=str(ca)))
+    )
+    pool = store._client.connection_pool
     assert pool.connection_class is SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == str(ca) and pool.connection_kwargs["ssl_cert_reqs"] == 2
     assert pool.max_connections == 32

@@ -1,14 +1,16 @@
-"""`dbintel up` with no config: throwaway PostgreSQL and Redis, a coordinator and two agents, real
-metrics within a minute, everything stopped on Ctrl-C."""
+"""`dbintel up` with no config: throwaway PostgreSQL and Redis, a coordinator and two agents; the
+banner comes once every database has had its first poll, and everything stops on Ctrl-C."""
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,37 +31,106 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_up_without_config_shows_real_metrics_and_stops_cleanly(tmp_path):
+class Output:
+    """The process's output, read line by line on a thread, so the test waits on lines, not on sleeps."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._reader.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)  # end of output: the process exited
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} within {timeout:.0f}s:\n{self.text}") from None
+            if line is None:
+                raise AssertionError(f"exited before printing {text!r}:\n{self.text}")
+            if text in line:
+                return line
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def close(self) -> None:
+        self._reader.join(10)
+
+
+DATABASES = {"db:postgresql/postgres", "db:redis/cache", "db:redis/sessions"}
+
+
+def up_series(text: str) -> set[str]:
+    return set(re.findall(r'^dbintel_database_up\{[^}]*dbintel_resource="([^"]+)"', text, re.M))
+
+
+def test_up_without_config_shows_real_metrics_once_every_database_is_polled_and_stops_cleanly():
     grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
-    log = (tmp_path / "up.log").open("w+")
-    process = subprocess.Popen([sys.executable, "-m", "dbintel.cli", "up", "--base-port", str(grpc_port),
-                                "--metrics-port", str(metrics_port), "--health-port", str(health_port)],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dbintel.cli",
+            "up",
+            "--base-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            str(health_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
     try:
-        deadline = time.monotonic() + 60
-        resources: set[str] = set()
-        while time.monotonic() < deadline and process.poll() is None:
-            text = scrape(metrics_port + 1) + scrape(metrics_port + 2)
-            resources = set(re.findall(r'^(?:postgresql|redis)_[a-z_]+\{[^}]*dbintel_resource="([^"]+)"', text, re.M))
-            if {"db:postgresql/postgres", "db:redis/cache", "db:redis/sessions"} <= resources:
-                break
-            time.sleep(0.5)
-        log.seek(0)
-        output = log.read()
-        assert {"db:postgresql/postgres", "db:redis/cache", "db:redis/sessions"} <= resources, output
-        assert f"dbintel status --coordinator 127.0.0.1:{grpc_port}" in output
-        assert f"grpcurl -plaintext 127.0.0.1:{grpc_port} list" in output
-        status = subprocess.run([sys.executable, "-m", "dbintel.cli", "status", "--coordinator",
-                                 f"127.0.0.1:{grpc_port}", "--json"], capture_output=True, text=True, timeout=30)
-        assert json.loads(status.stdout)["cluster"]["resources_assigned"] == 3
-        match = re.search(r"PostgreSQL on 127\.0\.0\.1:(\d+), Redis on 127\.0\.0\.1:(\d+)", output)
-        assert match, output
+        output.wait_for("waiting for the first poll of 3 database(s)", timeout=60)
+        output.wait_for("dbintel is up", timeout=60)
+        # Scraped the moment the banner is printed: every database has had its first poll by then.
+        agents = {f"up-agent-{n}": scrape(metrics_port + n) for n in (1, 2)}
+        assert set().union(*(up_series(text) for text in agents.values())) == DATABASES, agents
+        series = set(
+            re.findall(
+                r'^(?:postgresql|redis)_[a-z_]+\{[^}]*dbintel_resource="([^"]+)"', "".join(agents.values()), re.M
+            )
+        )
+        assert series == DATABASES, output.text
+        output.wait_for("Ctrl-C stops everything", timeout=5)
+        text = output.text
+        assert "3 of 3 database(s) polled" in text
+        assert f"dbintel status --coordinator 127.0.0.1:{grpc_port}" in text
+        assert f"grpcurl -plaintext 127.0.0.1:{grpc_port} list" in text
+        for n in (1, 2):
+            assert f"up-agent-{n}" in text and f"http://127.0.0.1:{metrics_port + n}/metrics" in text
+        status = subprocess.run(
+            [sys.executable, "-m", "dbintel.cli", "status", "--coordinator", f"127.0.0.1:{grpc_port}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        answer = json.loads(status.stdout)
+        assert answer["cluster"]["resources_assigned"] == 3
+        # Each agent's /metrics carried its own databases already (assignments are quiet by now).
+        for assignment in answer["assignments"]:
+            assert assignment["resource_id"] in up_series(agents[assignment["agent_id"]]), (assignment, agents)
+        match = re.search(r"PostgreSQL on 127\.0\.0\.1:(\d+), Redis on 127\.0\.0\.1:(\d+)", text)
+        assert match, text
         server_ports = [int(match[1]), int(match[2])]
         assert all(listening(port) for port in server_ports)
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
-        log.seek(0)
-        assert "stopping" in log.read()
+        output.close()
+        assert "stopping" in output.text
         assert not listening(grpc_port) and not listening(metrics_port + 1)
         for port in server_ports:
             assert not listening(port)

@@ -39,21 +39,33 @@ def client_tls(pki: PKI, *, with_cert: bool) -> dict[str, Any]:
     return tls
 
 
-def build_config(*, databases: list[dict] | None = None, coordinator: dict | None = None, agent: dict | None = None,
-                 redis=None, redis_extra: dict | None = None, environ: dict[str, str] | None = None,
-                 check_files: tuple[str, ...] = ()) -> Config:
+def build_config(
+    *,
+    databases: list[dict] | None = None,
+    coordinator: dict | None = None,
+    agent: dict | None = None,
+    redis=None,
+    redis_extra: dict | None = None,
+    environ: dict[str, str] | None = None,
+    check_files: tuple[str, ...] = (),
+) -> Config:
     """A fast-timing config on loopback; `redis` (a RedisServer) switches to redis mode."""
     doc: dict[str, Any] = {
         "scaling": {"mode": "memory", "coordinator": dict(FAST_TIMING)},
         "coordinator": {**LOOPBACK_LISTENS, **(coordinator or {})},
         "agent": {"metrics_listen": "127.0.0.1:0", "health_listen": "127.0.0.1:0", **(agent or {})},
-        "databases": databases if databases is not None else
-        [{"name": f"db{i}", "type": "redis", "endpoint": "127.0.0.1:1", "interval": "1s"} for i in range(4)],
+        "databases": databases
+        if databases is not None
+        else [{"name": f"db{i}", "type": "redis", "endpoint": "127.0.0.1:1", "interval": "1s"} for i in range(4)],
     }
     if redis is not None:
         doc["scaling"]["mode"] = "redis"
-        doc["scaling"]["redis"] = {"address": redis.address, "key_prefix": f"sec:{uuid.uuid4().hex[:8]}:",
-                                   "leader_ttl": "2s", **(redis_extra or {})}
+        doc["scaling"]["redis"] = {
+            "address": redis.address,
+            "key_prefix": f"sec:{uuid.uuid4().hex[:8]}:",
+            "leader_ttl": "2s",
+            **(redis_extra or {}),
+        }
     return parse_config(yaml.safe_dump(doc), environ=environ or {}, check_files=check_files)
 
 
@@ -64,8 +76,7 @@ def grpcurl() -> str:
 
 
 async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                   env=env)
+    process = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
 

@@ -43,8 +43,9 @@ def test_operator_rpc_names_cover_the_service():
 async def token_coordinator(monkeypatch):
     token = secrets.token_urlsafe(24)
     monkeypatch.setenv(TOKEN_ENV, token)
-    coordinator = await start_coordinator(build_config(coordinator={"operator_token": f"${{env:{TOKEN_ENV}}}"}),
-                                          "token")
+    coordinator = await start_coordinator(
+        build_config(coordinator={"operator_token": f"${{env:{TOKEN_ENV}}}"}), "token"
+    )
     yield coordinator, f"127.0.0.1:{coordinator.grpc_port}", token
     await coordinator.shutdown()
 
@@ -76,7 +77,8 @@ async def test_agent_rpcs_health_and_reflection_need_no_token(token_coordinator)
     _, address, token = token_coordinator
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await agent_service_pb2_grpc.AgentServiceStub(channel).GetAssignments(
-            apb.GetAssignmentsRequest(agent_id="tokenless-agent"), timeout=5)
+            apb.GetAssignmentsRequest(agent_id="tokenless-agent"), timeout=5
+        )
         assert not reply.HasField("assignment") or reply.assignment.assignment_epoch == 0
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -84,8 +86,14 @@ async def test_agent_rpcs_health_and_reflection_need_no_token(token_coordinator)
     assert listed.returncode == 0 and "dbintel.v1.OperatorService" in listed.stdout, listed.stderr
     refused = await run(grpcurl(), "-plaintext", address, "dbintel.v1.OperatorService/GetClusterStatus")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
-    allowed = await run(grpcurl(), "-plaintext", "-H", f"authorization: Bearer {token}", address,
-                        "dbintel.v1.OperatorService/GetClusterStatus")
+    allowed = await run(
+        grpcurl(),
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {token}",
+        address,
+        "dbintel.v1.OperatorService/GetClusterStatus",
+    )
     assert allowed.returncode == 0 and json.loads(allowed.stdout)["resources_total"] == 4, allowed.stderr
 
 
@@ -113,16 +121,26 @@ def test_the_token_must_be_a_reference_and_is_never_echoed():
     assert "coordinator.operator_token: must be a reference" in str(bad.value)
     assert literal not in str(bad.value)
     # A reference stays a reference in the parsed config: the value is read only where it is used.
-    config = parse_config(yaml.safe_dump({"coordinator": {"operator_token": "${env:SOME_TOKEN}"}}),
-                          environ={"SOME_TOKEN": literal})
+    config = parse_config(
+        yaml.safe_dump({"coordinator": {"operator_token": "${env:SOME_TOKEN}"}}), environ={"SOME_TOKEN": literal}
+    )
     assert config.coordinator.operator_token == "${env:SOME_TOKEN}"
 
 
 async def test_coordinator_refuses_to_start_when_the_token_cannot_be_resolved(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"coordinator": {"operator_token": "${env:DBINTEL_TEST_UNSET_TOKEN}",
-                                                    "grpc_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-                                                    "health_listen": "127.0.0.1:0"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "coordinator": {
+                    "operator_token": "${env:DBINTEL_TEST_UNSET_TOKEN}",
+                    "grpc_listen": "127.0.0.1:0",
+                    "metrics_listen": "127.0.0.1:0",
+                    "health_listen": "127.0.0.1:0",
+                }
+            }
+        )
+    )
     started = await dbintel("coordinator", "--config", str(path))
     assert started.returncode == 2
     assert "refusing to start" in started.stderr and "DBINTEL_TEST_UNSET_TOKEN is not set" in started.stderr
@@ -132,10 +150,16 @@ async def test_follower_forwards_to_the_leader_over_mutual_tls_with_the_token(pk
     token = secrets.token_urlsafe(24)
     monkeypatch.setenv(TOKEN_ENV, token)
     monkeypatch.setenv("DBINTEL_TEST_SEC_REDIS_PASSWORD", redis_server.password)
-    config = build_config(redis=redis_server, redis_extra={"password": "${env:DBINTEL_TEST_SEC_REDIS_PASSWORD}"},
-                          coordinator={"tls": server_tls(pki, mutual=True), "client_tls": client_tls(pki, with_cert=True),
-                                       "operator_token": f"${{env:{TOKEN_ENV}}}"},
-                          check_files=("coordinator",))
+    config = build_config(
+        redis=redis_server,
+        redis_extra={"password": "${env:DBINTEL_TEST_SEC_REDIS_PASSWORD}"},
+        coordinator={
+            "tls": server_tls(pki, mutual=True),
+            "client_tls": client_tls(pki, with_cert=True),
+            "operator_token": f"${{env:{TOKEN_ENV}}}",
+        },
+        check_files=("coordinator",),
+    )
     first = await start_coordinator(config, "sec-a")
     second = await start_coordinator(config, "sec-b")
     try:
@@ -145,8 +169,9 @@ async def test_follower_forwards_to_the_leader_over_mutual_tls_with_the_token(pk
         tls = TLSSettings(**client_tls(pki, with_cert=True))
         async with open_channel(f"127.0.0.1:{follower.grpc_port}", tls) as channel:
             stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
-            reply = await stub.Rebalance(opb.RebalanceRequest(dry_run=True), timeout=10,
-                                         metadata=(("authorization", f"Bearer {token}"),))
+            reply = await stub.Rebalance(
+                opb.RebalanceRequest(dry_run=True), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+            )
             assert not reply.applied
             with pytest.raises(grpc.aio.AioRpcError) as refused:  # the follower checks before forwarding
                 await stub.Rebalance(opb.RebalanceRequest(dry_run=True), timeout=10)
@@ -157,9 +182,11 @@ async def test_follower_forwards_to_the_leader_over_mutual_tls_with_the_token(pk
 
 
 @settings(max_examples=150, deadline=None)
-@given(token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
-       presented=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
-       scheme=st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", ""]))
+@given(
+    token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+    presented=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
+    scheme=st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", ""]),
+)
 def test_bearer_matches_only_the_exact_token_after_a_bearer_scheme(token, presented, scheme):
     metadata = [("x-other", token), ("authorization", f"{scheme} {presented}")]
     expected = scheme.lower() == "bearer" and presented == token

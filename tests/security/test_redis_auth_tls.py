@@ -21,12 +21,28 @@ PASSWORD_ENV = "DBINTEL_TEST_SEC_REDIS_PASSWORD"
 @pytest.fixture
 def tls_redis(pki):
     """TLS only (no plaintext port), client certificates required, plus an ACL user for dbintel."""
-    server = RedisServer(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_ca_file=pki.ca_file,
-                         tls_auth_clients="yes", tls_client_cert=(pki.client_cert, pki.client_key))
+    server = RedisServer(
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_ca_file=pki.ca_file,
+        tls_auth_clients="yes",
+        tls_client_cert=(pki.client_cert, pki.client_key),
+    )
     server.start()
     server.acl_password = secrets.token_hex(16)
-    server.client().execute_command("ACL", "SETUSER", "dbintel", "on", f">{server.acl_password}", "resetkeys",
-                                    "~sec:*", "resetchannels", "&sec:*", "+@all", "-@dangerous")
+    server.client().execute_command(
+        "ACL",
+        "SETUSER",
+        "dbintel",
+        "on",
+        f">{server.acl_password}",
+        "resetkeys",
+        "~sec:*",
+        "resetchannels",
+        "&sec:*",
+        "+@all",
+        "-@dangerous",
+    )
     yield server
     server.close()
 
@@ -53,9 +69,11 @@ async def assert_places(config) -> None:
 
 async def test_acl_user_over_mutual_tls_elects_a_leader_and_assigns(pki, tls_redis, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, tls_redis.acl_password)
-    config = build_config(redis=tls_redis, check_files=("coordinator",),
-                          redis_extra={"username": "dbintel", "password": f"${{env:{PASSWORD_ENV}}}",
-                                       "tls": redis_tls(pki)})
+    config = build_config(
+        redis=tls_redis,
+        check_files=("coordinator",),
+        redis_extra={"username": "dbintel", "password": f"${{env:{PASSWORD_ENV}}}", "tls": redis_tls(pki)},
+    )
     await assert_places(config)
     # The ACL user really was the one used: its keys are all under the prefix it is allowed.
     assert any(key.startswith(b"sec:") for key in tls_redis.client().keys("*"))
@@ -70,8 +88,10 @@ async def failing_store_reason(config, caplog) -> tuple[str, str]:
     """Start a coordinator whose store cannot be used; -> (readiness reason, operator RPC error)."""
     coordinator = await start_coordinator(config, "redis-refused")
     try:
-        await wait_for(lambda: not coordinator._readiness()[0] and ":" in coordinator._readiness()[1],
-                       message="the store failure in readiness")
+        await wait_for(
+            lambda: not coordinator._readiness()[0] and ":" in coordinator._readiness()[1],
+            message="the store failure in readiness",
+        )
         channel, stub = operator_stub(f"127.0.0.1:{coordinator.grpc_port}")
         async with channel:
             with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -87,7 +107,9 @@ async def test_a_wrong_password_names_the_address_never_the_password(pki, tls_re
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-" + secrets.token_hex(8)
     monkeypatch.setenv(PASSWORD_ENV, wrong)
-    extra = {"password": f"${{env:{PASSWORD_ENV}}}", "tls": redis_tls(pki)} | ({"username": username} if username else {})
+    extra = {"password": f"${{env:{PASSWORD_ENV}}}", "tls": redis_tls(pki)} | (
+        {"username": username} if username else {}
+    )
     readiness, rpc_error = await failing_store_reason(build_config(redis=tls_redis, redis_extra=extra), caplog)
     expected = f"redis {tls_redis.address}: authentication failed"
     assert expected in readiness and expected in rpc_error
@@ -96,11 +118,13 @@ async def test_a_wrong_password_names_the_address_never_the_password(pki, tls_re
         assert wrong not in text and tls_redis.password not in text and tls_redis.acl_password not in text
 
 
-async def test_tls_redis_without_a_client_certificate_says_unreachable_with_the_reason(pki, tls_redis, monkeypatch,
-                                                                                    caplog):
+async def test_tls_redis_without_a_client_certificate_says_unreachable_with_the_reason(
+    pki, tls_redis, monkeypatch, caplog
+):
     monkeypatch.setenv(PASSWORD_ENV, tls_redis.password)
-    config = build_config(redis=tls_redis, redis_extra={"password": f"${{env:{PASSWORD_ENV}}}",
-                                                        "tls": redis_tls(pki, with_cert=False)})
+    config = build_config(
+        redis=tls_redis, redis_extra={"password": f"${{env:{PASSWORD_ENV}}}", "tls": redis_tls(pki, with_cert=False)}
+    )
     readiness, rpc_error = await failing_store_reason(config, caplog)
     # The server's "certificate required" alert and its reset race each other: either may be the reason.
     for text in (readiness, rpc_error):

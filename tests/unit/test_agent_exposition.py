@@ -28,59 +28,93 @@ def db(name: str, labels: dict[str, str] | None = None, interval: float = 10.0) 
     return base.model_copy(update={"interval": timedelta(seconds=interval)})
 
 
-def polled(name: str, samples: list[Sample], *, labels=None, up=True, errors=(), duration=0.5, interval=10.0,
-           statements=2, at=1_700_000_000.0) -> ResourceSnapshot:
+def polled(
+    name: str,
+    samples: list[Sample],
+    *,
+    labels=None,
+    up=True,
+    errors=(),
+    duration=0.5,
+    interval=10.0,
+    statements=2,
+    at=1_700_000_000.0,
+) -> ResourceSnapshot:
     start = ResourceSnapshot(f"db:redis/{name}", db(name, labels, interval))
     result = CollectionResult(samples=samples, errors=list(errors), statements=statements, up=up)
-    return start.after_poll(started=at, duration=duration, result=result, failure=None)
+    return start.after_poll(started=at, duration=duration, outcome=result)
 
 
 def scrape(target) -> dict[str, list]:
     """{family name: [(sample name, labels, value)]} from what /metrics serves, as Prometheus parses it."""
     text = (target.render() if isinstance(target, AgentExposition) else generate_latest(target)).decode()
-    return {f.name: [(s.name, s.labels, s.value) for s in f.samples]
-            for f in text_string_to_metric_families(text)}, text
+    return {
+        f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)
+    }, text
 
 
 def exposition(snapshots: dict[str, ResourceSnapshot], status: AgentStatus = STATUS, max_concurrent_polls: int = 4):
     registry = CollectorRegistry()
-    expo = AgentExposition(registry, snapshots=lambda: snapshots, status=lambda: status,
-                           max_concurrent_polls=max_concurrent_polls)
+    expo = AgentExposition(
+        registry, snapshots=lambda: snapshots, status=lambda: status, max_concurrent_polls=max_concurrent_polls
+    )
     return registry, expo
 
 
 def test_database_series_carry_the_resource_user_labels_and_metric_labels():
-    cache = polled("cache", [Sample(CPU, 1.5, ("user",)), Sample(CPU, 0.5, ("sys",)), Sample(MEMORY, 1024.0),
-                             Sample(KEYS, 3, ("0",))],
-                   labels={"team": "payments", "state": "prod"})  # "state" collides with redis.cpu.time's label
+    cache = polled(
+        "cache",
+        [Sample(CPU, 1.5, ("user",)), Sample(CPU, 0.5, ("sys",)), Sample(MEMORY, 1024.0), Sample(KEYS, 3, ("0",))],
+        labels={"team": "payments", "state": "prod"},
+    )  # "state" collides with redis.cpu.time's label
     other = polled("other", [Sample(MEMORY, 2048.0)])
     _, expo = exposition({cache.resource_id: cache, other.resource_id: other})
     families, text = scrape(expo)
 
     assert sorted(families["redis_cpu_time_seconds"], key=lambda s: s[2]) == [
-        ("redis_cpu_time_seconds_total", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "sys"}, 0.5),
-        ("redis_cpu_time_seconds_total", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "user"}, 1.5),
+        (
+            "redis_cpu_time_seconds_total",
+            {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "sys"},
+            0.5,
+        ),
+        (
+            "redis_cpu_time_seconds_total",
+            {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "user"},
+            1.5,
+        ),
     ]  # the metric's own "state" wins over the user label of the same name
     assert "# TYPE redis_cpu_time_seconds_total counter" in text
     assert sorted(families["redis_memory_used_bytes"], key=lambda s: s[2]) == [
-        ("redis_memory_used_bytes", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "prod"},
-         1024.0),
+        (
+            "redis_memory_used_bytes",
+            {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "prod"},
+            1024.0,
+        ),
         ("redis_memory_used_bytes", {"dbintel_resource": "db:redis/other"}, 2048.0),
     ]  # where nothing collides, the user's "state" label stays
     assert "# TYPE redis_memory_used_bytes gauge" in text
     assert families["redis_db_keys"] == [
-        ("redis_db_keys", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "prod", "db": "0"}, 3.0)]
+        ("redis_db_keys", {"dbintel_resource": "db:redis/cache", "team": "payments", "state": "prod", "db": "0"}, 3.0)
+    ]
     assert "# HELP redis_memory_used_bytes Memory used" in text
 
 
 def test_self_metrics_describe_polls_errors_and_the_agent():
     ok = polled("ok", [Sample(MEMORY, 1.0)], duration=2.0, interval=10.0, statements=2, at=1_700_000_100.25)
-    down = polled("down", [], up=False, duration=1.0, interval=4.0, statements=0,
-                  errors=[QueryError("fetch_info", "connection", "refused")])
-    down = down.after_poll(started=1_700_000_104.0, duration=1.0, result=None, failure=("timeout", "no answer"))
+    down = polled(
+        "down",
+        [],
+        up=False,
+        duration=1.0,
+        interval=4.0,
+        statements=0,
+        errors=[QueryError("fetch_info", "connection", "refused")],
+    )
+    down = down.after_poll(started=1_700_000_104.0, duration=1.0, outcome=("timeout", "no answer"))
     never = ResourceSnapshot("db:redis/never", db("never"))  # granted, first poll not due yet
-    status = AgentStatus(assigned_databases=3, assignment_epoch=42, coordinator_degraded=True,
-                         coordinator_connected=False)
+    status = AgentStatus(
+        assigned_databases=3, assignment_epoch=42, coordinator_degraded=True, coordinator_connected=False
+    )
     registry, expo = exposition({s.resource_id: s for s in (ok, down, never)}, status, max_concurrent_polls=2)
     expo.observe_poll("redis", 0.003)
     families, text = scrape(registry)
@@ -90,15 +124,20 @@ def test_self_metrics_describe_polls_errors_and_the_agent():
 
     assert values("dbintel_database_up") == {
         (("dbintel_resource", "db:redis/ok"), ("type", "redis")): 1.0,
-        (("dbintel_resource", "db:redis/down"), ("type", "redis")): 0.0}  # nothing for a not yet polled one
+        (("dbintel_resource", "db:redis/down"), ("type", "redis")): 0.0,
+    }  # nothing for a not yet polled one
     assert values("dbintel_agent_poll_errors") == {
         (("dbintel_resource", "db:redis/down"), ("reason", "connection")): 1.0,
-        (("dbintel_resource", "db:redis/down"), ("reason", "timeout")): 1.0}
-    assert values("dbintel_agent_polls") == {(("dbintel_resource", "db:redis/ok"),): 1.0,
-                                             (("dbintel_resource", "db:redis/down"),): 2.0}
+        (("dbintel_resource", "db:redis/down"), ("reason", "timeout")): 1.0,
+    }
+    assert values("dbintel_agent_polls") == {
+        (("dbintel_resource", "db:redis/ok"),): 1.0,
+        (("dbintel_resource", "db:redis/down"),): 2.0,
+    }
     assert values("dbintel_agent_statements_per_poll")[(("dbintel_resource", "db:redis/ok"),)] == 2.0
-    assert values("dbintel_agent_last_poll_timestamp_seconds")[(("dbintel_resource", "db:redis/ok"),)] == \
-        1_700_000_100.25
+    assert (
+        values("dbintel_agent_last_poll_timestamp_seconds")[(("dbintel_resource", "db:redis/ok"),)] == 1_700_000_100.25
+    )
     assert values("dbintel_agent_assigned_databases") == {(): 3.0}
     assert values("dbintel_agent_assignment_epoch") == {(): 42.0}
     assert values("dbintel_agent_coordinator_degraded") == {(): 1.0}
@@ -106,13 +145,17 @@ def test_self_metrics_describe_polls_errors_and_the_agent():
     # (2/10 + 1/4) / 2 slots
     assert abs(values("dbintel_agent_utilization")[()] - 0.225) < 1e-9
     assert "max_concurrent_polls" in text.split("# HELP dbintel_agent_utilization", 1)[1].split("\n", 1)[0]
-    assert ("dbintel_agent_poll_duration_seconds_count", {"type": "redis"}, 1.0) in \
-        families["dbintel_agent_poll_duration_seconds"]
+    assert ("dbintel_agent_poll_duration_seconds_count", {"type": "redis"}, 1.0) in families[
+        "dbintel_agent_poll_duration_seconds"
+    ]
 
 
 def test_utilization_is_the_mean_number_of_polls_in_flight_over_the_slots():
-    snaps = [polled("a", [], duration=5.0, interval=10.0), polled("b", [], duration=5.0, interval=10.0),
-             ResourceSnapshot("db:redis/c", db("c"))]
+    snaps = [
+        polled("a", [], duration=5.0, interval=10.0),
+        polled("b", [], duration=5.0, interval=10.0),
+        ResourceSnapshot("db:redis/c", db("c")),
+    ]
     assert utilization(snaps, 1) == 1.0
     assert utilization(snaps, 4) == 0.25
     assert utilization([], 4) == 0.0
@@ -121,9 +164,9 @@ def test_utilization_is_the_mean_number_of_polls_in_flight_over_the_slots():
 def test_the_exposition_uses_only_the_registry_it_is_given():
     from prometheus_client import REGISTRY
 
-    before = set(REGISTRY._collector_to_names)  # noqa: SLF001 - checking nothing was added globally
+    before = set(REGISTRY._collector_to_names)
     exposition({})
-    assert set(REGISTRY._collector_to_names) == before  # noqa: SLF001
+    assert set(REGISTRY._collector_to_names) == before
 
 
 # -- with the scheduler: vanish on revoke, no I/O on the scrape path ------------------------------
@@ -162,8 +205,9 @@ async def test_scrapes_read_the_last_snapshot_without_waiting_for_a_poll_and_rev
         return collectors[resource_id]
 
     scheduler = PollScheduler(factory, max_concurrent_polls=4)
-    expo = AgentExposition(CollectorRegistry(), snapshots=scheduler.snapshots, status=lambda: STATUS,
-                           max_concurrent_polls=4)
+    expo = AgentExposition(
+        CollectorRegistry(), snapshots=scheduler.snapshots, status=lambda: STATUS, max_concurrent_polls=4
+    )
     fast = db("a", interval=0.2).model_copy(update={"timeout": timedelta(seconds=5)})
     for name in ("a", "b"):
         scheduler.add(f"db:redis/{name}", fast.model_copy(update={"name": name}), last_poll_time=0.0)
@@ -172,8 +216,9 @@ async def test_scrapes_read_the_last_snapshot_without_waiting_for_a_poll_and_rev
         # Both second polls hang now; scraping must not wait for them (a scrape is a plain read).
         for _ in range(3):
             families, _ = await asyncio.wait_for(asyncio.to_thread(scrape, expo), timeout=5)
-        assert sorted((labels["dbintel_resource"], value) for _, labels, value in families["redis_memory_used_bytes"]) \
-            == [("db:redis/a", 100.0), ("db:redis/b", 100.0)]  # the last finished poll's values
+        assert sorted(
+            (labels["dbintel_resource"], value) for _, labels, value in families["redis_memory_used_bytes"]
+        ) == [("db:redis/a", 100.0), ("db:redis/b", 100.0)]  # the last finished poll's values
         assert all(c.collections == 2 for c in collectors.values())  # scrapes triggered no collection
 
         await scheduler.remove({"db:redis/a"})
@@ -190,9 +235,12 @@ async def test_scrapes_read_the_last_snapshot_without_waiting_for_a_poll_and_rev
 
 def test_each_snapshot_is_rendered_once_however_often_it_is_scraped(monkeypatch):
     import dbintel.agent.exposition as module
+
     calls = []
     real = module.render_snapshot
-    monkeypatch.setattr(module, "render_snapshot", lambda snapshot: calls.append(snapshot.resource_id) or real(snapshot))
+    monkeypatch.setattr(
+        module, "render_snapshot", lambda snapshot: calls.append(snapshot.resource_id) or real(snapshot)
+    )
     first = polled("a", [Sample(MEMORY, 1.0)])
     snapshots = {first.resource_id: first}
     _, expo = exposition(snapshots)
@@ -205,10 +253,13 @@ def test_each_snapshot_is_rendered_once_however_often_it_is_scraped(monkeypatch)
 
 
 def test_rendering_escapes_what_the_text_format_requires():
-    odd = polled("odd", [Sample(CPU, float("inf"), ('us"er\\n',)), Sample(CPU, 2.0, ("50%",)),
-                         Sample(MEMORY, float("nan"))], labels={"team": "100% \"ops\"\nnight"})
+    odd = polled(
+        "odd",
+        [Sample(CPU, float("inf"), ('us"er\\n',)), Sample(CPU, 2.0, ("50%",)), Sample(MEMORY, float("nan"))],
+        labels={"team": '100% "ops"\nnight'},
+    )
     _, expo = exposition({odd.resource_id: odd})
-    families, text = scrape(expo)
+    families, _text = scrape(expo)
     values = {labels["state"]: value for _, labels, value in families["redis_cpu_time_seconds"]}
     assert values['us"er\\n'] == float("inf") and values["50%"] == 2.0
     assert all(labels["team"] == '100% "ops"\nnight' for _, labels, _ in families["redis_cpu_time_seconds"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Awaitable, Callable
 
 import pytest
 from hypothesis import given
@@ -81,8 +81,12 @@ def test_first_poll_without_history_is_a_jittered_phase(interval, jitter):
 def database(name: str, interval: float = 0.4, timeout: float | None = None) -> DatabaseConfig:
     """A database entry; intervals below the config minimum (1s) keep these tests fast."""
     base = DatabaseConfig(name=name, type="redis", endpoint="127.0.0.1:6379")
-    return base.model_copy(update={"interval": timedelta(seconds=interval),
-                                   "timeout": None if timeout is None else timedelta(seconds=timeout)})
+    return base.model_copy(
+        update={
+            "interval": timedelta(seconds=interval),
+            "timeout": None if timeout is None else timedelta(seconds=timeout),
+        }
+    )
 
 
 class Stage:
@@ -98,7 +102,7 @@ class ScriptedCollector(DatabaseCollector):
     type = "redis"
     table = MetricTable([VALUE])
 
-    def __init__(self, db: DatabaseConfig, stage: Stage, behaviour: Callable[["ScriptedCollector"], Awaitable[None]]):
+    def __init__(self, db: DatabaseConfig, stage: Stage, behaviour: Callable[[ScriptedCollector], Awaitable[None]]):
         super().__init__(db, password=None, enabled=frozenset({VALUE.name}))
         self.stage = stage
         self.behaviour = behaviour
@@ -130,6 +134,7 @@ async def fast(_: ScriptedCollector) -> None:
 def taking(seconds: float) -> Callable[[ScriptedCollector], Awaitable[None]]:
     async def behaviour(_: ScriptedCollector) -> None:
         await asyncio.sleep(seconds)
+
     return behaviour
 
 
@@ -153,8 +158,12 @@ class Harness:
         self.behaviours = behaviours
         self.collectors: dict[str, ScriptedCollector] = {}
         self.durations: list[tuple[str, float]] = []
-        self.scheduler = PollScheduler(self.factory, max_concurrent_polls=max_concurrent_polls,
-                                       on_poll=lambda t, d: self.durations.append((t, d)), **kwargs)
+        self.scheduler = PollScheduler(
+            self.factory,
+            max_concurrent_polls=max_concurrent_polls,
+            on_poll=lambda t, d: self.durations.append((t, d)),
+            **kwargs,
+        )
 
     def factory(self, resource_id: str, db: DatabaseConfig) -> ScriptedCollector:
         collector = ScriptedCollector(db, self.stage, self.behaviours[db.name])
@@ -225,13 +234,15 @@ async def test_a_poll_that_times_out_marks_the_database_down_and_cancels_the_col
 async def test_a_hung_poll_holds_the_semaphore_no_longer_than_its_timeout(harness_factory):
     # One poll slot only, and a collector that even swallows cancellation: the other database
     # still gets the slot as soon as the hung poll's timeout expires.
-    harness = harness_factory({"stuck": hang_ignoring_cancellation, "ok": fast}, max_concurrent_polls=1,
-                              rng=_FixedRandom(0.0))
+    harness = harness_factory(
+        {"stuck": hang_ignoring_cancellation, "ok": fast}, max_concurrent_polls=1, rng=_FixedRandom(0.0)
+    )
     harness.add(database("stuck", interval=0.6, timeout=0.2))
     await eventually(lambda: len(harness.starts("stuck")) == 1)
     harness.add(database("ok", interval=0.2))
-    await eventually(lambda: (harness.snapshot("ok").polls_total >= 4 and harness.snapshot("stuck").polls_total >= 2),
-                     timeout=10)
+    await eventually(
+        lambda: harness.snapshot("ok").polls_total >= 4 and harness.snapshot("stuck").polls_total >= 2, timeout=10
+    )
     stuck = harness.snapshot("stuck")
     assert not stuck.up and stuck.error_counts["timeout"] == stuck.polls_total
     # The stubborn collection still runs, so the collector is not entered a second time.
@@ -241,8 +252,7 @@ async def test_a_hung_poll_holds_the_semaphore_no_longer_than_its_timeout(harnes
 
 
 async def test_concurrency_is_bounded_by_max_concurrent_polls(harness_factory):
-    harness = harness_factory({f"db{i}": taking(0.15) for i in range(6)}, max_concurrent_polls=2,
-                              rng=_FixedRandom(0.0))
+    harness = harness_factory({f"db{i}": taking(0.15) for i in range(6)}, max_concurrent_polls=2, rng=_FixedRandom(0.0))
     for i in range(6):
         harness.add(database(f"db{i}", interval=0.5))
     await eventually(lambda: all((harness.snapshot(f"db{i}").polls_total >= 2) for i in range(6)), timeout=10)
@@ -274,8 +284,9 @@ async def test_the_schedule_is_anchored_not_drifting_by_the_poll_duration(harnes
 
 async def test_first_poll_lands_where_the_previous_owner_would_have_polled(harness_factory):
     wall = 1_800_000_000.0
-    harness = harness_factory({"handed": fast, "overdue": fast, "fresh": fast},
-                              wall_clock=lambda: wall, rng=_FixedRandom(0.9))
+    harness = harness_factory(
+        {"handed": fast, "overdue": fast, "fresh": fast}, wall_clock=lambda: wall, rng=_FixedRandom(0.9)
+    )
     loop = asyncio.get_running_loop()
     added = loop.time()
     harness.add(database("handed", interval=5), last_poll_time=wall - 5 + 0.5)  # due in 0.5s
@@ -299,7 +310,7 @@ async def test_granting_a_held_database_again_keeps_its_schedule(harness_factory
     harness.add(db, last_poll_time=0.0)  # would mean "poll at once" for a new grant
     await eventually(lambda: len(collector.starts) >= 5, timeout=5)
     assert harness.collectors["db"] is collector  # the same collector (connection) throughout
-    gaps = [b - a for a, b in zip(collector.starts, collector.starts[1:])]
+    gaps = [b - a for a, b in zip(collector.starts, collector.starts[1:], strict=False)]
     assert all(gap > 0.2 for gap in gaps), gaps  # no extra poll was squeezed in
 
 
@@ -363,6 +374,24 @@ async def test_a_collector_that_raises_or_reports_down_is_counted_and_polled_aga
         await scheduler.close()
 
 
+async def test_changed_returns_at_each_grant_poll_and_revocation(harness_factory):
+    harness = harness_factory({"a": fast}, rng=_FixedRandom(0.5))
+    scheduler = harness.scheduler
+    granted = asyncio.ensure_future(scheduler.changed())
+    await asyncio.sleep(0)
+    assert not granted.done()  # nothing has changed yet
+    resource_id = harness.add(database("a", interval=0.4))  # first poll 0.2s later (jitter 0.5)
+    await asyncio.wait_for(granted, 1)
+    assert not scheduler.snapshots()[resource_id].polled
+    await asyncio.wait_for(scheduler.changed(), 2)
+    assert scheduler.snapshots()[resource_id].polls_total == 1
+    revoked = asyncio.ensure_future(scheduler.changed())
+    await asyncio.sleep(0)
+    await scheduler.remove({resource_id})
+    await asyncio.wait_for(revoked, 1)
+    assert scheduler.snapshots() == {}
+
+
 # -- building a collector: secrets and switches -------------------------------------------------------
 def test_an_unresolvable_password_names_the_reference_never_a_value(tmp_path, monkeypatch):
     missing = tmp_path / "no-such-secret"
@@ -372,8 +401,13 @@ def test_an_unresolvable_password_names_the_reference_never_a_value(tmp_path, mo
     assert caught.value.reason == "secret" and f"${{file:{missing}}}" in str(caught.value)
 
     monkeypatch.setenv("CACHE_PW", "s3cr3t-value-never-shown")
-    bad_switch = DatabaseConfig(name="cache", type="redis", endpoint="127.0.0.1:6379", password="${env:CACHE_PW}",
-                                metrics={"redis.no.such.metric": {"enabled": True}})
+    bad_switch = DatabaseConfig(
+        name="cache",
+        type="redis",
+        endpoint="127.0.0.1:6379",
+        password="${env:CACHE_PW}",
+        metrics={"redis.no.such.metric": {"enabled": True}},
+    )
     with pytest.raises(CollectorSetupError) as caught:
         make_collector("db:redis/cache", bad_switch)
     assert caught.value.reason == "config" and "redis.no.such.metric" in str(caught.value)
@@ -382,8 +416,13 @@ def test_an_unresolvable_password_names_the_reference_never_a_value(tmp_path, mo
 
 def test_make_collector_resolves_the_password_and_applies_metric_switches(monkeypatch):
     monkeypatch.setenv("CACHE_PW", "pw-value")
-    db = DatabaseConfig(name="cache", type="redis", endpoint="127.0.0.1:6379", password="${env:CACHE_PW}",
-                        metrics={"redis.uptime": {"enabled": False}})
+    db = DatabaseConfig(
+        name="cache",
+        type="redis",
+        endpoint="127.0.0.1:6379",
+        password="${env:CACHE_PW}",
+        metrics={"redis.uptime": {"enabled": False}},
+    )
     collector = make_collector("db:redis/cache", db)
     assert collector.type == "redis" and collector.database is db
     assert "redis.uptime" not in collector.enabled and "redis.memory.used" in collector.enabled

@@ -52,8 +52,8 @@ def previous_owners(draw, demands):
     """Any previous map: owners may be absent, and it may name resources that no longer exist."""
     owner = st.one_of(st.none(), st.sampled_from(AGENT_POOL))
     owners = draw(st.lists(owner, min_size=len(demands) + 3, max_size=len(demands) + 3))
-    previous = {d.resource_id: agent for d, agent in zip(demands, owners) if agent is not None}
-    for i, agent in enumerate(owners[len(demands):]):
+    previous = {d.resource_id: agent for d, agent in zip(demands, owners, strict=False) if agent is not None}
+    for i, agent in enumerate(owners[len(demands) :]):
         if agent is not None:
             previous[f"db:mysql/gone{i}"] = agent
     return previous
@@ -159,8 +159,11 @@ def test_agents_leaving_move_only_their_resources(data):
     demands = data.draw(resources(pins=True))
     slots = data.draw(agents(min_size=2))
     start = place(demands, slots, {}, balance=True)
-    leaving = set(data.draw(st.lists(st.sampled_from([s.agent_id for s in slots]), min_size=1,
-                                     max_size=len(slots) - 1, unique=True)))
+    leaving = set(
+        data.draw(
+            st.lists(st.sampled_from([s.agent_id for s in slots]), min_size=1, max_size=len(slots) - 1, unique=True)
+        )
+    )
     drain = data.draw(st.booleans())  # graceful drain or gone: the same resources move
     after_slots = [s for s in slots if s.agent_id not in leaving]
     if drain:
@@ -348,8 +351,9 @@ def test_cost_rebalance_refuses_a_gain_below_the_threshold_and_still_fixes_orpha
 
 def test_cost_rebalance_refuses_when_already_balanced():
     demands = [ResourceDemand("r0", 2.0), ResourceDemand("r1", 2.0)]
-    plan, accepted = plan_cost_rebalance(demands, [AgentSlot("a"), AgentSlot("b")], {"r0": "a", "r1": "b"},
-                                         min_improvement=0.0)
+    plan, accepted = plan_cost_rebalance(
+        demands, [AgentSlot("a"), AgentSlot("b")], {"r0": "a", "r1": "b"}, min_improvement=0.0
+    )
     assert not accepted and plan.moves == ()
 
 

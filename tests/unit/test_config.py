@@ -39,7 +39,11 @@ def test_design_scaling_block_is_accepted_verbatim():
     s = config.scaling
     assert s.enabled and s.mode == "redis"
     assert (s.redis.address, s.redis.db, s.redis.key_prefix, s.redis.leader_ttl) == (
-        "host:6379", 0, "dbintel:scaling:", timedelta(seconds=30))
+        "host:6379",
+        0,
+        "dbintel:scaling:",
+        timedelta(seconds=30),
+    )
     assert s.coordinator.node_timeout == timedelta(seconds=90)
     assert s.coordinator.rebalance_interval == timedelta(minutes=5)
     assert s.receiver_scaling.resource_prefix == "db:" and not s.receiver_scaling.ignore_assignments
@@ -79,9 +83,9 @@ databases:
         "scaling.coordinator.min_rebalance_interval: must be ≤ rebalance_interval (5m)",
         "scaling.receiver_scaling.check_interval: a duration needs a unit",
         "agent.coordinator:",
-        "databases[0].password: must be a reference",
-        "databases[2].type:",
-        "databases[2].intervl: unknown field",
+        "databases[0] (orders).password: must be a reference",
+        "databases[2] (x).type: 'oracle' is not one of postgresql, mysql, mongodb, redis",
+        "databases[2] (x).intervl: unknown field; did you mean 'interval'?",
     ]
     for prefix in expected:
         assert any(p.startswith(prefix) for p in problems), (prefix, problems)
@@ -90,15 +94,19 @@ databases:
 
 def test_duplicate_names_within_a_type():
     with pytest.raises(ConfigError) as info:
-        parse_config("databases: [{name: a, type: redis, endpoint: 'h:1'}, {name: a, type: redis, endpoint: 'h:2'},"
-                     " {name: a, type: mysql, endpoint: 'h:3'}]")
-    assert info.value.problems == ["databases[1].name: duplicate redis name 'a' (also databases[0])"]
+        parse_config(
+            "databases: [{name: a, type: redis, endpoint: 'h:1'}, {name: a, type: redis, endpoint: 'h:2'},"
+            " {name: a, type: mysql, endpoint: 'h:3'}]"
+        )
+    assert info.value.problems == ["databases[1] (a).name: duplicate redis name 'a' (also databases[0])"]
 
 
 def test_env_expansion_everywhere_but_passwords():
-    config = parse_config("agent: {coordinator: '${env:COORD}'}\n"
-                          "databases: [{name: a, type: redis, endpoint: '${env:HOST}:6379', password: '${env:PW}'}]",
-                          environ={"COORD": "c:50051", "HOST": "10.1.1.1", "PW": "secret"})
+    config = parse_config(
+        "agent: {coordinator: '${env:COORD}'}\n"
+        "databases: [{name: a, type: redis, endpoint: '${env:HOST}:6379', password: '${env:PW}'}]",
+        environ={"COORD": "c:50051", "HOST": "10.1.1.1", "PW": "secret"},
+    )
     assert config.agent.coordinator == "c:50051"
     assert config.databases[0].endpoint == "10.1.1.1:6379"
     assert config.databases[0].password == "${env:PW}"  # stays a reference until the agent connects
@@ -121,8 +129,10 @@ def test_secret_references_resolve_without_leaking(tmp_path):
 
 
 def test_resource_ids_use_the_prefix():
-    config = parse_config("scaling: {receiver_scaling: {resource_prefix: 'x/'}}\n"
-                          "databases: [{name: orders, type: postgresql, endpoint: 'h:5432'}]")
+    config = parse_config(
+        "scaling: {receiver_scaling: {resource_prefix: 'x/'}}\n"
+        "databases: [{name: orders, type: postgresql, endpoint: 'h:5432'}]"
+    )
     assert list(config.resources()) == ["x/postgresql/orders"]
 
 
@@ -139,13 +149,37 @@ def test_bad_durations_are_rejected(bad):
         parse_duration(bad)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                    lambda children: st.lists(children, max_size=3)
-                    | st.dictionaries(st.sampled_from(["scaling", "databases", "agent", "coordinator", "mode", "name",
-                                                       "type", "endpoint", "redis", "interval", "x"]), children,
-                                      max_size=4), max_leaves=12))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "scaling",
+                        "databases",
+                        "agent",
+                        "coordinator",
+                        "mode",
+                        "name",
+                        "type",
+                        "endpoint",
+                        "redis",
+                        "interval",
+                        "x",
+                    ]
+                ),
+                children,
+                max_size=4,
+            )
+        ),
+        max_leaves=12,
+    )
+)
 def test_arbitrary_yaml_shapes_give_config_errors_not_crashes(document):
     import yaml
+
     try:
         parse_config(yaml.safe_dump(document))
     except ConfigError as exc:
@@ -155,8 +189,10 @@ def test_arbitrary_yaml_shapes_give_config_errors_not_crashes(document):
 def test_validate_command_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("scaling: {coordinator: {heartbeat_interval: 30s, node_timeout: 10s}}\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", *a], capture_output=True,
-                                    text=True)
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", *a], capture_output=True, text=True)
+
     failed = run(str(bad))
     assert failed.returncode == 1
     assert "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)" in failed.stderr
@@ -166,12 +202,15 @@ def test_validate_command_exit_codes(tmp_path):
 
 def test_validate_names_unknown_metric_switches(tmp_path):
     path = tmp_path / "metrics.yaml"
-    path.write_text("databases: [{name: a, type: redis, endpoint: 'h:1', metrics: {redis.cmd.calls: {enabled: true},"
-                    " redis.no.such: {enabled: true}}}]\n")
-    result = subprocess.run([sys.executable, "-m", "dbintel.cli", "validate", str(path)], capture_output=True,
-                            text=True)
+    path.write_text(
+        "databases: [{name: a, type: redis, endpoint: 'h:1', metrics: {redis.cmd.calls: {enabled: true},"
+        " redis.no.such: {enabled: true}}}]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dbintel.cli", "validate", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 1
-    assert "databases[0].metrics.redis.no.such: not a redis metric" in result.stderr
+    assert "databases[0] (a).metrics.redis.no.such: not a redis metric" in result.stderr
     assert "redis.cmd.calls" not in result.stderr
 
 
@@ -179,10 +218,15 @@ def test_services_refuse_to_start_on_a_broken_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("scaling: {mode: cluster}\ndatabases: [{name: a, type: redis, endpoint: nohost}]\n")
     for role in ("coordinator", "agent", "up"):
-        result = subprocess.run([sys.executable, "-m", "dbintel.cli", role, "--config", str(bad)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "dbintel.cli", role, "--config", str(bad)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2, (role, result.stderr)
-        assert "scaling.mode:" in result.stderr and "databases[0].endpoint:" in result.stderr, role
+        assert "scaling.mode: 'cluster' is not one of redis, memory" in result.stderr, role
+        assert "databases[0] (a).endpoint: 'nohost' is not host:port" in result.stderr, role
 
 
 # -- gRPC TLS, operator token, TLS file checks --------------------------------------------------------
@@ -207,13 +251,20 @@ def test_secure_grpc_settings_parse_and_the_token_stays_a_reference(tmp_path):
 
 def test_tls_rules_are_reported_together():
     with pytest.raises(ConfigError) as bad:
-        parse_config("coordinator:\n  tls: {enabled: true, require_client_cert: true}\n"
-                     "  operator_token: plain-token\n"
-                     "agent:\n  tls: {enabled: true, insecure_skip_verify: true}\n", environ={})
+        parse_config(
+            "coordinator:\n  tls: {enabled: true, require_client_cert: true}\n"
+            "  operator_token: plain-token\n"
+            "agent:\n  tls: {enabled: true, insecure_skip_verify: true}\n",
+            environ={},
+        )
     message = str(bad.value)
-    for expected in ("coordinator.tls.cert_file: required", "coordinator.tls.key_file: required",
-                     "coordinator.tls.client_ca_file: required with require_client_cert",
-                     "coordinator.operator_token: must be a reference", "agent.tls.insecure_skip_verify: not supported"):
+    for expected in (
+        "coordinator.tls.cert_file: required",
+        "coordinator.tls.key_file: required",
+        "coordinator.tls.client_ca_file: required with require_client_cert",
+        "coordinator.operator_token: must be a reference",
+        "agent.tls.insecure_skip_verify: not supported",
+    ):
         assert expected in message, message
     assert "plain-token" not in message
     with pytest.raises(ConfigError) as missing_client:
@@ -225,19 +276,31 @@ def test_tls_rules_are_reported_together():
 
 
 def test_tls_files_are_checked_for_the_role_that_uses_them(tmp_path):
-    text = SECURE_COORDINATOR % {"d": tmp_path} + "scaling:\n  redis: {tls: {enabled: true, ca_file: %s/r.crt}}\n" % tmp_path
+    text = (
+        SECURE_COORDINATOR % {"d": tmp_path}
+        + f"scaling:\n  redis: {{tls: {{enabled: true, ca_file: {tmp_path}/r.crt}}}}\n"
+    )
     parse_config(text, environ={"OPERATOR_TOKEN": "x"})  # no checks asked: a laptop validating pod paths
     with pytest.raises(ConfigError) as coordinator:
         parse_config(text, environ={"OPERATOR_TOKEN": "x"}, check_files=("coordinator",))
     problems = "\n".join(coordinator.value.problems)
-    for field in ("coordinator.tls.cert_file", "coordinator.tls.key_file", "coordinator.tls.client_ca_file",
-                  "coordinator.client_tls.ca_file", "coordinator.client_tls.cert_file", "scaling.redis.tls.ca_file"):
+    for field in (
+        "coordinator.tls.cert_file",
+        "coordinator.tls.key_file",
+        "coordinator.tls.client_ca_file",
+        "coordinator.client_tls.ca_file",
+        "coordinator.client_tls.cert_file",
+        "scaling.redis.tls.ca_file",
+    ):
         assert f"{field}: {tmp_path}" in problems and "does not exist" in problems, problems
     assert "agent.tls" not in problems
     with pytest.raises(ConfigError) as agent:
         parse_config(text, environ={"OPERATOR_TOKEN": "x"}, check_files=("agent",))
-    assert {p.split(":")[0] for p in agent.value.problems} == {"agent.tls.ca_file", "agent.tls.cert_file",
-                                                               "agent.tls.key_file"}
+    assert {p.split(":")[0] for p in agent.value.problems} == {
+        "agent.tls.ca_file",
+        "agent.tls.cert_file",
+        "agent.tls.key_file",
+    }
     for name in ("s.crt", "s.key", "ca.crt", "c.crt", "c.key", "r.crt"):
         (tmp_path / name).write_text("pem")
     (tmp_path / "c.key").chmod(0o000)
@@ -248,6 +311,7 @@ def test_tls_files_are_checked_for_the_role_that_uses_them(tmp_path):
     problems = unreadable.value.problems
     assert any(p.startswith("scaling.redis.tls.ca_file:") and "is a directory" in p for p in problems), problems
     import os
+
     if os.geteuid() != 0:  # root reads a mode-000 file anyway
         assert any(p.startswith("agent.tls.key_file:") and "cannot be read" in p for p in problems), problems
 
@@ -258,6 +322,7 @@ def test_validate_checks_tls_files_when_asked_and_roles_at_start(tmp_path):
 
     def dbintel(*args):
         return subprocess.run([sys.executable, "-m", "dbintel.cli", *args], capture_output=True, text=True, timeout=60)
+
     assert dbintel("validate", str(path)).returncode == 0  # away from the pods, paths are not checked
     for role in ("agent", "all"):
         checked = dbintel("validate", "--check-files", role, str(path))

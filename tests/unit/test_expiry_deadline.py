@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbintel.coordinator import validation
+from dbintel.coordinator.model import AgentRecord, Registration
 from dbintel.coordinator.planning import expiry_deadline_ms, liveness
-from dbintel.coordinator.store.records import AgentRecord, Registration
 from dbintel.v1 import types_pb2
 
 TIMEOUT = 90_000
@@ -19,12 +19,22 @@ TIMEOUT = 90_000
 members = st.dictionaries(
     st.text("abcdef", min_size=1, max_size=4),
     st.tuples(st.integers(0, 400_000), st.sampled_from(["active", "draining", "left", "expired"])),
-    max_size=8)
+    max_size=8,
+)
 
 
 def records(spec) -> dict[str, AgentRecord]:
-    return {a: AgentRecord(agent_id=a, registration=Registration(instance_id=a), state=state, last_heartbeat_ms=hb,
-                           applied_epoch=0, current={}) for a, (hb, state) in spec.items()}
+    return {
+        a: AgentRecord(
+            agent_id=a,
+            registration=Registration(instance_id=a),
+            state=state,
+            last_heartbeat_ms=hb,
+            applied_epoch=0,
+            current={},
+        )
+        for a, (hb, state) in spec.items()
+    }
 
 
 @settings(max_examples=300, deadline=None)
@@ -56,9 +66,16 @@ def _status(rid, seconds=1_700_000_000, nanos=0, d_seconds=0, d_nanos=7_000_000,
 
 
 statuses = st.builds(
-    _status, st.text(st.characters(min_codepoint=0, max_codepoint=0x7f), max_size=12) | st.just("x" * 1025),
-    st.integers(-5, 2_000_000_000), st.integers(0, 999_999_999), st.integers(-3, 90_000),
-    st.integers(-5, 999_999_999), st.integers(0, 2**40), st.integers(0, 2**40), st.booleans())
+    _status,
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12) | st.just("x" * 1025),
+    st.integers(-5, 2_000_000_000),
+    st.integers(0, 999_999_999),
+    st.integers(-3, 90_000),
+    st.integers(-5, 999_999_999),
+    st.integers(0, 2**40),
+    st.integers(0, 2**40),
+    st.booleans(),
+)
 
 
 @settings(max_examples=400, deadline=None)

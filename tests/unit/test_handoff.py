@@ -87,8 +87,11 @@ def test_changed_lists_exactly_the_agents_whose_set_differs(before, after):
 
 SIMULATED = RESOURCES[:4]  # few resources, so histories often move the same one repeatedly
 STEPS = st.lists(
-    st.tuples(st.sampled_from(["retarget", "reconcile", "apply", "leave", "join"]), st.integers(0, len(AGENTS) - 1),
-              st.integers(0, 2**16)),
+    st.tuples(
+        st.sampled_from(["retarget", "reconcile", "apply", "leave", "join"]),
+        st.integers(0, len(AGENTS) - 1),
+        st.integers(0, 2**16),
+    ),
     max_size=50,
 )
 
@@ -96,8 +99,16 @@ STEPS = st.lists(
 # r0 goes agent-0 -> agent-1; agent-1 is told to hold it but has not applied that yet when r0 is
 # retargeted to agent-2; agent-2 must not get it, or agent-1 applying its older message would
 # make two pollers.
-STALE_GRANT = [("retarget", 1, 0), ("reconcile", 0, 0), ("apply", 0, 0), ("reconcile", 0, 0),
-               ("retarget", 2, 0), ("reconcile", 0, 0), ("apply", 2, 0), ("apply", 1, 0)]
+STALE_GRANT = [
+    ("retarget", 1, 0),
+    ("reconcile", 0, 0),
+    ("apply", 0, 0),
+    ("reconcile", 0, 0),
+    ("retarget", 2, 0),
+    ("reconcile", 0, 0),
+    ("apply", 2, 0),
+    ("apply", 1, 0),
+]
 
 
 @examples

@@ -62,8 +62,12 @@ def resource_names(cell: str) -> set[str]:
 
 
 def _rows(default: bool) -> list[tuple[str, dict[str, str]]]:
-    return [(db_type, row) for db_type in TABLES for row in reference_rows(db_type)
-            if (row["enabled_by_default"] == "true") == default]
+    return [
+        (db_type, row)
+        for db_type in TABLES
+        for row in reference_rows(db_type)
+        if (row["enabled_by_default"] == "true") == default
+    ]
 
 
 def _specs() -> list[tuple[str, MetricSpec]]:
@@ -89,8 +93,8 @@ def _assert_declared_as_the_reference_says(db_type: str, row: dict[str, str], sp
     if row["unit"]:
         assert spec.unit == row["unit"], spec.name
     attributes = attribute_names(row["attributes"])
-    assert spec.attributes[:len(attributes)] == attributes, spec.name
-    extra = set(spec.attributes[len(attributes):])
+    assert spec.attributes[: len(attributes)] == attributes, spec.name
+    extra = set(spec.attributes[len(attributes) :])
     allowed = resource_names(row["resource_attributes"]) - SERVER_RESOURCE
     assert extra <= allowed, f"{spec.name}: labels {sorted(extra - allowed)} are neither attributes nor resource"
 

@@ -38,7 +38,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_docs_metrics_md_is_up_to_date() -> None:
     done = run("--check")
-    assert done.returncode == 0, f"docs/metrics.md is stale: run `python scripts/generate_metrics_doc.py`\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"docs/metrics.md is stale: run `python scripts/generate_metrics_doc.py`\n{done.stderr}"
+    )
 
 
 def test_check_fails_on_a_stale_file_and_writing_fixes_it(tmp_path: Path) -> None:
@@ -50,22 +52,46 @@ def test_check_fails_on_a_stale_file_and_writing_fixes_it(tmp_path: Path) -> Non
     target.write_text(target.read_text().replace("| on |", "| off |", 1))  # one hand edit
     assert generator.main(["--check", "--output", str(tmp_path / "missing.md")]) == 1
     stale = run("--check", "--output", str(target))  # and as CI runs it: exit status 1
-    assert stale.returncode == 1 and "stale" in stale.stderr and "python scripts/generate_metrics_doc.py" in stale.stderr
+    assert (
+        stale.returncode == 1 and "stale" in stale.stderr and "python scripts/generate_metrics_doc.py" in stale.stderr
+    )
 
 
 # --- rendering, with tables made up here --------------------------------------------------------
-def spec(name: str, *, default: bool = True, tier: str = "reference", source: str = "SELECT 1",
-         verified: tuple[str, ...] = ("Server 1.0",), **kw) -> MetricSpec:
-    return MetricSpec(name, kw.pop("type", "gauge"), kw.pop("unit", "1"), f"about {name}", source,
-                      enabled_by_default=default, tier=tier, verified_on=verified, **kw)
+def spec(
+    name: str,
+    *,
+    default: bool = True,
+    tier: str = "reference",
+    source: str = "SELECT 1",
+    verified: tuple[str, ...] = ("Server 1.0",),
+    **kw,
+) -> MetricSpec:
+    return MetricSpec(
+        name,
+        kw.pop("type", "gauge"),
+        kw.pop("unit", "1"),
+        f"about {name}",
+        source,
+        enabled_by_default=default,
+        tier=tier,
+        verified_on=verified,
+        **kw,
+    )
 
 
-REFERENCE = [{"metric_name": "db.a", "enabled_by_default": "true"}, {"metric_name": "db.b", "enabled_by_default": "true"},
-             {"metric_name": "db.c", "enabled_by_default": "false"}, {"metric_name": "db.d", "enabled_by_default": "false"},
-             {"metric_name": "db.e", "enabled_by_default": "false"}]
-SPECS = (spec("db.a", type="sum", monotonic=True, unit="By", attributes=("db.namespace", "state")),
-         spec("db.c", default=False, source="INFO stats a|b"),
-         spec("db.extra", tier="beyond", unit="s", verified=("Server 1.0", "Server 0.9 (documented shape)")))
+REFERENCE = [
+    {"metric_name": "db.a", "enabled_by_default": "true"},
+    {"metric_name": "db.b", "enabled_by_default": "true"},
+    {"metric_name": "db.c", "enabled_by_default": "false"},
+    {"metric_name": "db.d", "enabled_by_default": "false"},
+    {"metric_name": "db.e", "enabled_by_default": "false"},
+]
+SPECS = (
+    spec("db.a", type="sum", monotonic=True, unit="By", attributes=("db.namespace", "state")),
+    spec("db.c", default=False, source="INFO stats a|b"),
+    spec("db.extra", tier="beyond", unit="s", verified=("Server 1.0", "Server 0.9 (documented shape)")),
+)
 
 
 def test_coverage_counts_default_optional_and_beyond_against_the_reference() -> None:
@@ -85,8 +111,10 @@ def test_render_lists_every_metric_and_says_what_is_not_implemented() -> None:
     assert "| db (`db`) | implemented | 3 | 1 of 2 | 1 of 3 | 1 |" in text
     assert "| other (`other`) | not yet implemented | 0 | 0 of 2 | 0 of 3 | 0 |" in text
     row = next(line for line in text.splitlines() if line.startswith("| `db.a`"))
-    assert row == ("| `db.a` | `db_a_bytes_total` | counter | sum (monotonic) | `By` | `db_namespace`, `state` | on "
-                   "| reference | about db.a | SELECT 1 | Server 1.0 |")
+    assert row == (
+        "| `db.a` | `db_a_bytes_total` | counter | sum (monotonic) | `By` | `db_namespace`, `state` | on "
+        "| reference | about db.a | SELECT 1 | Server 1.0 |"
+    )
     assert "INFO stats a\\|b" in text  # a pipe in a cell would split the table
     assert "Server 1.0; Server 0.9 (documented shape)" in text
     assert "Default reference rows not declared: `db.b`." in text
@@ -106,7 +134,7 @@ def test_every_declared_metric_is_in_the_generated_doc() -> None:
 
     tables = generator.load_tables(DATABASE_TYPES)
     assert any(table is not None for table in tables.values())
-    for db_type, table in tables.items():
+    for _db_type, table in tables.items():
         if table is None:
             assert "not yet implemented" in text
             continue

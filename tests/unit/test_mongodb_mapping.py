@@ -26,16 +26,17 @@ from pymongo.errors import (
 )
 
 from dbintel.agent.collectors import collector_class
-from dbintel.agent.collectors.mongodb import COLLECTOR, TABLE
-from dbintel.agent.collectors.mongodb import MAX_COLLECTIONS, MAX_DATABASES, mapping
+from dbintel.agent.collectors.mongodb import COLLECTOR, MAX_COLLECTIONS, MAX_DATABASES, TABLE, mapping
 from dbintel.agent.collectors.mongodb.client import (
     _combined_pem,
     classify_error,
     describe_error,
     is_stale_connection,
     is_unreachable,
+    server_status_command,
     tls_options,
 )
+from dbintel.agent.collectors.mongodb.collector import slow_tasks
 from dbintel.agent.collectors.mongodb.metrics import (
     DB_STATS,
     DOC_42,
@@ -46,7 +47,6 @@ from dbintel.agent.collectors.mongodb.metrics import (
     SECANTUS,
     SERVER_STATUS,
 )
-from dbintel.agent.collectors.mongodb.collector import slow_tasks
 from dbintel.agent.collectors.mongodb.refresh import KIND_ORDER, RefreshQueue
 from dbintel.common.config import TLSSettings
 
@@ -114,13 +114,21 @@ def test_beyond_metrics_cover_the_readme_list_and_the_registry_finds_the_collect
     reference = {row["metric_name"] for row in tsv_rows()}
     beyond = {spec.name: spec for spec in TABLE if spec.tier == "beyond"}
     assert set(beyond) == ALL - reference
-    assert {"mongodb.global_lock.queue", "mongodb.wiredtiger.tickets", "mongodb.wiredtiger.cache.fill",
-            "mongodb.asserts", "mongodb.collection.document.count", "mongodb.collection.data.size",
-            "mongodb.collection.storage.size", "mongodb.collection.index.size"} <= set(beyond)
+    assert {
+        "mongodb.global_lock.queue",
+        "mongodb.wiredtiger.tickets",
+        "mongodb.wiredtiger.cache.fill",
+        "mongodb.asserts",
+        "mongodb.collection.document.count",
+        "mongodb.collection.data.size",
+        "mongodb.collection.storage.size",
+        "mongodb.collection.index.size",
+    } <= set(beyond)
     assert all(name.startswith("mongodb.") for name in beyond)
     # per-collection statistics are optional (and bounded in number); the server-wide ones are on
     assert {name for name, spec in beyond.items() if not spec.enabled_by_default} == {
-        name for name in beyond if name.startswith("mongodb.collection.")}
+        name for name in beyond if name.startswith("mongodb.collection.")
+    }
     assert collector_class("mongodb") is COLLECTOR and COLLECTOR.table is TABLE
 
 
@@ -139,15 +147,17 @@ def test_server_status_7_0_primary_gives_every_server_status_default() -> None:
     assert DEFAULT & METRICS_BY_QUERY[SERVER_STATUS] == names(samples)
     cache = status["wiredTiger"]["cache"]
     assert values[("mongodb.cache.operations", ("miss",))] == cache["pages read into cache"]
-    assert values[("mongodb.cache.operations", ("hit",))] == (cache["pages requested from the cache"]
-                                                               - cache["pages read into cache"])
+    assert values[("mongodb.cache.operations", ("hit",))] == (
+        cache["pages requested from the cache"] - cache["pages read into cache"]
+    )
     assert values[("mongodb.connection.count", ("active", "admin"))] == 9
     assert values[("mongodb.connection.count", ("available", "admin"))] == 838833
     assert values[("mongodb.connection.count", ("current", "admin"))] == 27
     assert values[("mongodb.cursor.count", ())] == 6
     assert values[("mongodb.cursor.timeout.count", ())] == 4
-    assert {op: values[("mongodb.document.operation.count", (op, "admin"))] for op in ("insert", "update", "delete")} \
-        == {"insert": 500000, "update": 88003, "delete": 1200}
+    assert {
+        op: values[("mongodb.document.operation.count", (op, "admin"))] for op in ("insert", "update", "delete")
+    } == {"insert": 500000, "update": 88003, "delete": 1200}
     assert values[("mongodb.global_lock.time", ())] == 86400120000 / 1000  # microseconds -> ms
     assert values[("mongodb.memory.usage", ("resident", "admin"))] == 1390 * 1048576
     assert values[("mongodb.memory.usage", ("virtual", "admin"))] == 3122 * 1048576
@@ -167,7 +177,12 @@ def test_server_status_7_0_primary_gives_every_server_status_default() -> None:
     assert values[("mongodb.wiredtiger.cache.limit", ())] == 3221225472
     assert values[("mongodb.wiredtiger.cache.fill", ())] == 0.5
     assert {kind: values[("mongodb.asserts", (kind,))] for kind in mapping.ASSERT_TYPES} == {
-        "regular": 0, "warning": 0, "msg": 0, "user": 412, "rollovers": 0}
+        "regular": 0,
+        "warning": 0,
+        "msg": 0,
+        "user": 412,
+        "rollovers": 0,
+    }
     assert_fits_declaration(samples)
 
 
@@ -185,8 +200,15 @@ def test_server_status_optional_metrics_when_enabled() -> None:
     # modes a resource does not report produce no series (as the receiver: the key is absent)
     assert ("mongodb.lock.acquire.count", ("mutex", "exclusive", "admin")) not in values
     locks = {k for k in values if k[0] == "mongodb.lock.acquire.count"}
-    assert {k[1][0] for k in locks} == {"parallel_batch_write_mode", "replication_state_transition", "global",
-                                        "database", "collection", "mutex", "oplog"}
+    assert {k[1][0] for k in locks} == {
+        "parallel_batch_write_mode",
+        "replication_state_transition",
+        "global",
+        "database",
+        "collection",
+        "mutex",
+        "oplog",
+    }
     assert values[("mongodb.operation.latency.time", ("read",))] == 412345678
     assert values[("mongodb.operation.latency.time", ("write",))] == 123456789
     assert values[("mongodb.operation.latency.time", ("command",))] == 98765432
@@ -226,8 +248,10 @@ def test_secantus_server_status_maps_what_it_serves_and_skips_what_it_lacks() ->
     rates = set(mapping.RATES.values())  # need two readings
     assert names(samples) == served - rates
     # no connections.active on SecantusDB
-    assert {k[1] for k in values if k[0] == "mongodb.connection.count"} == {("available", "admin"),
-                                                                            ("current", "admin")}
+    assert {k[1] for k in values if k[0] == "mongodb.connection.count"} == {
+        ("available", "admin"),
+        ("current", "admin"),
+    }
     assert values[("mongodb.memory.usage", ("resident", "admin"))] == status["mem"]["resident"] * 1048576
     assert values[("mongodb.uptime", ())] == status["uptimeMillis"]
     assert mapping.role_of(status, "RSPrimary") == "primary"  # no repl section: the driver's view decides
@@ -246,15 +270,18 @@ def test_role_comes_from_serverstatus_repl_first() -> None:
 
 
 def test_server_status_command_leaves_out_what_no_enabled_metric_reads() -> None:
-    default = mapping.server_status_command(DEFAULT)
+    def command(enabled: frozenset[str]) -> dict[str, int]:
+        return server_status_command(mapping.unread_sections(enabled))
+
+    default = command(DEFAULT)
     assert next(iter(default)) == "serverStatus"
     for section in ("locks", "opLatencies", "extra_info", "opcountersRepl", "tcmalloc", "transactions"):
         assert default[section] == 0, section
     for section in ("wiredTiger", "metrics", "repl", "connections", "globalLock", "asserts", "opcounters"):
         assert section not in default, section  # included by default on the server: not mentioned
-    everything = mapping.server_status_command(ALL)
+    everything = command(ALL)
     assert not {"locks", "opLatencies", "extra_info", "opcountersRepl", "asserts", "globalLock"} & set(everything)
-    lean = mapping.server_status_command(frozenset({"mongodb.connection.count"}))
+    lean = command(frozenset({"mongodb.connection.count"}))
     assert lean["globalLock"] == 0 and lean["asserts"] == 0
 
 
@@ -278,7 +305,7 @@ def test_rates_between_two_readings_and_none_across_a_restart() -> None:
     assert values[("mongodb.repl_inserts_per_sec", ())] == 2.0
     assert values[("mongodb.flushes.rate", ())] == 0.1
     assert len(values) == 13
-    restarted = mapping.rate_counters({"opcounters": {op: 0 for op in mapping.OPERATIONS}, "uptimeMillis": 900}, 160.0)
+    restarted = mapping.rate_counters({"opcounters": dict.fromkeys(mapping.OPERATIONS, 0), "uptimeMillis": 900}, 160.0)
     assert mapping.rate_samples(after, restarted, ALL) == []  # even the counters that were 0 and still are
     went_back = mapping.Counters(160.0, {**after.values, ("opcounters", "query"): 0.0})
     assert ("mongodb.queries.rate", ()) not in by_key(mapping.rate_samples(after, went_back, ALL))
@@ -305,24 +332,38 @@ def test_database_count_and_ranking_by_size() -> None:
     reply = load("mongodb_secantus_0_7_list_databases.json")
     values = by_key(mapping.database_samples(reply["databases"], DEFAULT))
     assert values[("mongodb.database.count", ())] == len(reply["databases"])
-    ranked = mapping.ranked_databases([{"name": "b", "sizeOnDisk": 10}, {"name": "a", "sizeOnDisk": 10},
-                                       {"name": "big", "sizeOnDisk": 10**9}, {"name": "empty", "empty": True},
-                                       {"sizeOnDisk": 5}])
+    ranked = mapping.ranked_databases(
+        [
+            {"name": "b", "sizeOnDisk": 10},
+            {"name": "a", "sizeOnDisk": 10},
+            {"name": "big", "sizeOnDisk": 10**9},
+            {"name": "empty", "empty": True},
+            {"sizeOnDisk": 5},
+        ]
+    )
     assert ranked == ["big", "a", "b", "empty"]
 
 
-@pytest.mark.parametrize("fixture, database, extents", [
-    ("mongodb_db_stats_7_0.json", "shop", None),
-    ("mongodb_db_stats_4_2.json", "legacy", 6),
-    ("mongodb_secantus_0_7_db_stats.json", "shop", None),
-])
+@pytest.mark.parametrize(
+    "fixture, database, extents",
+    [
+        ("mongodb_db_stats_7_0.json", "shop", None),
+        ("mongodb_db_stats_4_2.json", "legacy", 6),
+        ("mongodb_secantus_0_7_db_stats.json", "shop", None),
+    ],
+)
 def test_db_stats(fixture: str, database: str, extents: int | None) -> None:
     stats = load(fixture)
     samples = mapping.db_stats_samples(database, stats, DEFAULT)
     values = by_key(samples)
-    expected = {"mongodb.collection.count": "collections", "mongodb.data.size": "dataSize",
-                "mongodb.index.count": "indexes", "mongodb.index.size": "indexSize",
-                "mongodb.object.count": "objects", "mongodb.storage.size": "storageSize"}
+    expected = {
+        "mongodb.collection.count": "collections",
+        "mongodb.data.size": "dataSize",
+        "mongodb.index.count": "indexes",
+        "mongodb.index.size": "indexSize",
+        "mongodb.object.count": "objects",
+        "mongodb.storage.size": "storageSize",
+    }
     for metric, field in expected.items():
         assert values[(metric, (database,))] == stats[field], metric
     assert values.get(("mongodb.extent.count", (database,))) == extents  # MMAPv1 only, gone in 4.4
@@ -330,8 +371,13 @@ def test_db_stats(fixture: str, database: str, extents: int | None) -> None:
 
 
 def test_collection_names_skip_views() -> None:
-    entries = [{"name": "orders", "type": "collection"}, {"name": "by_day", "type": "view"},
-               {"name": "audit", "type": "collection"}, {"name": "old"}, {"type": "collection"}]
+    entries = [
+        {"name": "orders", "type": "collection"},
+        {"name": "by_day", "type": "view"},
+        {"name": "audit", "type": "collection"},
+        {"name": "old"},
+        {"type": "collection"},
+    ]
     assert mapping.collection_names(entries) == ["audit", "old", "orders"]
 
 
@@ -353,8 +399,9 @@ def test_top_of_the_documented_shape() -> None:
     assert values[("mongodb.operation.time", ("delete",))] == 50.2
 
 
-@pytest.mark.parametrize("fixture, expected", [("mongodb_index_stats_7_0.json", 71212),
-                                               ("mongodb_secantus_0_7_index_stats.json", 0)])
+@pytest.mark.parametrize(
+    "fixture, expected", [("mongodb_index_stats_7_0.json", 71212), ("mongodb_secantus_0_7_index_stats.json", 0)]
+)
 def test_index_access_is_summed_over_the_collections_indexes(fixture: str, expected: int) -> None:
     samples = mapping.index_access_samples("shop", "orders", load(fixture), DEFAULT)
     assert by_key(samples) == {("mongodb.index.access.count", ("orders", "shop")): expected}
@@ -383,8 +430,18 @@ def test_primary_view_of_the_replica_set() -> None:
     samples = mapping.repl_status_samples(status, ALL, oplog_oldest=OLDEST)
     values = by_key(samples)
     counts = {k[1][0]: v for k, v in values.items() if k[0] == "mongodb.replica_set.member.count"}
-    assert counts == {"startup": 0, "primary": 1, "secondary": 1, "recovering": 0, "startup2": 0, "unknown": 0,
-                      "arbiter": 0, "down": 1, "rollback": 0, "removed": 0}
+    assert counts == {
+        "startup": 0,
+        "primary": 1,
+        "secondary": 1,
+        "recovering": 0,
+        "startup2": 0,
+        "unknown": 0,
+        "arbiter": 0,
+        "down": 1,
+        "rollback": 0,
+        "removed": 0,
+    }
     status_values = {k[1][0]: v for k, v in values.items() if k[0] == "mongodb.replica.status"}
     assert status_values["primary"] == 1 and sum(status_values.values()) == 1 and len(status_values) == 10
     assert values[("mongodb.replica_set.lag", ("mongo-1:27017", "applied"))] == 1.5
@@ -419,9 +476,14 @@ def test_oplog_size_and_limit() -> None:
     assert values == {("mongodb.oplog.limit", ()): 1073741824, ("mongodb.oplog.usage", ()): 812345678}
 
 
-@pytest.mark.parametrize("fixture", ["mongodb_server_status_7_0_primary.json",
-                                     "mongodb_server_status_6_0_secondary.json",
-                                     "mongodb_secantus_0_7_server_status.json"])
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "mongodb_server_status_7_0_primary.json",
+        "mongodb_server_status_6_0_secondary.json",
+        "mongodb_secantus_0_7_server_status.json",
+    ],
+)
 def test_only_enabled_metrics_are_emitted(fixture: str) -> None:
     status = load(fixture)
     for enabled in (frozenset(), frozenset({"mongodb.cursor.count"}), DEFAULT):
@@ -429,8 +491,12 @@ def test_only_enabled_metrics_are_emitted(fixture: str) -> None:
 
 
 def test_values_of_the_wrong_type_are_skipped_not_fatal() -> None:
-    status = {"connections": {"current": "many", "available": True, "active": 3}, "mem": None,
-              "opcounters": [], "ok": 1}
+    status = {
+        "connections": {"current": "many", "available": True, "active": 3},
+        "mem": None,
+        "opcounters": [],
+        "ok": 1,
+    }
     values = by_key(mapping.server_status_samples(status, DEFAULT))
     assert values == {("mongodb.connection.count", ("active", "admin")): 3}
 
@@ -454,10 +520,12 @@ def test_refresh_queue_runs_lists_first_then_each_task_once_per_interval() -> No
 
 
 @settings(max_examples=60)
-@given(st.lists(st.tuples(st.sampled_from(KIND_ORDER), st.sampled_from("abc")), min_size=1, max_size=12, unique=True),
-       st.lists(st.floats(0.0, 200.0), min_size=1, max_size=40), st.integers(1, 3))
-def test_refresh_queue_never_repeats_within_the_interval_and_eventually_runs_everything(
-        keys, steps, budget) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(KIND_ORDER), st.sampled_from("abc")), min_size=1, max_size=12, unique=True),
+    st.lists(st.floats(0.0, 200.0), min_size=1, max_size=40),
+    st.integers(1, 3),
+)
+def test_refresh_queue_never_repeats_within_the_interval_and_eventually_runs_everything(keys, steps, budget) -> None:
     queue = RefreshQueue(300.0)
     queue.want(keys)
     now, last_run = 0.0, {}
@@ -483,25 +551,32 @@ def _failure(code: int, errmsg: str, code_name: str) -> OperationFailure:
     return OperationFailure(errmsg, code, {"ok": 0.0, "errmsg": errmsg, "code": code, "codeName": code_name})
 
 
-UNAUTHORIZED = _failure(13, "not authorized on admin to execute command { serverStatus: 1, $db: \"admin\" }",
-                        "Unauthorized")
+UNAUTHORIZED = _failure(
+    13, 'not authorized on admin to execute command { serverStatus: 1, $db: "admin" }', "Unauthorized"
+)
 AUTH_FAILED = _failure(18, "Authentication failed.", "AuthenticationFailed")
 
 
-@pytest.mark.parametrize("exc, reason", [
-    (UNAUTHORIZED, "permission"),
-    (AUTH_FAILED, "permission"),
-    (_failure(59, "no such command: 'top'", "CommandNotFound"), "unsupported"),
-    (_failure(76, "not running with --replSet", "NoReplicationEnabled"), "unsupported"),
-    (_failure(50, "operation exceeded time limit", "MaxTimeMSExpired"), "timeout"),
-    (_failure(26, "ns not found", "NamespaceNotFound"), "server_error"),
-    (NetworkTimeout("127.0.0.1:27017: timed out"), "timeout"),
-    (ServerSelectionTimeoutError("127.0.0.1:27017: timed out, Timeout: 1.6s, Topology Description: ..."), "timeout"),
-    (ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused, Timeout: 1.6s"), "connection"),
-    (AutoReconnect("connection closed"), "connection"),
-    (ConfigurationError("bad TLS file"), "connection"),
-    (ValueError("listDatabases reply has no databases list"), "bad_reply"),
-])
+@pytest.mark.parametrize(
+    "exc, reason",
+    [
+        (UNAUTHORIZED, "permission"),
+        (AUTH_FAILED, "permission"),
+        (_failure(59, "no such command: 'top'", "CommandNotFound"), "unsupported"),
+        (_failure(76, "not running with --replSet", "NoReplicationEnabled"), "unsupported"),
+        (_failure(50, "operation exceeded time limit", "MaxTimeMSExpired"), "timeout"),
+        (_failure(26, "ns not found", "NamespaceNotFound"), "server_error"),
+        (NetworkTimeout("127.0.0.1:27017: timed out"), "timeout"),
+        (
+            ServerSelectionTimeoutError("127.0.0.1:27017: timed out, Timeout: 1.6s, Topology Description: ..."),
+            "timeout",
+        ),
+        (ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused, Timeout: 1.6s"), "connection"),
+        (AutoReconnect("connection closed"), "connection"),
+        (ConfigurationError("bad TLS file"), "connection"),
+        (ValueError("listDatabases reply has no databases list"), "bad_reply"),
+    ],
+)
 def test_error_reasons(exc: BaseException, reason: str) -> None:
     assert classify_error(exc) == reason
 
@@ -534,18 +609,21 @@ def test_unauthorized_names_the_grant_and_never_a_secret() -> None:
 def test_topology_dump_is_cut_from_connection_errors() -> None:
     exc = ServerSelectionTimeoutError(
         "127.0.0.1:1: [Errno 111] Connection refused (configured timeouts: socketTimeoutMS: 8000.0ms), "
-        "Timeout: 1.6s, Topology Description: <TopologyDescription id: 1, topology_type: Single, servers: [...]>")
+        "Timeout: 1.6s, Topology Description: <TopologyDescription id: 1, topology_type: Single, servers: [...]>"
+    )
     reason, message = describe_error(exc, query=SERVER_STATUS, user=None)
     assert reason == "connection"
-    assert message == ("ServerSelectionTimeoutError: 127.0.0.1:1: [Errno 111] Connection refused "
-                       "(configured timeouts: socketTimeoutMS: 8000.0ms)")
+    assert message == (
+        "ServerSelectionTimeoutError: 127.0.0.1:1: [Errno 111] Connection refused "
+        "(configured timeouts: socketTimeoutMS: 8000.0ms)"
+    )
 
 
 def test_tls_settings_map_to_driver_options() -> None:
     assert tls_options(TLSSettings()) == {}
-    assert tls_options(TLSSettings(enabled=True, ca_file="/ca.pem", cert_file="/client.pem",
-                                   key_file="/client.pem")) == {
-        "tls": True, "tlsCAFile": "/ca.pem", "tlsCertificateKeyFile": "/client.pem"}
+    assert tls_options(
+        TLSSettings(enabled=True, ca_file="/ca.pem", cert_file="/client.pem", key_file="/client.pem")
+    ) == {"tls": True, "tlsCAFile": "/ca.pem", "tlsCertificateKeyFile": "/client.pem"}
     assert tls_options(TLSSettings(enabled=True, insecure_skip_verify=True)) == {"tls": True, "tlsInsecure": True}
     # a separate key file is joined to the certificate by the client, not passed as is
     assert "tlsCertificateKeyFile" not in tls_options(TLSSettings(enabled=True, cert_file="/c.pem", key_file="/k.pem"))

@@ -28,13 +28,14 @@ from dbintel.agent.collectors.mysql.metrics import (
     TABLE_METRICS,
     TRX_METRICS,
 )
+from dbintel.agent.collectors.samples import float_number
 from dbintel.common.config import TLSSettings
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "metrics" / "mysql.tsv"
-ALL = TABLE.enabled({name: True for name in TABLE.by_name})
-MARIADB_1011 = mapping.ServerVersion("mariadb", (10, 11, 19))
-MYSQL_8036 = mapping.ServerVersion("mysql", (8, 0, 36))
+ALL = TABLE.enabled(dict.fromkeys(TABLE.by_name, True))
+MARIADB_1011 = client.ServerVersion("mariadb", (10, 11, 19))
+MYSQL_8036 = client.ServerVersion("mysql", (8, 0, 36))
 
 
 def reference_rows() -> list[dict[str, str]]:
@@ -62,8 +63,10 @@ def collect_offline(status: dict[str, str], replies: dict[str, Any], enabled: fr
     samples += mapping.variable_samples(replies["catalog"]["variables"], status, enabled)
     samples += mapping.table_samples(replies["catalog"]["tables"], enabled)
     counters = mapping.innodb_metric_names(status, enabled)
-    innodb = {"metrics": {k: v for k, v in replies["innodb"]["metrics"].items() if k in counters},
-              "trx": replies["innodb"]["trx"]}
+    innodb = {
+        "metrics": {k: v for k, v in replies["innodb"]["metrics"].items() if k in counters},
+        "trx": replies["innodb"]["trx"],
+    }
     samples += mapping.innodb_samples(innodb, enabled)
     samples += mapping.performance_schema_samples(replies["performance_schema"], enabled)
     samples += mapping.replica_samples(replies["replica_status"], enabled)
@@ -94,9 +97,16 @@ def test_the_default_floor_is_the_25_reference_rows_plus_the_beyond_metrics() ->
     defaults = {r["metric_name"] for r in reference_rows() if r["enabled_by_default"] == "true"}
     assert len(defaults) == 25
     beyond = {s.name for s in TABLE if s.tier == "beyond"}
-    assert beyond == {"mysql.connection.max", "mysql.connection.utilization", "mysql.innodb.checkpoint.age",
-                      "mysql.innodb.redo_log.capacity", "mysql.binlog.cache.use", "mysql.binlog.cache.disk_use",
-                      "mysql.innodb.deadlocks", "mysql.replica.thread.last_error"}
+    assert beyond == {
+        "mysql.connection.max",
+        "mysql.connection.utilization",
+        "mysql.innodb.checkpoint.age",
+        "mysql.innodb.redo_log.capacity",
+        "mysql.binlog.cache.use",
+        "mysql.binlog.cache.disk_use",
+        "mysql.innodb.deadlocks",
+        "mysql.replica.thread.last_error",
+    }
     assert not beyond & {r["metric_name"] for r in reference_rows()}
     assert TABLE.enabled() == defaults | beyond
     assert len(TABLE.specs) == len(reference_rows()) + len(beyond)
@@ -135,70 +145,130 @@ def test_only_enabled_metrics_are_emitted(flavour: str) -> None:
 
 
 # --- server version --------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, flavour, number", [
-    ("5.5.5-10.11.19-MariaDB-0+deb12u1", "mariadb", (10, 11, 19)),  # the handshake of this fixture
-    ("10.6.14-MariaDB-1:10.6.14+maria~ubu2204", "mariadb", (10, 6, 14)),
-    ("11.4.2-MariaDB-log", "mariadb", (11, 4, 2)),
-    ("8.0.36", "mysql", (8, 0, 36)),
-    ("8.0.21-log", "mysql", (8, 0, 21)),
-    ("8.0.36-0ubuntu0.22.04.1", "mysql", (8, 0, 36)),
-    ("5.7.44-48-log", "mysql", (5, 7, 44)),
-])
+@pytest.mark.parametrize(
+    "text, flavour, number",
+    [
+        ("5.5.5-10.11.19-MariaDB-0+deb12u1", "mariadb", (10, 11, 19)),  # the handshake of this fixture
+        ("10.6.14-MariaDB-1:10.6.14+maria~ubu2204", "mariadb", (10, 6, 14)),
+        ("11.4.2-MariaDB-log", "mariadb", (11, 4, 2)),
+        ("8.0.36", "mysql", (8, 0, 36)),
+        ("8.0.21-log", "mysql", (8, 0, 21)),
+        ("8.0.36-0ubuntu0.22.04.1", "mysql", (8, 0, 36)),
+        ("5.7.44-48-log", "mysql", (5, 7, 44)),
+    ],
+)
 def test_server_version_is_parsed_from_the_handshake(text: str, flavour: str, number: tuple[int, ...]) -> None:
-    version = mapping.parse_server_version(text)
+    version = client.parse_server_version(text)
     assert (version.flavour, version.number) == (flavour, number)
 
 
 def test_an_unparseable_version_is_an_error() -> None:
     with pytest.raises(ValueError):
-        mapping.parse_server_version("unknown")
+        client.parse_server_version("unknown")
 
 
-@pytest.mark.parametrize("version, statement, privilege, predicate, capacity", [
-    (MARIADB_1011, "SHOW ALL SLAVES STATUS", "SLAVE MONITOR", "ENABLED = 1", "@@global.innodb_log_file_size"),
-    (mapping.ServerVersion("mariadb", (10, 5, 4)), "SHOW ALL SLAVES STATUS", "REPLICATION SLAVE ADMIN",
-     "ENABLED = 1", "@@global.innodb_log_file_size"),
-    (mapping.ServerVersion("mariadb", (10, 4, 30)), "SHOW ALL SLAVES STATUS", "REPLICATION CLIENT",
-     "STATUS = 'enabled'", "@@global.innodb_log_file_size * @@global.innodb_log_files_in_group"),
-    (MYSQL_8036, "SHOW REPLICA STATUS", "REPLICATION CLIENT", "STATUS = 'enabled'",
-     "@@global.innodb_redo_log_capacity"),
-    (mapping.ServerVersion("mysql", (8, 0, 21)), "SHOW SLAVE STATUS", "REPLICATION CLIENT", "STATUS = 'enabled'",
-     "@@global.innodb_log_file_size * @@global.innodb_log_files_in_group"),
-])
+@pytest.mark.parametrize(
+    "version, statement, privilege, predicate, capacity",
+    [
+        (MARIADB_1011, "SHOW ALL SLAVES STATUS", "SLAVE MONITOR", "ENABLED = 1", "@@global.innodb_log_file_size"),
+        (
+            client.ServerVersion("mariadb", (10, 5, 4)),
+            "SHOW ALL SLAVES STATUS",
+            "REPLICATION SLAVE ADMIN",
+            "ENABLED = 1",
+            "@@global.innodb_log_file_size",
+        ),
+        (
+            client.ServerVersion("mariadb", (10, 4, 30)),
+            "SHOW ALL SLAVES STATUS",
+            "REPLICATION CLIENT",
+            "STATUS = 'enabled'",
+            "@@global.innodb_log_file_size * @@global.innodb_log_files_in_group",
+        ),
+        (
+            MYSQL_8036,
+            "SHOW REPLICA STATUS",
+            "REPLICATION CLIENT",
+            "STATUS = 'enabled'",
+            "@@global.innodb_redo_log_capacity",
+        ),
+        (
+            client.ServerVersion("mysql", (8, 0, 21)),
+            "SHOW SLAVE STATUS",
+            "REPLICATION CLIENT",
+            "STATUS = 'enabled'",
+            "@@global.innodb_log_file_size * @@global.innodb_log_files_in_group",
+        ),
+    ],
+)
 def test_statements_and_grants_follow_the_version(version, statement, privilege, predicate, capacity) -> None:
-    assert mapping.replica_status_statement(version) == statement
-    assert mapping.replica_status_privilege(version) == privilege
-    assert mapping.innodb_metrics_enabled_predicate(version) == predicate
-    assert mapping.redo_log_capacity_expression(version) == capacity
+    assert client.replica_status_statement(version) == statement
+    assert client.replica_status_privilege(version) == privilege
+    assert client.innodb_metrics_enabled_predicate(version) == predicate
+    assert client.redo_log_capacity_expression(version) == capacity
 
 
 def test_grant_hints_name_the_privilege_and_the_account() -> None:
-    account = mapping.quote_account("dbintel_monitor@10.0.%", "ignored")
+    account = client.quote_account("dbintel_monitor@10.0.%", "ignored")
     assert account == "'dbintel_monitor'@'10.0.%'"
-    assert mapping.quote_account(None, "monitor") == "'monitor'@'%'"
-    assert mapping.required_grant("fetch_innodb", MYSQL_8036, account) == f"GRANT PROCESS ON *.* TO {account}"
-    assert mapping.required_grant("fetch_performance_schema", MARIADB_1011, account) == (
-        f"GRANT SELECT ON performance_schema.* TO {account}")
-    assert mapping.required_grant("fetch_replica_status", MYSQL_8036, account) == (
-        f"GRANT REPLICATION CLIENT ON *.* TO {account}")
-    assert mapping.required_grant("fetch_replica_status", MARIADB_1011, account) == (
-        f"GRANT SLAVE MONITOR ON *.* TO {account}")
-    assert mapping.required_grant("fetch_global_status", MYSQL_8036, account) is None
+    assert client.quote_account(None, "monitor") == "'monitor'@'%'"
+    assert client.required_grant("fetch_innodb", MYSQL_8036, account) == f"GRANT PROCESS ON *.* TO {account}"
+    assert client.required_grant("fetch_performance_schema", MARIADB_1011, account) == (
+        f"GRANT SELECT ON performance_schema.* TO {account}"
+    )
+    assert client.required_grant("fetch_replica_status", MYSQL_8036, account) == (
+        f"GRANT REPLICATION CLIENT ON *.* TO {account}"
+    )
+    assert client.required_grant("fetch_replica_status", MARIADB_1011, account) == (
+        f"GRANT SLAVE MONITOR ON *.* TO {account}"
+    )
+    assert client.required_grant("fetch_global_status", MYSQL_8036, account) is None
 
 
 # --- SQL vs documented tables ------------------------------------------------------------------------
 # performance_schema columns read, per table, as documented for MySQL 8.0 and listed by MariaDB 10.11.
 _IO = {"OBJECT_TYPE", "OBJECT_SCHEMA", "OBJECT_NAME", "COUNT_STAR", "SUM_TIMER_WAIT"} | {
-    f"{agg}_{op}" for agg in ("COUNT", "SUM_TIMER", "MIN_TIMER", "AVG_TIMER", "MAX_TIMER")
-    for op in ("READ", "WRITE", "FETCH", "INSERT", "UPDATE", "DELETE")}
-_LOCK_KINDS = ("READ_NORMAL", "READ_WITH_SHARED_LOCKS", "READ_HIGH_PRIORITY", "READ_NO_INSERT", "READ_EXTERNAL",
-               "WRITE_ALLOW_WRITE", "WRITE_CONCURRENT_INSERT", "WRITE_LOW_PRIORITY", "WRITE_NORMAL", "WRITE_EXTERNAL")
+    f"{agg}_{op}"
+    for agg in ("COUNT", "SUM_TIMER", "MIN_TIMER", "AVG_TIMER", "MAX_TIMER")
+    for op in ("READ", "WRITE", "FETCH", "INSERT", "UPDATE", "DELETE")
+}
+_LOCK_KINDS = (
+    "READ_NORMAL",
+    "READ_WITH_SHARED_LOCKS",
+    "READ_HIGH_PRIORITY",
+    "READ_NO_INSERT",
+    "READ_EXTERNAL",
+    "WRITE_ALLOW_WRITE",
+    "WRITE_CONCURRENT_INSERT",
+    "WRITE_LOW_PRIORITY",
+    "WRITE_NORMAL",
+    "WRITE_EXTERNAL",
+)
 _LOCK = {"OBJECT_TYPE", "OBJECT_SCHEMA", "OBJECT_NAME", "COUNT_STAR", "SUM_TIMER_WAIT"} | {
-    f"{agg}_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _LOCK_KINDS}
-_DIGEST = {"SCHEMA_NAME", "DIGEST", "DIGEST_TEXT", "COUNT_STAR", "SUM_TIMER_WAIT", "SUM_LOCK_TIME", "SUM_ERRORS",
-           "SUM_WARNINGS", "SUM_ROWS_AFFECTED", "SUM_ROWS_SENT", "SUM_ROWS_EXAMINED", "SUM_CREATED_TMP_DISK_TABLES",
-           "SUM_CREATED_TMP_TABLES", "SUM_SELECT_FULL_JOIN", "SUM_SORT_MERGE_PASSES", "SUM_SORT_ROWS",
-           "SUM_NO_INDEX_USED", "SUM_NO_GOOD_INDEX_USED", "FIRST_SEEN", "LAST_SEEN"}
+    f"{agg}_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _LOCK_KINDS
+}
+_DIGEST = {
+    "SCHEMA_NAME",
+    "DIGEST",
+    "DIGEST_TEXT",
+    "COUNT_STAR",
+    "SUM_TIMER_WAIT",
+    "SUM_LOCK_TIME",
+    "SUM_ERRORS",
+    "SUM_WARNINGS",
+    "SUM_ROWS_AFFECTED",
+    "SUM_ROWS_SENT",
+    "SUM_ROWS_EXAMINED",
+    "SUM_CREATED_TMP_DISK_TABLES",
+    "SUM_CREATED_TMP_TABLES",
+    "SUM_SELECT_FULL_JOIN",
+    "SUM_SORT_MERGE_PASSES",
+    "SUM_SORT_ROWS",
+    "SUM_NO_INDEX_USED",
+    "SUM_NO_GOOD_INDEX_USED",
+    "FIRST_SEEN",
+    "LAST_SEEN",
+}
 DOCUMENTED = {"table_io": _IO, "index_io": _IO | {"INDEX_NAME"}, "table_lock": _LOCK, "digest": _DIGEST}
 
 
@@ -207,8 +277,22 @@ def test_performance_schema_parts_read_documented_columns(source: str) -> None:
     part = client.PERFORMANCE_SCHEMA_PARTS[source]
     sql = client.union_sql([part])
     read = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", sql)) - {
-        "SELECT", "FROM", "WHERE", "TABLE", "USING", "COLLATE", "CONVERT", "NULL", "LEFT", "ORDER", "DESC",
-        "LIMIT", "INTERVAL", "SECOND", "NOW"}
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "TABLE",
+        "USING",
+        "COLLATE",
+        "CONVERT",
+        "NULL",
+        "LEFT",
+        "ORDER",
+        "DESC",
+        "LIMIT",
+        "INTERVAL",
+        "SECOND",
+        "NOW",
+    }
     assert read <= DOCUMENTED[source], read - DOCUMENTED[source]
     assert "performance_schema." in sql and "'mysql'" in sql  # system schemas are left out
 
@@ -245,12 +329,21 @@ def test_catalog_and_innodb_statements_by_version() -> None:
 _NAMES = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
 
 
-@given(st.lists(st.tuples(st.lists(_NAMES, min_size=0, max_size=3, unique=True),
-                          st.lists(_NAMES, min_size=0, max_size=4, unique=True)), min_size=1, max_size=4),
-       st.data())
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(_NAMES, min_size=0, max_size=3, unique=True), st.lists(_NAMES, min_size=0, max_size=4, unique=True)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.data(),
+)
 def test_union_rows_split_back_into_their_parts(shapes, data) -> None:
-    parts = [client.UnionPart(f"s{i}", tuple((k, k.upper()) for k in keys), tuple((v, v.upper()) for v in values))
-             for i, (keys, values) in enumerate(shapes)]
+    parts = [
+        client.UnionPart(f"s{i}", tuple((k, k.upper()) for k in keys), tuple((v, v.upper()) for v in values))
+        for i, (keys, values) in enumerate(shapes)
+    ]
     key_width = max(len(p.keys) for p in parts)
     value_width = max(len(p.values) for p in parts)
     expected: dict[str, list[dict]] = {p.source: [] for p in parts}
@@ -258,10 +351,15 @@ def test_union_rows_split_back_into_their_parts(shapes, data) -> None:
     for part in data.draw(st.lists(st.sampled_from(parts), max_size=6)):
         keys = [data.draw(st.text(max_size=4)) for _ in part.keys]
         values = [data.draw(st.integers()) for _ in part.values]
-        rows.append((part.source, *keys, *[None] * (key_width - len(keys)),
-                     *values, *[None] * (value_width - len(values))))
-        expected[part.source].append({**dict(zip((k for k, _ in part.keys), keys)),
-                                      **dict(zip((v for v, _ in part.values), values))})
+        rows.append(
+            (part.source, *keys, *[None] * (key_width - len(keys)), *values, *[None] * (value_width - len(values)))
+        )
+        expected[part.source].append(
+            {
+                **dict(zip((k for k, _ in part.keys), keys, strict=False)),
+                **dict(zip((v for v, _ in part.values), values, strict=False)),
+            }
+        )
     assert client.split_union(parts, rows) == expected
     assert client.union_sql(parts).count("SELECT ") == len(parts)
 
@@ -279,8 +377,9 @@ def test_mariadb_status_maps_as_the_receiver_does() -> None:
     data, dirty = int(status["Innodb_buffer_pool_pages_data"]), int(status["Innodb_buffer_pool_pages_dirty"])
     assert found[("mysql.buffer_pool.data_pages", ("dirty",))] == dirty
     assert found[("mysql.buffer_pool.data_pages", ("clean",))] == data - dirty
-    assert found[("mysql.buffer_pool.usage", ("clean",))] == (int(status["Innodb_buffer_pool_bytes_data"])
-                                                              - int(status["Innodb_buffer_pool_bytes_dirty"]))
+    assert found[("mysql.buffer_pool.usage", ("clean",))] == (
+        int(status["Innodb_buffer_pool_bytes_data"]) - int(status["Innodb_buffer_pool_bytes_dirty"])
+    )
     assert found[("mysql.buffer_pool.pages", ("total",))] == int(status["Innodb_buffer_pool_pages_total"])
     assert found[("mysql.uptime", ())] == int(status["Uptime"])
     assert found[("mysql.handlers", ("read_rnd_next",))] == int(status["Handler_read_rnd_next"])
@@ -324,20 +423,31 @@ def test_status_lacking_a_metric_asks_innodb_metrics_for_it() -> None:
 
 def test_innodb_replies_map_to_the_adaptive_and_transaction_metrics() -> None:
     found = by_key(mapping.innodb_samples(FLAVOURS[MYSQL8][1]["innodb"], ALL))
-    assert found == {("mysql.innodb.deadlocks", ()): 2, ("mysql.innodb.history_list.length", ()): 31,
-                     ("mysql.innodb.transaction.active.count", ()): 3,
-                     ("mysql.innodb.transaction.active.duration.max", ()): 42}
+    assert found == {
+        ("mysql.innodb.deadlocks", ()): 2,
+        ("mysql.innodb.history_list.length", ()): 31,
+        ("mysql.innodb.transaction.active.count", ()): 3,
+        ("mysql.innodb.transaction.active.duration.max", ()): 42,
+    }
 
 
 def test_an_out_of_range_misc_page_count_is_skipped() -> None:
-    status = {"Innodb_buffer_pool_pages_misc": "18446744073709551608", "Innodb_buffer_pool_pages_total": "8191",
-              "Innodb_buffer_pool_pages_free": "100"}
+    status = {
+        "Innodb_buffer_pool_pages_misc": "18446744073709551608",
+        "Innodb_buffer_pool_pages_total": "8191",
+        "Innodb_buffer_pool_pages_free": "100",
+    }
     found = by_key(mapping.status_samples(status, ALL))
     assert ("mysql.buffer_pool.pages", ("misc",)) not in found and ("mysql.buffer_pool.pages", ("free",)) in found
 
 
-@given(st.dictionaries(st.sampled_from(sorted(mapping.STATUS_VARIABLES)),
-                       st.one_of(st.text(max_size=12), st.integers(-10**20, 10**20).map(str)), max_size=40))
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(mapping.STATUS_VARIABLES)),
+        st.one_of(st.text(max_size=12), st.integers(-(10**20), 10**20).map(str)),
+        max_size=40,
+    )
+)
 def test_any_status_text_maps_without_error(status: dict[str, str]) -> None:
     for sample in mapping.status_samples(status, ALL):
         assert isinstance(sample.value, float) and sample.spec.name in ALL
@@ -345,7 +455,7 @@ def test_any_status_text_maps_without_error(status: dict[str, str]) -> None:
 
 @given(st.one_of(st.none(), st.text(max_size=10), st.integers(), st.floats(allow_nan=False), st.booleans()))
 def test_number_is_a_float_or_none(value: Any) -> None:
-    result = mapping.number(value)
+    result = float_number(value)
     assert result is None or isinstance(result, float)
 
 
@@ -353,8 +463,12 @@ def test_number_is_a_float_or_none(value: Any) -> None:
 def test_variables_and_utilization() -> None:
     variables = {"max_connections": 200, "innodb_buffer_pool_size": 1 << 30, "redo_log_capacity": 1 << 28}
     found = by_key(mapping.variable_samples(variables, {"Threads_connected": "50"}, ALL))
-    assert found == {("mysql.buffer_pool.limit", ()): 1 << 30, ("mysql.connection.max", ()): 200,
-                     ("mysql.innodb.redo_log.capacity", ()): 1 << 28, ("mysql.connection.utilization", ()): 0.25}
+    assert found == {
+        ("mysql.buffer_pool.limit", ()): 1 << 30,
+        ("mysql.connection.max", ()): 200,
+        ("mysql.innodb.redo_log.capacity", ()): 1 << 28,
+        ("mysql.connection.utilization", ()): 0.25,
+    }
     assert ("mysql.connection.utilization", ()) not in by_key(mapping.variable_samples(variables, None, ALL))
     assert mapping.variable_samples(None, {"Threads_connected": "5"}, ALL) == []
 
@@ -375,8 +489,11 @@ def test_performance_schema_timers_are_nanoseconds_and_no_index_is_none() -> Non
     assert found[("mysql.table.lock_wait.read.count", ("shop", "orders", "normal"))] == 7
     assert found[("mysql.table.lock_wait.read.time", ("shop", "orders", "normal"))] == 7
     assert found[("mysql.table.lock_wait.write.count", ("shop", "orders", "concurrent_insert"))] == 0
-    digest = ("shop", "1f6e5a0b6c55ba1c4b6e1e4a3a7e1c2d9b8e3f4a5c6d7e8f9a0b1c2d3e4f5a6b",
-              "SELECT * FROM `orders` WHERE `customer_id` = ?")
+    digest = (
+        "shop",
+        "1f6e5a0b6c55ba1c4b6e1e4a3a7e1c2d9b8e3f4a5c6d7e8f9a0b1c2d3e4f5a6b",
+        "SELECT * FROM `orders` WHERE `customer_id` = ?",
+    )
     assert found[("mysql.statement_event.count", digest + ("rows_examined",))] == 96244
     assert found[("mysql.statement_event.wait.time", digest)] == 932110000
 
@@ -403,8 +520,15 @@ def test_mariadb_replica_connection_with_a_failing_io_thread() -> None:
 
 
 def test_pre_8022_slave_status_columns_are_understood() -> None:
-    row = {"Slave_IO_Running": "Yes", "Slave_SQL_Running": "Yes", "Seconds_Behind_Master": 12, "SQL_Delay": 0,
-           "Last_IO_Errno": 0, "Last_SQL_Errno": 0, "Channel_Name": "eu"}
+    row = {
+        "Slave_IO_Running": "Yes",
+        "Slave_SQL_Running": "Yes",
+        "Seconds_Behind_Master": 12,
+        "SQL_Delay": 0,
+        "Last_IO_Errno": 0,
+        "Last_SQL_Errno": 0,
+        "Channel_Name": "eu",
+    }
     found = by_key(mapping.replica_samples([row], ALL))
     assert found[("mysql.replica.time_behind_source", ())] == 12
     assert found[("mysql.replica.thread.running", ("io", "eu"))] == 1
@@ -412,32 +536,44 @@ def test_pre_8022_slave_status_columns_are_understood() -> None:
 
 
 # --- errors and TLS ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("exc, reason", [
-    (pymysql.err.OperationalError(1227, "Access denied; you need (at least one of) the PROCESS privilege(s)"),
-     "permission"),
-    (pymysql.err.OperationalError(1142, "SELECT command denied to user 'u'@'h' for table 'threads'"), "permission"),
-    (pymysql.err.ProgrammingError(1146, "Table 'performance_schema.x' doesn't exist"), "unsupported"),
-    (pymysql.err.OperationalError(1193, "Unknown system variable 'innodb_redo_log_capacity'"), "unsupported"),
-    (pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax"), "unsupported"),
-    (pymysql.err.OperationalError(3024, "Query execution was interrupted, maximum statement execution time exceeded"),
-     "timeout"),
-    (pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"), "connection"),
-    (pymysql.err.OperationalError(4031, "The client was disconnected by the server because of inactivity"),
-     "connection"),
-    (pymysql.err.OperationalError(1045, "Access denied for user 'u'@'h' (using password: YES)"), "connection"),
-    (pymysql.err.InterfaceError(0, ""), "connection"),
-    (ConnectionRefusedError(111, "Connection refused"), "connection"),
-    (TimeoutError(), "timeout"),
-    (pymysql.err.InternalError(1021, "Disk full"), "server_error"),
-    (ValueError("SHOW GLOBAL STATUS returned 3 columns"), "bad_reply"),
-])
+@pytest.mark.parametrize(
+    "exc, reason",
+    [
+        (
+            pymysql.err.OperationalError(1227, "Access denied; you need (at least one of) the PROCESS privilege(s)"),
+            "permission",
+        ),
+        (pymysql.err.OperationalError(1142, "SELECT command denied to user 'u'@'h' for table 'threads'"), "permission"),
+        (pymysql.err.ProgrammingError(1146, "Table 'performance_schema.x' doesn't exist"), "unsupported"),
+        (pymysql.err.OperationalError(1193, "Unknown system variable 'innodb_redo_log_capacity'"), "unsupported"),
+        (pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax"), "unsupported"),
+        (
+            pymysql.err.OperationalError(
+                3024, "Query execution was interrupted, maximum statement execution time exceeded"
+            ),
+            "timeout",
+        ),
+        (pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"), "connection"),
+        (
+            pymysql.err.OperationalError(4031, "The client was disconnected by the server because of inactivity"),
+            "connection",
+        ),
+        (pymysql.err.OperationalError(1045, "Access denied for user 'u'@'h' (using password: YES)"), "connection"),
+        (pymysql.err.InterfaceError(0, ""), "connection"),
+        (ConnectionRefusedError(111, "Connection refused"), "connection"),
+        (TimeoutError(), "timeout"),
+        (pymysql.err.InternalError(1021, "Disk full"), "server_error"),
+        (ValueError("SHOW GLOBAL STATUS returned 3 columns"), "bad_reply"),
+    ],
+)
 def test_errors_are_classified(exc: BaseException, reason: str) -> None:
     assert client.classify_error(exc) == reason
 
 
 def test_error_messages_are_one_line_and_scrub_secrets() -> None:
     reason, message = client.describe_error(
-        pymysql.err.OperationalError(1045, "Access denied for 'u' hunter2\nsecond line"), secrets=("hunter2",))
+        pymysql.err.OperationalError(1045, "Access denied for 'u' hunter2\nsecond line"), secrets=("hunter2",)
+    )
     assert reason == "connection"
     assert message == "OperationalError: 1045 Access denied for 'u' ***"
     assert client.describe_error(TimeoutError())[1] == "TimeoutError: no reply within the poll timeout"

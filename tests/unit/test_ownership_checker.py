@@ -87,8 +87,9 @@ def test_two_agents_polling_one_database_are_always_reported(phase, overlap):
 def test_a_missed_slot_is_a_gap_of_two_intervals():
     polls = [100.0, 101.0, 103.0, 104.0]
     observations, scrapes = scrape_history({"a": polls}, {}, [99.9 + 0.25 * k for k in range(18)])
-    report = analyse(polls_from_observations(observations, {RID: INTERVAL}, scrapes), {RID: INTERVAL}, [RID],
-                     99.0, 104.2)
+    report = analyse(
+        polls_from_observations(observations, {RID: INTERVAL}, scrapes), {RID: INTERVAL}, [RID], 99.0, 104.2
+    )
     assert report.max_gap() == 2.0
     assert [(g.start, g.end) for g in report.longest(1)] == [(101.0, 103.0)]
 
@@ -100,8 +101,11 @@ def test_a_late_sample_infers_the_polls_its_counter_skipped():
 
 
 def test_a_retaken_database_counts_from_its_new_tenure():
-    observations = [Observation(100.1, "a", RID, 5, 100.0), Observation(100.35, "a", RID, 5, 100.0),
-                    Observation(105.1, "a", RID, 2, 105.0)]  # revoked, then granted again: counter restarted
+    observations = [
+        Observation(100.1, "a", RID, 5, 100.0),
+        Observation(100.35, "a", RID, 5, 100.0),
+        Observation(105.1, "a", RID, 2, 105.0),
+    ]  # revoked, then granted again: counter restarted
     polls = polls_from_observations(observations, {RID: INTERVAL})
     assert [(p.at, p.inferred) for p in polls[RID]] == [(100.0, False), (104.0, True), (105.0, False)]
 
@@ -124,8 +128,13 @@ def test_a_stalled_sampler_infers_every_slot_the_agent_held_the_database_through
     observations = [Observation(100.9, "a", RID, 1, 100.0), Observation(104.1, "b", RID, 1, 104.0)]
     scrapes = {"a": [100.9, 103.5], "b": [100.9, 103.5, 104.1]}
     polls = polls_from_observations(observations, {RID: INTERVAL}, scrapes)
-    assert [(p.at, p.agent) for p in polls[RID]] == [(100.0, "a"), (101.0, "a"), (102.0, "a"), (103.0, "a"),
-                                                     (104.0, "b")]
+    assert [(p.at, p.agent) for p in polls[RID]] == [
+        (100.0, "a"),
+        (101.0, "a"),
+        (102.0, "a"),
+        (103.0, "a"),
+        (104.0, "b"),
+    ]
     assert analyse(polls, {RID: INTERVAL}, [RID], 99.0, 104.5).max_gap() == 1.0
 
 

@@ -18,12 +18,15 @@ MEMBERS = st.lists(NAMES, min_size=1, max_size=25, unique=True)
 KEYS = st.lists(NAMES.map(lambda s: f"db:redis/{s}"), min_size=0, max_size=120, unique=True)
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"", 0xEF46DB3751D8E999),
-    (b"a", 0xD24EC4F1A98C6E5B),
-    (b"abc", 0x44BC2CF5AD770999),
-    (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),  # > 32 bytes: the stripe loop
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", 0xEF46DB3751D8E999),
+        (b"a", 0xD24EC4F1A98C6E5B),
+        (b"abc", 0x44BC2CF5AD770999),
+        (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),  # > 32 bytes: the stripe loop
+    ],
+)
 def test_xxh64_matches_the_reference_vectors(data, expected):
     assert xxh64(data) == expected
 
@@ -39,8 +42,7 @@ def test_ring_assigns_every_key_once_to_a_member(members, keys, partitions):
 
 
 @examples
-@given(members=MEMBERS, partitions=st.sampled_from([61, 1061]),
-       load=st.sampled_from([1.05, 1.1, 1.25, 2.0]))
+@given(members=MEMBERS, partitions=st.sampled_from([61, 1061]), load=st.sampled_from([1.05, 1.1, 1.25, 2.0]))
 def test_ring_partitions_respect_the_load_bound(members, partitions, load):
     ring = ConsistentHashingBoundedLoads(members, partition_count=partitions, load=load)
     bound = math.ceil((partitions // len(members)) * load)  # the library divides as integers

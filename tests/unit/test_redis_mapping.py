@@ -15,7 +15,6 @@ Fixtures in tests/unit/data are real replies captured with `redis-cli info every
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import string
 from collections import Counter
@@ -29,13 +28,13 @@ from hypothesis import strategies as st
 from dbintel.agent.collectors import collector_class
 from dbintel.agent.collectors.redis import COLLECTOR, REDIS_METRICS
 from dbintel.agent.collectors.redis.client import tls_arguments
-from dbintel.agent.collectors.redis.collector import SLOW_REFRESH, SlowRefresh, error_reason
+from dbintel.agent.collectors.redis.collector import error_reason
 from dbintel.agent.collectors.redis.mapping import (
     CLUSTER_INFO_METRICS,
-    cluster_info_samples,
     LATENCY_METRICS,
-    info_sections,
+    cluster_info_samples,
     info_samples,
+    info_sections,
     latency_samples,
     number,
     parse_fields,
@@ -121,7 +120,13 @@ def test_redis_7_0_primary_gives_every_default_metric() -> None:
     assert values[("redis.db.expires", ("3",))] == 1
     assert values[("redis.db.avg_ttl", ("3",))] == 407243
     assert {attrs for name, attrs in values if name == "redis.cpu.time"} == {
-        ("sys",), ("sys_children",), ("sys_main_thread",), ("user",), ("user_children",), ("user_main_thread",)}
+        ("sys",),
+        ("sys_children",),
+        ("sys_main_thread",),
+        ("user",),
+        ("user_children",),
+        ("user_main_thread",),
+    }
     assert values[("redis.cpu.time", ("user",))] == pytest.approx(0.113251)
     assert values[("redis.memory.fragmentation_ratio", ())] == pytest.approx(6.22)
     assert values[("redis.slaves.connected", ())] == 1
@@ -140,8 +145,9 @@ def test_redis_7_0_primary_gives_every_default_metric() -> None:
     # replica-side metrics need role:slave
     assert not any(name.startswith("redis.replication.link.") for name, _ in values)
     # disabled by default
-    assert not any(name.startswith("redis.cmd.") or name in {"redis.role", "redis.mode", "redis.maxmemory"}
-                   for name, _ in values)
+    assert not any(
+        name.startswith("redis.cmd.") or name in {"redis.role", "redis.mode", "redis.maxmemory"} for name, _ in values
+    )
 
 
 def test_optional_metrics_come_from_commandstats_and_latencystats_when_enabled() -> None:
@@ -197,9 +203,19 @@ def test_redis_6_0_fields_that_are_missing_give_no_samples_and_no_errors() -> No
     info = load("redis_info_6_0.txt")
     values = by_key(info_samples(info, ALL, now=NOW))
     assert {attrs for name, attrs in values if name == "redis.cpu.time"} == {
-        ("sys",), ("sys_children",), ("user",), ("user_children",)}
-    for absent in ("redis.clients.max", "redis.error_replies", "redis.errors", "redis.cmd.rejected_calls",
-                   "redis.cmd.failed_calls", "redis.cmd.latency"):
+        ("sys",),
+        ("sys_children",),
+        ("user",),
+        ("user_children",),
+    }
+    for absent in (
+        "redis.clients.max",
+        "redis.error_replies",
+        "redis.errors",
+        "redis.cmd.rejected_calls",
+        "redis.cmd.failed_calls",
+        "redis.cmd.latency",
+    ):
         assert not any(name == absent for name, _ in values), absent
     assert values[("redis.cmd.calls", ("auth",))] == 13
     # no server_time_usec: the age uses the caller's clock
@@ -221,8 +237,14 @@ def test_sentinel_info_gives_the_sentinel_metrics() -> None:
 
 def test_sentinel_total_tilt_in_the_documented_shape() -> None:
     # Later Sentinels report sentinel_total_tilt in the Sentinel section; 7.0 does not (the capture).
-    text = (DATA / "redis_info_7_0_sentinel.txt").read_text().replace(
-        "sentinel_tilt_since_seconds:-1", "sentinel_tilt:0\r\nsentinel_tilt_since_seconds:-1\r\nsentinel_total_tilt:3")
+    text = (
+        (DATA / "redis_info_7_0_sentinel.txt")
+        .read_text()
+        .replace(
+            "sentinel_tilt_since_seconds:-1",
+            "sentinel_tilt:0\r\nsentinel_tilt_since_seconds:-1\r\nsentinel_total_tilt:3",
+        )
+    )
     values = by_key(info_samples(parse_info(text), ALL, now=NOW))
     assert values[("redis.sentinel.total_tilt", ())] == 3
 
@@ -269,7 +291,7 @@ def test_error_reasons() -> None:
     assert error_reason(redis_errors.AuthenticationError("invalid username-password pair")) == "permission"
     assert error_reason(redis_errors.NoPermissionError("this user has no permissions")) == "permission"
     assert error_reason(redis_errors.TimeoutError("Timeout reading")) == "timeout"
-    assert error_reason(asyncio.TimeoutError()) == "timeout"
+    assert error_reason(TimeoutError()) == "timeout"
     assert error_reason(redis_errors.ConnectionError("Error 111 connecting")) == "connection"
     assert error_reason(redis_errors.ResponseError("unknown command 'SLOWLOG'")) == "unsupported"
     assert error_reason(redis_errors.ResponseError("LOADING Redis is loading")) == "server_error"
@@ -278,10 +300,19 @@ def test_error_reasons() -> None:
 
 def test_tls_settings_map_to_ssl_arguments() -> None:
     assert tls_arguments(TLSSettings()) == {}
-    strict = tls_arguments(TLSSettings(enabled=True, ca_file="/ca.pem", cert_file="/c.pem", key_file="/k.pem",
-                                       server_name="redis.internal"))
-    assert strict == {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem",
-                      "ssl_cert_reqs": "required", "ssl_check_hostname": True, "server_name": "redis.internal"}
+    strict = tls_arguments(
+        TLSSettings(
+            enabled=True, ca_file="/ca.pem", cert_file="/c.pem", key_file="/k.pem", server_name="redis.internal"
+        )
+    )
+    assert strict == {
+        "ssl_ca_certs": "/ca.pem",
+        "ssl_certfile": "/c.pem",
+        "ssl_keyfile": "/k.pem",
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "server_name": "redis.internal",
+    }
     loose = tls_arguments(TLSSettings(enabled=True, insecure_skip_verify=True))
     assert loose["ssl_cert_reqs"] == "none" and loose["ssl_check_hostname"] is False
 
@@ -291,8 +322,10 @@ _keys = st.text(alphabet=string.ascii_lowercase + string.digits + "_", min_size=
 _values = st.text(alphabet=string.ascii_letters + string.digits + "_.,=|:-", max_size=30)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["Server", "Stats", "Keyspace"]), st.dictionaries(_keys, _values)),
-                max_size=4), st.sampled_from(["\r\n", "\n"]))
+@given(
+    st.lists(st.tuples(st.sampled_from(["Server", "Stats", "Keyspace"]), st.dictionaries(_keys, _values)), max_size=4),
+    st.sampled_from(["\r\n", "\n"]),
+)
 def test_parse_info_reads_back_what_redis_writes(sections, newline) -> None:
     lines, expected = [], {}
     for title, fields in sections:
@@ -320,17 +353,6 @@ def test_number_keeps_integers_exact(value) -> None:
     assert number(str(value)) == value and isinstance(number(str(value)), int)
 
 
-def test_slow_refresh_is_due_first_then_every_interval() -> None:
-    clock = [1000.0]
-    refresh = SlowRefresh(SLOW_REFRESH, lambda: clock[0])
-    assert refresh.due()
-    clock[0] += SLOW_REFRESH - 1
-    assert not refresh.due()
-    clock[0] += 1
-    assert refresh.due()
-    assert not refresh.due()
-
-
 # --- latency spikes (LATENCY LATEST) ------------------------------------------------------------
 # As redis-py returns it over RESP2: one [event, unix time of the latest spike, latest ms, max ms] per event.
 LATENCY_LATEST_REPLY = [[b"command", 1_799_999_990, 25, 40], [b"fast-command", 1_799_999_700, 2, 2]]
@@ -348,7 +370,7 @@ def test_latency_spikes_per_event() -> None:
     }
     assert latency_samples([], ALL, now=NOW) == []  # monitoring off (latency-monitor-threshold 0)
     assert latency_samples(LATENCY_LATEST_REPLY, DEFAULT, now=NOW) == []  # off by default
-    assert LATENCY_METRICS == {s.name for s in REDIS_METRICS if s.name.startswith("redis.latency.")}
+    assert {s.name for s in REDIS_METRICS if s.name.startswith("redis.latency.")} == LATENCY_METRICS
     assert not LATENCY_METRICS & DEFAULT
 
 
@@ -356,20 +378,28 @@ def test_latency_spikes_per_event() -> None:
 def _from_capture(claim: str) -> set[str]:
     if claim == "Redis 7.0 cluster node (captured)":
         return {s.spec.name for s in cluster_info_samples(load("redis_cluster_info_7_0.txt"), ALL)}
-    capture = {"Redis 6.2 (captured)": "redis_info_6_2.txt",
-               "Redis 7.0 Sentinel (captured)": "redis_info_7_0_sentinel.txt"}[claim]
+    capture = {
+        "Redis 6.2 (captured)": "redis_info_6_2.txt",
+        "Redis 7.0 Sentinel (captured)": "redis_info_7_0_sentinel.txt",
+    }[claim]
     return {s.spec.name for s in info_samples(load(capture), ALL, now=NOW)}
 
 
-@pytest.mark.parametrize("claim", ["Redis 6.2 (captured)", "Redis 7.0 Sentinel (captured)",
-                                   "Redis 7.0 cluster node (captured)"])
+@pytest.mark.parametrize(
+    "claim", ["Redis 6.2 (captured)", "Redis 7.0 Sentinel (captured)", "Redis 7.0 cluster node (captured)"]
+)
 def test_captured_claims_match_what_the_capture_produces(claim: str) -> None:
     claimed = {spec.name for spec in REDIS_METRICS if claim in spec.verified_on}
     assert claimed == _from_capture(claim)
 
 
 def test_every_metric_claims_where_it_was_verified() -> None:
-    known = {"Redis 7.0", "Redis 6.2 (captured)", "Redis 7.0 Sentinel (captured)", "Redis 7.0 cluster node (captured)",
-             "Redis Sentinel (documented shape; 7.0 does not report it)"}
+    known = {
+        "Redis 7.0",
+        "Redis 6.2 (captured)",
+        "Redis 7.0 Sentinel (captured)",
+        "Redis 7.0 cluster node (captured)",
+        "Redis Sentinel (documented shape; 7.0 does not report it)",
+    }
     for spec in REDIS_METRICS:
         assert spec.verified_on and set(spec.verified_on) <= known, spec.name

@@ -57,12 +57,22 @@ def test_retry_due_by_reason() -> None:
 
 
 def test_only_permission_and_unsupported_are_held() -> None:
-    assert {reason for reason in ("timeout", "connection", "permission", "unsupported", "server_error", "bad_reply")
-            if RefusedQueries.holds(QueryError("q", reason, ""))} == {"permission", "unsupported"}  # type: ignore
+    assert {
+        reason
+        for reason in ("timeout", "connection", "permission", "unsupported", "server_error", "bad_reply")
+        if RefusedQueries.holds(QueryError("q", reason, ""))
+    } == {"permission", "unsupported"}  # type: ignore
 
 
-events = st.lists(st.tuples(st.sampled_from(["refuse", "succeed"]), st.sampled_from(["a", "b"]),
-                            st.sampled_from([None, "x", "y"]), st.floats(0, 2 * RETRY)), max_size=40)
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["refuse", "succeed"]),
+        st.sampled_from(["a", "b"]),
+        st.sampled_from([None, "x", "y"]),
+        st.floats(0, 2 * RETRY),
+    ),
+    max_size=40,
+)
 
 
 @given(events)

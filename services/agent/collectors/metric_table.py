@@ -9,13 +9,23 @@ Prometheus translation: dots become underscores, a unit suffix where the convent
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 # UCUM unit -> Prometheus suffix (OTel prometheus translator); annotations like {rows} give none.
 _UNIT_SUFFIXES = {
-    "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes", "s": "seconds", "ms": "milliseconds",
-    "us": "microseconds", "ns": "nanoseconds", "%": "percent", "Hz": "hertz", "min": "minutes", "h": "hours",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "%": "percent",
+    "Hz": "hertz",
+    "min": "minutes",
+    "h": "hours",
     "d": "days",
 }
 _PER_UNIT = {"s": "second", "m": "minute", "h": "hour", "d": "day", "min": "minute"}
@@ -33,6 +43,11 @@ def unit_suffix(unit: str, metric_type: str) -> str:
     return _UNIT_SUFFIXES.get(unit, "")
 
 
+MetricType = Literal["sum", "gauge"]
+Tier = Literal["reference", "beyond"]  # beyond = not in the OTel receiver
+Reason = Literal["timeout", "connection", "permission", "unsupported", "server_error", "bad_reply"]
+
+
 def _sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
@@ -42,14 +57,14 @@ class MetricSpec:
     """One metric, declared once."""
 
     name: str  # OTel name, e.g. postgresql.backends
-    type: Literal["sum", "gauge"]
+    type: MetricType
     unit: str  # UCUM, e.g. By, s, 1, {connections}
     description: str
     source: str  # the query or command it comes from, for docs
     monotonic: bool = False  # only for sums
     attributes: tuple[str, ...] = ()  # OTel attribute names, in label order
     enabled_by_default: bool = True
-    tier: Literal["reference", "beyond"] = "reference"  # beyond = not in the OTel receiver
+    tier: Tier = "reference"
     # Where the metric was seen working: real servers ("PostgreSQL 15") or documented reply shapes
     # tested without a server ("MySQL 8.0 (documented shape)"). Rendered in docs/metrics.md.
     verified_on: tuple[str, ...] = ()
@@ -77,6 +92,35 @@ class MetricSpec:
         return tuple(_sanitize(a) for a in self.attributes)
 
 
+def metric_spec(
+    name: str,
+    type_: MetricType,
+    unit: str,
+    description: str,
+    source: str,
+    *,
+    monotonic: bool = False,
+    attributes: tuple[str, ...] = (),
+    enabled: bool = True,
+    tier: Tier = "reference",
+    verified: tuple[str, ...],
+) -> MetricSpec:
+    """A MetricSpec in the short form the metric tables are written in. A table with a usual `verified`
+    binds it once: `_spec = functools.partial(metric_spec, verified=BOTH)`."""
+    return MetricSpec(
+        name=name,
+        type=type_,
+        unit=unit,
+        description=description,
+        source=source,
+        monotonic=monotonic,
+        attributes=attributes,
+        enabled_by_default=enabled,
+        tier=tier,
+        verified_on=verified,
+    )
+
+
 @dataclass(frozen=True)
 class Sample:
     """One value of one metric, with its attribute values in `spec.attributes` order."""
@@ -91,7 +135,7 @@ class QueryError:
     """A query that failed while the rest of the collection went on."""
 
     query: str  # the client method name, e.g. fetch_bgwriter_stats
-    reason: Literal["timeout", "connection", "permission", "unsupported", "server_error", "bad_reply"]
+    reason: Reason
     message: str  # never contains a secret
 
 

@@ -13,7 +13,7 @@ Pure bookkeeping: time comes in as an argument.
 from __future__ import annotations
 
 import math
-from typing import Hashable
+from collections.abc import Hashable
 
 from .metric_table import QueryError
 

@@ -4,6 +4,14 @@ from .assignment import AgentSlot, Move, Placement, ResourceDemand, place, plan_
 from .handoff import changed, holdings, pending
 
 __all__ = [
-    "AgentSlot", "Move", "Placement", "ResourceDemand", "place", "plan_cost_rebalance", "spread",
-    "changed", "holdings", "pending",
+    "AgentSlot",
+    "Move",
+    "Placement",
+    "ResourceDemand",
+    "changed",
+    "holdings",
+    "pending",
+    "place",
+    "plan_cost_rebalance",
+    "spread",
 ]

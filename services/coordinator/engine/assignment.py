@@ -68,11 +68,11 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
-__all__ = ["AgentSlot", "ResourceDemand", "Move", "Placement", "place", "plan_cost_rebalance", "spread"]
+__all__ = ["AgentSlot", "Move", "Placement", "ResourceDemand", "place", "plan_cost_rebalance", "spread"]
 
 
 @dataclass(frozen=True)

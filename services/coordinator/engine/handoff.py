@@ -17,9 +17,9 @@ message at any moment), not only what it last reported.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-__all__ = ["holdings", "pending", "changed"]
+__all__ = ["changed", "holdings", "pending"]
 
 
 def _pollers(current: Mapping[str, frozenset[str]]) -> dict[str, set[str]]:

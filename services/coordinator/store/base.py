@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
-from .records import (AgentRecord, AssignmentRecord, ClusterMeta, HeartbeatOutcome, HeartbeatReport, LeaderInfo,
-                      Lease, PlacementWrite)
+from ..model import (
+    AgentRecord,
+    AssignmentRecord,
+    ClusterMeta,
+    HeartbeatOutcome,
+    HeartbeatReport,
+    LeaderInfo,
+    Lease,
+    PlacementWrite,
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,9 @@ class ScalingStore(abc.ABC):
 
     # -- leadership -------------------------------------------------------------------------
     @abc.abstractmethod
-    async def try_acquire_leadership(self, holder: str, ttl_ms: int, address: str = "",
-                                     min_epoch: int = 0) -> Lease | None:
+    async def try_acquire_leadership(
+        self, holder: str, ttl_ms: int, address: str = "", min_epoch: int = 0
+    ) -> Lease | None:
         """Take the lease if nobody holds it. The epoch is above every epoch seen before
         (`min_epoch` carries the caller's memory across a store that lost its data)."""
 
@@ -96,7 +105,7 @@ class ScalingStore(abc.ABC):
     @abc.abstractmethod
     async def publish(self, event: StoreEvent) -> None: ...
 
-    def subscribe(self) -> "EventSubscription":
+    def subscribe(self) -> EventSubscription:
         subscription = EventSubscription(self)
         self._subscribers.add(subscription)
         return subscription
@@ -105,10 +114,10 @@ class ScalingStore(abc.ABC):
         for subscription in list(self._subscribers):
             subscription.queue.put_nowait(event)
 
-    _subscribers: set["EventSubscription"]
+    _subscribers: set[EventSubscription]
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook: a store without background work needs none
         """Start background work (the Redis event listener). Idempotent."""
 
     @abc.abstractmethod

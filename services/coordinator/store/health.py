@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
+from ..model import StoreUnavailable
 from .base import ScalingStore
-from .records import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

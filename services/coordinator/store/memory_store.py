@@ -6,9 +6,21 @@ import dataclasses
 import secrets
 import time
 
+from ..model import (
+    AgentAlreadyLeft,
+    AgentIdConflict,
+    AgentRecord,
+    AssignmentRecord,
+    ClusterMeta,
+    FencedError,
+    HeartbeatOutcome,
+    HeartbeatReport,
+    LeaderInfo,
+    Lease,
+    PlacementWrite,
+    membership_digest,
+)
 from .base import ScalingStore, StoreEvent
-from .records import (AgentAlreadyLeft, AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
-                      HeartbeatReport, LeaderInfo, Lease, PlacementWrite)
 
 
 class MemoryScalingStore(ScalingStore):
@@ -68,20 +80,32 @@ class MemoryScalingStore(ScalingStore):
             if old.state == "left" and old.registration.instance_id == report.registration.instance_id:
                 raise AgentAlreadyLeft(f"agent {report.agent_id!r} has left; a restarted process rejoins")
             if old.is_member:
-                if (old.registration.instance_id != report.registration.instance_id
-                        and old.registration.pod_name != report.registration.pod_name
-                        and now - old.last_heartbeat_ms < node_timeout_ms):
-                    raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {old.registration.pod_name!r}")
+                if (
+                    old.registration.instance_id != report.registration.instance_id
+                    and old.registration.pod_name != report.registration.pod_name
+                    and now - old.last_heartbeat_ms < node_timeout_ms
+                ):
+                    raise AgentIdConflict(
+                        f"agent id {report.agent_id!r} is in use by live pod {old.registration.pod_name!r}"
+                    )
                 state, rejoined = old.state, False
-                changed = (old.applied_epoch != report.applied_epoch or set(old.current) != set(report.current)
-                           or old.registration != report.registration)
+                changed = membership_digest(old.registration, old.applied_epoch, old.current) != membership_digest(
+                    report.registration, report.applied_epoch, report.current
+                )
         released = dict(old.released) if old is not None else {}
         released.update({rid: s.last_poll_ms for rid, s in report.released.items()})
         for rid in report.current:
             released.pop(rid, None)
-        self._agents[report.agent_id] = AgentRecord(report.agent_id, report.registration, state, now,
-                                                    report.applied_epoch, dict(report.current), report.coordinator_id,
-                                                    released)
+        self._agents[report.agent_id] = AgentRecord(
+            report.agent_id,
+            report.registration,
+            state,
+            now,
+            report.applied_epoch,
+            dict(report.current),
+            report.coordinator_id,
+            released,
+        )
         self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
         return HeartbeatOutcome(changed=changed, rejoined=rejoined)
 
@@ -121,11 +145,16 @@ class MemoryScalingStore(ScalingStore):
             epoch = max(epoch + 1, now)  # hybrid epoch: monotonic even if the store is ever emptied
             self._assignments[agent_id] = AssignmentRecord(agent_id, epoch, lease.epoch, dict(grants))
             epochs[agent_id] = epoch
-        meta = dataclasses.replace(self._meta, assignment_epoch=epoch, leader_tick_ms=now,
-                                   moves_total=self._meta.moves_total + write.moves)
+        meta = dataclasses.replace(
+            self._meta, assignment_epoch=epoch, leader_tick_ms=now, moves_total=self._meta.moves_total + write.moves
+        )
         if write.rebalance_reason:
-            meta = dataclasses.replace(meta, rebalances_total=meta.rebalances_total + 1, last_rebalance_ms=now,
-                                       last_rebalance_reason=write.rebalance_reason)
+            meta = dataclasses.replace(
+                meta,
+                rebalances_total=meta.rebalances_total + 1,
+                last_rebalance_ms=now,
+                last_rebalance_reason=write.rebalance_reason,
+            )
         self._meta = meta
         return epochs
 

@@ -4,7 +4,7 @@ Key layout under `key_prefix` (P), documented in docs/architecture.md:
   P leader            string  "<epoch>:<token>:<holder>" with PX = leader_ttl (the lease)
   P leader:epoch      string  fencing epoch counter (INCR, never below an epoch a replica has seen)
   P leader:info       hash    holder, epoch, address (where to forward leader-only RPCs)
-  P agents            hash    agent id -> JSON {reg, state, hb, applied, cur, ckey, coord}
+  P agents            hash    agent id -> JSON {reg, state, hb, applied, cur, rel, mkey, coord}
   P target            hash    resource id -> agent id (the leader's target placement)
   P assignments       hash    agent id -> JSON {epoch, leader_epoch, grants: {resource: last_poll_ms}}
   P meta              hash    assignment_epoch, rebalances_total, moves_total, last_rebalance_ms,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -28,18 +27,32 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError
+from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dbintel.common.config import RedisSettings
+from dbintel.common.endpoints import parse_host_port
 from dbintel.common.secrets import resolve_secret
 
+from ..model import (
+    AgentAlreadyLeft,
+    AgentIdConflict,
+    AgentRecord,
+    AssignmentRecord,
+    ClusterMeta,
+    FencedError,
+    HeartbeatOutcome,
+    HeartbeatReport,
+    LeaderInfo,
+    Lease,
+    PlacementWrite,
+    PollStatus,
+    Registration,
+    StoreUnavailable,
+    membership_digest,
+)
 from .base import ScalingStore, StoreEvent
-from .records import (AgentAlreadyLeft, AgentIdConflict, AgentRecord, AssignmentRecord, ClusterMeta, FencedError, HeartbeatOutcome,
-                      HeartbeatReport, LeaderInfo, Lease, PlacementWrite, PollStatus, Registration,
-                      StoreUnavailable)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +80,12 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 # KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
-# node_timeout_ms, digest of the current key set, released JSON {resource: last_poll_ms}. Returns {changed, rejoined} or {-1, pod holding the id}.
-_HEARTBEAT = _NOW + """
+# node_timeout_ms, model.membership_digest of the report, released JSON {resource: last_poll_ms}.
+# Returns {changed, rejoined}, {-1, pod holding the id} or {-2, ''} (this very process left).
+# A member's heartbeat changed the membership iff its digest differs from the stored one (`mkey`).
+_HEARTBEAT = (
+    _NOW
+    + """
 local reg = cjson.decode(ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local state, changed, rejoined = 'active', 1, 1
@@ -80,11 +97,8 @@ if raw then
        and now - tonumber(old.hb) < tonumber(ARGV[6]) then
       return {-1, old.reg.pod_name}
     end
-    state, rejoined, changed = old.state, 0, 0
-    if tonumber(old.applied) ~= tonumber(ARGV[3]) or old.ckey ~= ARGV[7] or old.reg.instance_id ~= reg.instance_id
-       or tonumber(old.reg.capacity) ~= tonumber(reg.capacity) or old.reg.zone ~= reg.zone then
-      changed = 1
-    end
+    state, rejoined = old.state, 0
+    if old.mkey == ARGV[7] then changed = 0 end
   end
 end
 local rel = {}
@@ -93,11 +107,12 @@ for r, ms in pairs(cjson.decode(ARGV[8])) do rel[r] = ms end
 local cur = cjson.decode(ARGV[4])
 for r in pairs(cur) do rel[r] = nil end
 local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cur, rel = rel,
-             ckey = ARGV[7], coord = ARGV[5]}
+             mkey = ARGV[7], coord = ARGV[5]}
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
 return {changed, rejoined}
 """
+)
 # KEYS: agents. ARGV: agent id, new state, only-if-member flag. Returns the agent's current count or -1.
 _SET_STATE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -112,7 +127,9 @@ return n
 """
 # KEYS: leader, target, assignments, agents, meta. ARGV: lease value, payload JSON.
 # The fence: nothing is written unless the caller's lease value is the current one.
-_WRITE_PLACEMENT = _NOW + """
+_WRITE_PLACEMENT = (
+    _NOW
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease lost') end
 local p = cjson.decode(ARGV[2])
 for r, a in pairs(p.tset) do redis.call('HSET', KEYS[2], r, a) end
@@ -143,6 +160,7 @@ if p.reason ~= '' then
 end
 return out
 """
+)
 _MARK_RECOVERED = _NOW + "redis.call('HSET', KEYS[1], 'grace_from_ms', now) return now"
 _TIME = _NOW + "return now"
 
@@ -155,13 +173,14 @@ def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
     tls = settings.tls
     if not tls.enabled:
         return {}
-    return {"connection_class": SSLConnection, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
-            "ssl_cert_reqs": ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            "ssl_check_hostname": not tls.insecure_skip_verify}
-
-
-def _digest(keys) -> str:
-    return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+    return {
+        "connection_class": SSLConnection,
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+        "ssl_check_hostname": not tls.insecure_skip_verify,
+    }
 
 
 class RedisScalingStore(ScalingStore):
@@ -170,29 +189,53 @@ class RedisScalingStore(ScalingStore):
     def __init__(self, settings: RedisSettings, *, operation_timeout: float = 1.0):
         self._prefix = settings.key_prefix
         self._address = settings.address
-        host, _, port = settings.address.rpartition(":")
+        host, port = parse_host_port(settings.address)
         password = resolve_secret(settings.password)
         # A blocking pool: under a burst, an operation waits for a free connection instead of failing
         # (redis-py's default pool fails at once past 100, which would answer heartbeats "degraded"
         # while Redis is fine). Redis serves one command at a time, so more connections add nothing.
         pool = aioredis.BlockingConnectionPool(
-            max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
-            host=host, port=int(port), db=settings.db, username=settings.username,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            host=host,
+            port=port,
+            db=settings.db,
+            username=settings.username,
             password=password.get_secret_value() if password else None,
-            socket_timeout=operation_timeout, socket_connect_timeout=operation_timeout,
-            health_check_interval=10, decode_responses=True,
+            socket_timeout=operation_timeout,
+            socket_connect_timeout=operation_timeout,
+            health_check_interval=10,
+            decode_responses=True,
             # One quick retry at most: callers degrade on failure, and a heartbeat reply must not
             # wait out a long retry ladder while Redis is away.
-            retry=Retry(NoBackoff(), 1), **_ssl_kwargs(settings))
+            retry=Retry(NoBackoff(), 1),
+            **_ssl_kwargs(settings),
+        )
         self._client = aioredis.Redis(connection_pool=pool)
         k = self._key
-        self._keys = {"leader": k("leader"), "epoch": k("leader:epoch"), "info": k("leader:info"),
-                      "agents": k("agents"), "target": k("target"), "assignments": k("assignments"),
-                      "meta": k("meta"), "events": k("events")}
-        self._scripts = {name: self._client.register_script(src) for name, src in {
-            "acquire": _ACQUIRE, "renew": _RENEW, "release": _RELEASE, "heartbeat": _HEARTBEAT,
-            "set_state": _SET_STATE, "write_placement": _WRITE_PLACEMENT, "mark_recovered": _MARK_RECOVERED,
-            "time": _TIME}.items()}
+        self._keys = {
+            "leader": k("leader"),
+            "epoch": k("leader:epoch"),
+            "info": k("leader:info"),
+            "agents": k("agents"),
+            "target": k("target"),
+            "assignments": k("assignments"),
+            "meta": k("meta"),
+            "events": k("events"),
+        }
+        self._scripts = {
+            name: self._client.register_script(src)
+            for name, src in {
+                "acquire": _ACQUIRE,
+                "renew": _RENEW,
+                "release": _RELEASE,
+                "heartbeat": _HEARTBEAT,
+                "set_state": _SET_STATE,
+                "write_placement": _WRITE_PLACEMENT,
+                "mark_recovered": _MARK_RECOVERED,
+                "time": _TIME,
+            }.items()
+        }
         self._subscribers = set()
         self._listener: asyncio.Task | None = None
         self._closed = False
@@ -206,15 +249,20 @@ class RedisScalingStore(ScalingStore):
         try:
             return await operation
         except (AuthenticationError, AuthenticationWrongNumberOfArgsError):
-            raise StoreUnavailable(f"redis {self._address}: authentication failed (check scaling.redis.username "
-                                   "and scaling.redis.password)") from None
+            raise StoreUnavailable(
+                f"redis {self._address}: authentication failed (check scaling.redis.username "
+                "and scaling.redis.password)"
+            ) from None
         except NoPermissionError:
-            raise StoreUnavailable(f"redis {self._address}: the ACL user lacks a permission dbintel needs "
-                                   "(keys under key_prefix, EVALSHA/EVAL, PUBLISH/SUBSCRIBE, TIME)") from None
-        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"redis {self._address}: the ACL user lacks a permission dbintel needs "
+                "(keys under key_prefix, EVALSHA/EVAL, PUBLISH/SUBSCRIBE, TIME)"
+            ) from None
+        except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             detail = str(exc) if isinstance(exc, RedisConnectionError) else ""
-            raise StoreUnavailable(f"redis {self._address} unreachable: {type(exc).__name__}"
-                                   + (f" ({detail})" if detail else "")) from None
+            raise StoreUnavailable(
+                f"redis {self._address} unreachable: {type(exc).__name__}" + (f" ({detail})" if detail else "")
+            ) from None
         except ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 raise FencedError("lease lost: another coordinator leads now") from None
@@ -227,8 +275,9 @@ class RedisScalingStore(ScalingStore):
     async def try_acquire_leadership(self, holder, ttl_ms, address="", min_epoch=0):
         token = secrets.token_hex(8)
         k = self._keys
-        ok, value = await self._script("acquire", [k["leader"], k["epoch"], k["info"]],
-                                       [holder, token, ttl_ms, address, min_epoch])
+        ok, value = await self._script(
+            "acquire", [k["leader"], k["epoch"], k["info"]], [holder, token, ttl_ms, address, min_epoch]
+        )
         return Lease(holder=holder, epoch=int(value), token=token) if int(ok) == 1 else None
 
     async def renew_leadership(self, lease, ttl_ms):
@@ -254,14 +303,28 @@ class RedisScalingStore(ScalingStore):
     # -- membership --------------------------------------------------------------------------------
     async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
         reg = report.registration
-        registration = {"pod_name": reg.pod_name, "zone": reg.zone, "version": reg.version,
-                        "capacity": reg.capacity, "instance_id": reg.instance_id}
+        registration = {
+            "pod_name": reg.pod_name,
+            "zone": reg.zone,
+            "version": reg.version,
+            "capacity": reg.capacity,
+            "instance_id": reg.instance_id,
+        }
         current = {rid: status.to_list() for rid, status in report.current.items()}
         result = await self._script(
-            "heartbeat", [self._keys["agents"], self._keys["meta"]],
-            [report.agent_id, json.dumps(registration, sort_keys=True), report.applied_epoch,
-             json.dumps(current) if current else "{}", report.coordinator_id, node_timeout_ms,
-             _digest(report.current), json.dumps({r: s.last_poll_ms for r, s in report.released.items()})])
+            "heartbeat",
+            [self._keys["agents"], self._keys["meta"]],
+            [
+                report.agent_id,
+                json.dumps(registration, sort_keys=True),
+                report.applied_epoch,
+                json.dumps(current) if current else "{}",
+                report.coordinator_id,
+                node_timeout_ms,
+                membership_digest(reg, report.applied_epoch, report.current),
+                json.dumps({r: s.last_poll_ms for r, s in report.released.items()}),
+            ],
+        )
         if int(result[0]) == -1:
             raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {result[1]!r}")
         if int(result[0]) == -2:
@@ -285,15 +348,21 @@ class RedisScalingStore(ScalingStore):
     # -- placement ------------------------------------------------------------------------------------
     async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
         order = sorted(write.assignments)
-        payload = {"tset": dict(write.target_set) or {}, "tdel": list(write.target_delete),
-                   "assign": {a: dict(g) for a, g in write.assignments.items()}, "order": order,
-                   "expire": list(write.expire), "reason": write.rebalance_reason or "", "moves": write.moves,
-                   "leader_epoch": lease.epoch}
+        payload = {
+            "tset": dict(write.target_set) or {},
+            "tdel": list(write.target_delete),
+            "assign": {a: dict(g) for a, g in write.assignments.items()},
+            "order": order,
+            "expire": list(write.expire),
+            "reason": write.rebalance_reason or "",
+            "moves": write.moves,
+            "leader_epoch": lease.epoch,
+        }
         k = self._keys
         raw = json.dumps(payload)
-        result = await self._script("write_placement",
-                                    [k["leader"], k["target"], k["assignments"], k["agents"], k["meta"]],
-                                    [lease.value, raw])
+        result = await self._script(
+            "write_placement", [k["leader"], k["target"], k["assignments"], k["agents"], k["meta"]], [lease.value, raw]
+        )
         return {result[i]: int(result[i + 1]) for i in range(0, len(result), 2)}
 
     async def read_target(self):
@@ -307,14 +376,24 @@ class RedisScalingStore(ScalingStore):
             if not agent_ids:
                 return {}
             values = await self._call(self._client.hmget(key, agent_ids))
-            raw = {a: v for a, v in zip(agent_ids, values) if v is not None}
+            raw = {a: v for a, v in zip(agent_ids, values, strict=False) if v is not None}
         return {agent_id: _assignment_from_json(agent_id, doc) for agent_id, doc in raw.items()}
 
     async def read_meta(self):
         raw = await self._call(self._client.hgetall(self._keys["meta"]))
-        ints = {f: int(float(raw[f])) for f in ("assignment_epoch", "rebalances_total", "moves_total",
-                                                "last_rebalance_ms", "grace_from_ms", "last_heartbeat_write_ms",
-                                                "leader_tick_ms") if f in raw}
+        ints = {
+            f: int(float(raw[f]))
+            for f in (
+                "assignment_epoch",
+                "rebalances_total",
+                "moves_total",
+                "last_rebalance_ms",
+                "grace_from_ms",
+                "last_heartbeat_write_ms",
+                "leader_tick_ms",
+            )
+            if f in raw
+        }
         return ClusterMeta(last_rebalance_reason=raw.get("last_rebalance_reason", ""), **ints)
 
     async def now_ms(self):
@@ -322,8 +401,9 @@ class RedisScalingStore(ScalingStore):
 
     # -- notifications ----------------------------------------------------------------------------------
     async def publish(self, event: StoreEvent) -> None:
-        await self._call(self._client.publish(self._keys["events"],
-                                              json.dumps({"kind": event.kind, "agents": list(event.agents)})))
+        await self._call(
+            self._client.publish(self._keys["events"], json.dumps({"kind": event.kind, "agents": list(event.agents)}))
+        )
 
     async def start(self) -> None:
         if self._listener is None and not self._closed:
@@ -382,18 +462,30 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
     current = doc.get("cur") or {}
     return AgentRecord(
         agent_id=agent_id,
-        registration=Registration(pod_name=reg.get("pod_name", ""), zone=reg.get("zone", ""),
-                                  version=reg.get("version", ""), capacity=int(reg.get("capacity", 0)),
-                                  instance_id=reg.get("instance_id", "")),
-        state=doc.get("state", "active"), last_heartbeat_ms=int(doc.get("hb", 0)),
+        registration=Registration(
+            pod_name=reg.get("pod_name", ""),
+            zone=reg.get("zone", ""),
+            version=reg.get("version", ""),
+            capacity=int(reg.get("capacity", 0)),
+            instance_id=reg.get("instance_id", ""),
+        ),
+        state=doc.get("state", "active"),
+        last_heartbeat_ms=int(doc.get("hb", 0)),
         applied_epoch=int(doc.get("applied", 0)),
         current={rid: PollStatus.from_list(v) for rid, v in current.items()} if isinstance(current, dict) else {},
         coordinator_id=doc.get("coord", ""),
-        released={rid: int(ms) for rid, ms in (doc.get("rel") or {}).items()} if isinstance(doc.get("rel"), dict) else {})
+        released={rid: int(ms) for rid, ms in (doc.get("rel") or {}).items()}
+        if isinstance(doc.get("rel"), dict)
+        else {},
+    )
 
 
 def _assignment_from_json(agent_id: str, raw: str) -> AssignmentRecord:
     doc = json.loads(raw)
     grants = doc.get("grants") or {}
-    return AssignmentRecord(agent_id=agent_id, epoch=int(doc["epoch"]), leader_epoch=int(doc.get("leader_epoch", 0)),
-                            grants={r: int(ms) for r, ms in grants.items()} if isinstance(grants, dict) else {})
+    return AssignmentRecord(
+        agent_id=agent_id,
+        epoch=int(doc["epoch"]),
+        leader_epoch=int(doc.get("leader_epoch", 0)),
+        grants={r: int(ms) for r, ms in grants.items()} if isinstance(grants, dict) else {},
+    )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from bson.timestamp import Timestamp
@@ -42,8 +43,10 @@ from pymongo.errors import (
 )
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
+from dbintel.common.endpoints import parse_host_port
 
 from ..errors import error_message
+from ..metric_table import Reason
 from .metrics import (
     COLLECTION_STATS,
     COLLECTIONS,
@@ -70,12 +73,16 @@ _TIMEOUT_CODES = {50, 262}  # MaxTimeMSExpired, ExceededTimeLimit
 # The grant that lets the monitoring user run each command ({user} and {db} filled in).
 _CLUSTER_MONITOR = 'db.getSiblingDB("admin").grantRolesToUser("{user}", [{{role: "clusterMonitor", db: "admin"}}])'
 GRANTS = {
-    SERVER_STATUS: _CLUSTER_MONITOR, REPL_STATUS: _CLUSTER_MONITOR, TOP: _CLUSTER_MONITOR,
+    SERVER_STATUS: _CLUSTER_MONITOR,
+    REPL_STATUS: _CLUSTER_MONITOR,
+    TOP: _CLUSTER_MONITOR,
     DATABASES: _CLUSTER_MONITOR,
     # MongoDB's clusterMonitor grants dbStats, collStats and indexStats on every database; servers whose
     # role does not (SecantusDB) need read on the database.
-    DB_STATS: _CLUSTER_MONITOR + ', or read on "{db}"', COLLECTIONS: _CLUSTER_MONITOR + ', or read on "{db}"',
-    INDEX_STATS: _CLUSTER_MONITOR + ', or read on "{db}"', COLLECTION_STATS: _CLUSTER_MONITOR + ', or read on "{db}"',
+    DB_STATS: _CLUSTER_MONITOR + ', or read on "{db}"',
+    COLLECTIONS: _CLUSTER_MONITOR + ', or read on "{db}"',
+    INDEX_STATS: _CLUSTER_MONITOR + ', or read on "{db}"',
+    COLLECTION_STATS: _CLUSTER_MONITOR + ', or read on "{db}"',
     OPLOG_STATS: _CLUSTER_MONITOR,
     OPLOG_OLDEST: 'db.getSiblingDB("admin").grantRolesToUser("{user}", [{{role: "read", db: "local"}}])',
 }
@@ -83,7 +90,8 @@ GRANTS = {
 
 # --- errors --------------------------------------------------------------------------------------
 
-def classify_error(exc: BaseException) -> str:
+
+def classify_error(exc: BaseException) -> Reason:
     """A QueryError reason for an exception raised while connecting, running a command or mapping a reply."""
     if isinstance(exc, ServerSelectionTimeoutError):  # before ConnectionFailure: it is one
         return "timeout" if "timed out" in str(exc) else "connection"
@@ -122,8 +130,9 @@ def _first_part(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def describe_error(exc: BaseException, *, query: str, user: str | None, target: str | None = None,
-                   secrets: tuple[str, ...] = ()) -> tuple[str, str]:
+def describe_error(
+    exc: BaseException, *, query: str, user: str | None, target: str | None = None, secrets: tuple[str, ...] = ()
+) -> tuple[Reason, str]:
     """(reason, message) for a QueryError: one line, the grant to add on a permission error, never a secret."""
     reason = classify_error(exc)
     text = _first_part(str(exc))
@@ -135,7 +144,20 @@ def describe_error(exc: BaseException, *, query: str, user: str | None, target: 
     return reason, error_message(exc, text, reason=reason, secrets=secrets, prefix=target or "")[:400]
 
 
+# --- commands ----------------------------------------------------------------------------------
+
+
+def server_status_command(excluded: Iterable[str]) -> dict[str, int]:
+    """The serverStatus command document; a section set to 0 is left out of the reply (unknown names are
+    ignored by the server)."""
+    command = {"serverStatus": 1}
+    for section in excluded:
+        command[section] = 0
+    return command
+
+
 # --- TLS -----------------------------------------------------------------------------------------
+
 
 def tls_options(tls: TLSSettings) -> dict[str, Any]:
     """TLSSettings -> AsyncMongoClient keyword options (empty when TLS is off).
@@ -164,6 +186,7 @@ def _combined_pem(cert_file: str, key_file: str) -> int:
 
 
 # --- counting ------------------------------------------------------------------------------------
+
 
 class _Counter(monitoring.CommandListener, monitoring.ConnectionPoolListener, monitoring.ServerHeartbeatListener):
     """Counts what the client sends: commands, the hello opening each pool connection, monitor hellos."""
@@ -222,10 +245,6 @@ class _Counter(monitoring.CommandListener, monitoring.ConnectionPoolListener, mo
 
 # --- client --------------------------------------------------------------------------------------
 
-def _host_port(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
-
 
 class MongodbClient:
     """Holds the one AsyncMongoClient and sends every command. One collection at a time."""
@@ -238,8 +257,10 @@ class MongodbClient:
         self._pem_fd: int | None = None
         self.config_error: str | None = None
         if database.tls.enabled and database.tls.server_name:
-            self.config_error = ("tls.server_name is not supported for mongodb: the driver verifies the "
-                                 "certificate against the endpoint's host name; use an endpoint with that name")
+            self.config_error = (
+                "tls.server_name is not supported for mongodb: the driver verifies the "
+                "certificate against the endpoint's host name; use an endpoint with that name"
+            )
 
     @property
     def sent(self) -> int:
@@ -254,9 +275,6 @@ class MongodbClient:
     def heartbeats(self) -> int:
         return self._counter.heartbeats
 
-    def secrets(self) -> tuple[str, ...]:
-        return (self._password.get_secret_value(),) if self._password is not None else ()
-
     def server_type(self) -> str:
         """The driver's view of the server from its hello replies: RSPrimary, RSSecondary, Standalone, …"""
         if self._client is None:
@@ -269,7 +287,7 @@ class MongodbClient:
             return self._client
         if self.config_error:
             raise ConfigurationError(self.config_error)
-        host, port = _host_port(self._config.endpoint)
+        host, port = parse_host_port(self._config.endpoint)
         timeout = self._config.poll_timeout.total_seconds()
         options = tls_options(self._config.tls)
         tls = self._config.tls
@@ -279,14 +297,29 @@ class MongodbClient:
             options["tlsCertificateKeyFile"] = f"/proc/self/fd/{self._pem_fd}"
         credentials: dict[str, Any] = {}
         if self._config.username:
-            credentials = {"username": self._config.username, "authSource": self._config.database or "admin",
-                           "password": self._password.get_secret_value() if self._password is not None else ""}
+            credentials = {
+                "username": self._config.username,
+                "authSource": self._config.database or "admin",
+                "password": self._password.get_secret_value() if self._password is not None else "",
+            }
         self._client = AsyncMongoClient(
-            host, port, directConnection=True, maxPoolSize=1, minPoolSize=0, appname=APP_NAME,
-            serverMonitoringMode="poll", heartbeatFrequencyMS=int(HEARTBEAT_SECONDS * 1000),
+            host,
+            port,
+            directConnection=True,
+            maxPoolSize=1,
+            minPoolSize=0,
+            appname=APP_NAME,
+            serverMonitoringMode="poll",
+            heartbeatFrequencyMS=int(HEARTBEAT_SECONDS * 1000),
             serverSelectionTimeoutMS=int(min(timeout * SOCKET_SHARE, SERVER_SELECTION_SECONDS) * 1000),
-            connectTimeoutMS=int(timeout * SOCKET_SHARE * 1000), socketTimeoutMS=int(timeout * SOCKET_SHARE * 1000),
-            retryReads=False, retryWrites=False, event_listeners=[self._counter], **credentials, **options)
+            connectTimeoutMS=int(timeout * SOCKET_SHARE * 1000),
+            socketTimeoutMS=int(timeout * SOCKET_SHARE * 1000),
+            retryReads=False,
+            retryWrites=False,
+            event_listeners=[self._counter],
+            **credentials,
+            **options,
+        )
         return self._client
 
     async def _command(self, database: str, command: dict[str, Any]) -> dict[str, Any]:
@@ -300,9 +333,9 @@ class MongodbClient:
         return batch
 
     # --- commands, one per method -----------------------------------------------------------------
-    async def fetch_server_status(self, command: dict[str, int] | None = None) -> dict[str, Any]:
-        """serverStatus on admin (`command` may exclude sections)."""
-        return await self._command("admin", command or {"serverStatus": 1})
+    async def fetch_server_status(self, excluded: Iterable[str] = ()) -> dict[str, Any]:
+        """serverStatus on admin, without the `excluded` sections."""
+        return await self._command("admin", server_status_command(excluded))
 
     async def fetch_repl_status(self) -> dict[str, Any]:
         return await self._command("admin", {"replSetGetStatus": 1})
@@ -323,25 +356,46 @@ class MongodbClient:
 
     async def fetch_collections(self, database: str) -> list[dict[str, Any]]:
         """listCollections, names and types only, of the collections the user may see."""
-        return await self._first_batch(database, {"listCollections": 1, "nameOnly": True,
-                                                  "authorizedCollections": True, "cursor": {"batchSize": LIST_BATCH}})
+        return await self._first_batch(
+            database,
+            {
+                "listCollections": 1,
+                "nameOnly": True,
+                "authorizedCollections": True,
+                "cursor": {"batchSize": LIST_BATCH},
+            },
+        )
 
     async def fetch_index_stats(self, database: str, collection: str) -> list[dict[str, Any]]:
-        return await self._first_batch(database, {"aggregate": collection, "pipeline": [{"$indexStats": {}}],
-                                                  "cursor": {"batchSize": LIST_BATCH}})
+        return await self._first_batch(
+            database, {"aggregate": collection, "pipeline": [{"$indexStats": {}}], "cursor": {"batchSize": LIST_BATCH}}
+        )
 
     async def fetch_collection_stats(self, database: str, collection: str) -> list[dict[str, Any]]:
-        return await self._first_batch(database, {"aggregate": collection,
-                                                  "pipeline": [{"$collStats": {"storageStats": {}}}],
-                                                  "cursor": {"batchSize": LIST_BATCH}})
+        return await self._first_batch(
+            database,
+            {
+                "aggregate": collection,
+                "pipeline": [{"$collStats": {"storageStats": {}}}],
+                "cursor": {"batchSize": LIST_BATCH},
+            },
+        )
 
     async def fetch_oplog_stats(self) -> list[dict[str, Any]]:
         return await self.fetch_collection_stats("local", "oplog.rs")
 
     async def fetch_oplog_oldest(self) -> Timestamp | None:
         """The timestamp of the oldest oplog entry (natural order = insertion order in the capped oplog)."""
-        batch = await self._first_batch("local", {"find": "oplog.rs", "sort": {"$natural": 1}, "limit": 1,
-                                                  "projection": {"ts": 1, "_id": 0}, "singleBatch": True})
+        batch = await self._first_batch(
+            "local",
+            {
+                "find": "oplog.rs",
+                "sort": {"$natural": 1},
+                "limit": 1,
+                "projection": {"ts": 1, "_id": 0},
+                "singleBatch": True,
+            },
+        )
         ts = batch[0].get("ts") if batch else None
         return ts if isinstance(ts, Timestamp) else None
 

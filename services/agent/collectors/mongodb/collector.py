@@ -41,15 +41,19 @@ Design (cost to the monitored server first):
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from bson.timestamp import Timestamp
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
+from ..cadence import SLOW_REFRESH
+from ..errors import secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
-from ..refusals import RefusedQueries
+from ..query_runner import ConnectionLost, QueryRunner, unreachable
 from . import mapping
 from .client import MongodbClient, describe_error, is_stale_connection, is_unreachable
 from .metrics import (
@@ -69,7 +73,6 @@ from .metrics import (
 from .refresh import Key, RefreshQueue
 
 MAX_COMMANDS = 4
-SLOW_REFRESH = 300.0  # seconds between two runs of one slow command; also the retry delay after a denial
 MAX_DATABASES = 32
 MAX_COLLECTIONS = 100
 SLOW_TIME_SHARE = 0.5  # no slow command starts after this share of the poll timeout
@@ -77,8 +80,9 @@ SLOW_TIME_SHARE = 0.5  # no slow command starts after this share of the poll tim
 _RATE_METRICS = frozenset(mapping.RATES.values())
 
 
-def slow_tasks(queries: frozenset[str], role: str, databases: list[str],
-               collections: Mapping[str, list[str]]) -> list[Key]:
+def slow_tasks(
+    queries: frozenset[str], role: str, databases: list[str], collections: Mapping[str, list[str]]
+) -> list[Key]:
     """The slow-schedule tasks wanted, in priority order within a kind.
 
     `queries`: the client methods some enabled metric needs; `databases`: names from the last
@@ -106,16 +110,18 @@ def slow_tasks(queries: frozenset[str], role: str, databases: list[str],
     return keys
 
 
-class _ConnectionLost(Exception):
-    """Raised inside collect() to stop after a command found the server unreachable."""
-
-
 class MongodbCollector(DatabaseCollector):
     type = "mongodb"
     table = TABLE
 
-    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        *,
+        password: SecretStr | None,
+        enabled: frozenset[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(database, password=password, enabled=enabled)
         self.client = MongodbClient(database, password)
         self._clock = clock
@@ -123,9 +129,10 @@ class MongodbCollector(DatabaseCollector):
         self._cache: dict[Key, list[Sample]] = {}  # slow task -> its samples, re-emitted between runs
         self._databases: list[str] = []  # largest first, from the last listDatabases
         self._collections: dict[str, list[str]] = {}  # database -> collection names, from listCollections
-        self._oplog_oldest = None
+        self._oplog_oldest: Timestamp | None = None
         self._counters: mapping.Counters | None = None
-        self._refused = RefusedQueries(SLOW_REFRESH)  # per (command, target); reported once per command
+        # Refusals held per (command, target), reported once per command; the server unreachable stops a collection.
+        self._runner = QueryRunner(self._error, lost=lambda error, exc: is_unreachable(exc))
         self._accounted = 0  # client.sent when the previous collection ended
         self._queries = frozenset(query for query, metrics in METRICS_BY_QUERY.items() if metrics & enabled)
         self.role = "unknown"
@@ -143,10 +150,10 @@ class MongodbCollector(DatabaseCollector):
         result = CollectionResult()
         start = self._accounted
         if self.client.config_error:
-            return CollectionResult(up=False, errors=[QueryError("connect", "connection", self.client.config_error)])
+            return unreachable(self.client.config_error)
         try:
             await self._collect(result, start, self._clock())
-        except _ConnectionLost:
+        except ConnectionLost:
             result.up = False
         finally:
             self._accounted = self.client.sent
@@ -164,7 +171,7 @@ class MongodbCollector(DatabaseCollector):
                 self._counters = counters
                 result.samples.extend(samples)
             except Exception as exc:  # a reply we cannot read: bad_reply, the rest goes on
-                self._record(result, SERVER_STATUS, exc, now)
+                self._runner.record(result, SERVER_STATUS, exc, now)
         self.role = mapping.role_of(status, self.client.server_type())
 
         def budget_left() -> bool:
@@ -172,10 +179,11 @@ class MongodbCollector(DatabaseCollector):
 
         repl_status = None
         if self.role in mapping.REPLICA_ROLES and self._wanted(REPL_STATUS) and budget_left():
-            repl_status = await self._run(result, REPL_STATUS, self.client.fetch_repl_status, now)
+            repl_status = await self._runner.run(result, now, REPL_STATUS, self.client.fetch_repl_status)
         if self.role not in ("arbiter", "mongos") and self._wanted(TOP) and budget_left():  # top: data, mongod
-            result.samples.extend(await self._run(result, TOP, self.client.fetch_top, now,
-                                                  convert=lambda top: mapping.top_samples(top, self.enabled)) or ())
+            await self._runner.emit(
+                result, now, TOP, self.client.fetch_top, lambda top: mapping.top_samples(top, self.enabled)
+            )
 
         self._plan()
         slow_deadline = now + SLOW_TIME_SHARE * self.database.poll_timeout.total_seconds()
@@ -189,42 +197,29 @@ class MongodbCollector(DatabaseCollector):
             result.samples.extend(self._cache.get(key, ()))
         if repl_status is not None:  # after the slow tasks: the oplog's oldest entry may be fresh
             try:
-                result.samples.extend(mapping.repl_status_samples(repl_status, self.enabled,
-                                                                  oplog_oldest=self._oplog_oldest))
+                result.samples.extend(
+                    mapping.repl_status_samples(repl_status, self.enabled, oplog_oldest=self._oplog_oldest)
+                )
             except Exception as exc:
-                self._record(result, REPL_STATUS, exc, now)
+                self._runner.record(result, REPL_STATUS, exc, now)
 
-    async def _server_status(self, result: CollectionResult, now: float) -> dict | None:
-        if not self._refused.allowed(SERVER_STATUS, now):
+    async def _server_status(self, result: CollectionResult, now: float) -> dict[str, Any] | None:
+        if not self._runner.allowed(SERVER_STATUS, now):
             return None
-        command = mapping.server_status_command(self.enabled)
+        unread = mapping.unread_sections(self.enabled)
         try:
             try:
-                status = await self.client.fetch_server_status(command)
+                status = await self.client.fetch_server_status(unread)
             except Exception as exc:
                 if not is_stale_connection(exc):
                     raise
-                status = await self.client.fetch_server_status(command)  # once, on a fresh connection
+                status = await self.client.fetch_server_status(unread)  # once, on a fresh connection
         except Exception as exc:
             result.samples.extend(mapping.health_sample(self.enabled))
-            self._record(result, SERVER_STATUS, exc, now)
+            self._runner.record(result, SERVER_STATUS, exc, now)
             return None
-        self._refused.succeeded(SERVER_STATUS)
+        self._runner.succeeded(SERVER_STATUS)
         return status
-
-    async def _run(self, result: CollectionResult, query: str, fetch: Callable[[], Awaitable], now: float,
-                   target: str | None = None, convert: Callable[[Any], Any] = lambda reply: reply):
-        """One command: its reply through `convert`, or None after recording why not (a reply `convert`
-        cannot read is a bad_reply)."""
-        if not self._refused.allowed(query, now, target):
-            return None
-        try:
-            converted = convert(await fetch())
-        except Exception as exc:
-            self._record(result, query, exc, now, target)
-            return None
-        self._refused.succeeded(query, target)
-        return converted
 
     # --- the slow schedule ---------------------------------------------------------------------------
     def _plan(self) -> None:
@@ -241,57 +236,76 @@ class MongodbCollector(DatabaseCollector):
     async def _run_task(self, result: CollectionResult, key: Key, now: float) -> None:
         self._refresh.done(key, now)  # a failure also waits a full SLOW_REFRESH
         kind, *args = key
-        client, enabled = self.client, self.enabled
+        client, enabled, run = self.client, self.enabled, self._runner.run
         samples: list[Sample] | None = None
         if kind == "listDatabases":
-            listed = await self._run(result, DATABASES, client.fetch_databases, now,
-                                     convert=lambda dbs: (mapping.ranked_databases(dbs),
-                                                          mapping.database_samples(dbs, enabled)))
+            listed = await run(
+                result,
+                now,
+                DATABASES,
+                client.fetch_databases,
+                lambda dbs: (mapping.ranked_databases(dbs), mapping.database_samples(dbs, enabled)),
+            )
             if listed is not None:
                 self._databases, samples = listed
         elif kind == "dbStats":
             db = args[0]
-            samples = await self._run(result, DB_STATS, lambda: client.fetch_db_stats(db), now, db,
-                                      convert=lambda stats: mapping.db_stats_samples(db, stats, enabled))
+            samples = await run(
+                result,
+                now,
+                DB_STATS,
+                lambda: client.fetch_db_stats(db),
+                lambda stats: mapping.db_stats_samples(db, stats, enabled),
+                target=db,
+            )
         elif kind == "listCollections":
             db = args[0]
-            names = await self._run(result, COLLECTIONS, lambda: client.fetch_collections(db), now, db,
-                                    convert=mapping.collection_names)
+            names = await run(
+                result, now, COLLECTIONS, lambda: client.fetch_collections(db), mapping.collection_names, target=db
+            )
             if names is not None:
                 self._collections[db] = names
         elif kind == "indexStats":
             db, coll = args
-            samples = await self._run(
-                result, INDEX_STATS, lambda: client.fetch_index_stats(db, coll), now, f"{db}.{coll}",
-                convert=lambda indexes: mapping.index_access_samples(db, coll, indexes, enabled))
+            samples = await run(
+                result,
+                now,
+                INDEX_STATS,
+                lambda: client.fetch_index_stats(db, coll),
+                lambda indexes: mapping.index_access_samples(db, coll, indexes, enabled),
+                target=f"{db}.{coll}",
+            )
         elif kind == "collStats":
             db, coll = args
-            samples = await self._run(
-                result, COLLECTION_STATS, lambda: client.fetch_collection_stats(db, coll), now, f"{db}.{coll}",
-                convert=lambda stats: mapping.collection_stats_samples(db, coll, stats, enabled))
+            samples = await run(
+                result,
+                now,
+                COLLECTION_STATS,
+                lambda: client.fetch_collection_stats(db, coll),
+                lambda stats: mapping.collection_stats_samples(db, coll, stats, enabled),
+                target=f"{db}.{coll}",
+            )
         elif kind == "oplogStats":
-            samples = await self._run(result, OPLOG_STATS, client.fetch_oplog_stats, now,
-                                      convert=lambda stats: mapping.oplog_stats_samples(stats, enabled))
+            samples = await run(
+                result,
+                now,
+                OPLOG_STATS,
+                client.fetch_oplog_stats,
+                lambda stats: mapping.oplog_stats_samples(stats, enabled),
+            )
         elif kind == "oplogOldest":
-            self._oplog_oldest = await self._run(result, OPLOG_OLDEST, client.fetch_oplog_oldest, now)
+            self._oplog_oldest = await run(result, now, OPLOG_OLDEST, client.fetch_oplog_oldest)
         if samples is None:
             self._cache.pop(key, None)  # failed: no stale values
         else:
             self._cache[key] = samples
 
     # --- errors and privileges -----------------------------------------------------------------------
-    def _record(self, result: CollectionResult, query: str, exc: Exception, now: float,
-                target: str | None = None) -> None:
-        reason, message = describe_error(exc, query=query, user=self.database.username, target=target,
-                                         secrets=self.client.secrets())
-        error = QueryError(query, reason, message)  # type: ignore[arg-type]
-        unreachable = is_unreachable(exc)
-        if self._refused.holds(error) and not unreachable:
-            if not self._refused.refuse(error, now, target):
-                return  # reported already
-        result.errors.append(error)
-        if unreachable:
-            raise _ConnectionLost from None
+    def _error(self, query: str, exc: BaseException, target: str | None) -> QueryError:
+        reason, message = describe_error(
+            exc, query=query, user=self.database.username, target=target, secrets=secret_values(self._password)
+        )
+        return QueryError(query, reason, message)
 
     async def close(self) -> None:
         await self.client.close()

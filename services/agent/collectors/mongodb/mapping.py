@@ -9,12 +9,15 @@ numExtents in 4.4, …) produces none and no error.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from functools import partial
+from typing import Any
 
 from bson.timestamp import Timestamp
 
 from ..metric_table import Sample
+from ..samples import SampleEmitter, float_number
 from .metrics import TABLE
 
 Doc = Mapping[str, Any]
@@ -23,33 +26,72 @@ Doc = Mapping[str, Any]
 SERVER_NAMESPACE = "admin"
 
 OPERATIONS = ("insert", "query", "update", "delete", "getmore", "command")  # opcounters keys = attribute values
-TOP_OPERATIONS = {"insert": "insert", "queries": "query", "update": "update", "remove": "delete",
-                  "getmore": "getmore", "commands": "command"}
+TOP_OPERATIONS = {
+    "insert": "insert",
+    "queries": "query",
+    "update": "update",
+    "remove": "delete",
+    "getmore": "getmore",
+    "commands": "command",
+}
 DOCUMENT_OPERATIONS = {"inserted": "insert", "updated": "update", "deleted": "delete"}
-LOCK_TYPES = {"ParallelBatchWriterMode": "parallel_batch_write_mode",
-              "ReplicationStateTransition": "replication_state_transition", "Global": "global",
-              "Database": "database", "Collection": "collection", "Mutex": "mutex", "Metadata": "metadata",
-              "oplog": "oplog"}
+LOCK_TYPES = {
+    "ParallelBatchWriterMode": "parallel_batch_write_mode",
+    "ReplicationStateTransition": "replication_state_transition",
+    "Global": "global",
+    "Database": "database",
+    "Collection": "collection",
+    "Mutex": "mutex",
+    "Metadata": "metadata",
+    "oplog": "oplog",
+}
 LOCK_MODES = {"R": "shared", "W": "exclusive", "r": "intent_shared", "w": "intent_exclusive"}
-LOCK_FIELDS = {"acquireCount": "mongodb.lock.acquire.count", "timeAcquiringMicros": "mongodb.lock.acquire.time",
-               "acquireWaitCount": "mongodb.lock.acquire.wait_count", "deadlockCount": "mongodb.lock.deadlock.count"}
+LOCK_FIELDS = {
+    "acquireCount": "mongodb.lock.acquire.count",
+    "timeAcquiringMicros": "mongodb.lock.acquire.time",
+    "acquireWaitCount": "mongodb.lock.acquire.wait_count",
+    "deadlockCount": "mongodb.lock.deadlock.count",
+}
 LATENCY_CLASSES = {"reads": "read", "writes": "write", "commands": "command"}
 ASSERT_TYPES = ("regular", "warning", "msg", "user", "rollovers")
-MEMBER_STATES = {0: "startup", 1: "primary", 2: "secondary", 3: "recovering", 5: "startup2", 6: "unknown",
-                 7: "arbiter", 8: "down", 9: "rollback", 10: "removed"}
-RATES = {("opcounters", op): f"mongodb.{name}.rate" for op, name in (
-    ("command", "commands"), ("delete", "deletes"), ("getmore", "getmores"), ("insert", "inserts"),
-    ("query", "queries"), ("update", "updates"))}
-RATES.update({("opcountersRepl", op): f"mongodb.repl_{name}_per_sec" for op, name in (
-    ("command", "commands"), ("delete", "deletes"), ("getmore", "getmores"), ("insert", "inserts"),
-    ("query", "queries"), ("update", "updates"))})
+# Keyed as numbers: a state sent as a double (1.0) names the same state as the int32 1.
+MEMBER_STATES: dict[float, str] = {
+    0: "startup",
+    1: "primary",
+    2: "secondary",
+    3: "recovering",
+    5: "startup2",
+    6: "unknown",
+    7: "arbiter",
+    8: "down",
+    9: "rollback",
+    10: "removed",
+}
+# serverStatus opcounter fields -> the metric word: one list for primary and replicated operations.
+OPCOUNTERS = (
+    ("command", "commands"),
+    ("delete", "deletes"),
+    ("getmore", "getmores"),
+    ("insert", "inserts"),
+    ("query", "queries"),
+    ("update", "updates"),
+)
+RATES = {("opcounters", op): f"mongodb.{name}.rate" for op, name in OPCOUNTERS}
+RATES.update({("opcountersRepl", op): f"mongodb.repl_{name}_per_sec" for op, name in OPCOUNTERS})
 RATES[("checkpoints", "")] = "mongodb.flushes.rate"
 MIB = 1 << 20
 
 # Roles a server can have, from serverStatus.repl or the driver's view of its hello reply.
 REPLICA_ROLES = frozenset({"primary", "secondary", "arbiter", "member"})
-_SERVER_TYPES = {"RSPrimary": "primary", "RSSecondary": "secondary", "RSArbiter": "arbiter", "RSOther": "member",
-                 "RSGhost": "member", "Standalone": "standalone", "Mongos": "mongos"}
+_SERVER_TYPES = {
+    "RSPrimary": "primary",
+    "RSSecondary": "secondary",
+    "RSArbiter": "arbiter",
+    "RSOther": "member",
+    "RSGhost": "member",
+    "Standalone": "standalone",
+    "Mongos": "mongos",
+}
 
 
 def dig(doc: Any, *path: str) -> Any:
@@ -61,30 +103,13 @@ def dig(doc: Any, *path: str) -> Any:
     return doc
 
 
-def number(value: Any) -> float | None:
-    """A BSON number as float; None for anything else (missing field, string, bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-class _Emitter:
-    """Collects samples of enabled metrics, skipping missing values."""
-
-    def __init__(self, enabled: frozenset[str]):
-        self.enabled = enabled
-        self.samples: list[Sample] = []
-
-    def __call__(self, name: str, value: Any, *attributes: str) -> None:
-        if name not in self.enabled:
-            return
-        value = number(value)
-        if value is not None:
-            self.samples.append(Sample(TABLE[name], value, tuple(attributes)))
+# BSON replies are typed: text there is never a count.
+bson_number = partial(float_number, text=False)
+_emitter = partial(SampleEmitter, TABLE, read=bson_number)
 
 
 def _scaled(value: Any, factor: float) -> float | None:
-    value = number(value)
+    value = bson_number(value)
     return None if value is None else value * factor
 
 
@@ -97,28 +122,41 @@ OPTIONAL_SECTIONS = {
     "opLatencies": frozenset({"mongodb.operation.latency.time"}),
     "extra_info": frozenset({"mongodb.page_faults"}),
     "asserts": frozenset({"mongodb.asserts"}),
-    "opcountersRepl": frozenset({"mongodb.operation.repl.count"} | {
-        metric for (section, _), metric in RATES.items() if section == "opcountersRepl"}),
-    "globalLock": frozenset({"mongodb.global_lock.time", "mongodb.active.reads", "mongodb.active.writes",
-                             "mongodb.global_lock.queue"}),
+    "opcountersRepl": frozenset(
+        {"mongodb.operation.repl.count"}
+        | {metric for (section, _), metric in RATES.items() if section == "opcountersRepl"}
+    ),
+    "globalLock": frozenset(
+        {"mongodb.global_lock.time", "mongodb.active.reads", "mongodb.active.writes", "mongodb.global_lock.queue"}
+    ),
 }
 # Sections no metric reads, some of them large (tcmalloc, transactions, per-command metrics are kept:
 # `metrics` also holds the cursor and document counters). Unknown names are ignored by the server.
-UNUSED_SECTIONS = ("tcmalloc", "transactions", "shardingStatistics", "electionMetrics", "flowControl",
-                   "logicalSessionRecordCache", "opReadConcernCounters", "opWriteConcernCounters",
-                   "readConcernCounters", "readPreferenceCounters", "security", "twoPhaseCommitCoordinator",
-                   "catalogStats", "bucketCatalog", "indexBulkBuilder", "planCache", "queryAnalyzers")
+UNUSED_SECTIONS = (
+    "tcmalloc",
+    "transactions",
+    "shardingStatistics",
+    "electionMetrics",
+    "flowControl",
+    "logicalSessionRecordCache",
+    "opReadConcernCounters",
+    "opWriteConcernCounters",
+    "readConcernCounters",
+    "readPreferenceCounters",
+    "security",
+    "twoPhaseCommitCoordinator",
+    "catalogStats",
+    "bucketCatalog",
+    "indexBulkBuilder",
+    "planCache",
+    "queryAnalyzers",
+)
 
 
-def server_status_command(enabled: frozenset[str]) -> dict[str, int]:
-    """The serverStatus command document: every section we do not read excluded."""
-    command = {"serverStatus": 1}
-    for section in UNUSED_SECTIONS:
-        command[section] = 0
-    for section, metrics in OPTIONAL_SECTIONS.items():
-        if not metrics & enabled:
-            command[section] = 0
-    return command
+def unread_sections(enabled: frozenset[str]) -> tuple[str, ...]:
+    """The serverStatus sections no enabled metric reads, for the client to exclude from the reply."""
+    optional = tuple(section for section, metrics in OPTIONAL_SECTIONS.items() if not metrics & enabled)
+    return UNUSED_SECTIONS + optional
 
 
 def ticket_section(status: Doc) -> Doc | None:
@@ -132,10 +170,13 @@ def ticket_section(status: Doc) -> Doc | None:
 
 def server_status_samples(status: Doc, enabled: frozenset[str]) -> list[Sample]:
     """serverStatus: every serverStatus metric except the rates (rate_samples)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     ns = SERVER_NAMESPACE
     cache = dig(status, "wiredTiger", "cache")
-    miss, requested = number(dig(cache, "pages read into cache")), number(dig(cache, "pages requested from the cache"))
+    miss, requested = (
+        bson_number(dig(cache, "pages read into cache")),
+        bson_number(dig(cache, "pages requested from the cache")),
+    )
     emit("mongodb.cache.operations", miss, "miss")
     if miss is not None and requested is not None:
         emit("mongodb.cache.operations", requested - miss, "hit")
@@ -158,7 +199,7 @@ def server_status_samples(status: Doc, enabled: frozenset[str]) -> list[Sample]:
         emit("mongodb.session.count", dig(status, "wiredTiger", "session", "open session count"))
     emit("mongodb.active.reads", dig(status, "globalLock", "activeClients", "readers"))
     emit("mongodb.active.writes", dig(status, "globalLock", "activeClients", "writers"))
-    emit("mongodb.health", 1 if number(status.get("ok")) == 1 else 0)
+    emit("mongodb.health", 1 if bson_number(status.get("ok")) == 1 else 0)
     for resource, lock_type in LOCK_TYPES.items():
         for field, metric in LOCK_FIELDS.items():
             counts = dig(status, "locks", resource, field)
@@ -176,7 +217,10 @@ def server_status_samples(status: Doc, enabled: frozenset[str]) -> list[Sample]:
     for operation in ("read", "write"):
         emit("mongodb.wiredtiger.tickets", dig(tickets, operation, "out"), operation, "used")
         emit("mongodb.wiredtiger.tickets", dig(tickets, operation, "available"), operation, "available")
-    used, limit = number(dig(cache, "bytes currently in the cache")), number(dig(cache, "maximum bytes configured"))
+    used, limit = (
+        bson_number(dig(cache, "bytes currently in the cache")),
+        bson_number(dig(cache, "maximum bytes configured")),
+    )
     emit("mongodb.wiredtiger.cache.usage", used)
     emit("mongodb.wiredtiger.cache.limit", limit)
     if used is not None and limit:
@@ -188,7 +232,7 @@ def server_status_samples(status: Doc, enabled: frozenset[str]) -> list[Sample]:
 
 def health_sample(enabled: frozenset[str]) -> list[Sample]:
     """mongodb.health = 0, for a collection whose serverStatus failed."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     emit("mongodb.health", 0)
     return emit.samples
 
@@ -205,15 +249,15 @@ def rate_counters(status: Doc, at: float) -> Counters:
     values: dict[tuple[str, str], float] = {}
     for section in ("opcounters", "opcountersRepl"):
         for operation in OPERATIONS:
-            value = number(dig(status, section, operation))
+            value = bson_number(dig(status, section, operation))
             if value is not None:
                 values[(section, operation)] = value
-    checkpoints = number(dig(status, "wiredTiger", "checkpoint", "total succeed number of checkpoints"))
+    checkpoints = bson_number(dig(status, "wiredTiger", "checkpoint", "total succeed number of checkpoints"))
     if checkpoints is None:  # before the checkpoint section (MongoDB 6.0's WiredTiger and older)
-        checkpoints = number(dig(status, "wiredTiger", "transaction", "transaction checkpoints"))
+        checkpoints = bson_number(dig(status, "wiredTiger", "transaction", "transaction checkpoints"))
     if checkpoints is not None:
         values[("checkpoints", "")] = checkpoints
-    uptime = number(status.get("uptimeMillis"))
+    uptime = bson_number(status.get("uptimeMillis"))
     if uptime is not None:
         values[("uptimeMillis", "")] = uptime
     return Counters(at, values)
@@ -222,7 +266,7 @@ def rate_counters(status: Doc, at: float) -> Counters:
 def rate_samples(previous: Counters | None, current: Counters, enabled: frozenset[str]) -> list[Sample]:
     """Per-second rates between two readings; none on the first reading, none for a counter that went back
     (server restart)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     if previous is None or current.at <= previous.at:
         return []
     uptime_before, uptime_now = previous.values.get(("uptimeMillis", "")), current.values.get(("uptimeMillis", ""))
@@ -256,9 +300,10 @@ def role_of(status: Doc | None, server_type: str) -> str:
 
 # --- databases and collections ----------------------------------------------------------------
 
-def database_samples(databases: list[Doc], enabled: frozenset[str]) -> list[Sample]:
+
+def database_samples(databases: Sequence[Doc], enabled: frozenset[str]) -> list[Sample]:
     """listDatabases: the number of databases."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     emit("mongodb.database.count", len(databases))
     return emit.samples
 
@@ -266,12 +311,14 @@ def database_samples(databases: list[Doc], enabled: frozenset[str]) -> list[Samp
 def ranked_databases(databases: Iterable[Doc]) -> list[str]:
     """Database names, largest first (sizeOnDisk; then by name), for the bounded per-database commands."""
     named = [db for db in databases if isinstance(db.get("name"), str)]
-    return [db["name"] for db in sorted(named, key=lambda db: (-(number(db.get("sizeOnDisk")) or 0.0), db["name"]))]
+    return [
+        db["name"] for db in sorted(named, key=lambda db: (-(bson_number(db.get("sizeOnDisk")) or 0.0), db["name"]))
+    ]
 
 
 def db_stats_samples(database: str, stats: Doc, enabled: frozenset[str]) -> list[Sample]:
     """dbStats of one database."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     emit("mongodb.collection.count", stats.get("collections"), database)
     emit("mongodb.data.size", stats.get("dataSize"), database)
     emit("mongodb.extent.count", stats.get("numExtents"), database)
@@ -284,13 +331,16 @@ def db_stats_samples(database: str, stats: Doc, enabled: frozenset[str]) -> list
 
 def collection_names(entries: Iterable[Doc]) -> list[str]:
     """listCollections (nameOnly) entries -> names of real collections, sorted; views have no indexes or storage."""
-    return sorted(entry["name"] for entry in entries
-                  if isinstance(entry.get("name"), str) and entry.get("type", "collection") == "collection")
+    return sorted(
+        entry["name"]
+        for entry in entries
+        if isinstance(entry.get("name"), str) and entry.get("type", "collection") == "collection"
+    )
 
 
 def top_samples(top: Doc, enabled: frozenset[str]) -> list[Sample]:
     """top: time per operation type, summed over every namespace, microseconds -> milliseconds."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     totals = top.get("totals")
     if not isinstance(totals, Mapping):
         return []
@@ -299,25 +349,31 @@ def top_samples(top: Doc, enabled: frozenset[str]) -> list[Sample]:
         if namespace == "note" or not isinstance(entry, Mapping):
             continue
         for field, operation in TOP_OPERATIONS.items():
-            sums[operation] += number(dig(entry, field, "time")) or 0.0
+            sums[operation] += bson_number(dig(entry, field, "time")) or 0.0
     for operation, micros in sums.items():
         emit("mongodb.operation.time", micros / 1000, operation)
     return emit.samples
 
 
-def index_access_samples(database: str, collection: str, indexes: Iterable[Doc],
-                         enabled: frozenset[str]) -> list[Sample]:
+def index_access_samples(
+    database: str, collection: str, indexes: Iterable[Doc], enabled: frozenset[str]
+) -> list[Sample]:
     """$indexStats of one collection: accesses.ops summed over its indexes."""
-    emit = _Emitter(enabled)
-    emit("mongodb.index.access.count", sum(number(dig(index, "accesses", "ops")) or 0.0 for index in indexes),
-         collection, database)
+    emit = _emitter(enabled)
+    emit(
+        "mongodb.index.access.count",
+        sum(bson_number(dig(index, "accesses", "ops")) or 0.0 for index in indexes),
+        collection,
+        database,
+    )
     return emit.samples
 
 
-def collection_stats_samples(database: str, collection: str, stats: Iterable[Doc],
-                             enabled: frozenset[str]) -> list[Sample]:
+def collection_stats_samples(
+    database: str, collection: str, stats: Iterable[Doc], enabled: frozenset[str]
+) -> list[Sample]:
     """$collStats {storageStats} of one collection (one document on a mongod)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for doc in stats:
         storage = doc.get("storageStats")
         emit("mongodb.collection.document.count", dig(storage, "count"), collection, database)
@@ -329,9 +385,10 @@ def collection_stats_samples(database: str, collection: str, stats: Iterable[Doc
 
 # --- replica set and oplog ----------------------------------------------------------------------
 
+
 def oplog_stats_samples(stats: Iterable[Doc], enabled: frozenset[str]) -> list[Sample]:
     """$collStats {storageStats} of local.oplog.rs."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for doc in stats:
         emit("mongodb.oplog.limit", dig(doc, "storageStats", "maxSize"))
         emit("mongodb.oplog.usage", dig(doc, "storageStats", "size"))
@@ -356,25 +413,31 @@ def oplog_window(status: Doc, oldest: Timestamp | None) -> float | None:
     return float(newest.time - oldest.time)
 
 
+def member_state(member: Doc) -> str | None:
+    """A replSetGetStatus member's state name; None for a state code this mapping does not know."""
+    code = member.get("state")
+    return MEMBER_STATES.get(code) if isinstance(code, (int, float)) else None
+
+
 def repl_status_samples(status: Doc, enabled: frozenset[str], *, oplog_oldest: Timestamp | None) -> list[Sample]:
     """replSetGetStatus (+ the oldest oplog entry's timestamp, when known)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     members = [m for m in status.get("members") or () if isinstance(m, Mapping)]
     counts = dict.fromkeys(MEMBER_STATES.values(), 0)
     for member in members:
-        state = MEMBER_STATES.get(member.get("state"))
+        state = member_state(member)
         if state is not None:
             counts[state] += 1
     for state, count in counts.items():
         emit("mongodb.replica_set.member.count", count, state)
     me = next((m for m in members if m.get("self")), None)
-    my_state = MEMBER_STATES.get(me.get("state")) if me is not None else None
+    my_state = member_state(me) if me is not None else None
     if my_state is not None:
         for state in MEMBER_STATES.values():
             emit("mongodb.replica.status", int(state == my_state), state)
     window = oplog_window(status, oplog_oldest)
     emit("mongodb.oplog.window", window)
-    if my_state != "primary":  # only the primary has an up-to-date view of every member's progress
+    if me is None or my_state != "primary":  # only the primary has an up-to-date view of every member's progress
         return emit.samples
     for member in members:
         if member.get("state") != 2:

@@ -10,9 +10,11 @@ run before the tasks they reveal.
 from __future__ import annotations
 
 import math
-from typing import Hashable, Iterable
+from collections.abc import Iterable
 
-Key = tuple[Hashable, ...]
+from ..cadence import SlowRefresh
+
+Key = tuple[str, ...]  # (kind, database?, collection?)
 
 # Lists first: they discover the other tasks.
 KIND_ORDER = ("listDatabases", "listCollections", "dbStats", "oplogStats", "oplogOldest", "indexStats", "collStats")
@@ -22,9 +24,12 @@ class RefreshQueue:
     """Tasks wanted right now, and when each last ran."""
 
     def __init__(self, interval: float):
-        self.interval = interval
         self._wanted: list[Key] = []
-        self._last: dict[Key, float] = {}
+        self._runs = SlowRefresh[Key](interval)
+
+    @property
+    def interval(self) -> float:
+        return self._runs.interval
 
     @property
     def wanted(self) -> tuple[Key, ...]:
@@ -33,21 +38,17 @@ class RefreshQueue:
     def want(self, keys: Iterable[Key]) -> list[Key]:
         """Replace the wanted tasks; returns the tasks that are no longer wanted (their caches can go)."""
         self._wanted = list(dict.fromkeys(keys))
-        wanted = set(self._wanted)
-        dropped = [key for key in self._last if key not in wanted]
-        for key in dropped:
-            del self._last[key]
-        return dropped
+        return self._runs.keep_only(set(self._wanted))
 
     def _rank(self, key: Key) -> tuple[float, int]:
         kind = key[0]
         order = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
-        return self._last.get(key, -math.inf), order
+        last = self._runs.last(key)
+        return -math.inf if last is None else last, order
 
     def due(self, now: float) -> list[Key]:
         """Wanted tasks whose last run is at least `interval` ago, in the order they should run."""
-        ready = [key for key in self._wanted if key not in self._last or now - self._last[key] >= self.interval]
-        return sorted(ready, key=self._rank)
+        return sorted((key for key in self._wanted if self._runs.due(key, now)), key=self._rank)
 
     def next(self, now: float) -> Key | None:
         ready = self.due(now)
@@ -55,7 +56,7 @@ class RefreshQueue:
 
     def done(self, key: Key, now: float) -> None:
         """The task ran (or failed: a failure also waits a full interval, so nothing is hammered)."""
-        self._last[key] = now
+        self._runs.refreshed(key, now)
 
     def last_run(self, key: Key) -> float | None:
-        return self._last.get(key)
+        return self._runs.last(key)

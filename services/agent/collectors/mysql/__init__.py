@@ -1,8 +1,9 @@
 """MySQL/MariaDB collector (aiomysql): see collector.py for the cost design."""
 
-from .collector import SLOW_REFRESH, MysqlCollector
+from ..cadence import SLOW_REFRESH
+from .collector import MysqlCollector
 from .metrics import TABLE
 
 COLLECTOR = MysqlCollector
 
-__all__ = ["COLLECTOR", "MysqlCollector", "SLOW_REFRESH", "TABLE"]
+__all__ = ["COLLECTOR", "SLOW_REFRESH", "TABLE", "MysqlCollector"]

@@ -15,28 +15,25 @@ and the statement retried once, so a restart does not cost a down sample.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import aiomysql
 import pymysql
-from pymysql.constants import CLIENT
 from pydantic import SecretStr
+from pymysql.constants import CLIENT
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
+from dbintel.common.endpoints import parse_host_port
 
 from ..errors import error_message, first_line
+from ..metric_table import Reason
 from ..tls import client_ssl_context
-
-from .mapping import (
-    STATUS_VARIABLES,
-    ServerVersion,
-    innodb_metrics_enabled_predicate,
-    parse_server_version,
-    redo_log_capacity_expression,
-    replica_status_statement,
-)
+from .mapping import STATUS_VARIABLES
+from .metrics import INNODB, PERF, REPLICA
 
 PROGRAM_NAME = "dbintel"  # performance_schema.session_connect_attrs program_name: tells our sessions apart
 EXCLUDED_SCHEMAS = ("mysql", "performance_schema", "information_schema", "sys")
@@ -47,7 +44,43 @@ DIGEST_WINDOW_SECONDS = 86400  # only digests seen in the last day (the receiver
 _EXCLUDED = ", ".join(f"'{schema}'" for schema in EXCLUDED_SCHEMAS)
 
 
+# --- server version ------------------------------------------------------------------------------
+
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_MYSQL_COMPAT_PREFIX = "5.5.5-"  # MariaDB 10.x prepends this in the handshake for old MySQL clients
+
+
+@dataclass(frozen=True)
+class ServerVersion:
+    flavour: Literal["mysql", "mariadb"]
+    number: tuple[int, int, int]
+
+    @property
+    def is_mariadb(self) -> bool:
+        return self.flavour == "mariadb"
+
+    def at_least(self, *number: int) -> bool:
+        return self.number >= number
+
+    def __str__(self) -> str:
+        name = "MariaDB" if self.is_mariadb else "MySQL"
+        return f"{name} {'.'.join(map(str, self.number))}"
+
+
+def parse_server_version(text: str) -> ServerVersion:
+    """The handshake's server_version (or VERSION()): '8.0.36-0ubuntu0.22.04.1', '5.5.5-10.11.6-MariaDB-log'."""
+    flavour: Literal["mysql", "mariadb"] = "mariadb" if "mariadb" in text.lower() else "mysql"
+    if flavour == "mariadb":
+        text = text.removeprefix(_MYSQL_COMPAT_PREFIX)
+    match = _VERSION.match(text.strip())
+    if match is None:
+        raise ValueError(f"unrecognised server version {text!r}")
+    major, minor, patch = (int(part) for part in match.groups())
+    return ServerVersion(flavour, (major, minor, patch))
+
+
 # --- one statement from several tables -----------------------------------------------------------
+
 
 def _text(expression: str) -> str:
     # One explicit collation for every text column: performance_schema, information_schema and
@@ -94,10 +127,10 @@ def split_union(parts: Sequence[UnionPart], rows: Sequence[Sequence[Any]]) -> di
         part = by_source.get(row[0])
         if part is None:
             raise ValueError(f"unexpected source {row[0]!r} in a union reply")
-        keys = row[1:1 + len(part.keys)]
-        values = row[1 + key_width:1 + key_width + len(part.values)]
-        record = dict(zip((name for name, _ in part.keys), keys))
-        record.update(zip((name for name, _ in part.values), values))
+        keys = row[1 : 1 + len(part.keys)]
+        values = row[1 + key_width : 1 + key_width + len(part.values)]
+        record = dict(zip((name for name, _ in part.keys), keys, strict=False))
+        record.update(zip((name for name, _ in part.values), values, strict=False))
         split[part.source].append(record)
     return split
 
@@ -108,52 +141,111 @@ def _columns(*names: str) -> tuple[tuple[str, str], ...]:
 
 # --- SQL -------------------------------------------------------------------------------------------
 
-_IO_VALUES = _columns(*(f"COUNT_{op}" for op in ("DELETE", "FETCH", "INSERT", "UPDATE")),
-                      *(f"SUM_TIMER_{op}" for op in ("DELETE", "FETCH", "INSERT", "UPDATE")))
+_IO_VALUES = _columns(
+    *(f"COUNT_{op}" for op in ("DELETE", "FETCH", "INSERT", "UPDATE")),
+    *(f"SUM_TIMER_{op}" for op in ("DELETE", "FETCH", "INSERT", "UPDATE")),
+)
 _READ_LOCKS = ("NORMAL", "WITH_SHARED_LOCKS", "HIGH_PRIORITY", "NO_INSERT", "EXTERNAL")
 _WRITE_LOCKS = ("ALLOW_WRITE", "CONCURRENT_INSERT", "LOW_PRIORITY", "NORMAL", "EXTERNAL")
-_LOCK_VALUES = _columns(*(f"{agg}_READ_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _READ_LOCKS),
-                        *(f"{agg}_WRITE_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _WRITE_LOCKS))
-_DIGEST_VALUES = _columns("SUM_TIMER_WAIT", "SUM_ERRORS", "SUM_WARNINGS", "SUM_ROWS_AFFECTED", "SUM_ROWS_SENT",
-                          "SUM_ROWS_EXAMINED", "SUM_CREATED_TMP_DISK_TABLES", "SUM_CREATED_TMP_TABLES",
-                          "SUM_SORT_MERGE_PASSES", "SUM_SORT_ROWS", "SUM_NO_INDEX_USED")
+_LOCK_VALUES = _columns(
+    *(f"{agg}_READ_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _READ_LOCKS),
+    *(f"{agg}_WRITE_{kind}" for agg in ("COUNT", "SUM_TIMER") for kind in _WRITE_LOCKS),
+)
+_DIGEST_VALUES = _columns(
+    "SUM_TIMER_WAIT",
+    "SUM_ERRORS",
+    "SUM_WARNINGS",
+    "SUM_ROWS_AFFECTED",
+    "SUM_ROWS_SENT",
+    "SUM_ROWS_EXAMINED",
+    "SUM_CREATED_TMP_DISK_TABLES",
+    "SUM_CREATED_TMP_TABLES",
+    "SUM_SORT_MERGE_PASSES",
+    "SUM_SORT_ROWS",
+    "SUM_NO_INDEX_USED",
+)
 # Only the ~130 variables the mapping reads, not all ~560: a quarter of the client-side parsing and bytes.
-GLOBAL_STATUS_SQL = ("SHOW GLOBAL STATUS WHERE Variable_name IN ("
-                     + ", ".join(f"'{name}'" for name in sorted(STATUS_VARIABLES)) + ")")
+GLOBAL_STATUS_SQL = (
+    "SHOW GLOBAL STATUS WHERE Variable_name IN (" + ", ".join(f"'{name}'" for name in sorted(STATUS_VARIABLES)) + ")"
+)
 
 _OBJECT_KEYS = (("schema", "OBJECT_SCHEMA"), ("table", "OBJECT_NAME"))
 _OBJECT_FILTER = f"WHERE OBJECT_TYPE = 'TABLE' AND OBJECT_SCHEMA NOT IN ({_EXCLUDED})"
 
 PERFORMANCE_SCHEMA_PARTS = {
-    "table_io": UnionPart("table_io", _OBJECT_KEYS, _IO_VALUES,
-                          f"FROM performance_schema.table_io_waits_summary_by_table {_OBJECT_FILTER}"),
-    "index_io": UnionPart("index_io", _OBJECT_KEYS + (("index", "INDEX_NAME"),), _IO_VALUES,
-                          f"FROM performance_schema.table_io_waits_summary_by_index_usage {_OBJECT_FILTER}"),
-    "table_lock": UnionPart("table_lock", _OBJECT_KEYS, _LOCK_VALUES,
-                            f"FROM performance_schema.table_lock_waits_summary_by_table {_OBJECT_FILTER}"),
+    "table_io": UnionPart(
+        "table_io",
+        _OBJECT_KEYS,
+        _IO_VALUES,
+        f"FROM performance_schema.table_io_waits_summary_by_table {_OBJECT_FILTER}",
+    ),
+    "index_io": UnionPart(
+        "index_io",
+        _OBJECT_KEYS + (("index", "INDEX_NAME"),),
+        _IO_VALUES,
+        f"FROM performance_schema.table_io_waits_summary_by_index_usage {_OBJECT_FILTER}",
+    ),
+    "table_lock": UnionPart(
+        "table_lock",
+        _OBJECT_KEYS,
+        _LOCK_VALUES,
+        f"FROM performance_schema.table_lock_waits_summary_by_table {_OBJECT_FILTER}",
+    ),
     # NOT IN also drops statements run without a default schema (SCHEMA_NAME NULL), ours included.
-    "digest": UnionPart("digest", (("schema", "SCHEMA_NAME"), ("digest", "DIGEST"),
-                                   ("digest_text", f"LEFT(DIGEST_TEXT, {DIGEST_TEXT_LIMIT})")), _DIGEST_VALUES,
-                        f"FROM performance_schema.events_statements_summary_by_digest\n"
-                        f"WHERE SCHEMA_NAME NOT IN ({_EXCLUDED})"
-                        f" AND LAST_SEEN > NOW() - INTERVAL {DIGEST_WINDOW_SECONDS} SECOND\n"
-                        f"ORDER BY SUM_TIMER_WAIT DESC LIMIT {DIGEST_LIMIT}"),
+    "digest": UnionPart(
+        "digest",
+        (("schema", "SCHEMA_NAME"), ("digest", "DIGEST"), ("digest_text", f"LEFT(DIGEST_TEXT, {DIGEST_TEXT_LIMIT})")),
+        _DIGEST_VALUES,
+        f"FROM performance_schema.events_statements_summary_by_digest\n"
+        f"WHERE SCHEMA_NAME NOT IN ({_EXCLUDED})"
+        f" AND LAST_SEEN > NOW() - INTERVAL {DIGEST_WINDOW_SECONDS} SECOND\n"
+        f"ORDER BY SUM_TIMER_WAIT DESC LIMIT {DIGEST_LIMIT}",
+    ),
 }
+
+
+def replica_status_statement(version: ServerVersion) -> str:
+    """SHOW REPLICA STATUS replaced SHOW SLAVE STATUS in MySQL 8.0.22; MariaDB lists every named
+    connection (multi-source) only with SHOW ALL SLAVES STATUS."""
+    if version.is_mariadb:
+        return "SHOW ALL SLAVES STATUS"
+    return "SHOW REPLICA STATUS" if version.at_least(8, 0, 22) else "SHOW SLAVE STATUS"
+
+
+def innodb_metrics_enabled_predicate(version: ServerVersion) -> str:
+    """MariaDB 10.5 renamed INNODB_METRICS.STATUS ('enabled'/'disabled') to ENABLED (1/0)."""
+    return "ENABLED = 1" if version.is_mariadb and version.at_least(10, 5, 0) else "STATUS = 'enabled'"
+
+
+def redo_log_capacity_expression(version: ServerVersion) -> str:
+    """SQL for the redo log capacity in bytes from @@global variables that exist on this version."""
+    if not version.is_mariadb and version.at_least(8, 0, 30):
+        return "@@global.innodb_redo_log_capacity"
+    if version.is_mariadb and version.at_least(10, 5, 0):  # one ib_logfile0 since 10.5
+        return "@@global.innodb_log_file_size"
+    return "@@global.innodb_log_file_size * @@global.innodb_log_files_in_group"
 
 
 def catalog_parts(version: ServerVersion, *, tables: bool) -> tuple[UnionPart, ...]:
     """The slow-schedule statement: @@global variables and the account (one row), table sizes if wanted."""
-    variables = UnionPart("variables", (("account", "CURRENT_USER()"),), (
-        ("max_connections", "@@global.max_connections"),
-        ("innodb_buffer_pool_size", "@@global.innodb_buffer_pool_size"),
-        ("redo_log_capacity", redo_log_capacity_expression(version)),
-        ("performance_schema", "@@global.performance_schema")))
+    variables = UnionPart(
+        "variables",
+        (("account", "CURRENT_USER()"),),
+        (
+            ("max_connections", "@@global.max_connections"),
+            ("innodb_buffer_pool_size", "@@global.innodb_buffer_pool_size"),
+            ("redo_log_capacity", redo_log_capacity_expression(version)),
+            ("performance_schema", "@@global.performance_schema"),
+        ),
+    )
     if not tables:
         return (variables,)
-    table_part = UnionPart("tables", (("schema", "TABLE_SCHEMA"), ("table", "TABLE_NAME")),
-                           _columns("TABLE_ROWS", "AVG_ROW_LENGTH", "DATA_LENGTH", "INDEX_LENGTH"),
-                           f"FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE'"
-                           f" AND TABLE_SCHEMA NOT IN ({_EXCLUDED})")
+    table_part = UnionPart(
+        "tables",
+        (("schema", "TABLE_SCHEMA"), ("table", "TABLE_NAME")),
+        _columns("TABLE_ROWS", "AVG_ROW_LENGTH", "DATA_LENGTH", "INDEX_LENGTH"),
+        f"FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({_EXCLUDED})",
+    )
     return variables, table_part
 
 
@@ -162,14 +254,27 @@ def innodb_parts(version: ServerVersion, counters: Sequence[str], *, transaction
     parts = []
     if counters:
         names = ", ".join(f"'{name}'" for name in counters)
-        parts.append(UnionPart("metrics", (("name", "NAME"),), (("count", "COUNT"),),
-                               f"FROM information_schema.INNODB_METRICS WHERE "
-                               f"{innodb_metrics_enabled_predicate(version)} AND NAME IN ({names})"))
+        parts.append(
+            UnionPart(
+                "metrics",
+                (("name", "NAME"),),
+                (("count", "COUNT"),),
+                f"FROM information_schema.INNODB_METRICS WHERE "
+                f"{innodb_metrics_enabled_predicate(version)} AND NAME IN ({names})",
+            )
+        )
     if transactions:
-        parts.append(UnionPart("trx", (), (
-            ("active", "COUNT(*)"),
-            ("longest_seconds", "COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0)")),
-            "FROM information_schema.INNODB_TRX"))
+        parts.append(
+            UnionPart(
+                "trx",
+                (),
+                (
+                    ("active", "COUNT(*)"),
+                    ("longest_seconds", "COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0)"),
+                ),
+                "FROM information_schema.INNODB_TRX",
+            )
+        )
     return tuple(parts)
 
 
@@ -179,8 +284,57 @@ _PERMISSION_CODES = {1044, 1142, 1143, 1227, 1370}  # db/table/column/specific-p
 _UNSUPPORTED_CODES = {1054, 1064, 1109, 1146, 1193, 1235, 1289}  # unknown column/table/variable, syntax
 _TIMEOUT_CODES = {1205, 1317, 1969, 3024}  # lock wait, interrupted, max_statement_time, max_execution_time
 # too many connections, bad password/host/db, shutdown, killed, network, inactivity, offline mode
-_CONNECTION_CODES = {1040, 1045, 1049, 1053, 1077, 1129, 1130, 1152, 1158, 1159, 1160, 1161, 1184, 1251, 1927,
-                     3032, 4031}
+_CONNECTION_CODES = {
+    1040,
+    1045,
+    1049,
+    1053,
+    1077,
+    1129,
+    1130,
+    1152,
+    1158,
+    1159,
+    1160,
+    1161,
+    1184,
+    1251,
+    1927,
+    3032,
+    4031,
+}
+
+
+def replica_status_privilege(version: ServerVersion) -> str:
+    """The global privilege SHOW (ALL) SLAVE/REPLICA STATUS needs. MariaDB 10.5 split REPLICATION CLIENT
+    (now an alias of BINLOG MONITOR) from the right to see replica status."""
+    if version.is_mariadb and version.at_least(10, 5, 9):
+        return "SLAVE MONITOR"
+    if version.is_mariadb and version.at_least(10, 5, 2):
+        return "REPLICATION SLAVE ADMIN"
+    return "REPLICATION CLIENT"
+
+
+def quote_account(current_user: str | None, username: str | None) -> str:
+    """CURRENT_USER()'s 'name@host' as a GRANT target 'name'@'host' ('%' for the host until it is known)."""
+    if current_user and "@" in current_user:
+        name, _, host = current_user.rpartition("@")
+    else:
+        name, host = username or "<user>", "%"
+    return f"'{name}'@'{host}'"
+
+
+def required_grant(query: str, version: ServerVersion | None, account: str) -> str | None:
+    """The GRANT statement that lets `query` through, for a permission error's message."""
+    if query == INNODB:
+        privilege = "PROCESS ON *.*"  # INNODB_METRICS and INNODB_TRX
+    elif query == PERF:
+        privilege = "SELECT ON performance_schema.*"
+    elif query == REPLICA:
+        privilege = f"{replica_status_privilege(version) if version else 'REPLICATION CLIENT'} ON *.*"
+    else:
+        return None
+    return f"GRANT {privilege} TO {account}"
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -189,15 +343,18 @@ def error_code(exc: BaseException) -> int | None:
     return None
 
 
-def classify_error(exc: BaseException) -> str:
+def classify_error(exc: BaseException) -> Reason:
     """A QueryError reason for an exception raised while connecting, querying or mapping."""
     code = error_code(exc)
     if isinstance(exc, TimeoutError) or code in _TIMEOUT_CODES:  # before OSError: TimeoutError is one
         return "timeout"
     if code in _PERMISSION_CODES:
         return "permission"
-    if (isinstance(exc, (pymysql.err.InterfaceError, ConnectionError, OSError))
-            or code in _CONNECTION_CODES or (code is not None and 2000 <= code < 3000)):
+    if (
+        isinstance(exc, (pymysql.err.InterfaceError, ConnectionError, OSError))
+        or code in _CONNECTION_CODES
+        or (code is not None and 2000 <= code < 3000)
+    ):
         return "connection"
     if code in _UNSUPPORTED_CODES:
         return "unsupported"
@@ -206,7 +363,7 @@ def classify_error(exc: BaseException) -> str:
     return "bad_reply"
 
 
-def describe_error(exc: BaseException, *, secrets: tuple[str, ...] = ()) -> tuple[str, str]:
+def describe_error(exc: BaseException, *, secrets: tuple[str, ...] = ()) -> tuple[Reason, str]:
     """(reason, message). The message is one line and never contains a secret."""
     reason = classify_error(exc)
     code = error_code(exc)
@@ -224,6 +381,7 @@ def is_connection_lost(exc: BaseException) -> bool:
 
 
 # --- TLS -------------------------------------------------------------------------------------------
+
 
 def ssl_context(tls: TLSSettings) -> ssl.SSLContext | None:
     """The aiomysql `ssl` argument for the database's TLS settings (None = plaintext)."""
@@ -244,12 +402,8 @@ class _Connection(aiomysql.Connection):
         await super()._request_authentication()
 
 
-def _host_port(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 # --- client ----------------------------------------------------------------------------------------
+
 
 class MysqlClient:
     """Holds the one connection and sends every query. Not safe for concurrent use (one collection at a time)."""
@@ -267,9 +421,17 @@ class MysqlClient:
         return self._conn is not None and not self._conn.closed
 
     @property
+    def _connection(self) -> aiomysql.Connection:
+        """The open connection; ConnectionError (a "connection" failure) when there is none."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise ConnectionError("not connected")
+        return conn
+
+    @property
     def connection_id(self) -> int | None:
         """CONNECTION_ID() of our session, from the handshake (None when not connected)."""
-        return self._conn.thread_id() if self.connected else None
+        return self._connection.thread_id() if self.connected else None
 
     async def connect(self) -> None:
         """Open the connection unless one is open. Raises pymysql/OS errors; none carries the password."""
@@ -277,12 +439,19 @@ class MysqlClient:
             self._untested = True
             return
         self._conn = None
-        host, port = _host_port(self._config.endpoint)
+        host, port = parse_host_port(self._config.endpoint)
         conn = _Connection(
-            host=host, port=port, user=self._config.username or "", db=self._config.database or None,
+            host=host,
+            port=port,
+            user=self._config.username or "",
+            db=self._config.database or None,
             password=self._password.get_secret_value() if self._password is not None else "",
-            ssl=ssl_context(self._config.tls), connect_timeout=self._config.poll_timeout.total_seconds(),
-            autocommit=True, program_name=PROGRAM_NAME, local_infile=False)
+            ssl=ssl_context(self._config.tls),
+            connect_timeout=self._config.poll_timeout.total_seconds(),
+            autocommit=True,
+            program_name=PROGRAM_NAME,
+            local_infile=False,
+        )
         try:
             await conn._connect()  # what aiomysql.connect() does, with our connection class
             version = parse_server_version(conn.get_server_info())
@@ -305,9 +474,7 @@ class MysqlClient:
         return await self._round_trip(sql)
 
     async def _round_trip(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        conn = self._conn
-        if conn is None or conn.closed:
-            raise ConnectionError("not connected")
+        conn = self._connection
         self.statements += 1
         try:
             async with conn.cursor() as cursor:
@@ -373,7 +540,7 @@ class MysqlClient:
     async def fetch_replica_status(self) -> list[dict[str, Any]]:
         """One row per replication channel, keyed by the server's column names (empty when not a replica)."""
         names, rows = await self._fetch(replica_status_statement(self._require_version()))
-        return [dict(zip(names, row)) for row in rows]
+        return [dict(zip(names, row, strict=False)) for row in rows]
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

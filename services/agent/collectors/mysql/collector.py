@@ -29,17 +29,21 @@ Design (cost to the monitored server first):
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
+from ..cadence import SlowRefresh
+from ..errors import secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
-from ..refusals import RefusedQueries
+from ..query_runner import ConnectionLost, QueryRunner, unreachable
+from ..samples import number
 from . import mapping
-from .client import MysqlClient, describe_error
+from .client import MysqlClient, describe_error, quote_account, required_grant
 from .metrics import (
     CATALOG,
     INNODB,
@@ -52,64 +56,67 @@ from .metrics import (
     TRX_METRICS,
 )
 
-SLOW_REFRESH = 300.0  # seconds between catalog refreshes, and between retries of a refused query
-
 # performance_schema part -> the metrics it feeds
 _PERF_PARTS = {
     "table_io": frozenset({"mysql.table.io.wait.count", "mysql.table.io.wait.time"}),
     "index_io": frozenset({"mysql.index.io.wait.count", "mysql.index.io.wait.time"}),
-    "table_lock": frozenset({"mysql.table.lock_wait.read.count", "mysql.table.lock_wait.read.time",
-                             "mysql.table.lock_wait.write.count", "mysql.table.lock_wait.write.time"}),
+    "table_lock": frozenset(
+        {
+            "mysql.table.lock_wait.read.count",
+            "mysql.table.lock_wait.read.time",
+            "mysql.table.lock_wait.write.count",
+            "mysql.table.lock_wait.write.time",
+        }
+    ),
     "digest": frozenset({"mysql.statement_event.count", "mysql.statement_event.wait.time"}),
 }
-
-
-class _ConnectionLost(Exception):
-    """Raised inside collect() to stop after a query found the connection gone."""
 
 
 class MysqlCollector(DatabaseCollector):
     type = "mysql"
     table = TABLE
 
-    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        *,
+        password: SecretStr | None,
+        enabled: frozenset[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(database, password=password, enabled=enabled)
         self.client = MysqlClient(database, password)
         self._clock = clock
-        self._catalog_at: float | None = None
+        self._catalog_refresh = SlowRefresh[str]()
         self._catalog_connection: int | None = None  # connection id the catalog was read on
         self._variables: dict[str, Any] | None = None
         self._account: str | None = None  # CURRENT_USER(), for GRANT hints
         self._table_samples: list[Sample] = []
-        self._refused = RefusedQueries(SLOW_REFRESH)  # permission/unsupported: reported once, retried quietly
+        self._runner = QueryRunner(self._error, lost=self._lost)
 
     # --- helpers --------------------------------------------------------------------------------
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._password.get_secret_value(),) if self._password is not None else ()
 
     def _wanted(self, query: str) -> frozenset[str]:
         return METRICS_BY_QUERY[query] & self.enabled
 
-    def _error(self, query: str, exc: BaseException) -> QueryError:
-        reason, message = describe_error(exc, secrets=self._secrets())
+    def _error(self, query: str, exc: BaseException, target: str | None = None) -> QueryError:
+        reason, message = describe_error(exc, secrets=secret_values(self._password))
         if reason == "permission":
-            account = mapping.quote_account(self._account, self.database.username)
-            grant = mapping.required_grant(query, self.client.version, account)
+            account = quote_account(self._account, self.database.username)
+            grant = required_grant(query, self.client.version, account)
             if grant:
                 message = f"{message} — run: {grant}"
-        return QueryError(query, reason, message)  # type: ignore[arg-type]
+        return QueryError(query, reason, message)
 
-    def _hold(self, result: CollectionResult, error: QueryError, now: float) -> None:
-        if self._refused.refuse(error, now):
-            result.errors.append(error)
+    def _lost(self, error: QueryError, exc: BaseException) -> bool:
+        return error.reason == "connection" and not self.client.connected
 
     def _catalog_due(self, now: float) -> bool:
         if not (self._wanted(CATALOG) or self._perf_sources()):  # perf: is performance_schema ON?
             return False
-        return (self._catalog_at is None or now - self._catalog_at >= SLOW_REFRESH
-                or self._catalog_connection != self.client.connection_id)  # reconnected: maybe restarted
+        return (
+            self._catalog_refresh.due(CATALOG, now) or self._catalog_connection != self.client.connection_id
+        )  # reconnected: maybe restarted
 
     def _perf_sources(self) -> list[str]:
         return [source for source, metrics in _PERF_PARTS.items() if metrics & self.enabled]
@@ -120,35 +127,48 @@ class MysqlCollector(DatabaseCollector):
         result = CollectionResult()
         before = self.client.statements
         now = self._clock()
-        if self._refused.retry_due(now, "permission"):
+        if self._runner.refused.retry_due(now, "permission"):
             await self.client.close()  # global privileges are read at login: retry on a fresh session
         try:
             await self.client.connect()
         except Exception as exc:  # any failure to connect: the database is down for us this round
-            _, message = describe_error(exc, secrets=self._secrets())
-            return CollectionResult(up=False, errors=[QueryError("connect", "connection", message)],
-                                    statements=self.client.statements - before)
+            return unreachable(self._error("connect", exc).message, statements=self.client.statements - before)
+        runner = self._runner
         try:
             if self._catalog_due(now):
-                await self._run(result, now, CATALOG, self._fetch_catalog,
-                                lambda catalog: self._remember_catalog(catalog, now))
+                await runner.run(
+                    result, now, CATALOG, self._fetch_catalog, lambda catalog: self._remember_catalog(catalog, now)
+                )
             status = None
             if self._wanted(STATUS):
-                status = await self._run(result, now, STATUS, self.client.fetch_global_status,
-                                         lambda reply: mapping.status_samples(reply, self.enabled))
+                status = await runner.emit(
+                    result,
+                    now,
+                    STATUS,
+                    self.client.fetch_global_status,
+                    lambda reply: mapping.status_samples(reply, self.enabled),
+                )
             result.samples.extend(mapping.variable_samples(self._variables, status, self.enabled))
             result.samples.extend(self._table_samples)
             if mapping.innodb_needed(status, self.enabled):
                 counters = mapping.innodb_metric_names(status, self.enabled)
-                await self._run(result, now, INNODB,
-                                lambda: self.client.fetch_innodb(counters,
-                                                                 transactions=bool(TRX_METRICS & self.enabled)),
-                                lambda reply: mapping.innodb_samples(reply, self.enabled))
+                await runner.emit(
+                    result,
+                    now,
+                    INNODB,
+                    lambda: self.client.fetch_innodb(counters, transactions=bool(TRX_METRICS & self.enabled)),
+                    lambda reply: mapping.innodb_samples(reply, self.enabled),
+                )
             await self._performance_schema(result, now)
             if self._wanted(REPLICA):
-                await self._run(result, now, REPLICA, self.client.fetch_replica_status,
-                                lambda rows: mapping.replica_samples(rows, self.enabled))
-        except _ConnectionLost:
+                await runner.emit(
+                    result,
+                    now,
+                    REPLICA,
+                    self.client.fetch_replica_status,
+                    lambda rows: mapping.replica_samples(rows, self.enabled),
+                )
+        except ConnectionLost:
             result.up = False
         result.statements = self.client.statements - before
         return result
@@ -156,46 +176,39 @@ class MysqlCollector(DatabaseCollector):
     async def _fetch_catalog(self) -> dict[str, Any]:
         return await self.client.fetch_catalog(tables=bool(TABLE_METRICS & self.enabled))
 
-    def _remember_catalog(self, catalog: dict[str, Any], now: float) -> list[Sample]:
+    def _remember_catalog(self, catalog: dict[str, Any], now: float) -> None:
+        """Variable and table samples are emitted every round from this cache."""
         self._account = catalog["account"]
         self._variables = catalog["variables"]
         self._table_samples = mapping.table_samples(catalog["tables"], self.enabled)
-        self._catalog_at = now
+        self._catalog_refresh.refreshed(CATALOG, now)  # only once it came: a failed read is tried again next round
         self._catalog_connection = self.client.connection_id
-        return []  # variable and table samples are emitted every round from the cache
 
     async def _performance_schema(self, result: CollectionResult, now: float) -> None:
         sources = self._perf_sources()
         if not sources:
             return
-        if self._variables is not None and mapping.number(self._variables.get("performance_schema")) == 0:
-            self._hold(result, QueryError(PERF, "unsupported", (
-                "performance_schema is OFF on the server: start it with performance_schema=ON for the table/index "
-                "I/O wait metrics")), now)
+        if self._variables is not None and number(self._variables.get("performance_schema")) == 0:
+            self._runner.hold(
+                result,
+                QueryError(
+                    PERF,
+                    "unsupported",
+                    (
+                        "performance_schema is OFF on the server: start it with performance_schema=ON for the table/index "
+                        "I/O wait metrics"
+                    ),
+                ),
+                now,
+            )
             return
-        await self._run(result, now, PERF, lambda: self.client.fetch_performance_schema(sources),
-                        lambda parts: mapping.performance_schema_samples(parts, self.enabled))
-
-    async def _run(self, result: CollectionResult, now: float, query: str, fetch: Callable[[], Awaitable[Any]],
-                   to_samples: Callable[[Any], list[Sample]]) -> Any:
-        """One query: its samples into `result`, or a QueryError while the rest goes on. Returns the reply."""
-        if not self._refused.allowed(query, now):
-            return None
-        try:
-            reply = await fetch()
-            samples = to_samples(reply)
-        except Exception as exc:
-            error = self._error(query, exc)
-            if self._refused.holds(error):
-                self._hold(result, error, now)
-                return None
-            result.errors.append(error)
-            if error.reason == "connection" and not self.client.connected:
-                raise _ConnectionLost from None
-            return None
-        self._refused.succeeded(query)
-        result.samples.extend(samples)
-        return reply
+        await self._runner.emit(
+            result,
+            now,
+            PERF,
+            lambda: self.client.fetch_performance_schema(sources),
+            lambda parts: mapping.performance_schema_samples(parts, self.enabled),
+        )
 
     async def close(self) -> None:
         await self.client.close()

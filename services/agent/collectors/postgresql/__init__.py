@@ -1,8 +1,9 @@
 """PostgreSQL collector (asyncpg): see collector.py for the cost design."""
 
-from .collector import SLOW_REFRESH, PostgresqlCollector
+from ..cadence import SLOW_REFRESH
+from .collector import PostgresqlCollector
 from .metrics import TABLE
 
 COLLECTOR = PostgresqlCollector
 
-__all__ = ["COLLECTOR", "PostgresqlCollector", "SLOW_REFRESH", "TABLE"]
+__all__ = ["COLLECTOR", "SLOW_REFRESH", "TABLE", "PostgresqlCollector"]

@@ -17,10 +17,11 @@ import asyncpg
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig, TLSSettings
+from dbintel.common.endpoints import parse_host_port
 
 from ..errors import error_message, first_line
+from ..metric_table import Reason
 from ..tls import client_ssl_context
-
 from .mapping import ACTIVITY_STATES
 
 APPLICATION_NAME = "dbintel"
@@ -29,8 +30,10 @@ STATEMENT_CACHE_SIZE = 24  # at most 14 distinct statements (9 queries, 3 with a
 PG13 = 130000  # pg_stat_statements 1.8: total_time becomes total_exec_time
 PG17 = 170000  # pg_stat_checkpointer appears; checkpoint columns leave pg_stat_bgwriter
 
-_NEEDS_PG_STAT_STATEMENTS = ("needs the pg_stat_statements extension: shared_preload_libraries = pg_stat_statements "
-                             "and CREATE EXTENSION pg_stat_statements in the configured database")
+_NEEDS_PG_STAT_STATEMENTS = (
+    "needs the pg_stat_statements extension: shared_preload_libraries = pg_stat_statements "
+    "and CREATE EXTENSION pg_stat_statements in the configured database"
+)
 # What an optional query needs beyond pg_monitor, added to its error when the server says unsupported.
 REQUIREMENTS = {"fetch_execution_time": _NEEDS_PG_STAT_STATEMENTS, "fetch_vector_stats": _NEEDS_PG_STAT_STATEMENTS}
 
@@ -60,12 +63,15 @@ def database_stats_sql(*, sizes: bool, conflicts: bool) -> str:
     """Per non-template database: pg_stat_database counters, backends, XID age; sizes on slow rounds."""
     size = ""
     if sizes:  # pg_database_size() raises without CONNECT unless the user has pg_read_all_stats: ask first
-        size = (",\n       CASE WHEN pg_has_role('pg_read_all_stats', 'USAGE')"
-                " OR has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END AS size")
+        size = (
+            ",\n       CASE WHEN pg_has_role('pg_read_all_stats', 'USAGE')"
+            " OR has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END AS size"
+        )
     conflict_columns = conflict_join = ""
     if conflicts:
-        conflict_columns = (",\n       c.confl_tablespace, c.confl_lock, c.confl_snapshot, c.confl_bufferpin,"
-                            " c.confl_deadlock")
+        conflict_columns = (
+            ",\n       c.confl_tablespace, c.confl_lock, c.confl_snapshot, c.confl_bufferpin, c.confl_deadlock"
+        )
         conflict_join = "\nLEFT JOIN pg_stat_database_conflicts c ON c.datid = d.oid"
     return f"""SELECT d.datname, s.xact_commit, s.xact_rollback, s.blks_read, s.blks_hit, s.tup_returned,
        s.tup_fetched, s.tup_inserted, s.tup_updated, s.tup_deleted, s.temp_files, s.temp_bytes, s.deadlocks,
@@ -100,16 +106,21 @@ def server_stats_sql(version_num: int) -> str:
     """One row: background writer/checkpointer, archiver, max_connections, recovery and standby replay,
     replication slots, activity by state."""
     if version_num >= PG17:
-        writer_columns = ("cp.num_timed, cp.num_requested, cp.write_time, cp.sync_time, cp.buffers_written,\n"
-                          "       bg.buffers_clean, bg.maxwritten_clean, bg.buffers_alloc")
+        writer_columns = (
+            "cp.num_timed, cp.num_requested, cp.write_time, cp.sync_time, cp.buffers_written,\n"
+            "       bg.buffers_clean, bg.maxwritten_clean, bg.buffers_alloc"
+        )
         writer_from = "pg_stat_bgwriter bg CROSS JOIN pg_stat_checkpointer cp"
     else:
-        writer_columns = ("bg.checkpoints_timed, bg.checkpoints_req, bg.checkpoint_write_time,"
-                          " bg.checkpoint_sync_time,\n       bg.buffers_checkpoint, bg.buffers_clean,"
-                          " bg.maxwritten_clean, bg.buffers_backend, bg.buffers_backend_fsync, bg.buffers_alloc")
+        writer_columns = (
+            "bg.checkpoints_timed, bg.checkpoints_req, bg.checkpoint_write_time,"
+            " bg.checkpoint_sync_time,\n       bg.buffers_checkpoint, bg.buffers_clean,"
+            " bg.maxwritten_clean, bg.buffers_backend, bg.buffers_backend_fsync, bg.buffers_alloc"
+        )
         writer_from = "pg_stat_bgwriter bg"
-    state_counts = ",\n            ".join(f"count(*) FILTER (WHERE state = '{state}') AS \"{state}\""
-                                         for state in ACTIVITY_STATES)
+    state_counts = ",\n            ".join(
+        f"count(*) FILTER (WHERE state = '{state}') AS \"{state}\"" for state in ACTIVITY_STATES
+    )
     return f"""SELECT {writer_columns},
        ar.last_archived_time, now() AS server_now,
        current_setting('max_connections')::integer AS max_connections,
@@ -127,8 +138,9 @@ def table_stats_sql(*, sizes: bool) -> str:
     """Per user table of the connected database: activity, I/O, (auto)vacuum and autoanalyze; sizes on slow rounds."""
     size_column = size_join = ""
     if sizes:
-        size_column = (",\n       CASE WHEN s.relid <> ALL (locked.relids)"
-                       " THEN pg_relation_size(s.relid) END AS table_size")
+        size_column = (
+            ",\n       CASE WHEN s.relid <> ALL (locked.relids) THEN pg_relation_size(s.relid) END AS table_size"
+        )
         size_join = "\n" + _LOCKED_RELATIONS
     return f"""SELECT s.schemaname, s.relname, s.n_live_tup, s.n_dead_tup, s.n_tup_ins, s.n_tup_upd, s.n_tup_del,
        s.n_tup_hot_upd, s.seq_scan, s.vacuum_count, s.autovacuum_count, s.autoanalyze_count,
@@ -144,8 +156,10 @@ def index_stats_sql(*, sizes: bool) -> str:
     """Per user index of the connected database: scans; sizes on slow rounds."""
     size_column = size_join = ""
     if sizes:
-        size_column = (",\n       CASE WHEN s.indexrelid <> ALL (locked.relids) AND s.relid <> ALL (locked.relids)"
-                       " THEN pg_relation_size(s.indexrelid) END AS index_size")
+        size_column = (
+            ",\n       CASE WHEN s.indexrelid <> ALL (locked.relids) AND s.relid <> ALL (locked.relids)"
+            " THEN pg_relation_size(s.indexrelid) END AS index_size"
+        )
         size_join = "\n" + _LOCKED_RELATIONS
     return f"""SELECT s.schemaname, s.relname, s.indexrelname, s.idx_scan{size_column}
 FROM pg_stat_user_indexes s{size_join}"""
@@ -196,9 +210,14 @@ GROUP BY d.datname"""
 # statement text (constants are $n there, so this statement never matches itself); inserts by an
 # INSERT INTO / COPY FROM whose target table has a vector, halfvec or sparsevec column.
 # distance function (mapping.DISTANCE_FUNCTION_NAMES) -> (operator regex, function name)
-DISTANCE_MATCHERS = {"cosine": ("<=>", "cosine_distance"), "l2": ("<->", "l2_distance"),
-                     "inner_product": ("<#>", "inner_product"), "l1": ("<\\+>", "l1_distance"),
-                     "hamming": ("<~>", "hamming_distance"), "jaccard": ("<%>", "jaccard_distance")}
+DISTANCE_MATCHERS = {
+    "cosine": ("<=>", "cosine_distance"),
+    "l2": ("<->", "l2_distance"),
+    "inner_product": ("<#>", "inner_product"),
+    "l1": ("<\\+>", "l1_distance"),
+    "hamming": ("<~>", "hamming_distance"),
+    "jaccard": ("<%>", "jaccard_distance"),
+}
 _TABLE_NAME = '("[^"]+"|[^\\s(.]+)(?:\\.("[^"]+"|[^\\s(.]+))?'
 _INSERT_TARGET = f"'^\\s*INSERT\\s+INTO\\s+{_TABLE_NAME}'"
 _COPY_TARGET = f"'^\\s*COPY\\s+{_TABLE_NAME}(?:\\s*\\([^)]*\\))?\\s+FROM\\M'"
@@ -207,8 +226,10 @@ _COPY_TARGET = f"'^\\s*COPY\\s+{_TABLE_NAME}(?:\\s*\\([^)]*\\))?\\s+FROM\\M'"
 def vector_stats_sql(version_num: int) -> str:
     """pgvector search totals per distance function (kind 'search') and insert totals (kind 'insert'),
     from pg_stat_statements, for the connected database; exec time in seconds."""
-    classify = "\n".join(f"        WHEN query ~ '{operator}' OR query ~* '{function}' THEN '{name}'"
-                         for name, (operator, function) in DISTANCE_MATCHERS.items())
+    classify = "\n".join(
+        f"        WHEN query ~ '{operator}' OR query ~* '{function}' THEN '{name}'"
+        for name, (operator, function) in DISTANCE_MATCHERS.items()
+    )
     operators = "|".join(operator for operator, _ in DISTANCE_MATCHERS.values())
     functions = "|".join(function for _, function in DISTANCE_MATCHERS.values())
     part = "lower(replace(t.parts[{}], '\"', ''))"
@@ -249,14 +270,27 @@ SELECT 'insert', NULL, sum(calls), sum(exec_ms) / 1000.0, sum(rows) FROM inserts
 
 # --- errors --------------------------------------------------------------------------------------
 
-_UNSUPPORTED = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError,
-                asyncpg.UndefinedObjectError, asyncpg.FeatureNotSupportedError)
-_CONNECTION = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InvalidAuthorizationSpecificationError,
-               asyncpg.InvalidCatalogNameError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-               asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, OSError)
+_UNSUPPORTED = (
+    asyncpg.UndefinedTableError,
+    asyncpg.UndefinedColumnError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.UndefinedObjectError,
+    asyncpg.FeatureNotSupportedError,
+)
+_CONNECTION = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    OSError,
+)
 
 
-def classify_error(exc: BaseException) -> str:
+def classify_error(exc: BaseException) -> Reason:
     """A QueryError reason for an exception raised while connecting, querying or mapping."""
     if isinstance(exc, (TimeoutError, asyncpg.QueryCanceledError)):  # before OSError: TimeoutError is one
         return "timeout"
@@ -274,8 +308,14 @@ def classify_error(exc: BaseException) -> str:
 _SIMPLE_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 # "permission denied for view pg_statio_user_tables" (PG 11+), "… for relation x" (PG 10 and older)
 _DENIED_OBJECT = re.compile(r"permission denied for (table|view|materialized view|relation|function|schema) (\S+)")
-_GRANT_FOR_OBJECT = {"table": "SELECT ON", "view": "SELECT ON", "materialized view": "SELECT ON",
-                     "relation": "SELECT ON", "function": "EXECUTE ON FUNCTION", "schema": "USAGE ON SCHEMA"}
+_GRANT_FOR_OBJECT = {
+    "table": "SELECT ON",
+    "view": "SELECT ON",
+    "materialized view": "SELECT ON",
+    "relation": "SELECT ON",
+    "function": "EXECUTE ON FUNCTION",
+    "schema": "USAGE ON SCHEMA",
+}
 
 
 def quote_identifier(name: str) -> str:
@@ -296,7 +336,7 @@ def required_grant(denial: str, user: str | None) -> str:
     return f"GRANT {_GRANT_FOR_OBJECT[kind]} {quote_identifier(name)} TO {grantee}"
 
 
-def describe_error(exc: BaseException, *, user: str | None, secrets: tuple[str, ...] = ()) -> tuple[str, str]:
+def describe_error(exc: BaseException, *, user: str | None, secrets: tuple[str, ...] = ()) -> tuple[Reason, str]:
     """(reason, message) for a QueryError. The message is one line and never contains a secret; on a
     permission error it ends with the GRANT to run."""
     reason = classify_error(exc)
@@ -313,17 +353,14 @@ def is_connection_lost(exc: BaseException) -> bool:
 
 # --- TLS -----------------------------------------------------------------------------------------
 
+
 def ssl_context(tls: TLSSettings) -> ssl.SSLContext | bool:
     """The asyncpg `ssl` argument for the database's TLS settings (False = plaintext)."""
     return client_ssl_context(tls) or False
 
 
-def _host_port(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 # --- client --------------------------------------------------------------------------------------
+
 
 class PostgresqlClient:
     """Holds the one connection and sends every query. Not safe for concurrent use (one collection at a time)."""
@@ -341,30 +378,43 @@ class PostgresqlClient:
         return self._conn is not None and not self._conn.is_closed()
 
     @property
+    def _connection(self) -> asyncpg.Connection:
+        """The open connection; ConnectionError (a "connection" failure) when there is none."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            raise ConnectionError("not connected")
+        return conn
+
+    @property
     def backend_pid(self) -> int | None:
         """The server process serving our connection (None when not connected)."""
-        return self._conn.get_server_pid() if self.connected else None
+        return self._connection.get_server_pid() if self.connected else None
 
     async def connect(self) -> None:
         """Open the connection unless one is open. Raises asyncpg/OS errors; none carries the password."""
         if self.connected:
             return
         self._conn = None
-        host, port = _host_port(self._config.endpoint)
+        host, port = parse_host_port(self._config.endpoint)
         timeout = self._config.poll_timeout.total_seconds()
         conn = await asyncpg.connect(
-            host=host, port=port, user=self._config.username, database=self.database_name,
+            host=host,
+            port=port,
+            user=self._config.username,
+            database=self.database_name,
             password=self._password.get_secret_value() if self._password is not None else None,
-            ssl=ssl_context(self._config.tls), timeout=timeout, command_timeout=timeout,
-            statement_cache_size=STATEMENT_CACHE_SIZE, max_cached_statement_lifetime=0,
-            server_settings={"application_name": APPLICATION_NAME})
+            ssl=ssl_context(self._config.tls),
+            timeout=timeout,
+            command_timeout=timeout,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            max_cached_statement_lifetime=0,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
         self._conn = conn
         self.version_num = server_version_num(conn.get_server_version())
 
     async def _fetch(self, sql: str) -> list[dict[str, Any]]:
-        conn = self._conn
-        if conn is None or conn.is_closed():
-            raise ConnectionError("not connected")
+        conn = self._connection
         self.statements += 1
         try:
             records = await conn.fetch(sql)

@@ -43,57 +43,59 @@ Design (cost to the monitored server first):
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
 from ..base import DatabaseCollector
+from ..cadence import SlowRefresh
+from ..errors import secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
-from ..refusals import RefusedQueries
+from ..query_runner import ConnectionLost, QueryRunner, unreachable
 from . import mapping
 from .client import REQUIREMENTS, PostgresqlClient, describe_error, quote_identifier
 from .metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
 
-SLOW_REFRESH = 300.0  # seconds between size refreshes, and between retries of a refused statement
-
-
-class _ConnectionLost(Exception):
-    """Raised inside collect() to stop after a query found the connection gone."""
+Rows = TypeVar("Rows")
 
 
 class PostgresqlCollector(DatabaseCollector):
     type = "postgresql"
     table = TABLE
 
-    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        *,
+        password: SecretStr | None,
+        enabled: frozenset[str],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(database, password=password, enabled=enabled)
         self.client = PostgresqlClient(database, password)
         self._clock = clock
-        self._sizes_at: dict[str, float] = {}  # query -> clock time of its last size refresh
+        self._sizes = SlowRefresh[str]()  # per query: when its size columns were last fetched
         self._size_samples: dict[str, list[Sample]] = {}  # query -> size samples re-emitted between refreshes
-        self._refused = RefusedQueries(SLOW_REFRESH)  # permission/unsupported: reported once, retried quietly
+        self._runner = QueryRunner(self._error, lost=self._lost)
         self._withheld_sizes: list[str] = []  # databases whose size was withheld, as last reported
 
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._password.get_secret_value(),) if self._password is not None else ()
-
-    def _error(self, query: str, exc: BaseException) -> QueryError:
-        reason, message = describe_error(exc, user=self.database.username, secrets=self._secrets())
+    def _error(self, query: str, exc: BaseException, target: str | None = None) -> QueryError:
+        reason, message = describe_error(exc, user=self.database.username, secrets=secret_values(self._password))
         if reason == "unsupported" and query in REQUIREMENTS:
             message = f"{message} ({REQUIREMENTS[query]})"
-        return QueryError(query, reason, message)  # type: ignore[arg-type]
+        return QueryError(query, reason, message)
+
+    def _lost(self, error: QueryError, exc: BaseException) -> bool:
+        return error.reason == "connection" and not self.client.connected
 
     def _wanted(self, query: str) -> frozenset[str]:
         return METRICS_BY_QUERY[query] & self.enabled
 
     def _sizes_due(self, query: str, now: float) -> bool:
-        if not self._wanted(query) & SIZE_METRICS:
-            return False
-        last = self._sizes_at.get(query)
-        return last is None or now - last >= SLOW_REFRESH
+        return bool(self._wanted(query) & SIZE_METRICS) and self._sizes.due(query, now)
 
     async def collect(self) -> CollectionResult:
         result = CollectionResult()
@@ -101,72 +103,116 @@ class PostgresqlCollector(DatabaseCollector):
         try:
             await self.client.connect()
         except Exception as exc:  # any failure to connect: the database is down for us this round
-            _, message = describe_error(exc, user=self.database.username, secrets=self._secrets())
-            return CollectionResult(up=False, errors=[QueryError("connect", "connection", message)])
+            return unreachable(self._error("connect", exc).message)
         now = self._clock()
         database = self.client.database_name
         try:
-            await self._sized(result, now, "fetch_database_stats",
-                              lambda sizes: self.client.fetch_database_stats(
-                                  sizes=sizes, conflicts="postgresql.query.conflicts" in self.enabled),
-                              lambda rows: mapping.database_samples(rows, self.enabled),
-                              withheld=mapping.unsized_databases)
-            await self._plain(result, now, "fetch_server_stats", self.client.fetch_server_stats,
-                              lambda row: mapping.server_samples(row, self.enabled))
-            await self._sized(result, now, "fetch_table_stats",
-                              lambda sizes: self.client.fetch_table_stats(sizes=sizes),
-                              lambda rows: mapping.table_samples(rows, database, self.enabled))
-            await self._sized(result, now, "fetch_index_stats",
-                              lambda sizes: self.client.fetch_index_stats(sizes=sizes),
-                              lambda rows: mapping.index_samples(rows, database, self.enabled))
-            await self._plain(result, now, "fetch_replication_stats", self.client.fetch_replication_stats,
-                              lambda rows: mapping.replication_samples(rows, self.enabled))
-            await self._plain(result, now, "fetch_locks", self.client.fetch_locks,
-                              lambda rows: mapping.lock_samples(rows, database, self.enabled))
-            await self._plain(result, now, "fetch_function_stats", self.client.fetch_function_stats,
-                              lambda rows: mapping.function_samples(rows, database, self.enabled))
-            await self._plain(result, now, "fetch_execution_time", self.client.fetch_execution_time,
-                              lambda rows: mapping.execution_time_samples(rows, self.enabled))
-            await self._plain(result, now, "fetch_vector_stats", self.client.fetch_vector_stats,
-                              lambda rows: mapping.vector_samples(rows, database, self.enabled))
-        except _ConnectionLost:
+            await self._sized(
+                result,
+                now,
+                "fetch_database_stats",
+                lambda sizes: self.client.fetch_database_stats(
+                    sizes=sizes, conflicts="postgresql.query.conflicts" in self.enabled
+                ),
+                lambda rows: mapping.database_samples(rows, self.enabled),
+                withheld=mapping.unsized_databases,
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_server_stats",
+                self.client.fetch_server_stats,
+                lambda row: mapping.server_samples(row, self.enabled),
+            )
+            await self._sized(
+                result,
+                now,
+                "fetch_table_stats",
+                lambda sizes: self.client.fetch_table_stats(sizes=sizes),
+                lambda rows: mapping.table_samples(rows, database, self.enabled),
+            )
+            await self._sized(
+                result,
+                now,
+                "fetch_index_stats",
+                lambda sizes: self.client.fetch_index_stats(sizes=sizes),
+                lambda rows: mapping.index_samples(rows, database, self.enabled),
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_replication_stats",
+                self.client.fetch_replication_stats,
+                lambda rows: mapping.replication_samples(rows, self.enabled),
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_locks",
+                self.client.fetch_locks,
+                lambda rows: mapping.lock_samples(rows, database, self.enabled),
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_function_stats",
+                self.client.fetch_function_stats,
+                lambda rows: mapping.function_samples(rows, database, self.enabled),
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_execution_time",
+                self.client.fetch_execution_time,
+                lambda rows: mapping.execution_time_samples(rows, self.enabled),
+            )
+            await self._plain(
+                result,
+                now,
+                "fetch_vector_stats",
+                self.client.fetch_vector_stats,
+                lambda rows: mapping.vector_samples(rows, database, self.enabled),
+            )
+        except ConnectionLost:
             result.up = False
         result.statements = self.client.statements - before
         return result
 
     def _skipped(self, query: str, now: float) -> bool:
         """Not sent this round: all its metrics are disabled, or it was refused and its retry is not due."""
-        return not self._wanted(query) or not self._refused.allowed(query, now)
+        return not self._wanted(query) or not self._runner.allowed(query, now)
 
-    async def _plain(self, result: CollectionResult, now: float, query: str, fetch: Callable[[], Awaitable],
-                     to_samples: Callable[[object], list[Sample]]) -> None:
-        if self._skipped(query, now):
-            return
-        try:
-            samples = to_samples(await fetch())
-        except Exception as exc:
-            self._record(result, query, exc, now)
-            return
-        self._refused.succeeded(query)
-        result.samples.extend(samples)
+    async def _plain(
+        self,
+        result: CollectionResult,
+        now: float,
+        query: str,
+        fetch: Callable[[], Awaitable[Rows]],
+        to_samples: Callable[[Rows], list[Sample]],
+    ) -> None:
+        if not self._skipped(query, now):
+            await self._runner.emit(result, now, query, fetch, to_samples)
 
-    async def _sized(self, result: CollectionResult, now: float, query: str,
-                     fetch: Callable[[bool], Awaitable], to_samples: Callable[[list], list[Sample]],
-                     withheld: Callable[[list], list[str]] | None = None) -> None:
+    async def _sized(
+        self,
+        result: CollectionResult,
+        now: float,
+        query: str,
+        fetch: Callable[[bool], Awaitable[list[dict[str, Any]]]],
+        to_samples: Callable[[list[dict[str, Any]]], list[Sample]],
+        withheld: Callable[[list[dict[str, Any]]], list[str]] | None = None,
+    ) -> None:
         """A query whose size columns are fetched on slow rounds only; cached size samples fill the others."""
         if self._skipped(query, now):
             return
         sizes = self._sizes_due(query, now)
-        try:
-            rows = await fetch(sizes)
-            samples = to_samples(rows)
-        except Exception as exc:
-            self._record(result, query, exc, now)
+        done = await self._runner.run(result, now, query, lambda: fetch(sizes), lambda rows: (rows, to_samples(rows)))
+        if done is None:
             return
-        self._refused.succeeded(query)
+        rows, samples = done
         if sizes:
             self._size_samples[query] = [s for s in samples if s.spec.name in SIZE_METRICS]
-            self._sizes_at[query] = now
+            self._sizes.refreshed(query, now)  # only once they came: a failed refresh is tried again next round
             if withheld:
                 self._report_withheld_sizes(result, query, withheld(rows))
         else:
@@ -177,17 +223,17 @@ class PostgresqlCollector(DatabaseCollector):
         """Databases whose size needs a grant: reported when that set changes, not every slow round."""
         if missing and missing != self._withheld_sizes:
             grantee = quote_identifier(self.database.username) if self.database.username else "<user>"
-            result.errors.append(QueryError(query, "permission", (
-                f"size withheld for {', '.join(missing)}: no CONNECT privilege — run: "
-                f"GRANT pg_read_all_stats TO {grantee}")))
+            result.errors.append(
+                QueryError(
+                    query,
+                    "permission",
+                    (
+                        f"size withheld for {', '.join(missing)}: no CONNECT privilege — run: "
+                        f"GRANT pg_read_all_stats TO {grantee}"
+                    ),
+                )
+            )
         self._withheld_sizes = missing
-
-    def _record(self, result: CollectionResult, query: str, exc: Exception, now: float) -> None:
-        error = self._error(query, exc)
-        if not self._refused.holds(error) or self._refused.refuse(error, now):
-            result.errors.append(error)
-        if error.reason == "connection" and not self.client.connected:
-            raise _ConnectionLost from None
 
     async def close(self) -> None:
         await self.client.close()

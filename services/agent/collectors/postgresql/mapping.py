@@ -9,45 +9,54 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import Any
 
 from ..metric_table import Sample
+from ..samples import SampleEmitter
 from .metrics import TABLE
 
 Row = Mapping[str, Any]
 
 # pg_stat_activity.state values (PostgreSQL 12-17), used verbatim as the `state` label.
-ACTIVITY_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)",
-                   "fastpath function call", "disabled")
+ACTIVITY_STATES = (
+    "active",
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+    "fastpath function call",
+    "disabled",
+)
 
 _BLOCK_SOURCES = ("heap_read", "heap_hit", "idx_read", "idx_hit", "toast_read", "toast_hit", "tidx_read", "tidx_hit")
 _CONFLICT_TYPES = ("tablespace", "lock", "snapshot", "bufferpin", "deadlock")
 _DB_COLUMNS = {
-    "postgresql.commits": "xact_commit", "postgresql.rollbacks": "xact_rollback",
-    "postgresql.blks_hit": "blks_hit", "postgresql.blks_read": "blks_read", "postgresql.deadlocks": "deadlocks",
-    "postgresql.temp.io": "temp_bytes", "postgresql.temp_files": "temp_files",
-    "postgresql.tup_deleted": "tup_deleted", "postgresql.tup_fetched": "tup_fetched",
-    "postgresql.tup_inserted": "tup_inserted", "postgresql.tup_returned": "tup_returned",
+    "postgresql.commits": "xact_commit",
+    "postgresql.rollbacks": "xact_rollback",
+    "postgresql.blks_hit": "blks_hit",
+    "postgresql.blks_read": "blks_read",
+    "postgresql.deadlocks": "deadlocks",
+    "postgresql.temp.io": "temp_bytes",
+    "postgresql.temp_files": "temp_files",
+    "postgresql.tup_deleted": "tup_deleted",
+    "postgresql.tup_fetched": "tup_fetched",
+    "postgresql.tup_inserted": "tup_inserted",
+    "postgresql.tup_returned": "tup_returned",
     "postgresql.tup_updated": "tup_updated",
-    "postgresql.backends": "backends", "postgresql.database.frozen_xid_age": "frozen_xid_age",
+    "postgresql.backends": "backends",
+    "postgresql.database.frozen_xid_age": "frozen_xid_age",
     "postgresql.db_size": "size",
 }
 _LAG_COLUMNS = (("write", "write_lag"), ("flush", "flush_lag"), ("replay", "replay_lag"))
 
 
-class _Emitter:
-    """Collects samples of enabled metrics, skipping NULLs."""
+def _column_value(value: Any) -> float:
+    """A column as float, an interval as seconds; a value of any other type raises (a bad reply)."""
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
-    def __init__(self, enabled: frozenset[str]):
-        self.enabled = enabled
-        self.samples: list[Sample] = []
 
-    def __call__(self, name: str, value: Any, *attributes: str) -> None:
-        if value is None or name not in self.enabled:
-            return
-        if isinstance(value, dt.timedelta):
-            value = value.total_seconds()
-        self.samples.append(Sample(TABLE[name], float(value), tuple(attributes)))
+_emitter = partial(SampleEmitter, TABLE, read=_column_value)
 
 
 def namespace(database: str, schema: str) -> str:
@@ -57,7 +66,7 @@ def namespace(database: str, schema: str) -> str:
 
 def database_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
     """fetch_database_stats rows (pg_stat_database columns + backends, frozen_xid_age, size?, confl_*?)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     rows = list(rows)
     emit("postgresql.database.count", len(rows))
     for row in rows:
@@ -85,12 +94,16 @@ def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
     catalog names, plus last_archived_time, server_now, max_connections, in_recovery, replay_lag (seconds)
     and unreplayed_bytes (NULL on a primary), replication_slots (a list of {slot_name, slot_type, active,
     retained_bytes}), one count column per ACTIVITY_STATES value and oldest_xact_age (seconds)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     if "checkpoints_timed" in row:  # PostgreSQL <= 16: everything in pg_stat_bgwriter
         checkpoints = {"requested": row["checkpoints_req"], "scheduled": row["checkpoints_timed"]}
         durations = {"sync": row["checkpoint_sync_time"], "write": row["checkpoint_write_time"]}
-        writes = {"bgwriter": row["buffers_clean"], "checkpoints": row["buffers_checkpoint"],
-                  "backend": row["buffers_backend"], "backend_fsync": row["buffers_backend_fsync"]}
+        writes = {
+            "bgwriter": row["buffers_clean"],
+            "checkpoints": row["buffers_checkpoint"],
+            "backend": row["buffers_backend"],
+            "backend_fsync": row["buffers_backend_fsync"],
+        }
     else:  # 17+: checkpoint columns moved to pg_stat_checkpointer; backend writes to pg_stat_io
         checkpoints = {"requested": row["num_requested"], "scheduled": row["num_timed"]}
         durations = {"sync": row["sync_time"], "write": row["write_time"]}
@@ -122,7 +135,7 @@ def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
 def table_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
     """fetch_table_stats rows: pg_stat_user_tables + pg_statio_user_tables columns, last_autovacuum_age and
     last_autoanalyze_age in seconds (NULL if never), + table_size on slow rounds."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     rows = list(rows)
     emit("postgresql.table.count", len(rows), database, database)
     for row in rows:
@@ -148,7 +161,7 @@ def table_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -
 
 def index_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
     """fetch_index_stats rows: pg_stat_user_indexes columns (+ index_size on slow rounds)."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         schema, table, index = row["schemaname"], row["relname"], row["indexrelname"]
         labels = (namespace(database, schema), table, index, database, schema, table)
@@ -159,7 +172,7 @@ def index_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -
 
 def replication_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
     """fetch_replication_stats rows: client_addr (text, NULL for a Unix socket), replay_bytes, *_lag intervals."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         client = row["client_addr"] or "unix"
         emit("postgresql.replication.data_delay", row["replay_bytes"], client)
@@ -177,7 +190,7 @@ def replication_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sa
 def lock_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
     """fetch_locks rows: relation ('' for a non-relation lock), mode, locktype, in_database, locks. Locks of no
     single database (in_database false) carry an empty database, as the receiver reports them."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         db = database if row["in_database"] else ""
         emit("postgresql.database.locks", row["locks"], row["relation"], row["mode"], row["locktype"], db, db)
@@ -193,7 +206,7 @@ def function_name(funcname: str, argnames: list[str] | None, overloaded: bool) -
 
 def function_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
     """fetch_function_stats rows: schemaname, funcname, calls, proargnames (text[] or NULL), overloaded."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         schema = row["schemaname"]
         name = function_name(row["funcname"], row["proargnames"], row["overloaded"])
@@ -203,7 +216,7 @@ def function_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]
 
 def execution_time_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
     """fetch_execution_time rows: datname, exec_seconds."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         emit("postgresql.query.execution.time", row["exec_seconds"], row["datname"], row["datname"])
     return emit.samples
@@ -214,7 +227,7 @@ DISTANCE_FUNCTION_NAMES = frozenset({"cosine", "l2", "inner_product", "l1", "ham
 
 def vector_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -> list[Sample]:
     """fetch_vector_stats rows: kind ('search' per distance_function, or one 'insert'), calls, exec_seconds, rows."""
-    emit = _Emitter(enabled)
+    emit = _emitter(enabled)
     for row in rows:
         if row["kind"] == "insert":
             emit("postgresql.vector.insert.rows", row["rows"], database, database)

@@ -1,9 +1,10 @@
 """The Redis collector (redis.asyncio). The package shares its name with the `redis` library:
 modules here import the library absolutely (`import redis.asyncio`), never relative to this package."""
 
-from .collector import SLOW_REFRESH, RedisCollector
+from ..cadence import SLOW_REFRESH
+from .collector import RedisCollector
 from .metrics import REDIS_METRICS
 
 COLLECTOR = RedisCollector
 
-__all__ = ["COLLECTOR", "REDIS_METRICS", "RedisCollector", "SLOW_REFRESH"]
+__all__ = ["COLLECTOR", "REDIS_METRICS", "SLOW_REFRESH", "RedisCollector"]

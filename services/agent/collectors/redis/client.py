@@ -7,8 +7,8 @@ retries once; any other failure closes it so the next collection starts clean. E
 — the AUTH / CLIENT SETNAME / SELECT handshake included — is counted in `statements`.
 
 The password arrives as a SecretStr and is only unwrapped into the driver's connection object;
-errors that leave this module are redis-py's own messages (which never carry credentials), with
-the password scrubbed anyway.
+errors that leave this module are redis-py's own messages (which never carry credentials); the
+collector scrubs the password from them anyway.
 """
 
 from __future__ import annotations
@@ -77,14 +77,27 @@ def tls_arguments(tls: TLSSettings) -> dict[str, Any]:
 class RedisClient:
     """Holds the collector's single connection; one method per command, returning plain data."""
 
-    def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
-                 password: SecretStr | None = None, tls: TLSSettings | None = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        tls: TLSSettings | None = None,
+        timeout: float = 10.0,
+    ):
         self.host, self.port, self.db = host, port, db
         self.statements = 0  # commands sent over the life of this client
         self._password = password
         self._arguments: dict[str, Any] = {
-            "host": host, "port": port, "db": db, "username": username,
-            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "host": host,
+            "port": port,
+            "db": db,
+            "username": username,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
             "client_name": CLIENT_NAME,
             **_NO_CLIENT_SETINFO,
             "health_check_interval": 0,  # no PINGs: a dead connection shows on use and is retried
@@ -108,7 +121,7 @@ class RedisClient:
         """CONFIG GET maxclients (servers whose INFO lacks it); None if the reply has no value."""
         reply = await self._call("CONFIG", "GET", "maxclients")
         values = [_text(item) for item in reply or []]
-        pairs = dict(zip(values[::2], values[1::2]))
+        pairs = dict(zip(values[::2], values[1::2], strict=False))
         return int(pairs["maxclients"]) if "maxclients" in pairs else None
 
     async def fetch_latency_latest(self) -> list:
@@ -134,13 +147,8 @@ class RedisClient:
             self._count(conn)
             try:
                 await conn.disconnect()
-            except Exception:  # noqa: BLE001 - closing a broken socket may fail; nothing to keep
+            except Exception:
                 pass
-
-    def scrub(self, text: str) -> str:
-        """`text` with the password replaced, for error messages that leave the client."""
-        secret = self._password.get_secret_value() if self._password is not None else ""
-        return text.replace(secret, "***") if secret else text
 
     async def _call(self, *args: Any) -> Any:
         reused = self.connected

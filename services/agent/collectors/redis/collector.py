@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis.exceptions as redis_errors
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
+from dbintel.common.endpoints import parse_host_port
 
 from ..base import DatabaseCollector
-from ..metric_table import CollectionResult, QueryError, Sample
+from ..cadence import SlowRefresh
+from ..errors import error_message, secret_values
+from ..metric_table import CollectionResult, QueryError, Reason, Sample
+from ..query_runner import QueryRunner
 from .client import RedisClient
 from .mapping import (
     CLUSTER_INFO_METRICS,
     LATENCY_METRICS,
     cluster_info_samples,
-    info_sections,
     info_samples,
+    info_sections,
     latency_samples,
     parse_info,
     server_clock,
@@ -35,14 +39,15 @@ from .mapping import (
 )
 from .metrics import REDIS_METRICS
 
-SLOW_REFRESH = 300.0  # seconds between CONFIG GET maxclients on servers whose INFO lacks it
 _MAX_MESSAGE = 300
+MAXCLIENTS = "fetch_maxclients"  # CONFIG GET maxclients: only for servers whose INFO lacks it, on the slow schedule
 
 
-def error_reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> Reason:
     """The QueryError reason for a failed command."""
-    if isinstance(exc, (redis_errors.AuthenticationError, redis_errors.AuthorizationError,
-                        redis_errors.NoPermissionError)):
+    if isinstance(
+        exc, (redis_errors.AuthenticationError, redis_errors.AuthorizationError, redis_errors.NoPermissionError)
+    ):
         return "permission"
     if isinstance(exc, (redis_errors.TimeoutError, asyncio.TimeoutError, TimeoutError)):
         return "timeout"
@@ -54,41 +59,38 @@ def error_reason(exc: BaseException) -> str:
     return "bad_reply"  # InvalidResponse, a reply of the wrong shape, undecodable text
 
 
-class SlowRefresh:
-    """Says when a slowly changing value is due for a refresh: first use, then every `interval` s."""
-
-    def __init__(self, interval: float, monotonic: Callable[[], float]):
-        self.interval = interval
-        self._monotonic = monotonic
-        self._last: float | None = None
-
-    def due(self) -> bool:
-        """True (and the clock restarts) if the value should be fetched now."""
-        now = self._monotonic()
-        if self._last is not None and now - self._last < self.interval:
-            return False
-        self._last = now
-        return True
-
-
 class RedisCollector(DatabaseCollector):
     type = "redis"
     table = REDIS_METRICS
 
-    def __init__(self, database: DatabaseConfig, *, password: SecretStr | None, enabled: frozenset[str],
-                 monotonic: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        database: DatabaseConfig,
+        *,
+        password: SecretStr | None,
+        enabled: frozenset[str],
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         super().__init__(database, password=password, enabled=enabled)
-        host, _, port = database.endpoint.rpartition(":")
+        host, port = parse_host_port(database.endpoint)
         self.client = RedisClient(
-            host.strip("[]"), int(port),  # [::1]:6379 -> ::1
-            db=int(database.database or 0), username=database.username, password=password,
-            tls=database.tls, timeout=database.poll_timeout.total_seconds(),
+            host,
+            port,
+            db=int(database.database or 0),
+            username=database.username,
+            password=password,
+            tls=database.tls,
+            timeout=database.poll_timeout.total_seconds(),
         )
+        self._monotonic = monotonic
         self._wall_clock = wall_clock
         self._version: tuple[int, ...] | None = None
         self._mode: str | None = None
         self._maxclients: int | None = None
-        self._maxclients_refresh = SlowRefresh(SLOW_REFRESH, monotonic)
+        self._maxclients_refresh = SlowRefresh[str]()
+        # Every failure is reported every time: no command here is worth holding back.
+        self._runner = QueryRunner(self._error, hold_refusals=False)
 
     async def collect(self) -> CollectionResult:
         start = self.client.statements
@@ -97,7 +99,7 @@ class RedisCollector(DatabaseCollector):
             info = parse_info(await self.client.fetch_info(info_sections(self.enabled, self._version, self._mode)))
             if "redis_version" not in info:
                 raise redis_errors.InvalidResponse("INFO reply has no redis_version: not a Redis server?")
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a QueryError
+        except Exception as exc:
             result.up = False
             result.errors.append(self._error("fetch_info", exc))
             result.statements = self.client.statements - start
@@ -105,44 +107,47 @@ class RedisCollector(DatabaseCollector):
         self._version, self._mode = server_version(info), info.get("redis_mode")
         result.samples.extend(info_samples(info, self.enabled, now=self._wall_clock()))
 
+        now, runner = self._monotonic(), self._runner
         if "redis.clients.max" in self.enabled and "maxclients" not in info:
-            result.samples.extend(await self._maxclients_from_config(result))
+            result.samples.extend(await self._maxclients_from_config(result, now))
         if "redis.slowlog.length" in self.enabled and self._mode != "sentinel":  # Sentinel has no SLOWLOG
-            result.samples.extend(await self._run(result, "fetch_slowlog_len", self.client.fetch_slowlog_len,
-                                                  lambda length: single_sample("redis.slowlog.length", length,
-                                                                               self.enabled)))
+            await runner.emit(
+                result,
+                now,
+                "fetch_slowlog_len",
+                self.client.fetch_slowlog_len,
+                lambda length: single_sample("redis.slowlog.length", length, self.enabled),
+            )
         if LATENCY_METRICS & self.enabled and self._mode != "sentinel":  # Sentinel has no LATENCY
-            now = server_clock(info, self._wall_clock())
-            result.samples.extend(await self._run(result, "fetch_latency_latest", self.client.fetch_latency_latest,
-                                                  lambda reply: latency_samples(reply, self.enabled, now=now)))
+            server_now = server_clock(info, self._wall_clock())
+            await runner.emit(
+                result,
+                now,
+                "fetch_latency_latest",
+                self.client.fetch_latency_latest,
+                lambda reply: latency_samples(reply, self.enabled, now=server_now),
+            )
         if info.get("cluster_enabled") == "1" and CLUSTER_INFO_METRICS & self.enabled:
-            result.samples.extend(await self._run(result, "fetch_cluster_info", self.client.fetch_cluster_info,
-                                                  lambda text: cluster_info_samples(parse_info(text), self.enabled)))
+            await runner.emit(
+                result,
+                now,
+                "fetch_cluster_info",
+                self.client.fetch_cluster_info,
+                lambda text: cluster_info_samples(parse_info(text), self.enabled),
+            )
         result.statements = self.client.statements - start
         return result
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def _maxclients_from_config(self, result: CollectionResult) -> list[Sample]:
-        if self._maxclients_refresh.due():  # a failure also waits for the next refresh: CONFIG is often denied
-            self._maxclients = None
-
-            def remember(value: int | None) -> list[Sample]:
-                self._maxclients = value
-                return []
-
-            await self._run(result, "fetch_maxclients", self.client.fetch_maxclients, remember)
+    async def _maxclients_from_config(self, result: CollectionResult, now: float) -> list[Sample]:
+        if self._maxclients_refresh.due(MAXCLIENTS, now):
+            self._maxclients_refresh.refreshed(MAXCLIENTS, now)  # a failure also waits: CONFIG is often denied
+            self._maxclients = await self._runner.run(result, now, MAXCLIENTS, self.client.fetch_maxclients)
         return single_sample("redis.clients.max", self._maxclients, self.enabled)
 
-    async def _run(self, result: CollectionResult, query: str, command, to_samples) -> list[Sample]:
-        """One optional command: its samples, or a QueryError while the rest goes on."""
-        try:
-            return to_samples(await command())
-        except Exception as exc:  # noqa: BLE001
-            result.errors.append(self._error(query, exc))
-            return []
-
-    def _error(self, query: str, exc: BaseException) -> QueryError:
-        message = self.client.scrub(f"{type(exc).__name__}: {exc}".strip())
-        return QueryError(query=query, reason=error_reason(exc), message=message[:_MAX_MESSAGE])
+    def _error(self, query: str, exc: BaseException, target: str | None = None) -> QueryError:
+        reason = error_reason(exc)
+        message = error_message(exc, str(exc).strip(), reason=reason, secrets=secret_values(self._password))
+        return QueryError(query, reason, message[:_MAX_MESSAGE])

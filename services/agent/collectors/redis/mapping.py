@@ -10,9 +10,11 @@ versions (`used_cpu_sys_main_thread`, `maxclients`, `errorstats` appear in 6.2, 
 from __future__ import annotations
 
 import re
-from typing import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from functools import partial
 
 from ..metric_table import Sample
+from ..samples import SampleEmitter, number
 from .metrics import REDIS_METRICS
 
 # (metric, INFO field) for every metric that is one number straight from one field.
@@ -77,8 +79,9 @@ CPU_STATES = ("sys", "sys_children", "sys_main_thread", "user", "user_children",
 LATENCY_PERCENTILES = ("p50", "p99", "p99.9")  # the receiver's enum; other configured percentiles are dropped
 ROLES = {"master": "primary", "slave": "replica"}
 
-LATENCY_METRICS = frozenset({"redis.latency.spike.duration", "redis.latency.spike.max_duration",
-                             "redis.latency.spike.age"})
+LATENCY_METRICS = frozenset(
+    {"redis.latency.spike.duration", "redis.latency.spike.max_duration", "redis.latency.spike.age"}
+)
 
 COMMANDSTATS_METRICS = {  # metric -> commandstats field
     "redis.cmd.calls": "calls",
@@ -90,8 +93,7 @@ COMMANDSTATS_METRICS = {  # metric -> commandstats field
 _KEYSPACE_KEY = re.compile(r"^db(\d+)$")
 _REPLICA_KEY = re.compile(r"^slave\d+$")
 # Sections every collection asks for; INFO on 7.0+ takes several at once.
-BASE_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster",
-                 "keyspace")
+BASE_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster", "keyspace")
 
 
 def parse_info(reply: str | bytes) -> dict[str, str]:
@@ -116,21 +118,6 @@ def parse_fields(value: str) -> dict[str, str]:
         if sep:
             fields[key.strip()] = item.strip()
     return fields
-
-
-def number(value: str | None) -> int | float | None:
-    """The number in an INFO value, int when it is one; None for text, blanks and absent fields."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        result = float(value)
-    except ValueError:
-        return None
-    return result if result == result else None  # drop NaN
 
 
 def server_version(info: Mapping[str, str]) -> tuple[int, ...] | None:
@@ -171,109 +158,97 @@ def info_sections(enabled: Collection[str], version: tuple[int, ...] | None, mod
     return tuple(sections + extra)
 
 
-class _Samples:
-    """Collects samples of enabled metrics only."""
-
-    def __init__(self, enabled: Collection[str]):
-        self.enabled = enabled
-        self.items: list[Sample] = []
-
-    def add(self, name: str, value: int | float | None, *attributes: str) -> None:
-        if value is None or name not in self.enabled:
-            return
-        self.items.append(Sample(REDIS_METRICS[name], value, tuple(attributes)))
-
-    def scalars(self, pairs: Iterable[tuple[str, str]], fields: Mapping[str, str]) -> None:
-        for name, field in pairs:
-            if name in self.enabled:
-                self.add(name, number(fields.get(field)))
+# INFO values are text: integers stay exact (an OTLP consumer sees an integer where Redis gave one).
+_emitter = partial(SampleEmitter, REDIS_METRICS, read=number)
 
 
 def info_samples(info: Mapping[str, str], enabled: Collection[str], *, now: float) -> list[Sample]:
     """Samples of every enabled metric that INFO answers. `now` (Unix seconds) is the fallback
     clock for ages when the server does not report server_time_usec (before 6.2)."""
-    out = _Samples(enabled)
-    out.scalars(INFO_SCALARS, info)
+    emit = _emitter(enabled)
+    emit.fields(INFO_SCALARS, info)
     for state in CPU_STATES:
-        out.add("redis.cpu.time", number(info.get(f"used_cpu_{state}")), state)
-    _keyspace(out, info)
-    _roles_and_mode(out, info)
-    _per_command(out, info)
-    _replication_health(out, info)
-    _persistence_health(out, info, now)
+        emit("redis.cpu.time", info.get(f"used_cpu_{state}"), state)
+    _keyspace(emit, info)
+    _roles_and_mode(emit, info)
+    _per_command(emit, info)
+    _replication_health(emit, info)
+    _persistence_health(emit, info, now)
     for key, value in info.items():
         if key.startswith("errorstat_"):
-            out.add("redis.errors", number(parse_fields(value).get("count")), key[len("errorstat_"):])
-    return out.items
+            emit("redis.errors", parse_fields(value).get("count"), key[len("errorstat_") :])
+    return emit.samples
 
 
-def _keyspace(out: _Samples, info: Mapping[str, str]) -> None:
+def _keyspace(emit: SampleEmitter, info: Mapping[str, str]) -> None:
     for key, value in info.items():
         match = _KEYSPACE_KEY.match(key)
         if match is None:
             continue
         db = match.group(1)
         fields = parse_fields(value)
-        out.add("redis.db.keys", number(fields.get("keys")), db)
-        out.add("redis.db.expires", number(fields.get("expires")), db)
-        out.add("redis.db.avg_ttl", number(fields.get("avg_ttl")), db)
+        emit("redis.db.keys", fields.get("keys"), db)
+        emit("redis.db.expires", fields.get("expires"), db)
+        emit("redis.db.avg_ttl", fields.get("avg_ttl"), db)
 
 
-def _roles_and_mode(out: _Samples, info: Mapping[str, str]) -> None:
+def _roles_and_mode(emit: SampleEmitter, info: Mapping[str, str]) -> None:
     role = ROLES.get(info.get("role", ""))
     if role is not None:
-        out.add("redis.role", 1, role)
+        emit("redis.role", 1, role)
     mode = info.get("redis_mode")
     if mode:
-        out.add("redis.mode", 1, mode)
+        emit("redis.mode", 1, mode)
 
 
-def _per_command(out: _Samples, info: Mapping[str, str]) -> None:
+def _per_command(emit: SampleEmitter, info: Mapping[str, str]) -> None:
     for key, value in info.items():
         if key.startswith("cmdstat_"):
-            command, fields = key[len("cmdstat_"):], parse_fields(value)
+            command, fields = key[len("cmdstat_") :], parse_fields(value)
             for name, field in COMMANDSTATS_METRICS.items():
-                out.add(name, number(fields.get(field)), command)
+                emit(name, fields.get(field), command)
         elif key.startswith("latency_percentiles_usec_"):
-            command, fields = key[len("latency_percentiles_usec_"):], parse_fields(value)
+            command, fields = key[len("latency_percentiles_usec_") :], parse_fields(value)
             for percentile in LATENCY_PERCENTILES:
                 usec = number(fields.get(percentile))
-                out.add("redis.cmd.latency", None if usec is None else usec / 1e6, command, percentile)
+                emit("redis.cmd.latency", None if usec is None else usec / 1e6, command, percentile)
 
 
-def _replication_health(out: _Samples, info: Mapping[str, str]) -> None:
+def _replication_health(emit: SampleEmitter, info: Mapping[str, str]) -> None:
     if info.get("role") == "slave":
         link = info.get("master_link_status")
         if link is not None:
-            out.add("redis.replication.link.up", 1 if link == "up" else 0)
+            emit("redis.replication.link.up", 1 if link == "up" else 0)
         # -1 means "no interaction yet" / "never connected": no age to report.
         last_io = number(info.get("master_last_io_seconds_ago"))
         if last_io is not None and last_io >= 0:
-            out.add("redis.replication.link.last_io", last_io)
+            emit("redis.replication.link.last_io", last_io)
         down_since = number(info.get("master_link_down_since_seconds"))
         if link != "up" and down_since is not None and down_since >= 0:
-            out.add("redis.replication.link.down_duration", down_since)
+            emit("redis.replication.link.down_duration", down_since)
     master_offset = number(info.get("master_repl_offset"))
     for key, value in info.items():
         if not _REPLICA_KEY.match(key):
             continue
         fields = parse_fields(value)
         replica = f"{fields.get('ip', '?')}:{fields.get('port', '?')}"
-        out.add("redis.replication.replica.lag", number(fields.get("lag")), replica)
+        emit("redis.replication.replica.lag", fields.get("lag"), replica)
         offset = number(fields.get("offset"))
         if offset is not None and master_offset is not None:
-            out.add("redis.replication.replica.offset_lag", max(0, master_offset - offset), replica)
+            emit("redis.replication.replica.offset_lag", max(0, master_offset - offset), replica)
 
 
-def _persistence_health(out: _Samples, info: Mapping[str, str], now: float) -> None:
-    for name, field in (("redis.rdb.last_bgsave.ok", "rdb_last_bgsave_status"),
-                        ("redis.aof.last_write.ok", "aof_last_write_status")):
+def _persistence_health(emit: SampleEmitter, info: Mapping[str, str], now: float) -> None:
+    for name, field in (
+        ("redis.rdb.last_bgsave.ok", "rdb_last_bgsave_status"),
+        ("redis.aof.last_write.ok", "aof_last_write_status"),
+    ):
         status = info.get(field)
         if status is not None:
-            out.add(name, 1 if status == "ok" else 0)
+            emit(name, 1 if status == "ok" else 0)
     last_save = number(info.get("rdb_last_save_time"))
     if last_save is not None:
-        out.add("redis.rdb.last_save.age", max(0.0, round(server_clock(info, now) - last_save, 3)))
+        emit("redis.rdb.last_save.age", max(0.0, round(server_clock(info, now) - last_save, 3)))
 
 
 def server_clock(info: Mapping[str, str], now: float) -> float:
@@ -285,30 +260,30 @@ def server_clock(info: Mapping[str, str], now: float) -> float:
 
 def cluster_info_samples(cluster_info: Mapping[str, str], enabled: Collection[str]) -> list[Sample]:
     """Samples from a CLUSTER INFO reply (parsed with parse_info)."""
-    out = _Samples(enabled)
+    emit = _emitter(enabled)
     state = cluster_info.get("cluster_state")
     if state:
-        out.add("redis.cluster.state", 1, state)
-    out.scalars(CLUSTER_SCALARS, cluster_info)
-    return out.items
+        emit("redis.cluster.state", 1, state)
+    emit.fields(CLUSTER_SCALARS, cluster_info)
+    return emit.samples
 
 
 def single_sample(name: str, value: int | float | None, enabled: Collection[str]) -> list[Sample]:
     """One attribute-less sample (slow log length, maxclients from CONFIG GET) if enabled."""
-    out = _Samples(enabled)
-    out.add(name, value)
-    return out.items
+    emit = _emitter(enabled)
+    emit(name, value)
+    return emit.samples
 
 
 def latency_samples(reply: Iterable, enabled: Collection[str], *, now: float) -> list[Sample]:
     """Samples from a LATENCY LATEST reply: one [event, unix time of the latest spike, its latency ms,
     max latency ms] entry per event (an empty list while latency monitoring is off). `now` is the
     server's Unix time (server_clock)."""
-    out = _Samples(enabled)
+    emit = _emitter(enabled)
     for entry in reply:
         event, at, latest_ms, max_ms = entry[:4]
         event = event.decode("utf-8", errors="replace") if isinstance(event, bytes) else str(event)
-        out.add("redis.latency.spike.duration", int(latest_ms) / 1000, event)
-        out.add("redis.latency.spike.max_duration", int(max_ms) / 1000, event)
-        out.add("redis.latency.spike.age", max(0.0, round(now - int(at), 3)), event)
-    return out.items
+        emit("redis.latency.spike.duration", int(latest_ms) / 1000, event)
+        emit("redis.latency.spike.max_duration", int(max_ms) / 1000, event)
+        emit("redis.latency.spike.age", max(0.0, round(now - int(at), 3)), event)
+    return emit.samples

@@ -1,9 +1,15 @@
-"""The records the coordinator keeps in its store, as plain frozen dataclasses (no I/O here)."""
+"""The coordinator's domain: the records its store keeps, what a leader step writes, and the
+membership rule, as plain frozen dataclasses and pure functions (no I/O here).
+
+The store, the planning and the RPC checks all depend on this module; it depends on none of them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 class FencedError(Exception):
@@ -56,7 +62,7 @@ class PollStatus:
         return [self.last_poll_ms, self.duration_ms, self.polls, self.errors, 1 if self.up else 0]
 
     @classmethod
-    def from_list(cls, raw: list) -> "PollStatus":
+    def from_list(cls, raw: list) -> PollStatus:
         return cls(int(raw[0]), float(raw[1]), int(raw[2]), int(raw[3]), bool(raw[4]))
 
 
@@ -83,11 +89,24 @@ class HeartbeatReport:
 
 @dataclass(frozen=True)
 class HeartbeatOutcome:
-    """`changed`: the registration, applied epoch or current set differ from the stored ones (the
-    leader should look now); `rejoined`: the agent was unknown, left or expired before."""
+    """`changed`: the heartbeat changed what a leader step reads (see `membership_digest`), so the
+    leader should look now; `rejoined`: the agent was unknown, left or expired before (also changed)."""
 
     changed: bool
     rejoined: bool
+
+
+def membership_digest(registration: Registration, applied_epoch: int, current: Iterable[str]) -> str:
+    """The membership rule, for both stores: a heartbeat from an agent that stays a member *changed*
+    the membership exactly when this digest differs from the one of the record it replaces.
+
+    It covers what a leader step reads from a heartbeat: the instance (a restarted process holds
+    nothing it was sent), the zone and capacity (the engine's slot), the applied assignment epoch
+    (a revocation landed) and which databases it polls (the hand-off). Left out: pod name and
+    version (shown to operators, they decide nothing), poll statistics (the periodic rebalance reads
+    them; every heartbeat moves them) and released poll times (they come with a change of the set)."""
+    fields = [registration.instance_id, registration.zone, registration.capacity, applied_epoch, sorted(current)]
+    return hashlib.sha1(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 AGENT_STATES = ("active", "draining", "left", "expired")
