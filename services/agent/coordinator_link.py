@@ -6,10 +6,20 @@ after an assignment is applied) and assignment changes down. When the stream bre
 reconnects with exponential backoff and full jitter (100 ms doubling up to 5 s) and, until a stream
 answers again, asks `GetAssignments` every `check_interval` so that assignments still arrive.
 
-With `on_coordinator_loss: stop` a watchdog tells the agent to stop polling once `node_timeout` has
-passed (monotonic clock) since the last acknowledged exchange: a HeartbeatResponse or a successful
-GetAssignments. The coordinator expires an agent after that same silence, so the agent stops before
-its databases can be handed to another agent, and a partition never makes two pollers.
+Every request carries a sequence number and the coordinator echoes it once the request is recorded
+(unsolicited assignment pushes echo 0), so the link knows which heartbeat was answered and when it
+was sent. The deadlines come from `dbintel.common.liveness`: a request unanswered for
+`response_timeout` means the replica froze or the path died, and the link opens a fresh channel (a
+frozen replica keeps its TCP connections, so the old channel would route there again); with
+`on_coordinator_loss: stop` a watchdog stops polling once `stop_after` (80 % of node_timeout) has
+passed since the send time of the last answered heartbeat. The coordinator expires an agent
+node_timeout after it recorded its last heartbeat, so the agent is re-recorded elsewhere or stops
+first, and neither a partition nor a paused replica makes two pollers.
+
+The registration carries a random per-registration `session_secret`; Leave and GetAssignments
+present it, so nobody else can end this agent's session. When the coordinator says the registration
+has ended (FAILED_PRECONDITION: it left, or was taken for gone), the agent stops polling and
+registers again as a new instance instead of idling as a zombie.
 
 What to report and how to apply an assignment is the agent's business (`LinkHandler`); this module
 only speaks the protocol.
@@ -20,31 +30,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
 
 from dbintel.common.config import TLSSettings
 from dbintel.common.grpc_security import describe_rpc_error, open_channel
+from dbintel.common.liveness import LinkTimings, link_timings
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import agent_service_pb2_grpc as pb_grpc
 from dbintel.v1 import types_pb2
+
+from .replicas import Replica, choose, resolve
 
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 5.0
 
-# A stream whose requests go unanswered this long is treated as dead and reopened. This, not gRPC
-# keepalive, is what finds a dead path under an open stream quickly: the coordinator answers every
-# request at once (even while its store is down), so silence means the path or the replica is gone.
-RESPONSE_TIMEOUT = 10.0
-
 # Keepalive pings no more often than a default gRPC server accepts (5 min without data; more often
-# earns a GOAWAY "too_many_pings" on a quiet stream). round_robin spreads agents over the replicas
-# when the name resolves to several (a headless Service).
+# earns a GOAWAY "too_many_pings" on a quiet stream). Each channel dials one replica (see replicas.py).
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 300_000),
     ("grpc.keepalive_timeout_ms", 20_000),
@@ -53,7 +62,6 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.min_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_CAP * 1000)),
-    ("grpc.lb_policy_name", "round_robin"),
 )
 
 
@@ -82,7 +90,9 @@ class LinkHandler(Protocol):
 
 
 class _StreamStalled(Exception):
-    pass
+    """A request went unanswered for response_timeout. Unanswered, not merely quiet: the coordinator
+    answers every request at once (even while its store is down), so this means the path or the
+    replica is gone; gRPC keepalive would notice only minutes later."""
 
 
 class _ReplicaDegraded(Exception):
@@ -112,41 +122,72 @@ class CoordinatorLink:
         self.target = target
         self._tls = tls
         self.agent_id = agent_id
-        self._registration = registration
+        self._registration = pb.AgentRegistration()
+        self._registration.CopyFrom(registration)
+        self._new_session()
         self._handler = handler
         self._default_heartbeat_interval = heartbeat_interval
         self._heartbeat_interval = heartbeat_interval
         self._check_interval = check_interval
         self._node_timeout = node_timeout
+        self._timings: LinkTimings = link_timings(heartbeat_interval, node_timeout)
         self._stop_on_loss = stop_on_loss
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.AgentServiceStub | None = None
+        self.replica: Replica | None = None  # the one the channel dials
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # a heartbeat was requested or the interval changed
         self._send_requested = False
-        self._write_count = 0
-        self._writing = False
-        self._write_waiters: list[asyncio.Future[None]] = []
-        self._last_ack = monotonic()
+        self._sequence = 0  # of the last request built; never reset, so answers from any stream compare
+        self._answered_sequence = 0  # the newest request the coordinator recorded
+        self._unanswered: dict[int, float] = {}  # sequence -> when written, on the current stream
+        self._last_ack = monotonic()  # when the last answered request was sent
         self._lost_reported = False
         self._degraded = False
         self.connected = False
         self._stream_responded = False
-        self._unanswered_since: float | None = None  # the first write the coordinator has not answered yet
         self.streams_opened = 0  # for tests and logs
-        # Heartbeats written / answered on the current stream: final_report waits for the answer.
-        self._stream_writes = self._stream_responses = 0
+        self.channels_opened = 0
         self._answered = asyncio.Event()
+        self._leaving = False  # Leave sent: no new stream, no new registration
         self.last_error: str | None = None  # why the last stream failed (readiness shows it), None once connected
+
+    @property
+    def instance_id(self) -> str:
+        """This process's current registration (a new one after the coordinator ended the last)."""
+        return self._registration.instance_id
+
+    @property
+    def timings(self) -> LinkTimings:
+        return self._timings
+
+    def _new_session(self) -> None:
+        self._registration.instance_id = uuid.uuid4().hex
+        self._registration.session_secret = secrets.token_urlsafe(24)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self._last_ack = self._monotonic()
-        self._channel = open_channel(self.target, self._tls, section="agent.tls", options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.AgentServiceStub(self._channel)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="coordinator link")
+
+    async def _switch_replica(self) -> None:
+        """A channel to another replica than the last one (it stalled, failed or ended the stream):
+        a frozen replica keeps its TCP connections, so a channel to it would stall again."""
+        replica = choose(await resolve(self.target), self.replica, self._rng)
+        options: list[tuple[str, object]] = list(CHANNEL_OPTIONS)
+        if replica.authority is not None:  # dialled by address: keep the name for :authority and TLS
+            options.append(("grpc.default_authority", replica.authority))
+            if self._tls is not None and self._tls.enabled and not self._tls.server_name:
+                options.append(("grpc.ssl_target_name_override", replica.authority))
+        old = self._channel
+        self._channel = open_channel(replica.address, self._tls, section="agent.tls", options=options)
+        self._stub = pb_grpc.AgentServiceStub(self._channel)
+        self.replica = replica
+        self.channels_opened += 1
+        if old is not None:
+            await old.close(grace=None)
 
     def send_now(self) -> None:
         """Heartbeat at once (the acknowledgment after an assignment is applied)."""
@@ -154,35 +195,36 @@ class CoordinatorLink:
         self._wake.set()
 
     async def final_report(self, timeout: float) -> bool:
-        """Send one more heartbeat on the open stream and wait until the coordinator has answered it
-        (so it is recorded before a Leave sent next, which may reach another replica, can overtake it
-        and discard its final poll times); False if no stream or no answer in time."""
+        """Send one more heartbeat (built from the handler's report from now on) and wait until the
+        coordinator has recorded it, so that a Leave sent next cannot overtake it; False if no
+        stream or no answer in time (Leave carries the final poll times too)."""
         if not self.connected:
             return False
-        waiter = asyncio.get_running_loop().create_future()
-        self._write_waiters.append(waiter)
-        target = self._write_count + (2 if self._writing else 1)  # a write in progress was built earlier
+        target = self._sequence + 1  # the next request built sees the report as it is now
         self.send_now()
         try:
             async with asyncio.timeout(timeout):
-                while self._write_count < target:
-                    await asyncio.shield(waiter)
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._write_waiters.append(waiter)
-                    self.send_now()
-                while self._stream_responses < self._stream_writes:
+                while self._answered_sequence < target:
                     self._answered.clear()
                     await self._answered.wait()
             return True
         except TimeoutError:
             return False
 
-    async def leave(self, reason: str, timeout: float) -> None:
-        """Tell the coordinator this agent is going (drains its databases at once). Failure is ignored."""
+    async def leave(self, reason: str, timeout: float, released: Sequence[types_pb2.ResourceStatus] = ()) -> None:
+        """Tell the coordinator this agent is going (drains its databases at once), with the final
+        poll statistics of what it gave up. Failure is ignored: the agent expires instead."""
         if self._stub is None:
             return
+        self._leaving = True
+        request = pb.LeaveRequest(
+            agent_id=self.agent_id,
+            reason=reason,
+            session_secret=self._registration.session_secret,
+            released=list(released),
+        )
         try:
-            reply = await self._stub.Leave(pb.LeaveRequest(agent_id=self.agent_id, reason=reason), timeout=timeout)
+            reply = await self._stub.Leave(request, timeout=timeout)
             log.info("left the cluster (%s); %d database(s) released", reason, reply.released_resources)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             log.warning("Leave failed (%s); the coordinator will expire this agent instead", self._describe(exc))
@@ -205,28 +247,33 @@ class CoordinatorLink:
         try:
             while True:
                 self._stream_responded = False
+                await self._switch_replica()
                 try:
                     await self._stream_once(lambda: _cancel(fallback))  # noqa: B023 - the fallback running when the stream answers
-                    log.warning("Heartbeat stream to %s ended by the coordinator", self.target)
+                    log.warning("Heartbeat stream to %s ended by the coordinator", self._replica_name())
                 except _StreamStalled:
                     log.warning(
-                        "Heartbeat stream to %s stalled (a request unanswered for %.1fs); reconnecting",
-                        self.target,
-                        self._response_timeout(),
+                        "Heartbeat stream to %s stalled (a request unanswered for %.2gs); switching replica",
+                        self._replica_name(),
+                        self._timings.response_timeout,
                     )
                 except _ReplicaDegraded:
                     log.info("coordinator replica cannot reach its store; trying another")
-                except Exception as exc:  # AioRpcError mostly; any failure means: reconnect
-                    # A working stream that ends (max connection age, a replica rolling) is routine; failing
-                    # to get a new one is worth a warning, once per outage.
-                    level = logging.INFO if attempt == 0 else logging.WARNING if attempt == 1 else logging.DEBUG
-                    reason = self._describe(exc)
-                    if reason != self.last_error and attempt > 1:  # a different failure is news again
-                        level = logging.WARNING
-                    self.last_error = reason
-                    log.log(level, "Heartbeat stream to %s failed: %s", self.target, reason)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        self._stream_failed(exc, attempt)
+                    else:
+                        # It left, or was taken for gone: its databases are someone else's now. Stop
+                        # polling them and register as a new instance rather than idle as a zombie.
+                        log.warning("the coordinator ended this registration (%s); registering anew", exc.details())
+                        await asyncio.shield(self._handler.on_coordinator_lost())
+                        self._new_session()
+                except Exception as exc:  # any other failure means: reconnect
+                    self._stream_failed(exc, attempt)
                 responded = self._stream_responded
                 self._set_connected(False)
+                if self._leaving:
+                    return
                 if fallback is None or fallback.done():
                     fallback = asyncio.create_task(self._fallback(), name="GetAssignments fallback")
                 attempt = 0 if responded else attempt + 1
@@ -237,12 +284,24 @@ class CoordinatorLink:
                     task.cancel()
             await asyncio.gather(*(t for t in (watchdog, fallback) if t is not None), return_exceptions=True)
 
+    def _replica_name(self) -> str:
+        return self.replica.address if self.replica is not None else self.target
+
+    def _stream_failed(self, exc: BaseException, attempt: int) -> None:
+        # A working stream that ends (max connection age, a replica rolling) is routine; failing
+        # to get a new one is worth a warning, once per outage.
+        level = logging.INFO if attempt == 0 else logging.WARNING if attempt == 1 else logging.DEBUG
+        reason = self._describe(exc)
+        if reason != self.last_error and attempt > 1:  # a different failure is news again
+            level = logging.WARNING
+        self.last_error = reason
+        log.log(level, "Heartbeat stream to %s failed: %s", self._replica_name(), reason)
+
     async def _stream_once(self, on_first_response: Callable[[], object]) -> None:
         assert self._stub is not None
         call = self._stub.Heartbeat()
         self.streams_opened += 1
-        self._stream_writes = self._stream_responses = 0
-        self._unanswered_since = None
+        self._unanswered.clear()  # what went out on an older stream is answered there or never
 
         async def read() -> None:
             degraded_since: float | None = None  # since when this stream's replica says its store is unreachable
@@ -250,35 +309,43 @@ class CoordinatorLink:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     return
-                self._unanswered_since = None
-                self._stream_responses += 1
-                self._answered.set()
-                if not self._stream_responded:
+                answered = self._answer_of(response)
+                if answered:
+                    self._record_answer(answered)
+                first_response = not self._stream_responded
+                if first_response:
                     self._stream_responded = True
                     self.last_error = None
                     on_first_response()
-                    log.info("connected to coordinator %s (replica %s)", self.target, response.coordinator_id or "?")
-                self._acknowledged(response.degraded, connected=True)
+                    log.info(
+                        "connected to coordinator %s (replica %s)", self._replica_name(), response.coordinator_id or "?"
+                    )
+                if answered:
+                    self._note_degraded(response.degraded)
                 if not response.degraded:
                     degraded_since = None
-                else:
+                elif answered:
                     # A blip (a store restart) is sat out on this stream; a lasting one is taken to
-                    # another replica, well before node_timeout would expire the agent. If the store
-                    # itself is down every replica says so, and the agent moves on at most once per
-                    # node_timeout / 3; degraded answers count as acknowledged, so the assignment is
-                    # kept meanwhile.
+                    # another replica within response_timeout, so the agent is recorded elsewhere well
+                    # before node_timeout. If the store itself is down every replica says so, and
+                    # degraded answers count as answered, so the assignment is kept meanwhile.
                     now = self._monotonic()
                     degraded_since = degraded_since if degraded_since is not None else now
-                    if now - degraded_since >= self._node_timeout / 3:
+                    if now - degraded_since >= self._timings.response_timeout:
                         raise _ReplicaDegraded()
                 if response.HasField("heartbeat_interval"):
                     seconds = response.heartbeat_interval.ToTimedelta().total_seconds()
                     interval = seconds if seconds > 0 else self._default_heartbeat_interval
                     if interval != self._heartbeat_interval:
                         self._heartbeat_interval = interval
+                        self._timings = link_timings(interval, self._node_timeout)
                         self._wake.set()
                 if response.HasField("assignment"):
                     await self._apply(response.assignment)
+                if first_response:
+                    # A second heartbeat at once proves the session: the coordinator grants databases
+                    # only to an agent that heartbeats after registering.
+                    self.send_now()
 
         reader = asyncio.create_task(read(), name="heartbeat reader")
         writer = asyncio.create_task(self._write_loop(call), name="heartbeat writer")
@@ -292,46 +359,66 @@ class CoordinatorLink:
             call.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
 
+    def _answer_of(self, response: pb.HeartbeatResponse) -> int:
+        """The sequence `response` answers; 0 for an unsolicited push."""
+        if response.answered_sequence:
+            return response.answered_sequence
+        if not response.HasField("assignment") and self._unanswered:
+            return next(iter(self._unanswered))  # a coordinator from before sequence numbers: in order
+        return 0
+
+    def _record_answer(self, sequence: int) -> None:
+        sent_at = self._unanswered.get(sequence)
+        for pending in [s for s in self._unanswered if s <= sequence]:
+            del self._unanswered[pending]
+        if sequence > self._answered_sequence:
+            self._answered_sequence = sequence
+        if sent_at is not None:
+            # The coordinator recorded this request after it was sent: its expiry clock started
+            # no earlier, so measuring from the send time keeps the agent on the safe side.
+            self._last_ack = max(self._last_ack, sent_at)
+        self._lost_reported = False
+        self._set_connected(True)
+        self._answered.set()
+
     async def _write_loop(self, call: grpc.aio.StreamStreamCall) -> None:
         first = True
         while True:
             self._send_requested = False
             applied_epoch, current, released = self._handler.report()
+            self._sequence += 1
             request = pb.HeartbeatRequest(
-                agent_id=self.agent_id, applied_assignment_epoch=applied_epoch, current=current, released=released
+                agent_id=self.agent_id,
+                applied_assignment_epoch=applied_epoch,
+                current=current,
+                released=released,
+                sequence=self._sequence,
             )
             if first:  # every new stream starts with the registration
                 request.registration.CopyFrom(self._registration)
-            self._writing = True
-            try:
-                await call.write(request)
-            finally:
-                self._writing = False
+            sequence = self._sequence
+            await call.write(request)
             first = False
             written_at = self._monotonic()
-            if self._unanswered_since is None:
-                self._unanswered_since = written_at
-            self._write_count += 1
-            self._stream_writes += 1
-            waiters, self._write_waiters = self._write_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._unanswered[sequence] = written_at
             await self._until_next_heartbeat(written_at)
-            if (
-                self._unanswered_since is not None
-                and self._monotonic() - self._unanswered_since >= self._response_timeout()
-            ):
+            oldest = self._oldest_unanswered()
+            if oldest is not None and self._monotonic() - oldest >= self._timings.response_timeout:
                 raise _StreamStalled()
 
+    def _oldest_unanswered(self) -> float | None:
+        return next(iter(self._unanswered.values()), None)
+
     async def _until_next_heartbeat(self, written_at: float) -> None:
-        """Until a heartbeat is requested or one interval after the last write; the interval may
-        change meanwhile (a response sets it), so the deadline is recomputed on every wake-up."""
+        """Until a heartbeat is requested, one interval after the last write, or the oldest unanswered
+        request's response timeout; the interval may change meanwhile (a response sets it), so the
+        deadline is recomputed on every wake-up."""
         while True:
             self._wake.clear()
             deadline = written_at + self._heartbeat_interval
-            if self._unanswered_since is not None:
-                deadline = min(deadline, self._unanswered_since + self._response_timeout())
+            oldest = self._oldest_unanswered()
+            if oldest is not None:
+                deadline = min(deadline, oldest + self._timings.response_timeout)
             remaining = deadline - self._monotonic()
             if self._send_requested or remaining <= 0:
                 return
@@ -341,22 +428,19 @@ class CoordinatorLink:
             except TimeoutError:
                 pass
 
-    def _response_timeout(self) -> float:
-        return max(RESPONSE_TIMEOUT, self._heartbeat_interval)
-
     async def _fallback(self) -> None:
-        """While the stream is down: GetAssignments every check_interval."""
-        assert self._stub is not None
+        """While the stream is down: GetAssignments every check_interval. Its answers do not hold off
+        the watchdog: they prove the coordinator is there, not that it records this agent as live."""
         while True:
             await asyncio.sleep(self._check_interval)
+            assert self._stub is not None  # the channel may be reopened meanwhile: look it up each time
+            request = pb.GetAssignmentsRequest(agent_id=self.agent_id, session_secret=self._registration.session_secret)
             try:
-                reply = await self._stub.GetAssignments(
-                    pb.GetAssignmentsRequest(agent_id=self.agent_id), timeout=max(0.5, min(self._check_interval, 5.0))
-                )
+                reply = await self._stub.GetAssignments(request, timeout=max(0.5, min(self._check_interval, 5.0)))
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 log.debug("GetAssignments failed: %s", self._describe(exc))
                 continue
-            self._acknowledged(reply.degraded, connected=self.connected)
+            self._note_degraded(reply.degraded)
             if reply.HasField("assignment") and reply.assignment.assignment_epoch > 0:
                 await self._apply(reply.assignment)
 
@@ -373,15 +457,14 @@ class CoordinatorLink:
         if applied:
             self.send_now()
 
-    def _acknowledged(self, degraded: bool, *, connected: bool) -> None:
-        self._last_ack = self._monotonic()
-        self._lost_reported = False
-        if degraded != self._degraded:
-            (log.warning if degraded else log.info)(
-                "coordinator reports its store %s", "unreachable: keeping the assignment" if degraded else "back"
-            )
+    def _note_degraded(self, degraded: bool) -> None:
+        if degraded == self._degraded:
+            return
+        (log.warning if degraded else log.info)(
+            "coordinator reports its store %s", "unreachable: keeping the assignment" if degraded else "back"
+        )
         self._degraded = degraded
-        self._set_connected(connected)
+        self._set_connected(self.connected)
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
@@ -393,15 +476,16 @@ class CoordinatorLink:
         return type(exc).__name__
 
     async def _watchdog(self) -> None:
-        """on_coordinator_loss: stop — stop polling after node_timeout without an acknowledged exchange."""
-        period = max(0.02, min(1.0, self._node_timeout / 20))
+        """on_coordinator_loss: stop — stop polling once stop_after (inside node_timeout) has passed
+        since the send time of the last heartbeat the coordinator answered."""
+        period = max(0.02, min(1.0, self._node_timeout / 40))
         while True:
             await asyncio.sleep(period)
             silence = self._monotonic() - self._last_ack
-            if silence > self._node_timeout and not self._lost_reported:
+            if silence > self._timings.stop_after and not self._lost_reported:
                 self._lost_reported = True
                 log.warning(
-                    "no acknowledged exchange with the coordinator for %.1fs (node_timeout): "
+                    "no heartbeat answered by the coordinator for %.1fs (80 %% of node_timeout): "
                     "stopping all polls until an assignment arrives",
                     silence,
                 )

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 
 from prometheus_client import CollectorRegistry
 
@@ -104,7 +103,6 @@ class Agent:
         self.coordinator = coordinator or config.agent.coordinator
         self._config_path = config_path
         self._ignore_assignments = config.scaling.receiver_scaling.ignore_assignments
-        self.instance_id = uuid.uuid4().hex
         self.registry = CollectorRegistry()
         self._scheduler = PollScheduler(
             make_collector, max_concurrent_polls=config.agent.max_concurrent_polls, on_poll=self._on_poll
@@ -126,8 +124,7 @@ class Agent:
             zone=config.agent.zone,
             version=__version__,
             capacity=config.agent.capacity,
-            instance_id=self.instance_id,
-        )
+        )  # the link adds the per-registration instance id and session secret
         self._link = CoordinatorLink(  # started by start(), unless ignore_assignments
             self.coordinator,
             self.agent_id,
@@ -148,6 +145,7 @@ class Agent:
         self._released: dict[str, _Released] = {}
         self._started = False
         self._closing = False
+        self._polling_stopped = False  # set once the final poll times are in _released
         self._shutdown_task: asyncio.Task[None] | None = None
 
     # -- views (tests, `dbintel up`) -----------------------------------------------------------
@@ -268,11 +266,16 @@ class Agent:
                 async with self._apply_lock:
                     await self._scheduler.stop()
                     self._release(self._scheduler.held)
+                    # Until here heartbeats still report the databases as polled (they were): one that
+                    # said "none" without their final poll times would let them move with stale times.
+                    self._polling_stopped = True
                 if not self._ignore_assignments:
                     # A last heartbeat releases everything with its final poll times (so the next owners
-                    # continue the schedule exactly); then Leave hands the databases over at once.
-                    await self._link.final_report(timeout=remaining(0.4))  # answered, or Leave may overtake it
-                    await self._link.leave(reason, timeout=min(2.0, remaining(0.25)))
+                    # continue the schedule exactly); then Leave hands the databases over at once. Leave
+                    # carries the final poll times too, in case it overtakes that heartbeat after all.
+                    finals = [entry.status for entry in self._released.values()]
+                    await self._link.final_report(timeout=remaining(0.4))
+                    await self._link.leave(reason, timeout=min(2.0, remaining(0.25)), released=finals)
                     await self._link.close()
                 if self._otlp is not None:  # before closing: closing drops the snapshots it exports
                     await asyncio.to_thread(self._otlp.shutdown, remaining(0.5))
@@ -287,12 +290,16 @@ class Agent:
             log.info("agent %s stopped (%s)", self.agent_id, reason)
 
     # -- LinkHandler: what the coordinator link calls -------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        return self._link.instance_id
+
     def report(self) -> tuple[int, list[types_pb2.ResourceStatus], list[types_pb2.ResourceStatus]]:
         """(applied epoch, databases polled, databases given up recently) for one heartbeat."""
         # While stopped after a coordinator loss the agent reports epoch 0: it holds nothing, and the
         # coordinator resends the assignment (the epoch it resends may equal the one held before).
         epoch = self._assignment_epoch if self._holds_assignment else 0
-        current = [] if self._closing else [resource_status(s) for s in self._scheduler.snapshots().values()]
+        current = [] if self._polling_stopped else [resource_status(s) for s in self._scheduler.snapshots().values()]
         released = []
         for resource_id, entry in list(self._released.items()):
             released.append(entry.status)

@@ -31,6 +31,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .durations import Duration, format_duration
 from .endpoints import parse_host_port
+from .liveness import smallest_node_timeout
 from .secrets import check_reference
 
 DATABASE_TYPES = ("postgresql", "mysql", "mongodb", "redis")
@@ -214,12 +215,16 @@ class CoordinatorScaling(_Section):
             problems.append(
                 ("heartbeat_interval", f"must be at least 100ms, not {format_duration(self.heartbeat_interval)}")
             )
-        if self.node_timeout < self.heartbeat_interval:
+        least = smallest_node_timeout(self.heartbeat_interval.total_seconds())
+        if self.node_timeout.total_seconds() < least:
+            # Below this an agent cannot notice a frozen replica and re-register elsewhere (or stop)
+            # before the coordinator expires it and hands its databases to another: two pollers.
             problems.append(
                 (
                     "node_timeout",
-                    f"must be ≥ heartbeat_interval ({format_duration(self.heartbeat_interval)}), "
-                    f"not {format_duration(self.node_timeout)}",
+                    f"must be at least {least:g}s with heartbeat_interval "
+                    f"{format_duration(self.heartbeat_interval)} (heartbeat_interval plus two response "
+                    f"timeouts, within 80 %), not {format_duration(self.node_timeout)}",
                 )
             )
         if self.min_rebalance_interval > self.rebalance_interval:

@@ -77,7 +77,9 @@ def render_status(status: dict) -> str:
         [
             [
                 a["agent_id"],
-                a["state"].removeprefix("AGENT_STATE_").lower(),
+                a["state"].removeprefix("AGENT_STATE_").lower()
+                + (" (unacknowledged)" if a.get("unacknowledged") else "")
+                + (" (unproven)" if a.get("unproven") else ""),
                 a["zone"] or "-",
                 str(a["target_resources"]),
                 str(a["current_resources"]),

@@ -2,13 +2,21 @@
 
 Each stream is a `Session` with an outbound queue. Replies to heartbeats and pushes of new
 assignments (on the leader's "assignments" event) go through that queue, so an assignment reaches
-a connected agent within moments of the leader's write, not on its next heartbeat.
+a connected agent within moments of the leader's write, not on its next heartbeat. A reply echoes
+the request's sequence once the store has recorded it (a push echoes 0), so the agent knows what
+was recorded and when it sent it.
+
+A registration carries a session secret; the store keeps its digest, and Leave and GetAssignments
+must present the secret (PERMISSION_DENIED otherwise), so only the registered process can end or
+read its session. A registration is *proven* by a second heartbeat on its stream; only then does
+the leader give it databases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +36,7 @@ from .model import (
     AssignmentRecord,
     HeartbeatReport,
     Registration,
+    SessionMismatch,
     StoreUnavailable,
 )
 from .store.base import EventSubscription, ScalingStore, StoreEvent
@@ -60,6 +69,7 @@ class Session:
     last_sent_epoch: int = 0
     registration: Registration | None = None
     last_report: HeartbeatReport | None = None  # re-recorded at once if the store loses its data
+    recorded: int = 0  # heartbeats of this stream the store recorded
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
@@ -143,6 +153,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             session.outbox.put_nowait(("abort", grpc.StatusCode.ALREADY_EXISTS, str(exc)))
         except AgentAlreadyLeft as exc:
             session.outbox.put_nowait(("abort", grpc.StatusCode.FAILED_PRECONDITION, str(exc)))
+        except SessionMismatch as exc:
+            session.outbox.put_nowait(("abort", grpc.StatusCode.PERMISSION_DENIED, str(exc)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away, or a bug: end this stream only
@@ -151,12 +163,15 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
 
     async def _handle(self, session: Session, request: pb.HeartbeatRequest) -> None:
         report = validation.heartbeat(request, session.registration, self._id)
+        if session.recorded == 0:
+            report = dataclasses.replace(report, proven=False)  # the registration alone proves nothing
         session.registration = report.registration
         self._metrics.heartbeats.inc()
         timeout_ms = int(self._timing().node_timeout.total_seconds() * 1000)
         degraded = False
         try:
             outcome = await self._store.record_heartbeat(report, timeout_ms)
+            session.recorded += 1
             await self._health.succeeded()
             if outcome.rejoined and session.last_report is not None:
                 # The store forgot an agent that never left: it lost its data. Every replica
@@ -169,6 +184,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             self._health.failed("heartbeat")
             degraded = True
         response = self._response(degraded)
+        response.answered_sequence = request.sequence
         if not degraded:
             try:
                 record = (await self._store.read_assignments([report.agent_id])).get(report.agent_id)
@@ -225,7 +241,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 continue
             try:
                 await self._store.record_heartbeat(session.last_report, timeout_ms)
-            except (AgentIdConflict, AgentAlreadyLeft):
+            except (AgentIdConflict, AgentAlreadyLeft, SessionMismatch):
                 pass  # its own stream decides
             except StoreUnavailable:
                 self._health.failed("reregister")
@@ -236,7 +252,13 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     # -- unary ------------------------------------------------------------------------------------------
     async def GetAssignments(self, request, context):
         agent = await rpc.checked(context, validation.agent_id, request.agent_id)
+        session = await rpc.checked(context, validation.session, request.session_secret)
         try:
+            member = await self._store.read_agent(agent)
+            if member is not None and member.registration.session != session:
+                await rpc.abort(
+                    context, grpc.StatusCode.PERMISSION_DENIED, f"agent {agent!r}: not this registration's session"
+                )
             record = (await self._store.read_assignments([agent])).get(agent)
             await self._health.succeeded()
         except StoreUnavailable:
@@ -247,12 +269,19 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def Leave(self, request, context):
         agent = await rpc.checked(context, validation.agent_id, request.agent_id)
         await rpc.checked(context, validation.leave_reason, request.reason)
+        digest = await rpc.checked(context, validation.session, request.session_secret)
+        finals = await rpc.checked(context, validation.leave_released, request)
         try:
             # Its final heartbeat has usually emptied its current set already, so count what it was granted.
             record = (await self._store.read_assignments([agent])).get(agent)
-            still_polling = await self._store.record_leave(agent)
-            released = max(still_polling, len(record.grants) if record is not None else 0)
+            still_polling = await self._store.record_leave(agent, digest, finals)
+            if still_polling is None:
+                await rpc.abort(context, grpc.StatusCode.NOT_FOUND, f"agent {agent!r} is not registered")
+            released = max(still_polling or 0, len(record.grants) if record is not None else 0)
             await self._store.publish(StoreEvent("membership", (agent,)))
+        except SessionMismatch as exc:
+            log.warning("refused a Leave for agent %s without its session secret", agent)
+            await rpc.abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except StoreUnavailable:
             self._health.failed("leave")
             await rpc.abort(context, grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")

@@ -25,7 +25,18 @@ from dbintel.common.config import Config
 
 from .engine.assignment import Move, spread
 from .model import AgentRecord, AssignmentRecord, ClusterMeta, FencedError, Lease, StoreUnavailable
-from .planning import InventoryItem, StepInput, StepPlan, loads_of, moves_between, plan_step, with_draining
+from .planning import (
+    InventoryItem,
+    StepInput,
+    StepPlan,
+    ack_check_due_ms,
+    ack_deadline_ms,
+    loads_of,
+    moves_between,
+    plan_step,
+    unacknowledged,
+    with_draining,
+)
 from .schedule import LeaderSchedule, Timing, after_plan, decide, expiry_due, full_step_due, next_wake_in
 from .store.base import ScalingStore, StoreEvent
 from .telemetry import CoordinatorMetrics
@@ -142,6 +153,8 @@ class LeaderLoop:
         self._requests: asyncio.Queue[OperatorRequest] = asyncio.Queue()
         self.schedule = LeaderSchedule(last_periodic=time.monotonic())
         self._sent: dict[str, dict[int, frozenset[str]]] = {}
+        self._first_sent_ms: dict[str, dict[int, int]] = {}  # agent -> {unacknowledged epoch: first seen}
+        self._ack_check_at: float | None = None  # monotonic: when an unacknowledged grant passes its deadline
         self._last_step_seconds = 0.0
         self._inventory_cache: tuple[Config, dict[str, InventoryItem]] | None = None
         self.last_plan: StepPlan | None = None
@@ -182,33 +195,52 @@ class LeaderLoop:
             self._store.read_meta(),
             self._store.now_ms(),
         )
+        in_flight = self._track_in_flight(agents, assignments, now_ms)
+        deadline_ms = ack_deadline_ms(int(config.scaling.coordinator.heartbeat_interval.total_seconds() * 1000))
+        flagged = unacknowledged(self._first_sent_ms, meta.unacknowledged, now_ms, deadline_ms)
+        due_ms = ack_check_due_ms(self._first_sent_ms, flagged, deadline_ms)
+        self._ack_check_at = None if due_ms is None else time.monotonic() + max(0, due_ms - now_ms) / 1000
+        for agent_id in sorted(flagged - set(meta.unacknowledged)):
+            log.warning(
+                "agent %s has not acknowledged its assignment within %.1fs: giving it no databases until it does",
+                agent_id,
+                deadline_ms / 1000,
+            )
+        self._metrics.unacknowledged.set(len(flagged))
         step = StepInput(
             inventory=self._inventory(config),
             agents=agents,
             target=target,
             assigned={a: frozenset(r.grants) for a, r in assignments.items()},
-            in_flight=self._track_in_flight(agents, assignments),
+            in_flight=in_flight,
             now_ms=now_ms,
             node_timeout_ms=int(config.scaling.coordinator.node_timeout.total_seconds() * 1000),
             grace_from_ms=meta.grace_from_ms,
+            unacknowledged=flagged,
+            recorded_unacknowledged=frozenset(meta.unacknowledged),
         )
         return step, meta
 
     def _track_in_flight(
-        self, agents: Mapping[str, AgentRecord], assignments: Mapping[str, AssignmentRecord]
+        self, agents: Mapping[str, AgentRecord], assignments: Mapping[str, AssignmentRecord], now_ms: int
     ) -> dict[str, frozenset[str]]:
-        """Remember every assignment sent until the agent acknowledges an epoch at least as new.
-        (A new leader starts from the latest unacknowledged one, the best the store can tell.)"""
+        """Remember every assignment sent, and when it was first seen, until the agent acknowledges
+        an epoch at least as new. (A new leader starts from the latest unacknowledged one, the best
+        the store can tell, and its clock for the ack deadline starts then.)"""
         for agent_id, record in assignments.items():
             self._sent.setdefault(agent_id, {})[record.epoch] = frozenset(record.grants)
+            self._first_sent_ms.setdefault(agent_id, {}).setdefault(record.epoch, now_ms)
         in_flight = {}
         for agent_id, sent in list(self._sent.items()):
-            applied = agents[agent_id].applied_epoch if agent_id in agents else None
-            if applied is None:
+            member = agents.get(agent_id)
+            if member is None or not member.is_member:
                 del self._sent[agent_id]
+                self._first_sent_ms.pop(agent_id, None)
                 continue
-            for epoch in [e for e in sent if e <= applied]:
+            first_sent = self._first_sent_ms.setdefault(agent_id, {})
+            for epoch in [e for e in sent if e <= member.applied_epoch]:
                 del sent[epoch]
+                first_sent.pop(epoch, None)
             if sent:
                 in_flight[agent_id] = frozenset().union(*sent.values())
         return in_flight
@@ -237,8 +269,14 @@ class LeaderLoop:
                 log.exception("leader step failed")
             self._last_step_seconds = time.perf_counter() - started
             timing = Timing.of(self._config_source().scaling.coordinator)
+            wait = next_wake_in(self.schedule, timing, time.monotonic())
+            if self._ack_check_at is not None:
+                wait = min(wait, max(0.0, self._ack_check_at - time.monotonic()))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), next_wake_in(self.schedule, timing, time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), wait)
+            if self._ack_check_at is not None and time.monotonic() >= self._ack_check_at:
+                self._ack_check_at = None
+                self._dirty = True  # a grant passed its acknowledgment deadline: look again
             if self._wake.is_set():
                 # Events come in bursts (a registration storm, a wave of acks): let a burst gather so
                 # one step answers it, for at most as long as a step takes.
@@ -267,7 +305,9 @@ class LeaderLoop:
         self._dirty = False  # cleared before reading: an event that arrives during the step sets it again
         step, meta = await self._read_input(config)
         now = time.monotonic()
-        live = frozenset(a for a, r in step.agents.items() if r.is_member)
+        # Joining, for the schedule, means becoming eligible: an unproven or unacknowledged member
+        # gets nothing, so it joins (and the cluster balances towards it) once it is past that.
+        live = frozenset(a for a, r in step.agents.items() if r.is_member and r.proven and a not in step.unacknowledged)
         self.schedule, decision = decide(
             self.schedule,
             timing,

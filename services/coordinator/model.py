@@ -28,6 +28,15 @@ class AgentAlreadyLeft(Exception):
     """A heartbeat from the very process that called Leave: it is shutting down, not rejoining."""
 
 
+class SessionMismatch(Exception):
+    """A request names an agent's registration without its session secret: refused, nothing changes."""
+
+
+def session_digest(secret: str) -> str:
+    """What the store keeps of a registration's session secret (never the secret itself)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:32] if secret else ""
+
+
 @dataclass(frozen=True)
 class Lease:
     """A held leadership lease. `value` is what the store holds; every fenced write checks it."""
@@ -73,6 +82,7 @@ class Registration:
     version: str = ""
     capacity: int = 0
     instance_id: str = ""
+    session: str = ""  # session_digest of the registration's secret
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,9 @@ class HeartbeatReport:
     current: Mapping[str, PollStatus]
     coordinator_id: str = ""
     released: Mapping[str, PollStatus] = field(default_factory=dict)
+    # The session has been heard from after its registration (a second heartbeat): only a proven
+    # agent is given databases, so a registrant that goes silent at once absorbs none.
+    proven: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,16 +109,22 @@ class HeartbeatOutcome:
     rejoined: bool
 
 
-def membership_digest(registration: Registration, applied_epoch: int, current: Iterable[str]) -> str:
+def membership_digest(
+    registration: Registration, applied_epoch: int, current: Iterable[str], proven: bool = True
+) -> str:
     """The membership rule, for both stores: a heartbeat from an agent that stays a member *changed*
     the membership exactly when this digest differs from the one of the record it replaces.
+    Proving its session (see HeartbeatReport.proven) makes an agent eligible for databases: a change.
 
     It covers what a leader step reads from a heartbeat: the instance (a restarted process holds
     nothing it was sent), the zone and capacity (the engine's slot), the applied assignment epoch
     (a revocation landed) and which databases it polls (the hand-off). Left out: pod name and
     version (shown to operators, they decide nothing), poll statistics (the periodic rebalance reads
     them; every heartbeat moves them) and released poll times (they come with a change of the set)."""
-    fields = [registration.instance_id, registration.zone, registration.capacity, applied_epoch, sorted(current)]
+    fields: list[object] = [registration.instance_id, registration.zone, registration.capacity, applied_epoch]
+    fields.append(sorted(current))
+    if not proven:
+        fields.append("unproven")
     return hashlib.sha1(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -122,6 +141,7 @@ class AgentRecord:
     current: Mapping[str, PollStatus]
     coordinator_id: str = ""
     released: Mapping[str, int] = field(default_factory=dict)  # resource -> last poll ms when given up
+    proven: bool = True  # see HeartbeatReport.proven; once proven, a registration stays proven
 
     @property
     def is_member(self) -> bool:
@@ -149,6 +169,8 @@ class PlacementWrite:
     expire: tuple[str, ...] = ()
     rebalance_reason: str | None = None  # set when the target placement changed
     moves: int = 0
+    # Agents that left a grant unacknowledged past the deadline (they get nothing); None: unchanged.
+    unacknowledged: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,3 +183,4 @@ class ClusterMeta:
     grace_from_ms: int = 0  # no agent is expired for silence before grace_from + node_timeout
     last_heartbeat_write_ms: int = 0
     leader_tick_ms: int = 0
+    unacknowledged: tuple[str, ...] = ()  # see PlacementWrite.unacknowledged

@@ -113,7 +113,8 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
         return reply
 
     async def ListAgents(self, request, context):
-        _config, agents, target, assignments, _meta, costs, _granted = await self._snapshot(context)
+        _config, agents, target, assignments, meta, costs, _granted = await self._snapshot(context)
+        flagged = set(meta.unacknowledged)
         targeted: dict[str, list[str]] = {}
         for rid, agent in target.items():
             targeted.setdefault(agent, []).append(rid)
@@ -133,6 +134,8 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
                 current_resources=len(record.current),
                 load=sum(costs.get(r, 0.0) for r in mine),
                 capacity=record.registration.capacity,
+                unacknowledged=agent_id in flagged,
+                unproven=record.is_member and not record.proven,
             )
             info.last_heartbeat_time.CopyFrom(_timestamp(record.last_heartbeat_ms))
             reply.agents.append(info)

@@ -35,6 +35,9 @@ class StepInput:
     grace_from_ms: int = 0
     # agent -> union of every grant set sent to it at an epoch it has not acknowledged yet
     in_flight: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # agents that left a grant unacknowledged past the deadline (see `unacknowledged`)
+    unacknowledged: frozenset[str] = frozenset()
+    recorded_unacknowledged: frozenset[str] = frozenset()  # what the store says (ClusterMeta)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class StepPlan:
     @property
     def is_noop(self) -> bool:
         w = self.write
-        return not (w.target_set or w.target_delete or w.assignments or w.expire)
+        return not (w.target_set or w.target_delete or w.assignments or w.expire or w.unacknowledged is not None)
 
 
 def liveness(
@@ -84,9 +87,46 @@ def expiry_deadline_ms(
 def _may_be_polling(step: StepInput, agent_id: str) -> frozenset[str]:
     """What an agent may be polling: what it reports, plus everything granted by assignments it has
     not acknowledged yet (it may still apply them). Otherwise a database granted to A and retargeted
-    to B before A's ack would be granted to B too, and A would apply its older grant late."""
-    reported = frozenset(step.agents[agent_id].current) | step.in_flight.get(agent_id, frozenset())
+    to B before A's ack would be granted to B too, and A would apply its older grant late. An agent
+    flagged as unacknowledged is past that: waiting on it would leave its grants unpolled forever,
+    so only what it reports counts."""
+    reported = frozenset(step.agents[agent_id].current)
+    if agent_id not in step.unacknowledged:
+        reported |= step.in_flight.get(agent_id, frozenset())
     return frozenset(r for r in reported if r in step.inventory)
+
+
+def eligible(step: StepInput, agent_id: str) -> bool:
+    """Whether a live agent may be given databases: it proved its session, is not draining and
+    has not left a grant unacknowledged past the deadline."""
+    record = step.agents[agent_id]
+    return record.proven and record.state != "draining" and agent_id not in step.unacknowledged
+
+
+def ack_deadline_ms(heartbeat_interval_ms: int) -> int:
+    """How long a grant may stay unacknowledged: two heartbeats (an agent acknowledges at once
+    after applying, and heartbeats at least once an interval), at least two seconds."""
+    return max(2 * heartbeat_interval_ms, 2000)
+
+
+def unacknowledged(
+    first_sent_ms: Mapping[str, Mapping[int, int]], flagged: Iterable[str], now_ms: int, deadline_ms: int
+) -> frozenset[str]:
+    """Agents to treat as unacknowledged: those with an assignment epoch first sent more than
+    `deadline_ms` ago and still not acknowledged, plus those already `flagged` that still have one
+    unacknowledged. `first_sent_ms`: agent -> {unacknowledged epoch: when first seen sent}."""
+    pending = {a for a, epochs in first_sent_ms.items() if epochs}
+    late = {a for a in pending if now_ms - min(first_sent_ms[a].values()) > deadline_ms}
+    return frozenset(late | (set(flagged) & pending))
+
+
+def ack_check_due_ms(
+    first_sent_ms: Mapping[str, Mapping[int, int]], flagged: Iterable[str], deadline_ms: int
+) -> int | None:
+    """The store time at which `unacknowledged` would next flag someone new; None if nobody waits."""
+    already = set(flagged)
+    times = [min(e.values()) + deadline_ms + 1 for a, e in first_sent_ms.items() if e and a not in already]
+    return min(times, default=None)
 
 
 def measured_costs(
@@ -142,7 +182,7 @@ def plan_step(
             agent_id=a,
             capacity=step.agents[a].registration.capacity,
             zone=step.agents[a].registration.zone,
-            draining=step.agents[a].state == "draining",
+            draining=not eligible(step, a),  # an ineligible agent is given nothing, like a draining one
         )
         for a in live
     ]
@@ -174,6 +214,9 @@ def plan_step(
         expire=tuple(expire),
         rebalance_reason=(reason or _unprompted_reason(step)) if target_changed else None,
         moves=len(real_moves),
+        unacknowledged=None
+        if step.unacknowledged == step.recorded_unacknowledged
+        else tuple(sorted(step.unacknowledged)),
     )
     return StepPlan(
         write=write,

@@ -13,6 +13,11 @@ class CoordinatorMetrics:
         # The four names users already know (gauges despite the _total suffix, as in the original brief).
         self.nodes = Gauge("dbintel_scaling_nodes_total", "Live agents (members not expired)", registry=registry)
         self.assignments = Gauge("dbintel_scaling_assignments_total", "Databases held by an agent", registry=registry)
+        self.unacknowledged = Gauge(
+            "dbintel_scaling_agents_unacknowledged",
+            "Agents that left an assignment unacknowledged past the deadline (given no databases)",
+            registry=registry,
+        )
         self.leader = Gauge("dbintel_scaling_leader", "1 on the leader replica, 0 on followers", registry=registry)
         self.rebalances = Counter(
             "dbintel_scaling_rebalance", "Changes of the target placement made by this replica", registry=registry

@@ -7,7 +7,7 @@ import re
 from dbintel.common.config import DATABASE_TYPES
 from dbintel.v1 import agent_service_pb2, types_pb2
 
-from .model import HeartbeatReport, PollStatus, Registration
+from .model import HeartbeatReport, PollStatus, Registration, session_digest
 
 _CONTROL = re.compile(r"[\x00-\x1f]")  # checked on every resource id of every heartbeat: keep it in C
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$")
@@ -45,7 +45,20 @@ def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
         version=_text(message.version, "registration.version", 128),
         capacity=message.capacity,
         instance_id=_text(message.instance_id, "registration.instance_id", 128),
+        session=session_digest(_text(message.session_secret, "registration.session_secret", 256)),
     )
+
+
+def session(secret: str) -> str:
+    """The digest a Leave or GetAssignments must match (see model.session_digest)."""
+    return session_digest(_text(secret, "session_secret", 256))
+
+
+def leave_released(request: agent_service_pb2.LeaveRequest) -> dict[str, int]:
+    """The final poll times a Leave carries: resource -> last poll ms."""
+    if len(request.released) > MAX_RESOURCES_PER_REPORT:
+        raise InvalidArgument(f"released: more than {MAX_RESOURCES_PER_REPORT} entries")
+    return {rid: status.last_poll_ms for rid, status in _statuses(request.released, "released").items()}
 
 
 def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current") -> tuple[str, PollStatus]:

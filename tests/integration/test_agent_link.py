@@ -57,8 +57,10 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
     def leaves(self) -> list[pb.LeaveRequest]:
         return [r for kind, r in self.events if kind == "leave"]
 
-    def _response(self, applied_epoch: int) -> pb.HeartbeatResponse:
-        response = pb.HeartbeatResponse(degraded=self.degraded, coordinator_id="scripted", leader_epoch=1)
+    def _response(self, applied_epoch: int, sequence: int = 0) -> pb.HeartbeatResponse:
+        response = pb.HeartbeatResponse(
+            degraded=self.degraded, coordinator_id="scripted", leader_epoch=1, answered_sequence=sequence
+        )
         if self.heartbeat_interval is not None:
             response.heartbeat_interval.FromNanoseconds(int(self.heartbeat_interval * 1e9))
         if self.assignment is not None and self.assignment.assignment_epoch > applied_epoch:
@@ -94,7 +96,7 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
                         first = False
                     self.events.append(("heartbeat", request))
                     if not self.mute:
-                        outbox.put_nowait(self._response(request.applied_assignment_epoch))
+                        outbox.put_nowait(self._response(request.applied_assignment_epoch, request.sequence))
             finally:
                 outbox.put_nowait(None)
 
@@ -272,12 +274,14 @@ def polls(agent: Agent, name: str) -> int:
 async def test_nothing_is_polled_before_an_assignment_and_the_ack_is_immediate(coordinator, running, redis_server):
     servicer = coordinator.servicer
     agent = await running(coordinator)
-    await eventually(lambda: len(servicer.heartbeats) == 1, what="registration")
-    first = servicer.heartbeats[0]
+    # The registration, and at once a second heartbeat that proves the session.
+    await eventually(lambda: len(servicer.heartbeats) == 2, what="registration and proof")
+    first, proof = servicer.heartbeats
     assert first.agent_id == AGENT_ID and first.applied_assignment_epoch == 0 and list(first.current) == []
     registration = first.registration
     assert registration.zone == "zone-a" and registration.capacity == 7 and registration.version
-    assert registration.pod_name and len(registration.instance_id) >= 16
+    assert registration.pod_name and len(registration.instance_id) >= 16 and len(registration.session_secret) >= 24
+    assert proof.sequence == first.sequence + 1 and not proof.HasField("registration")
 
     await asyncio.sleep(1.5)  # longer than every database's 1s interval
     assert agent.assigned == frozenset() and agent.scheduler.snapshots() == {}
@@ -292,7 +296,7 @@ async def test_nothing_is_polled_before_an_assignment_and_the_ack_is_immediate(c
     )
     ack = next(r for r in servicer.heartbeats if r.applied_assignment_epoch == 5)
     assert {s.resource_id for s in ack.current} == {"db:redis/a", "db:redis/b"}
-    assert len(servicer.heartbeats) == 2  # registration, then the acknowledgment; nothing in between
+    assert len(servicer.heartbeats) == 3  # registration, proof, then the acknowledgment; nothing in between
 
     await eventually(lambda: polls(agent, "a") >= 1 and polls(agent, "b") >= 1, what="first polls")
     text = await scrape(agent)
@@ -394,8 +398,9 @@ async def test_on_coordinator_loss_stop_stops_polling_after_node_timeout_and_res
     lost_at = time.monotonic()
     await coordinator.stop()
     await eventually(lambda: agent.polling == frozenset(), timeout=5, what="polling stopped")
-    # Not before node_timeout (1s) since the last acknowledged exchange (at most one 200ms heartbeat ago).
-    assert time.monotonic() - lost_at >= 0.75
+    # Not before 80 % of node_timeout (0.8s) since the send time of the last answered heartbeat,
+    # which went out at most one 200ms heartbeat before the coordinator stopped.
+    assert time.monotonic() - lost_at >= 0.55
     assert agent.assigned == frozenset() and agent.scheduler.snapshots() == {}
     await eventually(lambda: agent_connections(redis_server, "a") == [], what="connection closed")
     assert await ready_status(agent) == 503
@@ -522,13 +527,15 @@ def test_reconnect_backoff_is_exponential_with_full_jitter():
 
 
 async def test_a_stream_whose_requests_go_unanswered_is_reopened(coordinator, running, monkeypatch):
-    monkeypatch.setattr("dbintel.agent.coordinator_link.RESPONSE_TIMEOUT", 0.5)
     servicer = coordinator.servicer
     servicer.assign(2, {"a": None})
-    agent = await running(coordinator, heartbeat="200ms", node_timeout="5s")
+    # response_timeout = (0.8 * 2s - 200ms) / 2 = 0.7s (dbintel.common.liveness)
+    agent = await running(coordinator, heartbeat="200ms", node_timeout="2s")
     await eventually(lambda: agent.assignment_epoch == 2 and not agent.degraded, what="connected")
+    channels = agent._link.channels_opened
     servicer.mute = True
     await eventually(lambda: len(servicer.stream_firsts) >= 2, timeout=5, what="a new stream")
+    assert agent._link.channels_opened == channels + 1  # on a fresh channel: the old one may route to a frozen replica
     servicer.mute = False
     await eventually(lambda: not agent.degraded, what="answered again")
     assert agent.assigned == frozenset({"db:redis/a"})

@@ -16,6 +16,8 @@ from dbintel.coordinator.model import (
     PlacementWrite,
     PollStatus,
     Registration,
+    SessionMismatch,
+    session_digest,
 )
 from dbintel.coordinator.store.base import StoreEvent
 from dbintel.coordinator.store.memory_store import MemoryScalingStore
@@ -41,12 +43,16 @@ async def store(request, monkeypatch):
     await s.close()
 
 
-def report(agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0):
+SESSION = session_digest("s3cret")
+
+
+def report(agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0, session=SESSION, proven=True):
     return HeartbeatReport(
         agent_id=agent,
-        registration=Registration(pod_name=pod, instance_id=instance, capacity=capacity),
+        registration=Registration(pod_name=pod, instance_id=instance, capacity=capacity, session=session),
         applied_epoch=applied,
         current=current or {},
+        proven=proven,
     )
 
 
@@ -114,14 +120,43 @@ async def test_leave_drain_and_rejoin(store):
     await store.record_heartbeat(report(current={"db:x": PollStatus(), "db:y": PollStatus()}), 90_000)
     assert await store.set_draining("a1", True)
     assert (await store.read_agents())["a1"].state == "draining"
-    assert await store.record_leave("a1") == 2
-    assert (await store.read_agents())["a1"].state == "left"
+    with pytest.raises(SessionMismatch):  # a Leave without this registration's secret changes nothing
+        await store.record_leave("a1", session_digest("guess"), {})
+    assert (await store.read_agents())["a1"].state == "draining"
+    assert await store.record_leave("nobody", SESSION, {}) is None
+    assert await store.record_leave("a1", SESSION, {"db:x": 1234, "db:z": 99}) == 2
+    left = await store.read_agent("a1")
+    assert left is not None and left.state == "left"
+    assert left.released == {"db:x": 1234, "db:z": 99}  # the final poll times, even if Leave came first
     assert not await store.set_draining("a1", True)  # not a member any more
     with pytest.raises(AgentAlreadyLeft):  # a late heartbeat of the process that left does not revive it
         await store.record_heartbeat(report(), 90_000)
     assert (await store.read_agents())["a1"].state == "left"
     outcome = await store.record_heartbeat(report(instance="restarted"), 90_000)
     assert outcome.rejoined and (await store.read_agents())["a1"].state == "active"
+
+
+async def test_a_registration_is_bound_to_its_session_and_stays_proven(store):
+    first = await store.record_heartbeat(report(proven=False), 90_000)
+    assert first.rejoined and not (await store.read_agent("a1")).proven
+    with pytest.raises(SessionMismatch):  # the same instance under another secret is an impostor
+        await store.record_heartbeat(report(session=session_digest("other")), 90_000)
+    assert (await store.read_agent("a1")).registration.session == SESSION
+    proving = await store.record_heartbeat(report(), 90_000)
+    assert proving.changed  # becoming eligible is a membership change: the leader looks
+    again = await store.record_heartbeat(report(proven=False), 90_000)  # a new stream's first heartbeat
+    assert not again.changed and (await store.read_agent("a1")).proven
+    assert await store.read_agent("nobody") is None
+
+
+async def test_the_unacknowledged_flag_is_shared_through_the_meta(store):
+    lease = await store.try_acquire_leadership("c1", 5000)
+    await store.write_placement(lease, PlacementWrite(unacknowledged=("a2", "a1")))
+    assert (await store.read_meta()).unacknowledged == ("a1", "a2")
+    await store.write_placement(lease, PlacementWrite(moves=0))  # None: unchanged
+    assert (await store.read_meta()).unacknowledged == ("a1", "a2")
+    await store.write_placement(lease, PlacementWrite(unacknowledged=()))
+    assert (await store.read_meta()).unacknowledged == ()
 
 
 async def test_placement_write_is_atomic_and_epochs_monotonic(store):

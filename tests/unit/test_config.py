@@ -79,7 +79,7 @@ databases:
     problems = info.value.problems
     expected = [
         "scaling.mode:",
-        "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)",
+        "scaling.coordinator.node_timeout: must be at least 56.25s with heartbeat_interval 30s",
         "scaling.coordinator.min_rebalance_interval: must be ≤ rebalance_interval (5m)",
         "scaling.receiver_scaling.check_interval: a duration needs a unit",
         "agent.coordinator:",
@@ -195,7 +195,7 @@ def test_validate_command_exit_codes(tmp_path):
 
     failed = run(str(bad))
     assert failed.returncode == 1
-    assert "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s)" in failed.stderr
+    assert "scaling.coordinator.node_timeout: must be at least 56.25s with heartbeat_interval 30s" in failed.stderr
     ok = run(str(ROOT / "examples" / "config.yaml"))
     assert ok.returncode == 0 and "valid" in ok.stdout
 

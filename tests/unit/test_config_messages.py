@@ -55,7 +55,8 @@ databases:
   - {name: cache, type: redis, endpoint: "h:6379", database: zero, interval: 10s, timeout: 20s}
 """
     assert problems(text) == [
-        "scaling.coordinator.node_timeout: must be ≥ heartbeat_interval (30s), not 10s",
+        "scaling.coordinator.node_timeout: must be at least 56.25s with heartbeat_interval 30s (heartbeat_interval "
+        "plus two response timeouts, within 80 %), not 10s",
         "databases[0] (cache).timeout: must be > 0 and ≤ interval (10s), not 20s",
         "databases[0] (cache).database: 'zero': for redis, the database is a db number like 0",
     ]

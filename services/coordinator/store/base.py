@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from ..model import (
@@ -65,11 +65,18 @@ class ScalingStore(abc.ABC):
     @abc.abstractmethod
     async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
         """Upsert the agent (re-registering it if the store does not know it) and its current set.
-        Raises AgentIdConflict when a live agent of another pod holds the id."""
+        Raises AgentIdConflict when a live agent of another pod holds the id, SessionMismatch when
+        the registration's instance is known under another session, AgentAlreadyLeft when that
+        very registration left."""
 
     @abc.abstractmethod
-    async def record_leave(self, agent_id: str) -> int:
-        """Mark the agent left; returns how many databases it reported polling."""
+    async def record_leave(self, agent_id: str, session: str, released: Mapping[str, int]) -> int | None:
+        """Mark the agent left, merging the final poll times it `released` (resource -> ms) as a
+        heartbeat would; returns how many databases it reported polling, None if the store does not
+        know the agent. Raises SessionMismatch unless `session` is its registration's session."""
+
+    @abc.abstractmethod
+    async def read_agent(self, agent_id: str) -> AgentRecord | None: ...
 
     @abc.abstractmethod
     async def set_draining(self, agent_id: str, draining: bool) -> bool:

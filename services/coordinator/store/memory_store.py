@@ -18,6 +18,7 @@ from ..model import (
     LeaderInfo,
     Lease,
     PlacementWrite,
+    SessionMismatch,
     membership_digest,
 )
 from .base import ScalingStore, StoreEvent
@@ -75,10 +76,14 @@ class MemoryScalingStore(ScalingStore):
     async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
         now = self._now()
         old = self._agents.get(report.agent_id)
-        state, changed, rejoined = "active", True, True
+        state, changed, rejoined, proven = "active", True, True, report.proven
         if old is not None:
-            if old.state == "left" and old.registration.instance_id == report.registration.instance_id:
+            same_instance = old.registration.instance_id == report.registration.instance_id
+            if same_instance and old.registration.session != report.registration.session:
+                raise SessionMismatch(f"agent {report.agent_id!r}: this registration has another session")
+            if old.state == "left" and same_instance:
                 raise AgentAlreadyLeft(f"agent {report.agent_id!r} has left; a restarted process rejoins")
+            proven = proven or (same_instance and old.proven)
             if old.is_member:
                 if (
                     old.registration.instance_id != report.registration.instance_id
@@ -89,9 +94,9 @@ class MemoryScalingStore(ScalingStore):
                         f"agent id {report.agent_id!r} is in use by live pod {old.registration.pod_name!r}"
                     )
                 state, rejoined = old.state, False
-                changed = membership_digest(old.registration, old.applied_epoch, old.current) != membership_digest(
-                    report.registration, report.applied_epoch, report.current
-                )
+                changed = membership_digest(
+                    old.registration, old.applied_epoch, old.current, old.proven
+                ) != membership_digest(report.registration, report.applied_epoch, report.current, proven)
         released = dict(old.released) if old is not None else {}
         released.update({rid: s.last_poll_ms for rid, s in report.released.items()})
         for rid in report.current:
@@ -105,16 +110,25 @@ class MemoryScalingStore(ScalingStore):
             dict(report.current),
             report.coordinator_id,
             released,
+            proven,
         )
         self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
         return HeartbeatOutcome(changed=changed, rejoined=rejoined)
 
-    async def record_leave(self, agent_id):
+    async def record_leave(self, agent_id, session, released):
         old = self._agents.get(agent_id)
         if old is None:
-            return 0
-        self._agents[agent_id] = dataclasses.replace(old, state="left")
+            return None
+        if old.registration.session != session:
+            raise SessionMismatch(f"agent {agent_id!r}: not this registration's session")
+        finals = dict(old.released)
+        for rid, ms in released.items():
+            finals[rid] = max(ms, finals.get(rid, 0))
+        self._agents[agent_id] = dataclasses.replace(old, state="left", released=finals)
         return len(old.current)
+
+    async def read_agent(self, agent_id):
+        return self._agents.get(agent_id)
 
     async def set_draining(self, agent_id, draining):
         old = self._agents.get(agent_id)
@@ -148,6 +162,8 @@ class MemoryScalingStore(ScalingStore):
         meta = dataclasses.replace(
             self._meta, assignment_epoch=epoch, leader_tick_ms=now, moves_total=self._meta.moves_total + write.moves
         )
+        if write.unacknowledged is not None:
+            meta = dataclasses.replace(meta, unacknowledged=tuple(sorted(write.unacknowledged)))
         if write.rebalance_reason:
             meta = dataclasses.replace(
                 meta,

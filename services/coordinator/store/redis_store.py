@@ -49,6 +49,7 @@ from ..model import (
     PlacementWrite,
     PollStatus,
     Registration,
+    SessionMismatch,
     StoreUnavailable,
     membership_digest,
 )
@@ -80,8 +81,9 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 # KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
-# node_timeout_ms, model.membership_digest of the report, released JSON {resource: last_poll_ms}.
-# Returns {changed, rejoined}, {-1, pod holding the id} or {-2, ''} (this very process left).
+# node_timeout_ms, model.membership_digest of the report, released JSON {resource: last_poll_ms},
+# proven ('1' or '0'; a proven registration stays proven). Returns {changed, rejoined}, {-1, pod
+# holding the id}, {-2, ''} (this very registration left) or {-3, ''} (its instance, another session).
 # A member's heartbeat changed the membership iff its digest differs from the stored one (`mkey`).
 _HEARTBEAT = (
     _NOW
@@ -89,16 +91,22 @@ _HEARTBEAT = (
 local reg = cjson.decode(ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local state, changed, rejoined = 'active', 1, 1
+local proven = ARGV[9] == '1'
 if raw then
   local old = cjson.decode(raw)
-  if old.state == 'left' and old.reg.instance_id == reg.instance_id then return {-2, ''} end
+  local same = old.reg.instance_id == reg.instance_id
+  if same and (old.reg.session or '') ~= (reg.session or '') then return {-3, ''} end
+  if old.state == 'left' and same then return {-2, ''} end
+  if same and old.proven ~= false then proven = true end
   if old.state == 'active' or old.state == 'draining' then
     if old.reg.instance_id ~= reg.instance_id and old.reg.pod_name ~= reg.pod_name
        and now - tonumber(old.hb) < tonumber(ARGV[6]) then
       return {-1, old.reg.pod_name}
     end
     state, rejoined = old.state, 0
-    if old.mkey == ARGV[7] then changed = 0 end
+    local mkey = ARGV[7]
+    if not proven then mkey = ARGV[10] end
+    if old.mkey == mkey then changed = 0 end
   end
 end
 local rel = {}
@@ -107,12 +115,30 @@ for r, ms in pairs(cjson.decode(ARGV[8])) do rel[r] = ms end
 local cur = cjson.decode(ARGV[4])
 for r in pairs(cur) do rel[r] = nil end
 local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cur, rel = rel,
-             mkey = ARGV[7], coord = ARGV[5]}
+             mkey = proven and ARGV[7] or ARGV[10], coord = ARGV[5], proven = proven}
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
 return {changed, rejoined}
 """
 )
+# KEYS: agents. ARGV: agent id, session digest, released JSON {resource: last_poll_ms}.
+# Returns the agent's current count, -1 (unknown agent) or -2 (another session).
+_LEAVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return -1 end
+local doc = cjson.decode(raw)
+if (doc.reg.session or '') ~= ARGV[2] then return -2 end
+doc.state = 'left'
+local rel = doc.rel or {}
+for r, ms in pairs(cjson.decode(ARGV[3])) do
+  if rel[r] == nil or tonumber(rel[r]) < ms then rel[r] = ms end
+end
+doc.rel = rel
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
+local n = 0
+for _ in pairs(doc.cur) do n = n + 1 end
+return n
+"""
 # KEYS: agents. ARGV: agent id, new state, only-if-member flag. Returns the agent's current count or -1.
 _SET_STATE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -154,6 +180,7 @@ for _, a in ipairs(p.order) do
 end
 redis.call('HSET', KEYS[5], 'assignment_epoch', string.format('%d', epoch), 'leader_tick_ms', now)
 if p.moves > 0 then redis.call('HINCRBY', KEYS[5], 'moves_total', p.moves) end
+if p.unack ~= false then redis.call('HSET', KEYS[5], 'unacknowledged', p.unack) end
 if p.reason ~= '' then
   redis.call('HINCRBY', KEYS[5], 'rebalances_total', 1)
   redis.call('HSET', KEYS[5], 'last_rebalance_ms', now, 'last_rebalance_reason', p.reason)
@@ -231,6 +258,7 @@ class RedisScalingStore(ScalingStore):
                 "release": _RELEASE,
                 "heartbeat": _HEARTBEAT,
                 "set_state": _SET_STATE,
+                "leave": _LEAVE,
                 "write_placement": _WRITE_PLACEMENT,
                 "mark_recovered": _MARK_RECOVERED,
                 "time": _TIME,
@@ -309,6 +337,7 @@ class RedisScalingStore(ScalingStore):
             "version": reg.version,
             "capacity": reg.capacity,
             "instance_id": reg.instance_id,
+            "session": reg.session,
         }
         current = {rid: status.to_list() for rid, status in report.current.items()}
         result = await self._script(
@@ -323,16 +352,28 @@ class RedisScalingStore(ScalingStore):
                 node_timeout_ms,
                 membership_digest(reg, report.applied_epoch, report.current),
                 json.dumps({r: s.last_poll_ms for r, s in report.released.items()}),
+                "1" if report.proven else "0",
+                membership_digest(reg, report.applied_epoch, report.current, proven=False),
             ],
         )
         if int(result[0]) == -1:
             raise AgentIdConflict(f"agent id {report.agent_id!r} is in use by live pod {result[1]!r}")
         if int(result[0]) == -2:
             raise AgentAlreadyLeft(f"agent {report.agent_id!r} has left; a restarted process rejoins")
+        if int(result[0]) == -3:
+            raise SessionMismatch(f"agent {report.agent_id!r}: this registration has another session")
         return HeartbeatOutcome(changed=int(result[0]) == 1, rejoined=int(result[1]) == 1)
 
-    async def record_leave(self, agent_id):
-        return max(0, int(await self._script("set_state", [self._keys["agents"]], [agent_id, "left", "0"])))
+    async def record_leave(self, agent_id, session, released):
+        finals = json.dumps(dict(released)) if released else "{}"
+        result = int(await self._script("leave", [self._keys["agents"]], [agent_id, session, finals]))
+        if result == -2:
+            raise SessionMismatch(f"agent {agent_id!r}: not this registration's session")
+        return None if result == -1 else result
+
+    async def read_agent(self, agent_id):
+        raw = await self._call(self._client.hget(self._keys["agents"], agent_id))
+        return None if raw is None else _agent_from_json(agent_id, raw)
 
     async def set_draining(self, agent_id, draining):
         state = "draining" if draining else "active"
@@ -357,6 +398,7 @@ class RedisScalingStore(ScalingStore):
             "reason": write.rebalance_reason or "",
             "moves": write.moves,
             "leader_epoch": lease.epoch,
+            "unack": ",".join(sorted(write.unacknowledged)) if write.unacknowledged is not None else False,
         }
         k = self._keys
         raw = json.dumps(payload)
@@ -394,7 +436,10 @@ class RedisScalingStore(ScalingStore):
             )
             if f in raw
         }
-        return ClusterMeta(last_rebalance_reason=raw.get("last_rebalance_reason", ""), **ints)
+        unacknowledged = tuple(a for a in raw.get("unacknowledged", "").split(",") if a)  # agent ids have no comma
+        return ClusterMeta(
+            last_rebalance_reason=raw.get("last_rebalance_reason", ""), unacknowledged=unacknowledged, **ints
+        )
 
     async def now_ms(self):
         return int(await self._script("time", [], []))
@@ -468,6 +513,7 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
             version=reg.get("version", ""),
             capacity=int(reg.get("capacity", 0)),
             instance_id=reg.get("instance_id", ""),
+            session=reg.get("session", ""),
         ),
         state=doc.get("state", "active"),
         last_heartbeat_ms=int(doc.get("hb", 0)),
@@ -477,6 +523,7 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
         released={rid: int(ms) for rid, ms in (doc.get("rel") or {}).items()}
         if isinstance(doc.get("rel"), dict)
         else {},
+        proven=doc.get("proven") is not False,
     )
 
 
