@@ -99,7 +99,7 @@ async def test_a_replica_that_cannot_reach_its_store_is_left_for_one_that_can(ag
         agent = await start_agent(agents, redis_server, [cut_off, healthy], heartbeat="100ms", node_timeout="900ms")
         await eventually(lambda: cut_off.heartbeats >= 1, what="a stream on the cut-off replica")
         await healthy.start()
-        # Degraded for node_timeout / 3, then the next stream goes to the other replica and stays there.
+        # Degraded for response_timeout (0.31 s here), then the next stream goes to the other replica and stays there.
         await eventually(lambda: healthy.heartbeats >= 3, timeout=10, what="heartbeats reaching the healthy replica")
         await eventually(lambda: polls(agent, "a") >= 1, what="polling what the healthy replica assigned")
         settled = cut_off.heartbeats
@@ -123,7 +123,7 @@ async def test_when_every_replica_is_degraded_the_agent_keeps_its_assignment_and
         before = first.streams + second.streams
         polled = polls(agent, "a")
         await asyncio.sleep(1.5)
-        # A new stream at most once per node_timeout / 3 (0.3 s): 5 in 1.5 s, and 1 racing the window.
+        # A new stream at most once per response_timeout (0.31 s): 4 in 1.5 s, and 1 racing the window.
         assert first.streams + second.streams - before <= 6
         assert polls(agent, "a") > polled  # kept polling throughout
         first.degraded = second.degraded = False
