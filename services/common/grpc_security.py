@@ -16,6 +16,7 @@ import grpc
 from pydantic import SecretStr
 
 from .config import ServerTLSSettings, TLSSettings
+from .message_limits import client_options
 
 OPERATOR_SERVICE_PREFIX = "/dbintel.v1.OperatorService/"
 AUTHORIZATION = "authorization"
@@ -57,11 +58,12 @@ def open_channel(
     target: str, tls: TLSSettings | None = None, *, section: str = "tls", options: Sequence[tuple[str, object]] = ()
 ) -> grpc.aio.Channel:
     """An asyncio channel to `target`, over TLS when `tls.enabled`. `server_name` overrides the name
-    the server's certificate must carry (e.g. a Service name when dialing a pod IP)."""
+    the server's certificate must carry (e.g. a Service name when dialing a pod IP). The channel
+    accepts replies up to message_limits.CLIENT_MAX_RECEIVE_BYTES unless `options` says otherwise."""
     credentials = channel_credentials(tls, section) if tls is not None else None
     if tls is None or credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    secure_options = list(options)
+        return grpc.aio.insecure_channel(target, options=client_options(options))
+    secure_options = client_options(options)
     if tls.server_name:
         secure_options.append(("grpc.ssl_target_name_override", tls.server_name))
     return grpc.aio.secure_channel(target, credentials, options=secure_options)
