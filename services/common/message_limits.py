@@ -1,12 +1,14 @@
 """gRPC message-size limits, one place for the coordinator's server and every client.
 
 What the protocol needs: the largest request a coordinator receives is an agent's heartbeat, whose
-`current` / `released` lists hold at most MAX_RESOURCES_PER_REPORT (100,000) resource ids each
-(services/coordinator/validation.py). A typical id (`db:postgresql/orders-eu-1`, 20-60 bytes) costs
-its length plus 2-3 bytes of framing, so 100,000 of them take 3-6 MiB: 8 MiB holds a full report of
-ids averaging up to ~80 bytes. A larger request (100,000 ids of the longest allowed length would be
-~25 MiB) is refused with RESOURCE_EXHAUSTED before it is decoded, so it costs the coordinator no more
-than the limit. Operator requests are a few bytes.
+`current` / `released` lists hold at most MAX_RESOURCES_PER_REPORT (100,000) entries
+(services/coordinator/validation.py). An entry with every field set (poll time, duration, counters)
+costs its id plus about 38 bytes, so 8 MiB holds 100,000 entries whose ids average up to 40 bytes
+(`db:postgresql/` plus a 26-character name), or 28,700 entries of the longest allowed id (253 bytes).
+The validation ceiling is therefore not always reachable in bytes: it stays as a bound on work, and an
+agent holds far fewer (docs/benchmarks.md: about 1,000 databases per agent process). A larger request
+is refused with RESOURCE_EXHAUSTED before it is decoded, so it costs the coordinator at most the limit.
+Operator requests are a few bytes.
 
 Clients receive more than they send: an agent's assignment lists every database it holds, with its
 config, and `ListResources` lists the whole inventory, so clients accept up to 64 MiB. Servers send
