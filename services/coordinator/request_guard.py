@@ -56,7 +56,9 @@ def wrong_wire_types(message: Message, prefix: str = "", depth: int = 0) -> list
     wrong wire type): `["apply: sent as length-delimited, which a bool field cannot take"]`."""
     problems: list[str] = []
     fields = message.DESCRIPTOR.fields_by_number
-    for unknown in unknown_fields.UnknownFieldSet(message):
+    unknowns = unknown_fields.UnknownFieldSet(message)
+    for index in range(len(unknowns)):
+        unknown = unknowns[index]
         field = fields.get(unknown.field_number)
         if field is not None:  # else a field this version does not know: accepted, as protobuf intends
             kind = _WIRE_NAMES.get(unknown.wire_type, f"wire type {unknown.wire_type}")
@@ -72,7 +74,7 @@ def wrong_wire_types(message: Message, prefix: str = "", depth: int = 0) -> list
 def _is_repeated(field: FieldDescriptor) -> bool:
     repeated = getattr(field, "is_repeated", None)  # protobuf >= 5.29; `label` before
     if repeated is None:
-        return bool(field.label == FieldDescriptor.LABEL_REPEATED)
+        return bool(getattr(field, "label", None) == FieldDescriptor.LABEL_REPEATED)
     return bool(repeated)
 
 
