@@ -8,17 +8,28 @@ accepted, and every trickling HTTP connection survived (a thread each on :8889).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
 import grpc
 import pytest
+import yaml
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dbintel.common.http_endpoints import HTTP_LIMITS
 from dbintel.common.message_limits import CLIENT_MAX_RECEIVE_BYTES, SERVER_MAX_RECEIVE_BYTES, MiB
 from dbintel.coordinator.request_guard import FIRST_MESSAGE_MIN_S, first_message_timeout
 from dbintel.coordinator.validation import MAX_RESOURCES_PER_REPORT
 from dbintel.v1 import agent_service_pb2 as apb
 from dbintel.v1 import types_pb2
 from tests.coordinator_harness import ScriptedAgent, start_coordinator, wait_for
+from tests.processes import stop_process_group, wait_http_ok
 from tests.security.support import build_config
 
 HEARTBEAT = "/dbintel.v1.AgentService/Heartbeat"
@@ -105,3 +116,125 @@ async def test_messages_over_the_server_limit_are_refused(bounded, size):
         with pytest.raises(grpc.aio.AioRpcError) as invalid:
             await channel.unary_unary("/dbintel.v1.AgentService/GetAssignments")(under, timeout=30)
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT, invalid.value.details()
+
+
+# -- the agent's HTTP ports, on a real `dbintel agent` process ----------------------------------------
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def agent_process(tmp_path_factory):
+    """A `dbintel agent` with no coordinator to reach (its HTTP ports serve regardless)."""
+    config = tmp_path_factory.mktemp("agent") / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"scaling": {"mode": "memory"}, "agent": {"coordinator": "127.0.0.1:1"}, "databases": []})
+    )
+    ports = {"metrics": _free_port(), "health": _free_port()}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DBINTEL_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dbintel.cli", "agent", "--config", str(config), "--agent-id", "slowloris-target"]
+        + ["--metrics-listen", f"127.0.0.1:{ports['metrics']}", "--health-listen", f"127.0.0.1:{ports['health']}"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{ports['health']}/", process)
+        wait_http_ok(f"http://127.0.0.1:{ports['metrics']}/metrics", process)
+        yield process, ports
+    finally:
+        stop_process_group(process)
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def _until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    connection.settimeout(30)
+    received = b""
+    try:
+        while chunk := connection.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+PATHS = {"metrics": "/metrics", "health": "/ready"}
+
+
+@pytest.mark.parametrize("port", ["metrics", "health"])
+def test_unfinished_request_heads_are_bounded_and_timed_out(agent_process, port):
+    process, ports = agent_process
+    limits = HTTP_LIMITS
+    threads_before = _threads(process.pid)
+    flood = [socket.create_connection(("127.0.0.1", ports[port])) for _ in range(limits.max_connections + 8)]
+    try:
+        for connection in flood:  # a head that never ends
+            connection.sendall(f"GET {PATHS[port]} HTTP/1.1\r\nHost: x\r\n".encode())
+        answers = [_until_closed(connection) for connection in flood]
+    finally:
+        threads_held = _threads(process.pid)
+        for connection in flood:
+            connection.close()
+    busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    timed_out = [a for a in answers if a.startswith(b"HTTP/1.1 408")]
+    # Each refused connection either read its 503 or was reset before it could: never served.
+    assert len(timed_out) == limits.max_connections, [a[:40] for a in answers]
+    assert len(busy) <= 8 and all(a.startswith((b"HTTP/1.1 503", b"HTTP/1.1 408")) or a == b"" for a in answers)
+    assert threads_held <= threads_before + limits.max_connections
+    served = "/" if port == "health" else PATHS[port]  # /ready is 503 here: the agent has no coordinator
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports[port]}{served}", timeout=10) as reply:
+        assert reply.status == 200
+
+
+@pytest.mark.parametrize("port", ["metrics", "health"])
+def test_a_trickled_head_gets_408_within_the_head_timeout_not_per_byte(agent_process, port):
+    _, ports = agent_process
+    head = f"GET {PATHS[port]} HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * 16}\r\n\r\n".encode()
+    done = threading.Event()
+    with socket.create_connection(("127.0.0.1", ports[port])) as connection:
+
+        def trickle() -> None:  # the attack's shape: a byte each 0.25 s, so no single read ever waits long
+            for byte in head:
+                if done.wait(0.25):
+                    return
+                try:
+                    connection.send(bytes([byte]))
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            answer = _until_closed(connection)
+        finally:
+            done.set()
+            sender.join()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:60]
+
+
+@pytest.mark.parametrize("port", ["metrics", "health"])
+def test_an_oversized_head_gets_431(agent_process, port):
+    _, ports = agent_process
+    with socket.create_connection(("127.0.0.1", ports[port])) as connection:
+        try:
+            connection.sendall(
+                f"GET {PATHS[port]} HTTP/1.1\r\n".encode()
+                + b"X-Pad: "
+                + b"a" * HTTP_LIMITS.max_head_bytes
+                + b"\r\n\r\n"
+            )
+        except OSError:
+            pass  # the server may close before taking it all
+        answer = _until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:60]
