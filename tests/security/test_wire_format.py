@@ -80,7 +80,7 @@ async def test_undecodable_unary_requests_get_invalid_argument(coordinator, path
     assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT, (answer.code(), answer.details())
     details = answer.details() or ""
     assert path in details and "could not be decoded" in details, details
-    assert "hunter2" not in details and "ab" not in details.split(":")[-1].split(), details
+    assert "hunter2" not in details and "not-a-message" not in details, details  # the payload is not echoed
     assert await _serving(_address(coordinator))
 
 
@@ -126,8 +126,6 @@ async def test_a_field_with_the_wrong_wire_type_is_refused_and_nothing_is_applie
     agents = [ScriptedAgent(f"agent-{i}", address).start() for i in range(2)]
     try:
         await wait_for(lambda: all(a.held for a in agents), message="placement")
-        before = coordinator.leader_loop  # the same loop answers every rebalance below
-        assert before is not None
         async with grpc.aio.insecure_channel(address) as channel:
             stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
             status = await stub.GetClusterStatus(opb.GetClusterStatusRequest(), timeout=5)
