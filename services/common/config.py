@@ -336,6 +336,9 @@ class CoordinatorSettings(_Section):
     max_connection_age_grace: Duration = timedelta(seconds=30)
     # How often the inventory file is checked for changes (a mounted ConfigMap is rewritten in place).
     config_reload_interval: Duration = timedelta(seconds=5)
+    # Most Heartbeat streams one replica holds open at once (one per agent, plus reconnects in
+    # flight); beyond it a new stream gets RESOURCE_EXHAUSTED, so silent streams cannot eat memory.
+    max_heartbeat_streams: int = Field(default=5000, ge=1, le=1_000_000)
 
     # TLS on the gRPC port; client_tls is what a follower uses to forward leader-only operator RPCs
     # to the leader (its server certificate must verify against client_tls.ca_file).

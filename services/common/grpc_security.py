@@ -16,6 +16,7 @@ import grpc
 from pydantic import SecretStr
 
 from .config import ServerTLSSettings, TLSSettings
+from .message_limits import client_options
 
 OPERATOR_SERVICE_PREFIX = "/dbintel.v1.OperatorService/"
 AUTHORIZATION = "authorization"
@@ -57,34 +58,42 @@ def open_channel(
     target: str, tls: TLSSettings | None = None, *, section: str = "tls", options: Sequence[tuple[str, object]] = ()
 ) -> grpc.aio.Channel:
     """An asyncio channel to `target`, over TLS when `tls.enabled`. `server_name` overrides the name
-    the server's certificate must carry (e.g. a Service name when dialing a pod IP)."""
+    the server's certificate must carry (e.g. a Service name when dialing a pod IP). The channel
+    accepts replies up to message_limits.CLIENT_MAX_RECEIVE_BYTES unless `options` says otherwise."""
     credentials = channel_credentials(tls, section) if tls is not None else None
     if tls is None or credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    secure_options = list(options)
+        return grpc.aio.insecure_channel(target, options=client_options(options))
+    secure_options = client_options(options)
     if tls.server_name:
         secure_options.append(("grpc.ssl_target_name_override", tls.server_name))
     return grpc.aio.secure_channel(target, credentials, options=secure_options)
 
 
+_HANDSHAKE_WORDS = ("ssl", "handshake", "tls", "wrong_version", "certificate")
+
+
 def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str, tls: TLSSettings | None) -> str:
-    """A one-line reason for a failed call, with a hint when the failure looks like a TLS mismatch."""
+    """A one-line reason for a failed call, with a hint for the likely cause. The TLS-mismatch hint is
+    given only when a TLS handshake is what failed: the error names TLS, or the connection was closed
+    while it was being set up (what a TLS server does to a plaintext client). A refused connection is
+    a coordinator that is not running (or a wrong port), not a TLS problem."""
     text = f"{exc.code().name}: {exc.details()}"
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return text
     details = (exc.details() or "").lower() + " " + (exc.debug_error_string() or "").lower()
     secured = tls is not None and tls.enabled
-    if not secured and (
-        "socket closed" in details
-        or "connection reset" in details
-        or "ssl" in details
-        or "handshake" in details
-        or "tls" in details
-    ):
+    # Set-up failures: "failed to connect to all addresses" (pick_first) or "connections to all
+    # backends failing" (round_robin), each with the "last error" of the attempt.
+    connecting = any(words in details for words in ("failed to connect", "backends failing", "last error:"))
+    if "connection refused" in details:
+        return text + f" (nothing accepts connections at {target}: is the coordinator running, on this port?)"
+    names_tls = any(word in details for word in _HANDSHAKE_WORDS)
+    closed_while_connecting = connecting and "socket closed" in details
+    if not secured and (names_tls or closed_while_connecting):
         return text + f" (is {target} serving TLS? this client speaks plaintext: set tls.enabled and ca_file)"
-    if secured and any(w in details for w in ("ssl", "handshake", "certificate", "tls", "wrong_version")):
+    if secured and names_tls:
         return text + f" (TLS handshake with {target} failed: check ca_file and server_name)"
-    if secured and "socket closed" in details:
+    if secured and closed_while_connecting:
         return (
             text + f" ({target} closed the TLS connection: under mutual TLS it needs a client certificate "
             "(cert_file/key_file) signed by the CA it trusts)"

@@ -3,15 +3,26 @@
 Metrics are served from a thread, from a registry passed in (never the global one), so a slow scrape
 cannot stall the event loop. Health is served *on* the event loop on purpose:
 `/` answering proves the loop is alive; `/ready` asks the role whether it is ready for traffic.
+
+Both bound what a slow or hostile client can hold (HttpLimits, issue 12): the request head must arrive
+whole within 5 s and 16 KiB (else 408 / 431 and the connection is closed), at most 32 connections are
+served at once (the next gets 503 and is closed at once, holding no thread), and writing a reply
+must finish within the write timeout. One scrape or probe needs one connection for well under a
+second, so these never touch honest traffic; a flood of trickling connections costs at most 32
+threads (metrics) or 32 coroutines (health), not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,6 +32,114 @@ from .endpoints import parse_host_port
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may hold on an HTTP endpoint."""
+
+    head_timeout_s: float = 5.0  # the request line and headers, whole, within this
+    max_head_bytes: int = 16 * 1024  # ... and at most this long
+    max_connections: int = 32  # served at once; the next is refused with 503
+    write_timeout_s: float = 30.0  # writing one reply (a large /metrics body to a slow scraper)
+
+
+HTTP_LIMITS = HttpLimits()
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+def _reply(status: int, reason: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _busy(limits: HttpLimits) -> bytes:
+    return _reply(
+        503,
+        "Service Unavailable",
+        f"busy: {limits.max_connections} connections open, the most served at once\n".encode(),
+    )
+
+
+def _head_complete(buffer: bytes | bytearray) -> bool:
+    return b"\r\n\r\n" in buffer or b"\n\n" in buffer
+
+
+def read_head(connection: socket.socket, limits: HttpLimits) -> bytes:
+    """The request line and headers, read within limits.head_timeout_s in all (not per read, so a
+    client trickling a byte at a time gains nothing). TimeoutError, HeadTooLarge or ConnectionError."""
+    deadline = time.monotonic() + limits.head_timeout_s
+    buffer = bytearray()
+    while not _head_complete(buffer):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not received in time")
+        connection.settimeout(remaining)
+        chunk = connection.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before the request head ended")
+        buffer += chunk
+        if len(buffer) > limits.max_head_bytes:
+            raise HeadTooLarge()
+    return bytes(buffer)
+
+
+def _send_quietly(connection: socket.socket, data: bytes) -> None:
+    """Best effort, never blocking: for refusals to clients that may not be reading."""
+    try:
+        connection.setblocking(False)
+        connection.send(data)
+    except OSError:
+        pass
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but at most limits.max_connections of them; the rest get 503."""
+
+    daemon_threads = True
+    # The listen backlog (socketserver's default is 5): a flood is accepted and refused at once,
+    # instead of waiting in SYN retries while honest scrapes queue behind it.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limits: HttpLimits):
+        self.limits = limits
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        self._lock = threading.Lock()
+        self.open_connections = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            _send_quietly(request, _busy(self.limits))
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self.open_connections += 1
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
+        self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics connection from %s failed", client_address[0])
 
 
 def _bind_address(listen: str) -> tuple[str, int]:
@@ -33,16 +152,47 @@ class MetricsEndpoint:
     """Serves `/metrics` from a background thread: `render()` if given (a role that renders part of its
     exposition itself, like the agent), else the registry in the Prometheus text format."""
 
-    def __init__(self, listen: str, registry: CollectorRegistry, render: Callable[[], bytes] | None = None):
-        self._listen, self._registry = listen, registry
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        render: Callable[[], bytes] | None = None,
+        limits: HttpLimits = HTTP_LIMITS,
+    ):
+        self._listen, self._registry, self._limits = listen, registry, limits
         self._render = render or (lambda: generate_latest(registry))
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _BoundedHTTPServer | None = None
         self.port: int | None = None
 
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections if self._server is not None else 0
+
     def start(self) -> None:
-        render = self._render
+        render, limits = self._render, self._limits
 
         class Handler(BaseHTTPRequestHandler):
+            def handle(self) -> None:
+                """One request per connection; its head read within the limits, not line by line."""
+                self.close_connection = True
+                try:
+                    head = read_head(self.connection, limits)
+                except HeadTooLarge:
+                    _send_quietly(self.connection, _reply(431, "Request Header Fields Too Large", b"head too large\n"))
+                    return
+                except TimeoutError:
+                    _send_quietly(self.connection, _reply(408, "Request Timeout", b"request head too slow\n"))
+                    return
+                except OSError:  # ConnectionError included: the client went away
+                    return
+                self.rfile.close()
+                self.rfile = io.BytesIO(head)
+                self.connection.settimeout(limits.write_timeout_s)  # sendall's total, since Python 3.5
+                try:
+                    self.handle_one_request()
+                except OSError:  # a reply not taken within the write timeout, or a reset
+                    self.close_connection = True
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404, "try /metrics")
@@ -63,8 +213,7 @@ class MetricsEndpoint:
                 pass
 
         host, port = _bind_address(self._listen)
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedHTTPServer((host, port), Handler, limits)
         self.port = self._server.server_address[1]
         threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True
@@ -80,14 +229,16 @@ class MetricsEndpoint:
 class HealthEndpoint:
     """`GET /` (liveness) and `GET /ready` (readiness); JSON bodies, 200 or 503."""
 
-    def __init__(self, listen: str, readiness: Readiness):
-        self._listen, self._readiness = listen, readiness
+    def __init__(self, listen: str, readiness: Readiness, limits: HttpLimits = HTTP_LIMITS):
+        self._listen, self._readiness, self._limits = listen, readiness, limits
         self._server: asyncio.base_events.Server | None = None
         self.port: int | None = None
+        self.open_connections = 0
 
     async def start(self) -> None:
         host, port = _bind_address(self._listen)
-        self._server = await asyncio.start_server(self._handle, host, port)
+        # `limit` bounds one header line; _read_head bounds the whole head.
+        self._server = await asyncio.start_server(self._handle, host, port, limit=self._limits.max_head_bytes)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -96,12 +247,35 @@ class HealthEndpoint:
             await self._server.wait_closed()
             self._server = None
 
+    async def _read_head(self, reader: asyncio.StreamReader) -> str:
+        """The request line; the headers are read (not needed) up to the blank line, within max_head_bytes."""
+        request_line = await reader.readline()
+        size = len(request_line)
+        line = request_line
+        while line not in (b"\r\n", b"\n", b""):
+            line = await reader.readline()
+            size += len(line)
+            if size > self._limits.max_head_bytes:
+                raise HeadTooLarge()
+        return request_line.decode("latin-1")
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self._limits
+        if self.open_connections >= limits.max_connections:
+            writer.write(_busy(limits))
+            writer.transport.abort() if writer.transport.get_write_buffer_size() else writer.close()
+            return
+        self.open_connections += 1
         try:
-            request_line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers are not needed
-            parts = request_line.decode("latin-1").split()
+            try:
+                request_line = await asyncio.wait_for(self._read_head(reader), limits.head_timeout_s)
+            except TimeoutError:
+                await self._send(writer, _reply(408, "Request Timeout", b"request head too slow\n"))
+                return
+            except (HeadTooLarge, ValueError):  # ValueError: one line over the reader's limit
+                await self._send(writer, _reply(431, "Request Header Fields Too Large", b"head too large\n"))
+                return
+            parts = request_line.split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
             body: dict[str, object]
             if path in ("/", "/healthz", "/livez"):
@@ -111,15 +285,17 @@ class HealthEndpoint:
                 status, body = (200 if ready else 503), {"status": "ready" if ready else "not ready", "detail": detail}
             else:
                 status, body = 404, {"status": "not found", "paths": ["/", "/ready"]}
-            payload = json.dumps(body).encode()
             reason = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}[status]
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+            await self._send(writer, _reply(status, reason, json.dumps(body).encode(), "application/json"))
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.open_connections -= 1
             writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(data)
+        try:
+            await asyncio.wait_for(writer.drain(), self._limits.write_timeout_s)
+        except TimeoutError:
+            writer.transport.abort()  # a client that does not read: drop it rather than keep its buffer

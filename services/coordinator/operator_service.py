@@ -1,5 +1,9 @@
 """OperatorService: status and listings from the shared store (any replica answers), and the
-leader-only Rebalance / DrainAgent, which a follower forwards to the leader's advertised address."""
+leader-only Rebalance / DrainAgent, which a follower forwards to the leader's advertised address.
+
+Rebalance and DrainAgent change state only when the request says `apply: true`: a request that parses
+to defaults (empty, from an old client that sent `dry_run`, or with a field the decoder had to drop) is
+a dry run, so a mangled request can never move databases by accident."""
 
 from __future__ import annotations
 
@@ -213,7 +217,9 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
 
     async def Rebalance(self, request, context):
         result = await self._on_leader(
-            context, OperatorRequest("rebalance", request.dry_run), lambda stub, **call: stub.Rebalance(request, **call)
+            context,
+            OperatorRequest("rebalance", not request.apply),
+            lambda stub, **call: stub.Rebalance(request, **call),
         )
         if isinstance(result, pb.RebalanceResponse):
             return result
@@ -234,7 +240,7 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
             await rpc.abort(context, grpc.StatusCode.NOT_FOUND, f"agent_id: no live agent {agent!r}")
         result = await self._on_leader(
             context,
-            OperatorRequest("drain", request.dry_run, agent_id=agent),
+            OperatorRequest("drain", not request.apply, agent_id=agent),
             lambda stub, **call: stub.DrainAgent(request, **call),
         )
         if isinstance(result, pb.DrainAgentResponse):

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from dbintel.common import message_limits
 from dbintel.common.config import Config, ConfigError, load_config
 from dbintel.common.endpoints import format_host_port, parse_host_port
 from dbintel.common.grpc_security import OperatorTokenInterceptor, server_credentials
@@ -32,6 +33,7 @@ from .agent_service import AgentServicer
 from .leader import LeaderLoop, Leadership
 from .model import StoreUnavailable
 from .operator_service import OperatorServicer
+from .request_guard import GuardMetrics, RequestGuard
 from .store.base import EventSubscription, ScalingStore
 from .store.health import StoreHealth
 from .store.memory_store import MemoryScalingStore
@@ -100,6 +102,11 @@ class Coordinator:
             self.store, self.id, config.scaling.redis.leader_ttl.total_seconds(), "", self.metrics
         )
         self.leader_loop = LeaderLoop(self.store, self.leadership, lambda: self.config, self.metrics)
+        self.request_guard = RequestGuard(
+            GuardMetrics(self.registry),
+            heartbeat_interval_s=lambda: self.config.scaling.coordinator.heartbeat_interval.total_seconds(),
+            max_heartbeat_streams=lambda: self.config.coordinator.max_heartbeat_streams,
+        )
         self.agent_servicer = AgentServicer(
             self.store,
             coordinator_id=self.id,
@@ -154,6 +161,8 @@ class Coordinator:
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcMetricsInterceptor(self.metrics)]
         if operator_token is not None:
             interceptors.append(OperatorTokenInterceptor(operator_token))
+        # Last, so it wraps the servicers' own handlers and the metrics count the statuses it gives.
+        interceptors.append(self.request_guard)
         age_ms = int(self.config.coordinator.max_connection_age.total_seconds() * 1000)
         grace_ms = int(self.config.coordinator.max_connection_age_grace.total_seconds() * 1000)
         self._server = grpc.aio.server(
@@ -165,7 +174,7 @@ class Coordinator:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                *message_limits.server_options(),
             ],
         )
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, self._server)

@@ -90,10 +90,10 @@ class ListResourcesResponse(_message.Message):
     def __init__(self, resources: _Optional[_Iterable[_Union[_types_pb2.ResourceInfo, _Mapping]]] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("dry_run",)
-    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
-    dry_run: bool
-    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+    __slots__ = ("apply",)
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    apply: bool
+    def __init__(self, apply: _Optional[bool] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
     __slots__ = ("moves", "applied", "spread_before", "spread_after")
@@ -108,12 +108,12 @@ class RebalanceResponse(_message.Message):
     def __init__(self, moves: _Optional[_Iterable[_Union[_types_pb2.Move, _Mapping]]] = ..., applied: _Optional[bool] = ..., spread_before: _Optional[float] = ..., spread_after: _Optional[float] = ...) -> None: ...
 
 class DrainAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "dry_run")
+    __slots__ = ("agent_id", "apply")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
-    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    APPLY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    dry_run: bool
-    def __init__(self, agent_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    apply: bool
+    def __init__(self, agent_id: _Optional[str] = ..., apply: _Optional[bool] = ...) -> None: ...
 
 class DrainAgentResponse(_message.Message):
     __slots__ = ("moves", "applied")

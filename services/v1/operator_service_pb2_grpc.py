@@ -102,14 +102,16 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rebalance(self, request, context):
-        """Rebalance plans (dry_run) or applies a cost-based rebalance.
+        """Rebalance plans a cost-based rebalance and returns the moves; it applies them only with
+        apply: true. A request that parses to defaults (an empty, stale or mangled one) is a dry run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DrainAgent(self, request, context):
-        """DrainAgent moves every database off one agent and gives it no new ones.
+        """DrainAgent plans moving every database off one agent; with apply: true it moves them and
+        gives the agent no new ones. Without apply it is a dry run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

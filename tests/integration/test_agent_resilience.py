@@ -177,7 +177,7 @@ async def test_moved_database_continues_its_schedule_without_gap_or_double_sampl
         second = Agent(config, agent_id="agent-2", metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
         await second.start()
         await asyncio.sleep(2.5)  # a few polls; the join balances two databases over to agent-2
-        await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-1"))
+        await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-1", apply=True))
         await wait_for(
             lambda: second.polling == set(config.resources()) and not first.polling,
             timeout=10,

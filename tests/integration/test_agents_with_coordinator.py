@@ -234,7 +234,7 @@ async def test_drain_revokes_series_and_closes_connections(cluster_files, redis_
         )
         channel, stub = operator_stub(f"127.0.0.1:{port}")
         drained = database_resources(scrape(a_ports["metrics"]))
-        await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-a"))
+        await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-a", apply=True))
         await wait_for(
             lambda: database_resources(scrape(a_ports["metrics"])) == set(),
             timeout=10,

@@ -174,23 +174,23 @@ async def test_drain_and_rebalance_dry_run(cluster_config):
     async with scripted_cluster(config, 2) as (_coordinator, address, agents):
         channel, stub = operator_stub(address)
         try:
-            dry = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
+            dry = await stub.Rebalance(opb.RebalanceRequest())
             assert not dry.applied and list(dry.moves) == []  # already balanced with equal costs
-            plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", dry_run=True))
+            plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
             assert not plan.applied and {m.resource_id for m in plan.moves} == agents[0].held
             assert all(m.to_agent_id == "agent-1" for m in plan.moves)
             assert len(agents[0].held) == 3  # a dry run changes nothing
             stamp = int(time.time() * 1000) - 4321
             drained = set(agents[0].held)
             agents[0].poll_times_ms = dict.fromkeys(drained, stamp)  # reported when it releases them
-            done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
+            done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", apply=True))
             assert done.applied
             await wait_for(
                 lambda: agents[1].held == resources(config) and not agents[0].held, timeout=5, message="drained"
             )
             assert {rid: agents[1].grants.get(rid) for rid in drained} == dict.fromkeys(drained, stamp)
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.DrainAgent(opb.DrainAgentRequest(agent_id="nobody"))
+                await stub.DrainAgent(opb.DrainAgentRequest(agent_id="nobody", apply=True))
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
             with pytest.raises(grpc.aio.AioRpcError) as listed:
                 await stub.ListAssignments(opb.ListAssignmentsRequest(agent_id="nobody"))

@@ -191,12 +191,12 @@ async def test_leader_only_rpcs_sent_to_a_follower_are_forwarded(redis_server):
         await wait_for(lambda: exactly_once(agents, set(config.resources())), message="placement")
         status = await stub.GetClusterStatus(opb.GetClusterStatusRequest())
         assert status.coordinator_id == "follower" and not status.is_leader and status.leader_id == "leader"
-        plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", dry_run=True))
+        plan = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
         assert {m.resource_id for m in plan.moves} == agents[0].held and not plan.applied
-        done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0"))
+        done = await stub.DrainAgent(opb.DrainAgentRequest(agent_id="agent-0", apply=True))
         assert done.applied
         await wait_for(lambda: agents[1].held == set(config.resources()), timeout=5, message="drained via follower")
-        rebalance = await stub.Rebalance(opb.RebalanceRequest(dry_run=True))
+        rebalance = await stub.Rebalance(opb.RebalanceRequest())
         assert not rebalance.applied
     finally:
         await channel.close()

@@ -66,7 +66,7 @@ async def test_grpcurl_lists_and_describes_without_proto_files(running):
     assert "rpc Rebalance" in described.stdout and "rpc DrainAgent" in described.stdout
     status = await run(grpcurl(), "-plaintext", address, "dbintel.v1.OperatorService/GetClusterStatus")
     assert json.loads(status.stdout)["resources_assigned"] == 4
-    dry = await run(grpcurl(), "-plaintext", "-d", '{"dry_run": true}', address, "dbintel.v1.OperatorService/Rebalance")
+    dry = await run(grpcurl(), "-plaintext", "-d", "{}", address, "dbintel.v1.OperatorService/Rebalance")
     assert dry.returncode == 0 and "applied" not in json.loads(dry.stdout)  # false is omitted
 
 
@@ -205,7 +205,7 @@ async def test_generated_requests_never_crash_the_server(running, messages, agen
         calls = (
             lambda: agents.GetAssignments(apb.GetAssignmentsRequest(agent_id=agent_id), timeout=5),
             lambda: operators.ListAssignments(opb.ListAssignmentsRequest(agent_id=agent_id), timeout=5),
-            lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id, dry_run=True), timeout=5),
+            lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id), timeout=5),
         )
         for call in calls:
             try:

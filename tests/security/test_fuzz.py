@@ -312,10 +312,10 @@ def _check(code: grpc.StatusCode, details: str, rpc: str) -> None:
     agent_id=texts,
     reason=texts,
     resource_type=texts,
-    dry_run=st.booleans(),
+    apply=st.booleans(),
 )
 async def test_generated_messages_to_every_rpc_get_clear_answers(
-    fuzzed_cluster, stream, agent_id, reason, resource_type, dry_run
+    fuzzed_cluster, stream, agent_id, reason, resource_type, apply
 ):
     coordinator, channel = fuzzed_cluster
     agents = agent_service_pb2_grpc.AgentServiceStub(channel)
@@ -342,8 +342,8 @@ async def test_generated_messages_to_every_rpc_get_clear_answers(
         "ListAgents": lambda: operators.ListAgents(opb.ListAgentsRequest(), timeout=5),
         "ListAssignments": lambda: operators.ListAssignments(opb.ListAssignmentsRequest(agent_id=agent_id), timeout=5),
         "ListResources": lambda: operators.ListResources(opb.ListResourcesRequest(type=resource_type), timeout=5),
-        "Rebalance": lambda: operators.Rebalance(opb.RebalanceRequest(dry_run=dry_run), timeout=5),
-        "DrainAgent": lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id, dry_run=True), timeout=5),
+        "Rebalance": lambda: operators.Rebalance(opb.RebalanceRequest(apply=apply), timeout=5),
+        "DrainAgent": lambda: operators.DrainAgent(opb.DrainAgentRequest(agent_id=agent_id), timeout=5),
     }
     for rpc, call in unary.items():
         try:

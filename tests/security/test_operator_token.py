@@ -29,8 +29,8 @@ OPERATOR_CALLS = {  # every OperatorService RPC, with a request that passes vali
     "ListAgents": opb.ListAgentsRequest(),
     "ListAssignments": opb.ListAssignmentsRequest(),
     "ListResources": opb.ListResourcesRequest(),
-    "Rebalance": opb.RebalanceRequest(dry_run=True),
-    "DrainAgent": opb.DrainAgentRequest(agent_id="nobody", dry_run=True),
+    "Rebalance": opb.RebalanceRequest(),
+    "DrainAgent": opb.DrainAgentRequest(agent_id="nobody"),
 }
 
 
@@ -170,11 +170,11 @@ async def test_follower_forwards_to_the_leader_over_mutual_tls_with_the_token(pk
         async with open_channel(f"127.0.0.1:{follower.grpc_port}", tls) as channel:
             stub = operator_service_pb2_grpc.OperatorServiceStub(channel)
             reply = await stub.Rebalance(
-                opb.RebalanceRequest(dry_run=True), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+                opb.RebalanceRequest(), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
             )
             assert not reply.applied
             with pytest.raises(grpc.aio.AioRpcError) as refused:  # the follower checks before forwarding
-                await stub.Rebalance(opb.RebalanceRequest(dry_run=True), timeout=10)
+                await stub.Rebalance(opb.RebalanceRequest(), timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await second.shutdown()

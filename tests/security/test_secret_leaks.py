@@ -242,8 +242,8 @@ async def test_no_secret_anywhere(cluster):
             await stub.ListAgents(opb.ListAgentsRequest(), **call),
             await stub.ListAssignments(opb.ListAssignmentsRequest(), **call),
             await stub.ListResources(opb.ListResourcesRequest(), **call),
-            await stub.Rebalance(opb.RebalanceRequest(dry_run=True), **call),
-            await stub.DrainAgent(opb.DrainAgentRequest(agent_id="leak-agent", dry_run=True), **call),
+            await stub.Rebalance(opb.RebalanceRequest(), **call),
+            await stub.DrainAgent(opb.DrainAgentRequest(agent_id="leak-agent"), **call),
         ]
     assert len(replies[3].resources) == len(cluster["resources"])
     surfaces["operator replies"] = "\n".join(MessageToJson(r) + str(r) for r in replies)
