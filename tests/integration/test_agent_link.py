@@ -43,6 +43,8 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
         self.heartbeat_interval: float | None = None  # what responses tell the agent, if set
         self.refuse_streams = False
         self.mute = False  # read requests, answer nothing (a hung replica or a dead path)
+        self.answer_delay = 0.0  # answer each heartbeat this much later (a replica busy recording it)
+        self.answered: list[tuple[str, int]] = []  # ("answer", sequence) in the events' order, see events
         self.refuse_get_assignments = False
         self.events: list[tuple[str, object]] = []  # ("heartbeat" | "leave", request), in arrival order
         self.stream_firsts: list[pb.HeartbeatRequest] = []
@@ -96,7 +98,11 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
                         first = False
                     self.events.append(("heartbeat", request))
                     if not self.mute:
-                        outbox.put_nowait(self._response(request.applied_assignment_epoch, request.sequence))
+                        response = self._response(request.applied_assignment_epoch, request.sequence)
+                        if self.answer_delay:
+                            asyncio.get_running_loop().call_later(self.answer_delay, self._answer, outbox, response)
+                        else:
+                            self._answer(outbox, response)
             finally:
                 outbox.put_nowait(None)
 
@@ -107,6 +113,10 @@ class ScriptedCoordinator(pb_grpc.AgentServiceServicer):
         finally:
             self._outboxes.discard(outbox)
             task.cancel()
+
+    def _answer(self, outbox: asyncio.Queue, response: pb.HeartbeatResponse) -> None:
+        self.events.append(("answer", response))
+        outbox.put_nowait(response)
 
     async def GetAssignments(self, request, context):
         self.get_assignments_calls += 1
@@ -457,7 +467,7 @@ async def test_shutdown_reports_last_poll_times_then_leaves_and_closes_everythin
 
     stopping_at = time.time()
     await agent.shutdown("test-shutdown")
-    kinds = [kind for kind, _ in servicer.events]
+    kinds = [kind for kind, _ in servicer.events if kind != "answer"]
     assert kinds[-1] == "leave" and kinds[-2] == "heartbeat"
     leave = servicer.leaves[0]
     assert leave.agent_id == AGENT_ID and leave.reason == "test-shutdown"
@@ -473,6 +483,40 @@ async def test_shutdown_reports_last_poll_times_then_leaves_and_closes_everythin
         await scrape(agent)
     await agent.shutdown("again")  # idempotent
     assert len(servicer.leaves) == 1
+
+
+async def test_leave_waits_for_the_final_heartbeat_to_be_recorded_even_after_pushes(coordinator, make_agent):
+    """Pushes are responses too: counting responses, the final report would not wait, and a Leave to
+    another replica could overtake the heartbeat with the final poll times (issue 12)."""
+    servicer = coordinator.servicer
+    servicer.assign(5, {"a": None, "b": None})
+    agent = make_agent(coordinator)
+    await agent.start()
+    await eventually(lambda: polls(agent, "a") >= 1 and polls(agent, "b") >= 1, what="polling")
+    for _ in range(3):  # unsolicited (stale) pushes: more responses than requests on this stream
+        servicer.push(assignment(1, {"c": None}))
+    sent = len(servicer.heartbeats)
+    agent._link.send_now()  # its answer comes after the pushes on the stream: once it is in, they are too
+    await eventually(
+        lambda: len(servicer.heartbeats) > sent and agent._link._answered_sequence >= servicer.heartbeats[-1].sequence,
+        what="the pushes read",
+    )
+    servicer.answer_delay = 0.5
+    await agent.shutdown("test-shutdown")
+    kinds = [kind for kind, _ in servicer.events]
+    final_at = max(i for i, (kind, r) in enumerate(servicer.events) if kind == "heartbeat" and r.released)
+    final = servicer.events[final_at][1]
+    answer_at = next(
+        i for i, (kind, r) in enumerate(servicer.events) if kind == "answer" and r.answered_sequence == final.sequence
+    )
+    assert answer_at < kinds.index("leave"), kinds  # answered (recorded) before the Leave was sent
+    leave = servicer.leaves[0]
+    # The Leave carries the same final poll times, and the session secret of the registration.
+    assert {s.resource_id: s.last_poll_time for s in leave.released} == {
+        s.resource_id: s.last_poll_time for s in final.released
+    }
+    assert {s.resource_id for s in leave.released} == {"db:redis/a", "db:redis/b"}
+    assert leave.session_secret == servicer.stream_firsts[0].registration.session_secret != ""
 
 
 async def test_shutdown_without_start_is_safe(coordinator, make_agent):
