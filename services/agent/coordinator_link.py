@@ -217,6 +217,11 @@ class CoordinatorLink:
         if self._stub is None:
             return
         self._leaving = True
+        # The stream has said its last (final_report): stop the loop first, so that it cannot switch
+        # replica, and so close the channel, under the Leave in flight.
+        await self._stop_loop()
+        if self._stub is None:
+            return
         request = pb.LeaveRequest(
             agent_id=self.agent_id,
             reason=reason,
@@ -229,11 +234,14 @@ class CoordinatorLink:
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             log.warning("Leave failed (%s); the coordinator will expire this agent instead", self._describe(exc))
 
-    async def close(self) -> None:
+    async def _stop_loop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    async def close(self) -> None:
+        await self._stop_loop()
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None
@@ -439,6 +447,13 @@ class CoordinatorLink:
                 reply = await self._stub.GetAssignments(request, timeout=max(0.5, min(self._check_interval, 5.0)))
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
                 log.debug("GetAssignments failed: %s", self._describe(exc))
+                continue
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError in a call whose channel closed (a replica switch):
+                # that call is lost, this loop is not, unless this task itself is being cancelled.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
                 continue
             self._note_degraded(reply.degraded)
             if reply.HasField("assignment") and reply.assignment.assignment_epoch > 0:

@@ -627,6 +627,13 @@ def test_a_paused_coordinator_makes_no_second_poller(healthy_cluster, sampler, r
     leader = wait_until(cluster.leader, 30, "a leader")
     candidates = [c for c in cluster.coordinators if (c.name == leader) == (role == "leader")]
     victim = max(candidates, key=_streams_on)
+    # Agents pick a replica at random: add some until the one to pause serves a stream (restore()
+    # takes them away again), or the scenario would test failover but not the agents' switch.
+    for _ in range(8):
+        if _streams_on(victim) > 0:
+            break
+        cluster.wait_agent_up(cluster.add_agent(wait=False))
+        cluster.wait_converged(timeout=40, every_agent_holds=True)
     streams = _streams_on(victim)
     witness = next(c for c in cluster.coordinators if c is not victim)
     agents = set(cluster.live_agents())
