@@ -220,8 +220,6 @@ class CoordinatorLink:
         # The stream has said its last (final_report): stop the loop first, so that it cannot switch
         # replica, and so close the channel, under the Leave in flight.
         await self._stop_loop()
-        if self._stub is None:
-            return
         request = pb.LeaveRequest(
             agent_id=self.agent_id,
             reason=reason,

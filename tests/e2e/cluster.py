@@ -544,9 +544,13 @@ class Cluster:
             if state == types_pb2.ASSIGNMENT_STATE_ASSIGNED
         }
 
+    def agent_infos(self, coordinator: Coordinator | None = None) -> dict[str, types_pb2.AgentInfo]:
+        """agent id -> AgentInfo as the operator API lists it (on `coordinator`, else any live replica)."""
+        reply = self.operator(coordinator).ListAgents(opb.ListAgentsRequest(), timeout=3)
+        return {a.agent_id: a for a in reply.agents}
+
     def agent_states(self) -> dict[str, str]:
-        reply = self.operator().ListAgents(opb.ListAgentsRequest(), timeout=3)
-        return {a.agent_id: types_pb2.AgentState.Name(a.state) for a in reply.agents}
+        return {agent: types_pb2.AgentState.Name(a.state) for agent, a in self.agent_infos().items()}
 
     # -- agents -----------------------------------------------------------------------------------------
     def add_agent(self, name: str | None = None, *, wait: bool = True) -> AgentProcess:

@@ -600,18 +600,8 @@ def _streams_on(coordinator: Coordinator) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def _agents_via(cluster: Cluster, coordinator: Coordinator) -> dict[str, types_pb2.AgentInfo]:
-    reply = cluster.operator(coordinator).ListAgents(opb.ListAgentsRequest(), timeout=3)
-    return {a.agent_id: a for a in reply.agents}
-
-
-def _owners_via(cluster: Cluster, coordinator: Coordinator) -> dict[str, str]:
-    reply = cluster.operator(coordinator).ListAssignments(opb.ListAssignmentsRequest(), timeout=3)
-    return {e.resource_id: e.agent_id for e in reply.assignments if e.state == types_pb2.ASSIGNMENT_STATE_ASSIGNED}
-
-
 def _expired(cluster: Cluster, coordinator: Coordinator) -> set[str]:
-    return {a for a, info in _agents_via(cluster, coordinator).items() if info.state == types_pb2.AGENT_STATE_EXPIRED}
+    return {a for a, info in cluster.agent_infos(coordinator).items() if info.state == types_pb2.AGENT_STATE_EXPIRED}
 
 
 PAUSE_S = 12.0
@@ -643,9 +633,7 @@ def test_a_paused_coordinator_makes_no_second_poller(healthy_cluster, sampler, r
     try:
 
         def paused_long_enough() -> bool:
-            expired.update(
-                a for a, i in _agents_via(cluster, witness).items() if i.state == types_pb2.AGENT_STATE_EXPIRED
-            )
+            expired.update(_expired(cluster, witness))
             return time.time() - start >= PAUSE_S
 
         wait_until(paused_long_enough, PAUSE_S + 30, "the pause", period=0.5)
@@ -737,7 +725,7 @@ def test_an_agent_that_never_acknowledges_is_flagged_and_its_databases_move_on(h
     try:
 
         def flagged() -> float | None:
-            info = _agents_via(cluster, cluster.live_coordinators()[0]).get("rogue-never-acks")
+            info = cluster.agent_infos().get("rogue-never-acks")
             return time.time() if info is not None and info.unacknowledged else None
 
         flagged_at = wait_until(flagged, 30, "the rogue flagged as unacknowledged", period=0.1)
@@ -785,7 +773,7 @@ def test_a_registrant_that_goes_silent_is_given_nothing(healthy_cluster, sampler
 
         def expired() -> bool:
             nonlocal unproven_seen
-            info = _agents_via(cluster, cluster.live_coordinators()[0]).get("rogue-silent")
+            info = cluster.agent_infos().get("rogue-silent")
             if info is None:
                 return False
             unproven_seen |= info.unproven and info.target_resources == 0

@@ -92,8 +92,8 @@ local reg = cjson.decode(ARGV[2])
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local state, changed, rejoined = 'active', 1, 1
 local proven = ARGV[9] == '1'
-if raw then
-  local old = cjson.decode(raw)
+local old = raw and cjson.decode(raw)
+if old then
   local same = old.reg.instance_id == reg.instance_id
   if same and (old.reg.session or '') ~= (reg.session or '') then return {-3, ''} end
   if old.state == 'left' and same then return {-2, ''} end
@@ -110,7 +110,7 @@ if raw then
   end
 end
 local rel = {}
-if raw then rel = cjson.decode(raw).rel or {} end
+if old then rel = old.rel or {} end
 for r, ms in pairs(cjson.decode(ARGV[8])) do rel[r] = ms end
 local cur = cjson.decode(ARGV[4])
 for r in pairs(cur) do rel[r] = nil end
@@ -340,6 +340,7 @@ class RedisScalingStore(ScalingStore):
             "session": reg.session,
         }
         current = {rid: status.to_list() for rid, status in report.current.items()}
+        digest = membership_digest(reg, report.applied_epoch, report.current)
         result = await self._script(
             "heartbeat",
             [self._keys["agents"], self._keys["meta"]],
@@ -350,10 +351,12 @@ class RedisScalingStore(ScalingStore):
                 json.dumps(current) if current else "{}",
                 report.coordinator_id,
                 node_timeout_ms,
-                membership_digest(reg, report.applied_epoch, report.current),
+                digest,
                 json.dumps({r: s.last_poll_ms for r, s in report.released.items()}),
                 "1" if report.proven else "0",
-                membership_digest(reg, report.applied_epoch, report.current, proven=False),
+                # Needed only when the store decides (an unproven report of a maybe-proven instance):
+                # a stream's first heartbeat, not the hot path.
+                digest if report.proven else membership_digest(reg, report.applied_epoch, report.current, proven=False),
             ],
         )
         if int(result[0]) == -1:
