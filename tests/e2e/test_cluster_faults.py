@@ -887,6 +887,13 @@ def test_a_connection_broken_at_the_coordinator_end_only_makes_no_second_poller(
         victims = {rid for rid, agent in before.items() if agent == victim.name}
         start = time.time()
         proxy.cut_server_side()
+        # Operators see it suspect (ListAgents, `dbintel status`) until the grace runs out.
+        wait_until(
+            lambda: cluster.agent_infos()[victim.name].HasField("disconnected_time"),
+            t.disconnect_grace,
+            "the cut-off agent listed as disconnected",
+            period=0.05,
+        )
         seen, after = wait_for_owners(
             cluster,
             lambda o: all(o.get(r) not in (None, victim.name) for r in victims),
