@@ -175,6 +175,7 @@ class CoordinatorLink:
         self._degraded = False
         self.connected = False
         self._stream_responded = False
+        self._stream_sent = False  # the current stream wrote a request (its replica may know it)
         self.streams_opened = 0  # for tests and logs
         self.channels_opened = 0
         self._answered = asyncio.Event()
@@ -287,7 +288,7 @@ class CoordinatorLink:
         attempt = 0
         try:
             while True:
-                self._stream_responded = False
+                self._stream_responded = self._stream_sent = False
                 await self._switch_replica()
                 broken = True  # the coordinator may mark this agent suspect: see _stream_broke
                 try:
@@ -314,7 +315,7 @@ class CoordinatorLink:
                         broken = False
                 except Exception as exc:  # any other failure means: reconnect
                     self._stream_failed(exc, attempt)
-                if broken:
+                if broken and self._stream_sent:  # a stream the replica never heard of cannot mark
                     self._stream_broke()
                 responded = self._stream_responded
                 self._set_connected(False)
@@ -460,6 +461,7 @@ class CoordinatorLink:
                 request.registration.CopyFrom(self._registration)
             sequence = self._sequence
             await call.write(request)
+            self._stream_sent = True
             first = False
             written_at = self._monotonic()
             self._unanswered[sequence] = written_at
