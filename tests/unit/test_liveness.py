@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dbintel.agent.coordinator_link import keepalive_options
 from dbintel.common.config import ConfigError, parse_config
 from dbintel.common.liveness import (
     DEFAULT_DISCONNECT_GRACE_S,
@@ -92,3 +93,15 @@ def test_config_refuses_a_disconnect_grace_too_short_to_reconnect_in(value):
 def test_config_accepts_off_or_a_grace_of_at_least_3s(value, seconds):
     config = parse_config(f"scaling: {{coordinator: {{disconnect_grace: {value}}}}}")
     assert config.scaling.coordinator.disconnect_grace == timedelta(seconds=seconds)
+
+
+def test_the_agent_channel_times_a_keepalive_ping_out_by_the_disconnect_timings():
+    # gRPC core times an unanswered keepalive ping out by grpc.http2.ping_timeout_ms (1 min by default),
+    # not by keepalive_timeout_ms: both must carry the timeout, or a broken connection goes unnoticed.
+    options = dict(keepalive_options(disconnect_timings(6.0)))
+    assert options == {
+        "grpc.keepalive_time_ms": 1000,
+        "grpc.keepalive_timeout_ms": 2000,
+        "grpc.http2.ping_timeout_ms": 2000,
+    }
+    assert dict(keepalive_options(None))["grpc.keepalive_time_ms"] == 300_000  # the grace is off: no hurry
