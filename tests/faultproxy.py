@@ -6,6 +6,7 @@
     proxy.limit_bandwidth(10_000)       # bytes per second, per connection and direction
     proxy.blackhole()                   # nothing is forwarded or answered; connections hang
     proxy.reset()                       # every connection gets an RST, and so does every new one
+    proxy.cut_server_side()             # the server's side gets an RST, the client's is black-holed
     proxy.pass_through()                # back to a clean link
     await proxy.stop()
 
@@ -118,6 +119,16 @@ class FaultProxy:
         for link in list(self._links):
             link.abort()
 
+    def cut_server_side(self) -> None:
+        """A connection broken at one end only: RST the server's side of every open connection and
+        black-hole the client's (it stays open, its writes succeed, nothing answers), as when a
+        middlebox drops its state and resets the one end that next sends. The server sees the end at
+        once; the client only when its own keepalive or timeout gives up. New connections hang."""
+        self._refusing = False
+        self._forwarding.clear()
+        for link in list(self._links):
+            link.cut_upstream()
+
     def _resume(self) -> None:
         self._refusing = False
         self._forwarding.set()
@@ -189,6 +200,7 @@ class _Link:
         self._tasks: list[asyncio.Task[None]] = []
         self._run_task: asyncio.Task[object] | None = None
         self._aborted = False
+        self._upstream_cut = False  # cut_upstream(): the client's side lives on, black-holed
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -234,9 +246,17 @@ class _Link:
             while data := await reader.read(_READ_SIZE):
                 queue.put_nowait((loop.time(), data))
         except OSError:
-            self.abort()  # a reset on one side resets the other
+            if not self._upstream_cut:
+                self.abort()  # a reset on one side resets the other
             return
-        queue.put_nowait((loop.time(), None))
+        if not self._upstream_cut:
+            queue.put_nowait((loop.time(), None))
+
+    def cut_upstream(self) -> None:
+        """RST the upstream (server) connection only; the client connection stays open."""
+        self._upstream_cut = True
+        if self.upstream_writer is not None:
+            _abort_with_rst(self.upstream_writer)
 
     def abort(self) -> None:
         if self._aborted:
