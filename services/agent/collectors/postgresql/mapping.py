@@ -91,10 +91,11 @@ def _seconds_between(later: dt.datetime | None, earlier: dt.datetime | None) -> 
 
 def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
     """fetch_server_stats' one row: pg_stat_bgwriter (+ pg_stat_checkpointer on 17+) columns under their
-    catalog names, plus last_archived_time, server_now, max_connections, in_recovery, replay_lag (seconds),
-    unreplayed_bytes, wal_receiver_status (pg_stat_wal_receiver.status, 'stopped' without a receiver, 'hidden'
-    without the privilege to see it) and wal_receiver_receipt_age (seconds; NULL on a primary), replication_slots (a list of {slot_name, slot_type, active,
-    retained_bytes}), one count column per ACTIVITY_STATES value and oldest_xact_age (seconds)."""
+    catalog names, plus last_archived_time, server_now, max_connections, in_recovery; replay_lag (seconds),
+    unreplayed_bytes, wal_receiver_status (pg_stat_wal_receiver.status, 'stopped' without a receiver,
+    'hidden' without the privilege to see it) and wal_receiver_receipt_age (seconds), all NULL on a primary;
+    replication_slots (a list of {slot_name, slot_type, active, retained_bytes}), one count column per
+    ACTIVITY_STATES value and oldest_xact_age (seconds)."""
     emit = _emitter(enabled)
     if "checkpoints_timed" in row:  # PostgreSQL <= 16: everything in pg_stat_bgwriter
         checkpoints = {"requested": row["checkpoints_req"], "scheduled": row["checkpoints_timed"]}
