@@ -21,13 +21,10 @@ Everything is synchronous and safe to drive from a test; `close()` stops it all.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +39,7 @@ import yaml
 from dbintel.v1 import operator_service_pb2 as opb
 from dbintel.v1 import operator_service_pb2_grpc, types_pb2
 from tests.e2e.ownership import parse_poll_counters
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import Proxy, ProxyLoop
 from tests.processes import stop_process_group
 from tests.servers import MariaDBServer, PostgresServer, RedisServer, SecantusServer, free_port
 
@@ -82,66 +79,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str, perio
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(period)
-
-
-# -- fault proxies on a background event loop ----------------------------------------------------------
-
-
-class ProxyLoop:
-    """An event loop in a daemon thread that hosts FaultProxy instances for synchronous tests."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault proxies", daemon=True)
-        self._thread.start()
-        self._proxies: list[FaultProxy] = []
-
-    def _call(self, coroutine) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
-
-    def proxy(self, host: str, port: int) -> Proxy:
-        fault_proxy = FaultProxy(host, port)
-        self._call(fault_proxy.start(free_port()))  # below the ephemeral range, like every server
-        self._proxies.append(fault_proxy)
-        return Proxy(self, fault_proxy)
-
-    def run(self, function: Callable[[], Any]) -> Any:
-        """Run a plain function on the loop's thread (FaultProxy's switches touch asyncio objects)."""
-
-        async def call() -> Any:
-            return function()
-
-        return self._call(call())
-
-    def close(self) -> None:
-        for fault_proxy in self._proxies:
-            try:
-                self._call(fault_proxy.stop())
-            except (concurrent.futures.TimeoutError, RuntimeError):
-                pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-
-class Proxy:
-    def __init__(self, loop: ProxyLoop, fault_proxy: FaultProxy) -> None:
-        self._loop, self._proxy = loop, fault_proxy
-
-    @property
-    def address(self) -> str:
-        return self._proxy.address
-
-    def cut_server_side(self) -> None:
-        self._loop.run(self._proxy.cut_server_side)
-
-    def blackhole(self) -> None:
-        self._loop.run(self._proxy.blackhole)
-
-    def add_latency(self, seconds: float) -> None:
-        self._loop.run(lambda: self._proxy.add_latency(seconds))
-
-    def pass_through(self) -> None:
-        self._loop.run(self._proxy.pass_through)
 
 
 # -- processes ------------------------------------------------------------------------------------------
