@@ -165,7 +165,10 @@ def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Seque
         "Names follow the OpenTelemetry Collector receivers (postgresqlreceiver, mysqlreceiver, mongodbreceiver, "
         "redisreceiver). The Prometheus name is derived from the OTel name: dots become underscores, a unit "
         "suffix where the conventions give one, `_total` on monotonic sums. Every series also carries "
-        "`dbintel_resource` and the database's configured `labels`. A metric that is off by default is switched "
+        "`dbintel_resource` and the database's configured `labels`; through the shipped agent PodMonitor it "
+        "carries no `pod` or `instance` and its samples carry their poll's start time, so a database is one "
+        'series whichever agent polls it (docs/architecture.md, "A database\'s series across the hand-off"). '
+        "A metric that is off by default is switched "
         "on per database with `metrics: {<otel name>: {enabled: true}}` (and a default one off with "
         "`enabled: false`).",
         "",

@@ -9,6 +9,15 @@ because its snapshot is gone.
 
 Every database series carries `dbintel_resource`, the database's configured `labels:` (dropped where
 they collide with the metric's own label names: the metric wins) and the metric's attribute labels.
+
+A database series is the database's, not this agent's: a scrape that asks for `?timestamps=poll` (the
+shipped agent PodMonitor does, and removes the agent's `pod`/`instance` from these series) gets each
+database sample stamped with the start of the poll that measured it. Prometheus then keeps one series
+per database across a hand-off: the new owner's samples continue the old owner's (its first poll lands
+one interval after the old owner's last), and Prometheus writes no staleness marker for a stamped
+series, so the old owner dropping the database leaves no hole. The agent's own series (`dbintel_agent_*`,
+by agent) are never stamped. docs/reliability.md, "One series per database across a hand-off", has the
+trade-off: a stamped series that ends is not marked stale, it fades after the lookback delta (5 m).
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ from prometheus_client.registry import Collector
 from .scheduler import ResourceSnapshot
 
 RESOURCE_LABEL = "dbintel_resource"
+# `/metrics?timestamps=poll`: database samples carry their poll's start time (see the module docstring).
+TIMESTAMPS_PARAMETER, POLL_TIMESTAMPS = "timestamps", "poll"
+UP_NAME = "dbintel_database_up"
+UP_HEADER = f"# HELP {UP_NAME} 1 if the last poll reached the database, else 0.\n# TYPE {UP_NAME} gauge\n"
 
 # Poll durations span sub-millisecond Redis INFO to multi-second PostgreSQL catalog scans.
 POLL_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -85,17 +98,25 @@ def _attribute_values(attributes: tuple) -> tuple:
     return attributes
 
 
-def render_snapshot(snapshot: ResourceSnapshot) -> dict[str, _RenderedFamily]:
-    """One database's series in the Prometheus text format, by family name."""
+def render_snapshot(snapshot: ResourceSnapshot, *, poll_timestamps: bool = False) -> dict[str, _RenderedFamily]:
+    """One database's series in the Prometheus text format, by family name: `dbintel_database_up` once
+    polled, then the last poll's samples; each stamped with the poll's start (ms) if `poll_timestamps`."""
     out: dict[str, _RenderedFamily] = {}
+    if not snapshot.polled:
+        return out
     resource = f'{RESOURCE_LABEL}="{_escape_label(snapshot.resource_id)}"'
+    stamp = f" {int(snapshot.last_poll_time * 1000)}" if poll_timestamps and snapshot.last_poll_time is not None else ""
+    out[UP_NAME] = _RenderedFamily(
+        UP_HEADER,
+        f'{UP_NAME}{{{resource},type="{_escape_label(snapshot.db_type)}"}} {1.0 if snapshot.up else 0.0}{stamp}\n',
+    )
     for samples in snapshot.samples_by_metric.values():
         spec = samples[0].spec
         name = spec.prometheus_name  # counters already end in _total, as the text format wants
         user = "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
         # One %-template per family: the labels' layout is fixed, only values change per sample.
         static = (name + "{" + resource + user).replace("%", "%%")  # a user label value may hold a %
-        template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r\n"
+        template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r" + stamp + "\n"
         width = len(spec.label_names)
         lines: list[str] = []
         append = lines.append
@@ -134,8 +155,9 @@ class AgentExposition(Collector):
         self._snapshots = snapshots
         self._status = status
         self._registry = registry
-        # resource id -> (the snapshot rendered, its rendering); replaced whole, so scrapes never see it half-built
-        self._rendered: dict[str, tuple[ResourceSnapshot, dict[str, _RenderedFamily]]] = {}
+        # resource id -> (the snapshot rendered, its renderings by poll_timestamps); replaced whole, so
+        # scrapes never see it half-built (a rendering added to an entry is complete when it is added)
+        self._rendered: dict[str, tuple[ResourceSnapshot, dict[bool, dict[str, _RenderedFamily]]]] = {}
         self._max_concurrent_polls = max_concurrent_polls
         # By type only (bounded cardinality), so a standard histogram that outlives revocations is right.
         self._poll_duration = Histogram(
@@ -157,20 +179,27 @@ class AgentExposition(Collector):
         """The self-metrics (the registry's part of a scrape; database series come from render())."""
         yield from self._self_families(list(self._snapshots().values()))
 
-    def render(self) -> bytes:
+    def render(self, *, poll_timestamps: bool = False) -> bytes:
         """The whole /metrics body: the registry's self-metrics, then every held database's series."""
-        return generate_latest(self._registry) + self.render_databases().encode()
+        return generate_latest(self._registry) + self.render_databases(poll_timestamps=poll_timestamps).encode()
 
-    def render_databases(self) -> str:
+    def render_query(self, query: Mapping[str, list[str]]) -> bytes:
+        """render() for a /metrics request with these query parameters (`?timestamps=poll`)."""
+        return self.render(poll_timestamps=POLL_TIMESTAMPS in query.get(TIMESTAMPS_PARAMETER, ()))
+
+    def render_databases(self, *, poll_timestamps: bool = False) -> str:
         previous, current = self._rendered, {}
         headers: dict[str, str] = {}
         bodies: dict[str, list[str]] = {}
         for resource_id, snapshot in self._snapshots().items():
             entry = previous.get(resource_id)
             if entry is None or entry[0] is not snapshot:
-                entry = (snapshot, render_snapshot(snapshot))
+                entry = (snapshot, {})
+            families = entry[1].get(poll_timestamps)
+            if families is None:  # each snapshot is rendered once per variant a scraper asks for
+                families = entry[1][poll_timestamps] = render_snapshot(snapshot, poll_timestamps=poll_timestamps)
             current[resource_id] = entry
-            for name, family in entry[1].items():
+            for name, family in families.items():
                 headers.setdefault(name, family.header)
                 bodies.setdefault(name, []).append(family.lines)
         self._rendered = current  # revoked databases' renderings go with their snapshots
@@ -206,8 +235,7 @@ class AgentExposition(Collector):
             family.add_sample(sample_name, {}, float(value))
             yield family
 
-        polled = [s for s in snapshots if s.polled]
-        up, up_name = _family("dbintel_database_up", "1 if the last poll reached the database, else 0.", "gauge")
+        polled = [s for s in snapshots if s.polled]  # dbintel_database_up is a database series: render_snapshot
         polls, polls_name = _family(
             "dbintel_agent_polls_total", "Polls of the database since this agent took it.", "counter"
         )
@@ -225,11 +253,10 @@ class AgentExposition(Collector):
         )
         for s in polled:
             resource = {RESOURCE_LABEL: s.resource_id}
-            up.add_sample(up_name, {**resource, "type": s.db_type}, 1.0 if s.up else 0.0)
             polls.add_sample(polls_name, resource, float(s.polls_total))
             for reason, count in sorted(s.error_counts.items()):
                 errors.add_sample(errors_name, {**resource, "reason": reason}, float(count))
             statements.add_sample(statements_name, resource, float(s.statements))
             if s.last_poll_time is not None:
                 last.add_sample(last_name, resource, s.last_poll_time)
-        yield from (up, polls, errors, statements, last)
+        yield from (polls, errors, statements, last)

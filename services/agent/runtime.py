@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -109,13 +110,13 @@ class Agent:
         )
         self._exposition = AgentExposition(
             self.registry,
-            snapshots=self._scheduler.snapshots,
+            snapshots=self._exposed_snapshots,
             status=self._status,
             max_concurrent_polls=config.agent.max_concurrent_polls,
         )
         self._otlp: OTLPPush | None = None
         self._metrics_endpoint = MetricsEndpoint(
-            metrics_listen or config.agent.metrics_listen, self.registry, render=self._exposition.render
+            metrics_listen or config.agent.metrics_listen, self.registry, render=self._exposition.render_query
         )
         self._health_endpoint = HealthEndpoint(health_listen or config.agent.health_listen, self._readiness)
         scaling = config.scaling
@@ -202,6 +203,11 @@ class Agent:
         return False, f"waiting for an assignment from the coordinator at {self.coordinator}" + (
             f" (last attempt: {last_error})" if last_error else ""
         )
+
+    def _exposed_snapshots(self) -> Mapping[str, ResourceSnapshot]:
+        """What /metrics shows: nothing once shutdown has released the databases, whose next owners
+        continue their series (the snapshots stay until then for the final OTLP export)."""
+        return {} if self._polling_stopped else self._scheduler.snapshots()
 
     def _on_poll(self, db_type: str, seconds: float) -> None:
         self._exposition.observe_poll(db_type, seconds)

@@ -21,7 +21,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -149,18 +150,18 @@ def _bind_address(listen: str) -> tuple[str, int]:
 
 
 class MetricsEndpoint:
-    """Serves `/metrics` from a background thread: `render()` if given (a role that renders part of its
-    exposition itself, like the agent), else the registry in the Prometheus text format."""
+    """Serves `/metrics` from a background thread: `render(query parameters)` if given (a role that renders
+    part of its exposition itself, like the agent), else the registry in the Prometheus text format."""
 
     def __init__(
         self,
         listen: str,
         registry: CollectorRegistry,
-        render: Callable[[], bytes] | None = None,
+        render: Callable[[Mapping[str, list[str]]], bytes] | None = None,
         limits: HttpLimits = HTTP_LIMITS,
     ):
         self._listen, self._registry, self._limits = listen, registry, limits
-        self._render = render or (lambda: generate_latest(registry))
+        self._render = render or (lambda _query: generate_latest(registry))
         self._server: _BoundedHTTPServer | None = None
         self.port: int | None = None
 
@@ -194,11 +195,12 @@ class MetricsEndpoint:
                     self.close_connection = True
 
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
+                path, _, query = self.path.partition("?")
+                if path not in ("/metrics", "/"):
                     self.send_error(404, "try /metrics")
                     return
                 try:
-                    body = render()
+                    body = render(urllib.parse.parse_qs(query))
                 except Exception:  # a bug in rendering must answer 500, not hang the scrape
                     log.exception("rendering /metrics failed")
                     self.send_error(500, "rendering failed")

@@ -28,7 +28,8 @@ lists each rewrite as it was made (the test prints it on failure).
     assignment moves and the first polls of every database past this test's time budget.
  8. Prometheus: kubernetes_sd is replaced by static targets carrying the same __meta_kubernetes_pod_*
     labels (one target per container port, as the pod role discovers them); the PodMonitors' 30 s
-    interval becomes SCRAPE_INTERVAL.
+    interval becomes SCRAPE_INTERVAL. Everything else of an endpoint (path, params, honorLabels,
+    honorTimestamps, relabelings, metricRelabelings) goes into its job as the Operator writes it.
 """
 
 from __future__ import annotations
@@ -177,6 +178,23 @@ class PrometheusServer(ManagedServer):
         data = self.api("query", query=expr)
         assert data["resultType"] == "vector", f"{expr}: {data['resultType']} result"
         return data["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[Obj]:
+        """A range query's matrix result: one {metric, values: [[t, "v"], ...]} per series."""
+        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
+        assert data["resultType"] == "matrix", f"{expr}: {data['resultType']} result"
+        return data["result"]
+
+    def own_counters(self) -> dict[str, float]:
+        """Prometheus' own counters (its /metrics), by sample name, summed over their labels."""
+        status, body = http_get(f"{self.url}/metrics", timeout=10)
+        assert status == 200, f"{self.url}/metrics: HTTP {status}"
+        totals: dict[str, float] = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name = re.split(r"[{ ]", line, maxsplit=1)[0]
+                totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return totals
 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
@@ -673,19 +691,22 @@ def scrape_configs(objects: list[Obj], pods: list[Pod]) -> list[Obj]:
             )
             relabel += [_relabeling(r) for r in endpoint.get("relabelings") or []]
             in_scope = [p for p in pods if NAMESPACE in namespaces]
-            jobs.append(
-                {
-                    "job_name": f"podMonitor/{namespace}/{name}/{index}",
-                    "honor_labels": bool(endpoint.get("honorLabels", False)),
-                    "scrape_interval": SCRAPE_INTERVAL,
-                    "scrape_timeout": SCRAPE_INTERVAL,
-                    "metrics_path": endpoint.get("path", "/metrics"),
-                    "scheme": endpoint.get("scheme", "http"),
-                    "static_configs": discovered_targets(in_scope),
-                    "relabel_configs": relabel,
-                    "metric_relabel_configs": [_relabeling(r) for r in endpoint.get("metricRelabelings") or []],
-                }
-            )
+            assert "trackTimestampsStaleness" not in endpoint, "not translated here (Prometheus >= 2.48)"
+            scrape: Obj = {
+                "job_name": f"podMonitor/{namespace}/{name}/{index}",
+                "honor_labels": bool(endpoint.get("honorLabels", False)),
+                "honor_timestamps": bool(endpoint.get("honorTimestamps", True)),
+                "scrape_interval": SCRAPE_INTERVAL,
+                "scrape_timeout": SCRAPE_INTERVAL,
+                "metrics_path": endpoint.get("path", "/metrics"),
+                "scheme": endpoint.get("scheme", "http"),
+                "static_configs": discovered_targets(in_scope),
+                "relabel_configs": relabel,
+                "metric_relabel_configs": [_relabeling(r) for r in endpoint.get("metricRelabelings") or []],
+            }
+            if endpoint.get("params"):
+                scrape["params"] = endpoint["params"]
+            jobs.append(scrape)
     return jobs
 
 

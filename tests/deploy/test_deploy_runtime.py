@@ -1,12 +1,17 @@
 """The built base manifests, run on loopback (tests/deploy/local_cluster.py says what is rewritten for one
 host, and why): the coordinator and agent pods as real `dbintel` processes at the manifests' replica
 counts, with a local Redis and real databases, form one cluster; a real Prometheus configured from the
-PodMonitors gets every database exactly once; every query of the Grafana dashboard returns data."""
+PodMonitors gets every database exactly once; every query of the Grafana dashboard returns data; and
+a database moved by a drain or a SIGTERM stays one series without a hole (last: it changes the cluster)."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from tests.deploy.local_cluster import (
     NAMESPACE,
     DatabaseAccounts,
     LocalCluster,
+    Obj,
     Pod,
     PrometheusServer,
     http_get,
@@ -36,6 +42,7 @@ from tests.servers import LOOPBACK, RedisServer
 
 DASHBOARD = m.REPO / "deploy" / "grafana" / "dbintel-overview.json"
 RESOURCE = "dbintel_resource"
+DATABASE_SERIES = f'{{{RESOURCE}!="", __name__!~"dbintel_agent_.+"}}'  # a database's, not an agent's about it
 SETTLE_TIMEOUT = 90.0  # generous: 2 cores shared with other test runs (load average 20+ seen)
 
 
@@ -94,6 +101,8 @@ class Deployed:
     cluster: LocalCluster
     prometheus: PrometheusServer
     resources: set[str]  # the inventory's resource ids
+    # Scrapes the same pods with the agent PodMonitor as shipped before issue 13 (see podmonitors_before)
+    prometheus_before: PrometheusServer | None = None
 
     @property
     def coordinators(self) -> list[Pod]:
@@ -122,18 +131,34 @@ def _settled(deployed: Deployed) -> bool:
     return all(exported_resources(deployed.objects, pod) >= targets[pod.name] for pod in deployed.agents)
 
 
-def _scraped(deployed: Deployed) -> bool:
+def _scraped(deployed: Deployed, prometheus: PrometheusServer) -> bool:
     """Every target up, every database's series in, and a few scrapes of each (rate() needs two)."""
-    targets = deployed.prometheus.api("targets", state="active")["activeTargets"]
+    targets = prometheus.api("targets", state="active")["activeTargets"]
     if len(targets) != len(deployed.cluster.pods) or any(t["health"] != "up" for t in targets):
         return False
-    per_database = deployed.prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")
-    scrapes = deployed.prometheus.query("count_over_time(up[1m])")
+    per_database = prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")
+    scrapes = prometheus.query("count_over_time(up[1m])")
     return (
         len(per_database) == len(deployed.resources)
         and len(scrapes) == len(targets)
         and all(float(s["value"][1]) >= 4 for s in scrapes)
     )
+
+
+# What issue 13 added to the agent's podMetricsEndpoint (one series per database across a hand-off).
+SERIES_IDENTITY_KEYS = ("params", "honorTimestamps", "metricRelabelings")
+
+
+def podmonitors_before(objects: list) -> list:
+    """The objects with the PodMonitors as shipped before issue 13: no poll timestamps, no relabeling,
+    so every database series carries its agent's pod and instance. Run beside the shipped ones, for the
+    before/after figures of test_a_moved_database_keeps_one_series_without_a_hole."""
+    objects = copy.deepcopy(objects)
+    for monitor in (o for o in objects if o["kind"] == "PodMonitor"):
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for key in SERIES_IDENTITY_KEYS:
+                endpoint.pop(key, None)
+    return objects
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +174,7 @@ def deployed(postgres_server, mariadb_server, redis_server, secantus_server):
     state_redis = RedisServer(password=secret["redis-password"])  # stands in for StatefulSet/redis
     accounts = DatabaseAccounts(objects, secret, servers)
     cluster = LocalCluster(objects, secret, state_redis, servers)
-    prometheus = None
+    prometheuses: list[PrometheusServer] = []
     leftovers: list[str] = []
     try:
         state_redis.start()
@@ -159,19 +184,21 @@ def deployed(postgres_server, mariadb_server, redis_server, secantus_server):
         resources = set(inventory(objects).resources())
         result = Deployed(objects, cluster, None, resources)  # type: ignore[arg-type]
         wait_until(lambda: _settled(result), SETTLE_TIMEOUT, "the cluster to settle", result.describe)
-        # Started once the placement is quiet, so no database series of a move is in its TSDB.
-        prometheus = PrometheusServer(prometheus_config(objects, cluster.pods))
-        prometheus.start()
-        result.prometheus = prometheus
-        wait_until(
-            lambda: _scraped(result),
-            SETTLE_TIMEOUT,
-            "Prometheus to scrape every pod",
-            lambda: prometheus.log_tail() + "\n" + result.describe(),
-        )
+        # Started once the placement is quiet, so no database series of a move is in their TSDBs.
+        for podmonitors in (objects, podmonitors_before(objects)):
+            prometheuses.append(PrometheusServer(prometheus_config(podmonitors, cluster.pods)))
+            prometheuses[-1].start()
+        result.prometheus, result.prometheus_before = prometheuses
+        for prometheus in prometheuses:
+            wait_until(
+                lambda p=prometheus: _scraped(result, p),
+                SETTLE_TIMEOUT,
+                "Prometheus to scrape every pod",
+                lambda p=prometheus: p.log_tail() + "\n" + result.describe(),
+            )
         yield result
     finally:
-        if prometheus is not None:
+        for prometheus in prometheuses:
             prometheus.close()
         try:
             leftovers = cluster.stop()
@@ -325,7 +352,9 @@ def test_prometheus_scrapes_every_pod_through_its_podmonitor(deployed):
     assert seen == expected
     for target in targets:  # the scrape went to the loopback port standing for the pod's `metrics` port
         pod = next(p for p in deployed.cluster.pods if p.name == target["labels"]["pod"])
-        assert target["scrapeUrl"] == f"http://{LOOPBACK}:{pod.port('metrics')}/metrics"
+        params = podmonitor_endpoint(deployed.objects, pod).get("params")
+        query = f"?{urllib.parse.urlencode(params, doseq=True)}" if params else ""
+        assert target["scrapeUrl"] == f"http://{LOOPBACK}:{pod.port('metrics')}/metrics{query}"
     up = {(r["metric"]["job"], r["metric"]["pod"]): r["value"][1] for r in deployed.prometheus.query("up")}
     assert up == {(job, pod): "1" for _, job, pod, *_ in expected}
 
@@ -337,15 +366,18 @@ def test_prometheus_gets_every_database_exactly_once(deployed):
         for r in prometheus.query(f"count by ({RESOURCE}) (dbintel_database_up)")
     }
     assert per_database == dict.fromkeys(deployed.resources, 1.0)
-    # Not one series of any metric about a database comes from a second pod.
-    pods_per_database = {
-        r["metric"][RESOURCE]: float(r["value"][1])
-        for r in prometheus.query(f'count by ({RESOURCE}) (count by ({RESOURCE}, pod) ({{{RESOURCE}!=""}}))')
+    # A database's series name no agent (the PodMonitor drops the target's pod and instance), keep the
+    # labels every agent shares, and carry nothing a relabeling step used on the way.
+    series = prometheus.api("series", **{"match[]": DATABASE_SERIES})
+    assert {s[RESOURCE] for s in series} == deployed.resources
+    assert [s for s in series if "pod" in s or "instance" in s or any(k.startswith("__tmp") for k in s)] == []
+    assert {(s["namespace"], s["job"], s["container"], s["endpoint"]) for s in series} == {
+        (NAMESPACE, f"{NAMESPACE}/dbintel-agent", deployed.agents[0].container["name"], "metrics")
     }
-    assert pods_per_database == dict.fromkeys(deployed.resources, 1.0)
+    # The agent's own series about a database keep the agent: one pod per database, its owner.
     owners = {a.resource_id: a.agent_id for a in operator_view(deployed.coordinators[0]).assignments}
-    exporters = {r["metric"][RESOURCE]: r["metric"]["pod"] for r in prometheus.query("dbintel_database_up")}
-    assert exporters == owners
+    exporters = [(r["metric"][RESOURCE], r["metric"]["pod"]) for r in prometheus.query("dbintel_agent_polls_total")]
+    assert sorted(exporters) == sorted(owners.items())
     leader = prometheus.query("dbintel_scaling_leader == 1")
     assert [r["metric"]["pod"] for r in leader] == [operator_view(deployed.coordinators[0]).cluster.leader_id]
 
@@ -371,15 +403,16 @@ def dashboard_panels(dashboard: dict) -> list[dict]:
     return panels
 
 
-def substitute(expr: str, variables: set[str]) -> str:
-    """Grafana's interpolation, for a test: built-ins to durations, every dashboard variable to `.*`."""
+def substitute(expr: str, variables: set[str], values: dict[str, str] | None = None) -> str:
+    """Grafana's interpolation, for a test: built-ins to durations, every dashboard variable to `.*`
+    (All) unless `values` gives it a regex."""
 
     def value(match: re.Match) -> str:
         name = next(g for g in match.groups() if g)
         if name in BUILTIN_VARIABLES:
             return BUILTIN_VARIABLES[name]
         assert name in variables, f"{expr}: ${name} is not a dashboard variable"
-        return ".*"
+        return (values or {}).get(name, ".*")
 
     return VARIABLE.sub(value, expr)
 
@@ -462,3 +495,257 @@ def test_every_dashboard_query_returns_data(deployed):
                 if missing:
                     empty.append(f"{panel['title']} [{target['refId']}]: legend {{{{{label}}}}} not in {missing[0]}")
     assert not empty, "queries with no data, or legends naming labels the series lack:\n" + "\n".join(empty)
+
+
+# -- one series per database across a hand-off (issue 13), as a dashboard sees it -------------------------
+# Runs last: it drains one agent and SIGTERMs another.
+RATE_WINDOW = "15s"  # 5 polls at the test's 3 s interval: a poll that a busy CPU delays leaves it 4
+COUNTERS = {  # per database type, a counter the dashboard plots as a rate
+    "postgresql": "postgresql_commits_total",
+    "mysql": "mysql_handlers_total",
+    "mongodb": "mongodb_operation_count_total",
+    "redis": "redis_commands_processed_total",
+}
+# Prometheus' own counters of samples it refused: a database series written by two agents out of turn.
+REFUSED = (
+    "prometheus_target_scrapes_sample_out_of_order_total",
+    "prometheus_target_scrapes_sample_duplicate_timestamp_total",
+    "prometheus_target_scrapes_sample_out_of_bounds_total",
+)
+FIGURES = Path(os.environ.get("DBINTEL_SERIES_FIGURES", m.REPO / ".ci" / "work" / "series-identity.json"))
+
+
+def _owners(deployed: Deployed) -> dict[str, str]:
+    return {a.resource_id: a.agent_id for a in operator_view(deployed.coordinators[0]).assignments}
+
+
+def _polls_by(pod: Pod) -> dict[str, float]:
+    """resource -> dbintel_agent_polls_total on the pod's /metrics now."""
+    return {
+        labels[RESOURCE]: value
+        for labels, value in scrape(pod, "metrics", "/metrics").get("dbintel_agent_polls_total", [])
+    }
+
+
+def _handed_over(deployed: Deployed, moved: set[str], gone: set[str]) -> dict[str, str] | None:
+    """Each moved database's new owner, once it has polled it twice and both Prometheus have scraped that."""
+    owners = _owners(deployed)
+    new = {resource: owners.get(resource, "") for resource in moved}
+    if any(not owner or owner in gone for owner in new.values()):
+        return None
+    pods = {pod.name: pod for pod in deployed.agents}
+    for resource, owner in new.items():
+        if _polls_by(pods[owner]).get(resource, 0) < 2:
+            return None
+        for prometheus in (deployed.prometheus, deployed.prometheus_before):
+            if not prometheus.query(f'dbintel_agent_polls_total{{{RESOURCE}="{resource}", pod="{owner}"}} >= 2'):
+                return None
+    return new
+
+
+def _steps(start: float, end: float) -> int:
+    return int(end - start) + 1  # a range query at step 1 s evaluates start, start + 1, ... <= end
+
+
+def _missing_steps(series: Obj | None, start: float, end: float) -> int:
+    return _steps(start, end) - (len(series["values"]) if series else 0)
+
+
+def _per_database(prometheus: PrometheusServer, expr: str, when: float) -> dict[str, float]:
+    """An instant query at `when`, by dbintel_resource."""
+    result = prometheus.api("query", query=expr, time=f"{when:.3f}")["result"]
+    return {r["metric"].get(RESOURCE, ""): float(r["value"][1]) for r in result}
+
+
+def _counters(template: str, databases: list[str]) -> str:
+    """`template` for each type's counter (COUNTERS) over those `databases` of the type, `or`ed: one
+    expression, one result per database."""
+    types = {resource: resource.split(":", 1)[1].split("/", 1)[0] for resource in databases}
+    return " or ".join(
+        template.format(counter=f'{COUNTERS[t]}{{{RESOURCE}=~"{"|".join(r for r in databases if types[r] == t)}"}}')
+        for t in sorted(set(types.values()))
+    )
+
+
+def _measure_series(prometheus: PrometheusServer, events: list[dict], start: float, end: float) -> list[Obj]:
+    """The series of the moved databases (not the agents' own about them) with samples in [start, end]."""
+    moved = "|".join(sorted(set().union(*(e["databases"] for e in events))))
+    match = f'{{{RESOURCE}=~"{moved}", __name__!~"dbintel_agent_.+"}}'
+    return prometheus.api("series", **{"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+
+
+def _identity(series: Obj) -> frozenset:
+    """A series' labels without the agent's (what the shipped PodMonitor keeps)."""
+    return frozenset((k, v) for k, v in series.items() if k not in ("pod", "instance"))
+
+
+def _measure(prometheus: PrometheusServer, deployed: Deployed, events: list[dict], start: float, end: float) -> Obj:
+    """What a dashboard on `prometheus` shows of the hand-offs in [start, end]."""
+    moved = sorted(set().union(*(e["databases"] for e in events)))
+    selected = f'{RESOURCE}=~"{"|".join(moved)}"'
+    window = f"{int(end - start) + 1}s"
+    series = _measure_series(prometheus, events, start, end)
+    per_database = _per_database(
+        prometheus, f"count by ({RESOURCE}) (count_over_time(dbintel_database_up[{window}]))", end
+    )
+    # Instant queries at every step: every database's up sample, and each moved database's rate().
+    up = prometheus.query_range("sum(dbintel_database_up)", start, end)
+    holes: dict[str, int] = {}
+    for t, value in up[0]["values"] if up else []:
+        if float(value) < len(deployed.resources):
+            event = next((e["event"] for e in reversed(events) if float(t) >= e["at"]), "before the first")
+            holes[event] = holes.get(event, 0) + 1
+    if _missing_steps(up[0] if up else None, start, end):
+        holes["no value at all"] = _missing_steps(up[0] if up else None, start, end)
+    rates = {
+        r["metric"][RESOURCE]: r
+        for r in prometheus.query_range(
+            _counters(f"sum by ({RESOURCE}) (rate({{counter}}[{RATE_WINDOW}]))", moved), start, end
+        )
+    }
+    names = sorted({s["__name__"] for s in series if s["__name__"].endswith("_total")})
+    resets = sum(
+        sum(_per_database(prometheus, f"resets({name}{{{selected}}}[{window}])", end).values()) for name in names
+    )
+    # Every dashboard query of a database's series (not the agent's own), for the moved databases.
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    gaps = []
+    for panel in dashboard_panels(dashboard):
+        for target in panel.get("targets") or []:
+            if '$resource"' not in target["expr"] or "dbintel_agent_" in target["expr"]:
+                continue
+            expr = substitute(target["expr"], variables, {"resource": "|".join(moved)})
+            for line in prometheus.query_range(expr, start, end):
+                if _missing_steps(line, start, end):
+                    gaps.append((panel["title"], target["refId"], line["metric"], _missing_steps(line, start, end)))
+    return {
+        "series": series,
+        "identities": {_identity(s) for s in series},
+        "series_per_database": {r: int(n) for r, n in per_database.items()},
+        "up_below_all_steps": holes,
+        "rate_missing_steps": {resource: _missing_steps(rates.get(resource), start, end) for resource in moved},
+        # increase() over the window of each moved database's counter (summed over its series)
+        "increase": _per_database(
+            prometheus, _counters(f"sum by ({RESOURCE}) (increase({{counter}}[{window}]))", moved), end
+        ),
+        "counter_resets": resets,
+        "dashboard_gaps": gaps,
+        "steps": _steps(start, end),
+    }
+
+
+def _record(figures: Obj) -> None:
+    try:
+        FIGURES.parent.mkdir(parents=True, exist_ok=True)
+        FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as exc:  # the figures are a by-product, never the verdict
+        print(f"could not record the figures in {FIGURES}: {exc}")
+
+
+def test_a_moved_database_keeps_one_series_without_a_hole(deployed):
+    """Drain one agent (DrainAgent, apply), then SIGTERM another: real agents, the real Prometheus of these
+    tests scraping through the shipped PodMonitors. Over the window every database is one series (no pod,
+    no instance), every instant query at every 1 s step sees every database, rate() of every moved
+    database has a value at every step, no counter resets, Prometheus refused no sample, and no dashboard
+    panel of the moved databases has a missing step. A second Prometheus scrapes the same pods with the
+    PodMonitors as shipped before (podmonitors_before), for the figures docs/reliability.md gives."""
+    shipped, before = deployed.prometheus, deployed.prometheus_before
+    assert before is not None
+    assert all(re.fullmatch(r"[\w:/.-]+", r) for r in deployed.resources)  # used in regexes as they are
+    prometheuses = {"now": shipped, "before": before}
+    refused_at_start = {key: prometheus.own_counters() for key, prometheus in prometheuses.items()}
+    wait_until(  # history for rate() at the first step: 3 polls of each database (one sample a poll)
+        lambda: (
+            len(shipped.query(f"count_over_time(dbintel_database_up[{RATE_WINDOW}]) >= 3")) == len(deployed.resources)
+        ),
+        30,
+        "three polls of every database in Prometheus",
+    )
+    start = time.time()
+    time.sleep(3)  # steps before the first hand-off
+    events: list[dict] = []
+    leader_id = operator_view(deployed.coordinators[0]).cluster.leader_id
+    leader = next(p for p in deployed.coordinators if p.name == leader_id)
+    gone: set[str] = set()
+    for event in ("drain", "SIGTERM"):
+        owners = _owners(deployed)
+        victim = Counter(owner for owner in owners.values() if owner not in gone).most_common(1)[0][0]
+        moving = {resource for resource, owner in owners.items() if owner == victim}
+        at = time.time()
+        if event == "drain":
+            with grpc.insecure_channel(f"{LOOPBACK}:{leader.port('grpc')}") as channel:
+                reply = operator_service_pb2_grpc.OperatorServiceStub(channel).DrainAgent(
+                    opb.DrainAgentRequest(agent_id=victim, apply=True), timeout=10
+                )
+            assert reply.applied and {mv.resource_id for mv in reply.moves} == moving, reply
+        else:
+            next(p for p in deployed.agents if p.name == victim).process.terminate()
+        gone.add(victim)
+        owners_after = wait_until(
+            lambda m=moving: _handed_over(deployed, m, gone),
+            SETTLE_TIMEOUT,
+            f"the databases of the {event} to be polled elsewhere",
+            deployed.describe,
+        )
+        events.append(
+            {
+                "event": event,
+                "at": at,
+                "databases": sorted(moving),
+                "from": victim,
+                "to": owners_after,
+                "settled_s": round(time.time() - at, 1),
+            }
+        )
+    time.sleep(1)
+    end = time.time()
+    results = {key: _measure(prometheus, deployed, events, start, end) for key, prometheus in prometheuses.items()}
+    now, old = results["now"], results["before"]
+    for key, prometheus in prometheuses.items():
+        counters = prometheus.own_counters()
+        results[key]["refused_samples"] = {
+            name: counters.get(name, 0.0) - refused_at_start[key].get(name, 0.0) for name in REFUSED
+        }
+    # What the counters really did over the window: their poll-stamped values at its two ends.
+    moved = sorted(set().union(*(e["databases"] for e in events)))
+    at_end, at_start = (
+        _per_database(shipped, _counters(f"sum by ({RESOURCE}) ({{counter}})", moved), t) for t in (end, start)
+    )
+    for result in results.values():
+        result["increase_share"] = {
+            r: round(v / (at_end[r] - at_start[r]), 2)
+            for r, v in sorted(result.pop("increase").items())
+            if at_end[r] > at_start[r]
+        }
+    summary = {key: value for key, value in now.items() if key not in ("series", "identities")}
+    _record(
+        {
+            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "window_s": round(end - start, 1),
+            "events": events,
+            **{
+                f"{name}": {
+                    **{k: v for k, v in result.items() if k not in ("series", "identities")},
+                    "series_of_moved_databases": len(result["series"]),
+                    "identities_of_moved_databases": len(result["identities"]),
+                }
+                for name, result in results.items()
+            },
+        }
+    )
+    assert [s for s in now["series"] if "pod" in s or "instance" in s] == [], summary
+    assert len(now["series"]) == len(now["identities"]), summary  # no database identity twice
+    # ... and each identity the old manifests split over agents is there. A stamped sample sits at its
+    # poll's start, up to an interval before it was first scraped: look from 10 s before the window.
+    since = _measure_series(shipped, events, start - 10, end)
+    assert old["identities"] <= {_identity(s) for s in since}, old["identities"] - {_identity(s) for s in since}
+    assert now["series_per_database"] == dict.fromkeys(deployed.resources, 1), summary
+    moves = Counter(r for e in events for r in e["databases"])
+    assert old["series_per_database"] == {r: 1 + moves[r] for r in deployed.resources}  # what it measures
+    assert now["up_below_all_steps"] == {}, summary
+    assert now["rate_missing_steps"] == dict.fromkeys(moved, 0), summary
+    assert now["counter_resets"] == 0, summary
+    assert now["dashboard_gaps"] == [], summary
+    assert now["refused_samples"] == dict.fromkeys(REFUSED, 0.0), summary

@@ -117,7 +117,8 @@ def test_self_metrics_describe_polls_errors_and_the_agent():
     )
     registry, expo = exposition({s.resource_id: s for s in (ok, down, never)}, status, max_concurrent_polls=2)
     expo.observe_poll("redis", 0.003)
-    families, text = scrape(registry)
+    families, text = scrape(expo)
+    assert "dbintel_database_up" not in scrape(registry)[0]  # a database series, rendered with the others
 
     def values(family: str) -> dict:
         return {tuple(sorted(labels.items())): value for _, labels, value in families[family]}
@@ -239,16 +240,21 @@ def test_each_snapshot_is_rendered_once_however_often_it_is_scraped(monkeypatch)
     calls = []
     real = module.render_snapshot
     monkeypatch.setattr(
-        module, "render_snapshot", lambda snapshot: calls.append(snapshot.resource_id) or real(snapshot)
+        module,
+        "render_snapshot",
+        lambda snapshot, **options: calls.append((snapshot.resource_id, options)) or real(snapshot, **options),
     )
     first = polled("a", [Sample(MEMORY, 1.0)])
     snapshots = {first.resource_id: first}
     _, expo = exposition(snapshots)
     texts = {expo.render() for _ in range(5)}
-    assert len(texts) == 1 and calls == ["db:redis/a"]
+    assert len(texts) == 1 and calls == [("db:redis/a", {"poll_timestamps": False})]
+    stamped = {expo.render(poll_timestamps=True) for _ in range(3)} | {expo.render_query({"timestamps": ["poll"]})}
+    assert len(stamped) == 1 and calls[1:] == [("db:redis/a", {"poll_timestamps": True})]  # once per variant
+    assert {expo.render() for _ in range(2)} == texts and len(calls) == 2
     snapshots[first.resource_id] = polled("a", [Sample(MEMORY, 2.0)], at=1_700_000_010.0)  # a new poll
     families, _ = scrape(expo)
-    assert calls == ["db:redis/a", "db:redis/a"]
+    assert calls[2:] == [("db:redis/a", {"poll_timestamps": False})]
     assert [value for _, _, value in families["redis_memory_used_bytes"]] == [2.0]
 
 
@@ -264,3 +270,38 @@ def test_rendering_escapes_what_the_text_format_requires():
     assert values['us"er\\n'] == float("inf") and values["50%"] == 2.0
     assert all(labels["team"] == '100% "ops"\nnight' for _, labels, _ in families["redis_cpu_time_seconds"])
     assert [v != v for _, _, v in families["redis_memory_used_bytes"]] == [True]  # NaN
+
+
+def test_database_samples_carry_their_poll_time_only_when_the_scrape_asks():
+    """`?timestamps=poll` (the shipped PodMonitor): every database sample, `dbintel_database_up` included,
+    is stamped with its poll's start in ms, so Prometheus keeps one series across a hand-off; the agent's
+    own series never are, and a plain /metrics scrape gets no timestamps at all."""
+    cache = polled(
+        "cache",
+        [Sample(CPU, 1.5, ("user",)), Sample(MEMORY, float("nan"))],
+        labels={"team": "a"},
+        at=1_700_000_123.4567,
+    )
+    down = polled("down", [], up=False, at=1_700_000_200.0)
+    never = ResourceSnapshot("db:redis/never", db("never"))
+    _, expo = exposition({s.resource_id: s for s in (cache, down, never)})
+    text = expo.render_query({"timestamps": ["poll"]}).decode()
+    stamped = {
+        (sample.name, sample.labels.get("dbintel_resource")): sample.timestamp
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    database = {key: ts for key, ts in stamped.items() if not key[0].startswith("dbintel_agent_") and key[1]}
+    assert database == {
+        ("dbintel_database_up", "db:redis/cache"): 1_700_000_123.456,
+        ("redis_cpu_time_seconds_total", "db:redis/cache"): 1_700_000_123.456,
+        ("redis_memory_used_bytes", "db:redis/cache"): 1_700_000_123.456,
+        ("dbintel_database_up", "db:redis/down"): 1_700_000_200.0,
+    }
+    assert 'redis_memory_used_bytes{dbintel_resource="db:redis/cache",team="a"} NaN 1700000123456\n' in text
+    own = {key: ts for key, ts in stamped.items() if key not in database}
+    assert own and all(ts is None for ts in own.values())  # dbintel_agent_*, process and python series
+    for query in ({}, {"timestamps": ["server"]}):
+        plain = expo.render_query(query).decode()
+        assert all(s.timestamp is None for f in text_string_to_metric_families(plain) for s in f.samples)
+        assert plain == expo.render().decode()
