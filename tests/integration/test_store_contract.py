@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from dbintel.common.config import RedisSettings
+from dbintel.common.config import RedisSettings, SentinelSettings
 from dbintel.coordinator.model import (
     AgentAlreadyLeft,
     AgentIdConflict,
@@ -24,20 +24,34 @@ from dbintel.coordinator.store.memory_store import MemoryScalingStore
 from dbintel.coordinator.store.redis_store import RedisScalingStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_settings(request, monkeypatch, topology: str, prefix: str) -> RedisSettings:
+    """Settings for a store on `topology` (one Redis, a Sentinel set, a three-primary cluster)."""
+    if topology == "sentinel":
+        sentinels = request.getfixturevalue("sentinel_set")
+        monkeypatch.setenv("TEST_STORE_REDIS_PW", sentinels.password)
+        monkeypatch.setenv("TEST_STORE_SENTINEL_PW", sentinels.sentinel_password)
+        return RedisSettings(
+            password="${env:TEST_STORE_REDIS_PW}",
+            key_prefix=prefix,
+            sentinel=SentinelSettings(
+                master_name=sentinels.master_name,
+                addresses=sentinels.sentinel_addresses,
+                password="${env:TEST_STORE_SENTINEL_PW}",
+            ),
+        )
+    server = request.getfixturevalue("redis_cluster" if topology == "cluster" else "redis_server")
+    monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
+    return RedisSettings(
+        address=server.address, password="${env:TEST_STORE_REDIS_PW}", key_prefix=prefix, cluster=topology == "cluster"
+    )
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def store(request, monkeypatch):
     if request.param == "memory":
         s = MemoryScalingStore()
     else:
-        server = request.getfixturevalue("redis_server")
-        monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
-        s = RedisScalingStore(
-            RedisSettings(
-                address=server.address,
-                password="${env:TEST_STORE_REDIS_PW}",
-                key_prefix=f"contract:{uuid.uuid4().hex[:8]}:",
-            )
-        )
+        s = RedisScalingStore(redis_settings(request, monkeypatch, request.param, f"contract:{uuid.uuid4().hex[:8]}:"))
     await s.start()
     yield s
     await s.close()
