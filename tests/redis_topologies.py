@@ -15,7 +15,7 @@ import secrets
 import time
 from pathlib import Path
 
-from tests.servers import RedisServer, ServerError, _new_password, find_binary
+from tests.servers import RedisServer, ServerError, _new_password, find_binary, free_port
 
 
 class RedisNode(RedisServer):
@@ -46,7 +46,12 @@ class SentinelServer(RedisServer):
     def __init__(
         self, password: str, master_name: str, primary: RedisNode, replicas: list[RedisNode], down_after_ms: int
     ) -> None:
-        self.master_name, self.primary, self.replicas, self.down_after_ms = master_name, primary, replicas, down_after_ms
+        self.master_name, self.primary, self.replicas, self.down_after_ms = (
+            master_name,
+            primary,
+            replicas,
+            down_after_ms,
+        )
         self.myid = secrets.token_hex(20)
         self.peers: list[SentinelServer] = []  # set by SentinelSet: told up front, not discovered in seconds
         super().__init__(password)
@@ -101,11 +106,12 @@ def _wait(predicate, timeout: float, what: str, period: float = 0.05):
 
 
 class SentinelSet:
-    """Primary + `replicas` replicas + 3 sentinels (quorum 2), master name `dbintel`."""
+    """Primary + `replicas` replicas + 3 sentinels (quorum 2), master name `dbintel`. down-after 2 s: at
+    1 s a loaded 2-core machine saw a freshly promoted primary as down and failed over twice."""
 
     master_name = "dbintel"
 
-    def __init__(self, replicas: int = 1, down_after_ms: int = 1000) -> None:
+    def __init__(self, replicas: int = 1, down_after_ms: int = 2000) -> None:
         self.password = _new_password()  # the data nodes'
         self.sentinel_password = _new_password()  # the sentinels' own (scaling.redis.sentinel.password)
         primary = RedisNode(self.password)
@@ -206,10 +212,12 @@ class RedisClusterSet:
 
     def __init__(self, primaries: int = 3) -> None:
         self.password = _new_password()
+        # The bus port is chosen too: port + 10000 (the default) may be anything's on a busy machine.
         self.nodes = [
             RedisNode(
                 self.password,
-                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+                + ["--cluster-port", str(free_port())],
             )
             for _ in range(primaries)
         ]

@@ -494,8 +494,8 @@ class RedisScalingStore(ScalingStore):
 
         async def run() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
-                if self._cluster:  # a cluster pipeline loads no script: the plain call below did
-                    pipe.evalsha(self._scripts["renew"].sha, 1, key, lease.value, ttl_ms)
+                if self._cluster:  # a cluster pipeline refuses evalsha() and loads no script (see below)
+                    pipe.execute_command("EVALSHA", self._scripts["renew"].sha, 1, key, lease.value, ttl_ms)
                     # WAIT names no key: send it to the node of the state's slot, on the same connection.
                     pipe.execute_command(
                         "WAIT", self._acks, REPLICA_ACK_TIMEOUT_MS, target_nodes=self._client.get_node_from_key(key)
