@@ -410,7 +410,8 @@ class RedisScalingStore(ScalingStore):
         except NoPermissionError:
             raise StoreUnavailable(
                 f"redis {self._address}: the ACL user lacks a permission dbintel needs "
-                "(keys under key_prefix, EVALSHA/EVAL, PUBLISH/SUBSCRIBE, TIME, WAIT)"
+                "(keys and channels {key_prefix}*, and key_prefix* once for the upgrade, EVALSHA/EVAL, "
+                "PUBLISH/SUBSCRIBE, WAIT)"
             ) from None
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             detail = str(exc) if isinstance(exc, RedisConnectionError) else ""
@@ -517,11 +518,19 @@ class RedisScalingStore(ScalingStore):
         assert self._legacy is not None
         old, new = self._legacy, self._keys
         names = ("epoch", "info", "agents", "target", "assignments", "meta")
-        status, detail = await self._script(
-            "migrate",
-            [old["leader"], *(old[n] for n in names), *(new[n] for n in names)],
-            [f"keys moved to {tagged_prefix(self._settings.key_prefix)}"],
-        )
+
+        async def migrate() -> list[Any]:
+            try:
+                return await self._scripts["migrate"](
+                    keys=[old["leader"], *(old[n] for n in names), *(new[n] for n in names)],
+                    args=[f"keys moved to {tagged_prefix(self._settings.key_prefix)}"],
+                )
+            except NoPermissionError:
+                # An ACL user allowed only the new names: nothing of an older version can be there.
+                log.info("the ACL user may not read %s*: no older state to move", self._settings.key_prefix)
+                return [2, ""]
+
+        status, detail = await self._call(migrate())
         if int(status) == 0:
             log.warning(
                 "a coordinator of an older version holds the lease under %s (%s): not leading beside it; "
