@@ -36,6 +36,8 @@ fail() {
 }
 
 # --- apt: servers; for the tests also exporters and Prometheus (the deploy tests scrape with it) ---
+# The replication tests need nothing more: pg_basebackup comes with postgresql (postgresql-client-15),
+# and the MariaDB and Redis replicas are the same servers started with other options.
 apt_packages=(redis-server postgresql)
 if [[ "$purpose" == test ]]; then
     apt_packages+=(

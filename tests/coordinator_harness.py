@@ -92,6 +92,7 @@ class ScriptedAgent:
         capacity: int = 0,
         heartbeat_s: float = 0.3,
         reconnect: bool = True,
+        sequenced: bool = False,
     ):
         self.agent_id, self.address = agent_id, address
         self.pod_name = pod_name or agent_id
@@ -104,6 +105,8 @@ class ScriptedAgent:
         self.degraded_seen = False
         self.error: grpc.aio.AioRpcError | None = None
         self.reconnect = reconnect
+        self.sequenced = sequenced  # number requests as today's agents do (older ones send none)
+        self.sequence = 0
         self._task: asyncio.Task | None = None
         self._outbox: asyncio.Queue | None = None
         self.silent = False  # stop heartbeating (simulates a hung agent) while the stream stays open
@@ -125,6 +128,9 @@ class ScriptedAgent:
             current=[self._status(r) for r in sorted(self.held)],
             released=[self._status(r) for r in sorted(released)],
         )
+        if self.sequenced:
+            self.sequence += 1
+            message.sequence = self.sequence
         if with_registration:
             message.registration.CopyFrom(
                 apb.AgentRegistration(
@@ -233,11 +239,11 @@ def exactly_once(agents: list[ScriptedAgent], resources: set[str]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def scripted_cluster(config: Config, agents: int, *, name: str = "c1"):
+async def scripted_cluster(config: Config, agents: int, *, name: str = "c1", **agent_options: Any):
     """A coordinator and `agents` scripted agents, placed (every database held exactly once)."""
     coordinator = await start_coordinator(config, name)
     address = f"127.0.0.1:{coordinator.grpc_port}"
-    fleet = [ScriptedAgent(f"agent-{i}", address).start() for i in range(agents)]
+    fleet = [ScriptedAgent(f"agent-{i}", address, **agent_options).start() for i in range(agents)]
     try:
         await wait_for(lambda: exactly_once(fleet, set(config.resources())), message="initial placement")
         yield coordinator, address, fleet

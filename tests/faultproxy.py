@@ -6,6 +6,7 @@
     proxy.limit_bandwidth(10_000)       # bytes per second, per connection and direction
     proxy.blackhole()                   # nothing is forwarded or answered; connections hang
     proxy.reset()                       # every connection gets an RST, and so does every new one
+    proxy.cut_server_side()             # the server's side gets an RST, the client's is black-holed
     proxy.pass_through()                # back to a clean link
     await proxy.stop()
 
@@ -15,14 +16,24 @@ While black-holed the proxy keeps accepting and reading, so clients see their wr
 and it opens no new upstream connection; what it read is held, not dropped, and delivered when
 the hole closes (as TCP retransmission would across a healed partition). Tools such as
 Toxiproxy or tc netem are not available here, hence this.
+
+Synchronous tests (and fixtures that outlive one test's event loop) host their proxies on a
+`ProxyLoop`, an event loop in a daemon thread: `ProxyLoop().proxy(host, port)` gives a `Proxy` whose
+switches are plain calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tests.servers import free_port
 
 _READ_SIZE = 64 * 1024
 _SHAPING_SLICES_PER_S = 20  # bandwidth is metered in slices this often, so throughput is smooth
@@ -118,6 +129,16 @@ class FaultProxy:
         for link in list(self._links):
             link.abort()
 
+    def cut_server_side(self) -> None:
+        """A connection broken at one end only: RST the server's side of every open connection and
+        black-hole the client's (it stays open, its writes succeed, nothing answers), as when a
+        middlebox drops its state and resets the one end that next sends. The server sees the end at
+        once; the client only when its own keepalive or timeout gives up. New connections hang."""
+        self._refusing = False
+        self._forwarding.clear()
+        for link in list(self._links):
+            link.cut_upstream()
+
     def _resume(self) -> None:
         self._refusing = False
         self._forwarding.set()
@@ -189,6 +210,7 @@ class _Link:
         self._tasks: list[asyncio.Task[None]] = []
         self._run_task: asyncio.Task[object] | None = None
         self._aborted = False
+        self._upstream_cut = False  # cut_upstream(): the client's side lives on, black-holed
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -234,9 +256,17 @@ class _Link:
             while data := await reader.read(_READ_SIZE):
                 queue.put_nowait((loop.time(), data))
         except OSError:
-            self.abort()  # a reset on one side resets the other
+            if not self._upstream_cut:
+                self.abort()  # a reset on one side resets the other
             return
-        queue.put_nowait((loop.time(), None))
+        if not self._upstream_cut:
+            queue.put_nowait((loop.time(), None))
+
+    def cut_upstream(self) -> None:
+        """RST the upstream (server) connection only; the client connection stays open."""
+        self._upstream_cut = True
+        if self.upstream_writer is not None:
+            _abort_with_rst(self.upstream_writer)
 
     def abort(self) -> None:
         if self._aborted:
@@ -255,3 +285,79 @@ class _Link:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# --- on a background event loop --------------------------------------------------------------------
+
+
+class ProxyLoop:
+    """An event loop in a daemon thread that hosts FaultProxy instances for synchronous tests."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault proxies", daemon=True)
+        self._thread.start()
+        self._proxies: list[FaultProxy] = []
+
+    def _call(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    def proxy(self, host: str, port: int) -> Proxy:
+        fault_proxy = FaultProxy(host, port)
+        self._call(fault_proxy.start(free_port()))  # below the ephemeral range, like every server
+        self._proxies.append(fault_proxy)
+        return Proxy(self, fault_proxy)
+
+    def run(self, function: Callable[[], Any]) -> Any:
+        """Run a plain function on the loop's thread (FaultProxy's switches touch asyncio objects)."""
+
+        async def call() -> Any:
+            return function()
+
+        return self._call(call())
+
+    def close(self) -> None:
+        for fault_proxy in self._proxies:
+            try:
+                self._call(fault_proxy.stop())
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> ProxyLoop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Proxy:
+    """A FaultProxy on a ProxyLoop, switched from any thread."""
+
+    def __init__(self, loop: ProxyLoop, fault_proxy: FaultProxy) -> None:
+        self._loop, self._proxy = loop, fault_proxy
+
+    @property
+    def address(self) -> str:
+        return self._proxy.address
+
+    @property
+    def port(self) -> int:
+        assert self._proxy.port is not None
+        return self._proxy.port
+
+    def blackhole(self) -> None:
+        self._loop.run(self._proxy.blackhole)
+
+    def reset(self) -> None:
+        self._loop.run(self._proxy.reset)
+
+    def cut_server_side(self) -> None:
+        self._loop.run(self._proxy.cut_server_side)
+
+    def add_latency(self, seconds: float) -> None:
+        self._loop.run(lambda: self._proxy.add_latency(seconds))
+
+    def pass_through(self) -> None:
+        self._loop.run(self._proxy.pass_through)

@@ -16,6 +16,14 @@ passed since the send time of the last answered heartbeat. The coordinator expir
 node_timeout after it recorded its last heartbeat, so the agent is re-recorded elsewhere or stops
 first, and neither a partition nor a paused replica makes two pollers.
 
+A replica that sees this agent's stream end without a Leave marks it suspect, and the leader expires
+it `disconnect_grace` later unless a heartbeat clears the mark: a crashed agent's databases move in
+seconds. The link pings its replica every max(1 s, grace / 6) (HTTP/2 keepalive) so that a
+connection broken on the replica's side only is noticed here too, and with `on_coordinator_loss:
+stop` it stops polling `stop_after` (a third of the grace) after a stream broke, unless a heartbeat sent
+since was answered; `dbintel.common.liveness` shows why that is inside the grace. A stream the
+coordinator ends itself (it is shutting down) marks nobody and arms nothing.
+
 The registration carries a random per-registration `session_secret`; Leave and GetAssignments
 present it, so nobody else can end this agent's session. When the coordinator says the registration
 has ended (FAILED_PRECONDITION: it left, or was taken for gone), the agent stops polling and
@@ -28,6 +36,7 @@ only speaks the protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -40,7 +49,7 @@ import grpc
 
 from dbintel.common.config import TLSSettings
 from dbintel.common.grpc_security import describe_rpc_error, open_channel
-from dbintel.common.liveness import LinkTimings, link_timings
+from dbintel.common.liveness import DisconnectTimings, LinkTimings, disconnect_timings, link_timings
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import agent_service_pb2_grpc as pb_grpc
 from dbintel.v1 import types_pb2
@@ -52,17 +61,30 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 5.0
 
-# Keepalive pings no more often than a default gRPC server accepts (5 min without data; more often
-# earns a GOAWAY "too_many_pings" on a quiet stream). Each channel dials one replica (see replicas.py).
+# Each channel dials one replica (see replicas.py).
 CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 300_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.min_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_CAP * 1000)),
 )
+# Without a disconnect grace nothing needs a fast keepalive: ping no more often than a default gRPC
+# server accepts (5 min without data; more often earns a GOAWAY "too_many_pings" on a quiet stream).
+SLOW_KEEPALIVE = (("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000))
+
+
+def keepalive_options(disconnect: DisconnectTimings | None) -> tuple[tuple[str, int], ...]:
+    """The channel's HTTP/2 keepalive for a replica's disconnect grace (None: the grace is off)."""
+    if disconnect is None:
+        return SLOW_KEEPALIVE
+    timeout_ms = max(1, round(disconnect.keepalive_timeout * 1000))
+    return (
+        ("grpc.keepalive_time_ms", max(1, round(disconnect.keepalive_time * 1000))),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # gRPC core times an unanswered keepalive ping out by this one (default 1 min), not the above.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+    )
 
 
 def backoff_delay(
@@ -115,6 +137,7 @@ class CoordinatorLink:
         check_interval: float,
         node_timeout: float,
         stop_on_loss: bool,
+        disconnect_grace: float = 0.0,
         tls: TLSSettings | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -132,6 +155,10 @@ class CoordinatorLink:
         self._node_timeout = node_timeout
         self._timings: LinkTimings = link_timings(heartbeat_interval, node_timeout)
         self._stop_on_loss = stop_on_loss
+        self._disconnect: DisconnectTimings | None = None
+        self._set_disconnect_grace(disconnect_grace)
+        self._lost_at: float | None = None  # when a stream broke with no heartbeat sent since answered
+        self._watch = asyncio.Event()  # the watchdog's deadlines changed
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         self._channel: grpc.aio.Channel | None = None
@@ -148,6 +175,7 @@ class CoordinatorLink:
         self._degraded = False
         self.connected = False
         self._stream_responded = False
+        self._stream_sent = False  # the current stream wrote a request (its replica may know it)
         self.streams_opened = 0  # for tests and logs
         self.channels_opened = 0
         self._answered = asyncio.Event()
@@ -163,6 +191,14 @@ class CoordinatorLink:
     def timings(self) -> LinkTimings:
         return self._timings
 
+    @property
+    def disconnect(self) -> DisconnectTimings | None:
+        """The keepalive and stop deadline for the coordinator's disconnect grace; None when it is off."""
+        return self._disconnect
+
+    def _set_disconnect_grace(self, grace: float) -> None:
+        self._disconnect = disconnect_timings(grace) if grace > 0 else None
+
     def _new_session(self) -> None:
         self._registration.instance_id = uuid.uuid4().hex
         self._registration.session_secret = secrets.token_urlsafe(24)
@@ -176,7 +212,7 @@ class CoordinatorLink:
         """A channel to another replica than the last one (it stalled, failed or ended the stream):
         a frozen replica keeps its TCP connections, so a channel to it would stall again."""
         replica = choose(await resolve(self.target), self.replica, self._rng)
-        options: list[tuple[str, object]] = list(CHANNEL_OPTIONS)
+        options: list[tuple[str, object]] = [*CHANNEL_OPTIONS, *keepalive_options(self._disconnect)]
         if replica.authority is not None:  # dialled by address: keep the name for :authority and TLS
             options.append(("grpc.default_authority", replica.authority))
             if self._tls is not None and self._tls.enabled and not self._tls.server_name:
@@ -252,10 +288,12 @@ class CoordinatorLink:
         attempt = 0
         try:
             while True:
-                self._stream_responded = False
+                self._stream_responded = self._stream_sent = False
                 await self._switch_replica()
+                broken = True  # the coordinator may mark this agent suspect: see _stream_broke
                 try:
                     await self._stream_once(lambda: _cancel(fallback))  # noqa: B023 - the fallback running when the stream answers
+                    broken = False  # it ended the stream itself, so it marks nobody
                     log.warning("Heartbeat stream to %s ended by the coordinator", self._replica_name())
                 except _StreamStalled:
                     log.warning(
@@ -274,8 +312,11 @@ class CoordinatorLink:
                         log.warning("the coordinator ended this registration (%s); registering anew", exc.details())
                         await asyncio.shield(self._handler.on_coordinator_lost())
                         self._new_session()
+                        broken = False
                 except Exception as exc:  # any other failure means: reconnect
                     self._stream_failed(exc, attempt)
+                if broken and self._stream_sent:  # a stream the replica never heard of cannot mark
+                    self._stream_broke()
                 responded = self._stream_responded
                 self._set_connected(False)
                 if self._leaving:
@@ -289,6 +330,13 @@ class CoordinatorLink:
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*(t for t in (watchdog, fallback) if t is not None), return_exceptions=True)
+
+    def _stream_broke(self) -> None:
+        """A stream ended other than by the coordinator's word: its replica may have marked this agent
+        suspect, to be expired disconnect_grace after it saw the end. Arm the stop deadline (stop mode)."""
+        if self._lost_at is None:
+            self._lost_at = self._monotonic()
+            self._watch.set()
 
     def _replica_name(self) -> str:
         return self.replica.address if self.replica is not None else self.target
@@ -339,6 +387,13 @@ class CoordinatorLink:
                     degraded_since = degraded_since if degraded_since is not None else now
                     if now - degraded_since >= self._timings.response_timeout:
                         raise _ReplicaDegraded()
+                if response.HasField("disconnect_grace"):
+                    grace = response.disconnect_grace.ToTimedelta().total_seconds()
+                    if (self._disconnect is None) != (grace <= 0) or (
+                        self._disconnect is not None and disconnect_timings(grace) != self._disconnect
+                    ):
+                        self._set_disconnect_grace(grace)  # the next channel's keepalive follows it
+                        self._watch.set()
                 if response.HasField("heartbeat_interval"):
                     seconds = response.heartbeat_interval.ToTimedelta().total_seconds()
                     interval = seconds if seconds > 0 else self._default_heartbeat_interval
@@ -383,6 +438,8 @@ class CoordinatorLink:
             # The coordinator recorded this request after it was sent: its expiry clock started
             # no earlier, so measuring from the send time keeps the agent on the safe side.
             self._last_ack = max(self._last_ack, sent_at)
+            if self._lost_at is not None and sent_at >= self._lost_at:
+                self._lost_at = None  # recorded after the break: any suspect mark is cleared
         self._lost_reported = False
         self._set_connected(True)
         self._answered.set()
@@ -404,6 +461,7 @@ class CoordinatorLink:
                 request.registration.CopyFrom(self._registration)
             sequence = self._sequence
             await call.write(request)
+            self._stream_sent = True
             first = False
             written_at = self._monotonic()
             self._unanswered[sequence] = written_at
@@ -490,19 +548,38 @@ class CoordinatorLink:
 
     async def _watchdog(self) -> None:
         """on_coordinator_loss: stop — stop polling once stop_after (inside node_timeout) has passed
-        since the send time of the last heartbeat the coordinator answered."""
+        since the send time of the last heartbeat the coordinator answered, or the disconnect stop
+        deadline since a stream broke without an answer to a heartbeat sent after."""
         period = max(0.02, min(1.0, self._node_timeout / 40))
         while True:
-            await asyncio.sleep(period)
-            silence = self._monotonic() - self._last_ack
-            if silence > self._timings.stop_after and not self._lost_reported:
+            self._watch.clear()
+            now = self._monotonic()
+            silence = now - self._last_ack
+            since_break = None if self._lost_at is None else now - self._lost_at
+            disconnect = self._disconnect
+            broke = since_break is not None and disconnect is not None and since_break >= disconnect.stop_after
+            if (silence > self._timings.stop_after or broke) and not self._lost_reported:
                 self._lost_reported = True
-                log.warning(
-                    "no heartbeat answered by the coordinator for %.1fs (80 %% of node_timeout): "
-                    "stopping all polls until an assignment arrives",
-                    silence,
-                )
+                if broke:
+                    log.warning(
+                        "heartbeat stream broke %.1fs ago and no heartbeat since was answered: stopping all "
+                        "polls until an assignment arrives (the coordinator expires this agent at disconnect_grace)",
+                        since_break,
+                    )
+                else:
+                    log.warning(
+                        "no heartbeat answered by the coordinator for %.1fs (80 %% of node_timeout): "
+                        "stopping all polls until an assignment arrives",
+                        silence,
+                    )
                 await asyncio.shield(self._handler.on_coordinator_lost())
+                continue
+            wait = period
+            if since_break is not None and disconnect is not None and not self._lost_reported:
+                wait = min(wait, max(0.0, disconnect.stop_after - since_break))  # on time, not up to a period late
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._watch.wait()
 
 
 def _cancel(task: asyncio.Task | None) -> None:

@@ -134,6 +134,7 @@ class Agent:
             check_interval=scaling.receiver_scaling.check_interval.total_seconds(),
             node_timeout=scaling.coordinator.node_timeout.total_seconds(),
             stop_on_loss=scaling.receiver_scaling.on_coordinator_loss == "stop",
+            disconnect_grace=scaling.coordinator.disconnect_grace.total_seconds(),
             tls=config.agent.tls,
         )
         self._apply_lock = asyncio.Lock()

@@ -31,7 +31,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .durations import Duration, format_duration
 from .endpoints import parse_host_port
-from .liveness import smallest_node_timeout
+from .liveness import DEFAULT_DISCONNECT_GRACE_S, MIN_DISCONNECT_GRACE_S, smallest_node_timeout
 from .secrets import check_reference
 
 DATABASE_TYPES = ("postgresql", "mysql", "mongodb", "redis")
@@ -273,10 +273,23 @@ class CoordinatorScaling(_Section):
     min_rebalance_interval: Duration = timedelta(minutes=1)
     # A periodic cost rebalance is applied only if it improves the spread by at least this share.
     rebalance_improvement: float = Field(default=0.10, ge=0.0, le=1.0)
+    # An agent whose stream ends without a Leave (its process died: the connection closed) is expired
+    # this long after, unless it reconnects; 0s turns it off (node_timeout alone decides).
+    disconnect_grace: Duration = timedelta(seconds=DEFAULT_DISCONNECT_GRACE_S)
 
     @model_validator(mode="after")
     def _order(self) -> CoordinatorScaling:
         problems = []
+        grace = self.disconnect_grace.total_seconds()
+        if 0 < grace < MIN_DISCONNECT_GRACE_S:
+            problems.append(
+                (
+                    "disconnect_grace",
+                    f"must be 0s (off) or at least {MIN_DISCONNECT_GRACE_S:g}s (a live agent whose "
+                    "connection broke must notice by keepalive and reconnect within it), "
+                    f"not {format_duration(self.disconnect_grace)}",
+                )
+            )
         if self.heartbeat_interval < timedelta(milliseconds=100):
             problems.append(
                 ("heartbeat_interval", f"must be at least 100ms, not {format_duration(self.heartbeat_interval)}")

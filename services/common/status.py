@@ -79,7 +79,8 @@ def render_status(status: dict) -> str:
                 a["agent_id"],
                 a["state"].removeprefix("AGENT_STATE_").lower()
                 + (" (unacknowledged)" if a.get("unacknowledged") else "")
-                + (" (unproven)" if a.get("unproven") else ""),
+                + (" (unproven)" if a.get("unproven") else "")
+                + (f" (disconnected {_ago(a['disconnected_time'])})" if a.get("disconnected_time") else ""),
                 a["zone"] or "-",
                 str(a["target_resources"]),
                 str(a["current_resources"]),

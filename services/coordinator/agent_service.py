@@ -10,6 +10,12 @@ A registration carries a session secret; the store keeps its digest, and Leave a
 must present the secret (PERMISSION_DENIED otherwise), so only the registered process can end or
 read its session. A registration is *proven* by a second heartbeat on its stream; only then does
 the leader give it databases.
+
+A stream that ends without a Leave while this replica is not shutting down (the agent's process
+died and its connection closed, or the connection broke) marks the agent *suspect* in the store,
+guarded by the sequence of the stream's last recorded heartbeat so that a reconnect elsewhere wins
+the race; the leader expires a suspect after `disconnect_grace` unless a heartbeat clears the mark.
+A replica that shuts down ends its streams itself and marks nobody.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dbintel.common.config import Config
+from dbintel.common.durations import format_duration
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import agent_service_pb2_grpc, types_pb2
 
@@ -70,6 +77,10 @@ class Session:
     registration: Registration | None = None
     last_report: HeartbeatReport | None = None  # re-recorded at once if the store loses its data
     recorded: int = 0  # heartbeats of this stream the store recorded
+    last_sequence: int = 0  # of the newest heartbeat of this stream the store recorded
+    # Why this replica ended the stream ("stopping", "left", "superseded", "refused"); None while the
+    # agent's side is what ends it: then the agent is marked suspect.
+    ended_by_coordinator: str | None = None
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
@@ -87,19 +98,31 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         self._metrics, self._health, self._leader_epoch = metrics, store_health, leader_epoch
         self.sessions: dict[str, Session] = {}
         self._fanout: asyncio.Task | None = None
-        self._interval_cache: tuple[object, Duration] | None = None  # (config it came from, its heartbeat_interval)
+        # (config it came from, its heartbeat_interval, its disconnect_grace)
+        self._interval_cache: tuple[object, Duration, Duration] | None = None
+        self._stopping = False
+        self._marks: set[asyncio.Task[None]] = set()  # suspect marks being written
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         self._fanout = asyncio.create_task(self._push_assignments(self._store.subscribe()), name="assignment-fanout")
 
     async def stop(self) -> None:
+        """End every stream: the agents reconnect to another replica; none is marked suspect."""
+        self._stopping = True
         for session in list(self.sessions.values()):
-            session.outbox.put_nowait(None)
+            self._end(session, "stopping")
         if self._fanout is not None:
             self._fanout.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fanout
+        if self._marks:  # marks of streams that ended before: let them land (they speed up a failover)
+            await asyncio.wait(self._marks, timeout=1.0)
+
+    @staticmethod
+    def _end(session: Session, why: str, abort: tuple[grpc.StatusCode, str] | None = None) -> None:
+        session.ended_by_coordinator = session.ended_by_coordinator or why
+        session.outbox.put_nowait(None if abort is None else ("abort", *abort))
 
     def _timing(self):
         return self._config_source().scaling.coordinator
@@ -130,7 +153,35 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 await reader
             if self.sessions.get(session.agent_id) is session:
                 del self.sessions[session.agent_id]
+                self._suspect_if_gone(session)
             self._metrics.connected_agents.set(len(self.sessions))
+
+    def _suspect_if_gone(self, session: Session) -> None:
+        """The agent's side ended this stream (no Leave came through it): mark the agent suspect."""
+        if self._stopping or session.ended_by_coordinator is not None or session.registration is None:
+            return
+        if session.last_sequence == 0 or self._timing().disconnect_grace.total_seconds() <= 0:
+            return  # nothing recorded, an agent from before sequence numbers, or turned off: silence decides
+        task = asyncio.get_running_loop().create_task(self._mark_disconnected(session), name="suspect mark")
+        self._marks.add(task)
+        task.add_done_callback(self._marks.discard)
+
+    async def _mark_disconnected(self, session: Session) -> None:
+        assert session.registration is not None
+        try:
+            marked = await self._store.record_disconnect(
+                session.agent_id, session.registration.instance_id, session.last_sequence
+            )
+            if marked:
+                self._metrics.disconnects.inc()
+                log.info(
+                    "agent %s: heartbeat stream ended without a Leave; expiring it in %s unless it reconnects",
+                    session.agent_id,
+                    format_duration(self._timing().disconnect_grace),
+                )
+                await self._store.publish(StoreEvent("membership", (session.agent_id,)))
+        except StoreUnavailable:
+            self._health.failed("disconnect")  # node_timeout expires it instead
 
     async def _read(self, session: Session, first, request_iterator) -> None:
         """Record each heartbeat and queue its reply; ends the stream on a bad message."""
@@ -139,7 +190,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             # Only a stream whose registration the store accepted replaces an older one.
             previous = self.sessions.get(session.agent_id)
             if previous is not None and previous is not session:
-                previous.outbox.put_nowait(("abort", grpc.StatusCode.ABORTED, "superseded by a newer stream"))
+                self._end(previous, "superseded", (grpc.StatusCode.ABORTED, "superseded by a newer stream"))
             self.sessions[session.agent_id] = session
             self._metrics.connected_agents.set(len(self.sessions))
             async for request in request_iterator:
@@ -148,13 +199,13 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 await self._handle(session, request)
             session.outbox.put_nowait(None)
         except validation.InvalidArgument as exc:
-            session.outbox.put_nowait(("abort", grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            self._end(session, "refused", (grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except AgentIdConflict as exc:
-            session.outbox.put_nowait(("abort", grpc.StatusCode.ALREADY_EXISTS, str(exc)))
+            self._end(session, "refused", (grpc.StatusCode.ALREADY_EXISTS, str(exc)))
         except AgentAlreadyLeft as exc:
-            session.outbox.put_nowait(("abort", grpc.StatusCode.FAILED_PRECONDITION, str(exc)))
+            self._end(session, "refused", (grpc.StatusCode.FAILED_PRECONDITION, str(exc)))
         except SessionMismatch as exc:
-            session.outbox.put_nowait(("abort", grpc.StatusCode.PERMISSION_DENIED, str(exc)))
+            self._end(session, "refused", (grpc.StatusCode.PERMISSION_DENIED, str(exc)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away, or a bug: end this stream only
@@ -172,6 +223,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         try:
             outcome = await self._store.record_heartbeat(report, timeout_ms)
             session.recorded += 1
+            session.last_sequence = max(session.last_sequence, report.sequence)
             await self._health.succeeded()
             if outcome.rejoined and session.last_report is not None:
                 # The store forgot an agent that never left: it lost its data. Every replica
@@ -198,12 +250,17 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     def _response(self, degraded: bool) -> pb.HeartbeatResponse:
         config = self._config_source()
         if self._interval_cache is None or self._interval_cache[0] is not config:  # rebuilt on reload only
-            interval = Duration()
+            interval, grace = Duration(), Duration()
             interval.FromTimedelta(config.scaling.coordinator.heartbeat_interval)
-            self._interval_cache = (config, interval)
-        interval = self._interval_cache[1]
+            grace.FromTimedelta(config.scaling.coordinator.disconnect_grace)
+            self._interval_cache = (config, interval, grace)
+        _, interval, grace = self._interval_cache
         return pb.HeartbeatResponse(
-            degraded=degraded, heartbeat_interval=interval, coordinator_id=self._id, leader_epoch=self._leader_epoch()
+            degraded=degraded,
+            heartbeat_interval=interval,
+            coordinator_id=self._id,
+            leader_epoch=self._leader_epoch(),
+            disconnect_grace=grace,
         )
 
     async def _push_assignments(self, subscription: EventSubscription) -> None:
@@ -287,6 +344,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             await rpc.abort(context, grpc.StatusCode.UNAVAILABLE, "store unreachable; the agent will expire instead")
         session = self.sessions.get(agent)
         if session is not None:  # its stream has nothing more to say
-            session.outbox.put_nowait(None)
+            self._end(session, "left")
         log.info("agent %s left (%s), releasing %d database(s)", agent, request.reason or "no reason", released)
         return pb.LeaveResponse(released_resources=released)

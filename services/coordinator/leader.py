@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from dbintel.common.config import Config
 
 from .engine.assignment import Move, spread
-from .model import AgentRecord, AssignmentRecord, ClusterMeta, FencedError, Lease, StoreUnavailable
+from .model import AgentRecord, AssignmentRecord, ClusterMeta, FencedError, Lease, StaleRead, StoreUnavailable
 from .planning import (
     InventoryItem,
     StepInput,
@@ -218,6 +218,7 @@ class LeaderLoop:
             now_ms=now_ms,
             node_timeout_ms=int(config.scaling.coordinator.node_timeout.total_seconds() * 1000),
             grace_from_ms=meta.grace_from_ms,
+            disconnect_grace_ms=int(config.scaling.coordinator.disconnect_grace.total_seconds() * 1000),
             unacknowledged=flagged,
             recorded_unacknowledged=frozenset(meta.unacknowledged),
         )
@@ -263,6 +264,10 @@ class LeaderLoop:
             except FencedError:
                 self._dirty = True
                 log.warning("a leader write was fenced off: another coordinator leads now")
+            except StaleRead:
+                self._dirty = True  # an agent it would expire heartbeated meanwhile: step again on a fresh read
+                self._wake.set()
+                log.info("a leader step was refused: an agent it expired was heard from meanwhile; stepping again")
             except StoreUnavailable:
                 self._dirty = True
                 self._metrics.store_errors.labels("leader_step").inc()
@@ -346,8 +351,13 @@ class LeaderLoop:
             self._metrics.rebalances.inc()
             self._metrics.rebalance_duration.observe(time.perf_counter() - started)
         self._metrics.moves.inc(plan.write.moves)
-        if plan.write.expire:
-            log.info("expired agents silent for over node_timeout: %s", ", ".join(plan.write.expire))
+        for agent_id, reason in sorted(plan.expiry_reasons.items()):
+            self._metrics.expirations.labels(reason).inc()
+            log.info(
+                "expired agent %s: %s",
+                agent_id,
+                "silent for node_timeout" if reason == "silent" else "disconnected for disconnect_grace",
+            )
         if epochs:
             await self._store.publish(StoreEvent("assignments", tuple(sorted(epochs))))
 

@@ -32,6 +32,11 @@ class SessionMismatch(Exception):
     """A request names an agent's registration without its session secret: refused, nothing changes."""
 
 
+class StaleRead(Exception):
+    """A leader write was refused because an agent it expires was heard from since the leader read
+    the store: nothing was written; the leader steps again on a fresh read."""
+
+
 def session_digest(secret: str) -> str:
     """What the store keeps of a registration's session secret (never the secret itself)."""
     return hashlib.sha256(secret.encode()).hexdigest()[:32] if secret else ""
@@ -98,6 +103,7 @@ class HeartbeatReport:
     # The session has been heard from after its registration (a second heartbeat): only a proven
     # agent is given databases, so a registrant that goes silent at once absorbs none.
     proven: bool = True
+    sequence: int = 0  # the request's sequence number (0 from agents before sequence numbers)
 
 
 @dataclass(frozen=True)
@@ -142,10 +148,18 @@ class AgentRecord:
     coordinator_id: str = ""
     released: Mapping[str, int] = field(default_factory=dict)  # resource -> last poll ms when given up
     proven: bool = True  # see HeartbeatReport.proven; once proven, a registration stays proven
+    sequence: int = 0  # the newest heartbeat sequence recorded for this instance
+    # Store time at which a replica saw this agent's stream end without a Leave (0: not suspect).
+    # A heartbeat clears it; the leader expires a suspect after disconnect_grace.
+    disconnected_ms: int = 0
 
     @property
     def is_member(self) -> bool:
         return self.state in ("active", "draining")
+
+    @property
+    def suspect(self) -> bool:
+        return self.is_member and self.disconnected_ms > 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,9 @@ class PlacementWrite:
     target_delete: tuple[str, ...] = ()
     assignments: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # agent -> grants
     expire: tuple[str, ...] = ()
+    # agent -> the last_heartbeat_ms the expiry was decided on: if the agent was heard from since,
+    # the whole write is refused (StaleRead), for its databases are granted to others in it.
+    expire_heard_ms: Mapping[str, int] = field(default_factory=dict)
     rebalance_reason: str | None = None  # set when the target placement changed
     moves: int = 0
     # Agents that left a grant unacknowledged past the deadline (they get nothing); None: unchanged.

@@ -142,6 +142,8 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
                 unproven=record.is_member and not record.proven,
             )
             info.last_heartbeat_time.CopyFrom(_timestamp(record.last_heartbeat_ms))
+            if record.suspect:
+                info.disconnected_time.CopyFrom(_timestamp(record.disconnected_ms))
             reply.agents.append(info)
         return reply
 

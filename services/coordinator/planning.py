@@ -33,6 +33,7 @@ class StepInput:
     now_ms: int
     node_timeout_ms: int
     grace_from_ms: int = 0
+    disconnect_grace_ms: int = 0  # a suspect (stream ended, no Leave) expires after this; 0: off
     # agent -> union of every grant set sent to it at an epoch it has not acknowledged yet
     in_flight: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # agents that left a grant unacknowledged past the deadline (see `unacknowledged`)
@@ -49,6 +50,7 @@ class StepPlan:
     expired: tuple[str, ...]
     costs: Mapping[str, float] = field(default_factory=dict)
     target_changed: bool = False
+    expiry_reasons: Mapping[str, str] = field(default_factory=dict)  # expired agent -> see expiry_reason
 
     @property
     def is_noop(self) -> bool:
@@ -56,31 +58,56 @@ class StepPlan:
         return not (w.target_set or w.target_delete or w.assignments or w.expire or w.unacknowledged is not None)
 
 
+def _expires_at_ms(record: AgentRecord, node_timeout_ms: int, grace_from_ms: int, disconnect_grace_ms: int) -> int:
+    """The store time after which `record` (a member) is expired. Silence is counted from the later
+    of its last heartbeat and the end of a store outage (`grace_from_ms`), so nobody is expired for
+    the store's silence. A suspect (its stream ended without a Leave: the process is likely gone)
+    goes `disconnect_grace_ms` after that end, unless the mark predates a store outage: what
+    happened during one is unknown, so the silence rule decides."""
+    deadline = max(record.last_heartbeat_ms, grace_from_ms) + node_timeout_ms
+    if disconnect_grace_ms > 0 and record.disconnected_ms > 0 and record.disconnected_ms >= grace_from_ms:
+        deadline = min(deadline, record.disconnected_ms + disconnect_grace_ms)
+    return deadline
+
+
+def expiry_reason(record: AgentRecord, now_ms: int, node_timeout_ms: int, grace_from_ms: int = 0) -> str:
+    """Why an expired member expired: "silent" (node_timeout without a heartbeat) or "disconnected"."""
+    return "silent" if now_ms > max(record.last_heartbeat_ms, grace_from_ms) + node_timeout_ms else "disconnected"
+
+
 def liveness(
-    agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int, grace_from_ms: int = 0
+    agents: Mapping[str, AgentRecord],
+    now_ms: int,
+    node_timeout_ms: int,
+    grace_from_ms: int = 0,
+    disconnect_grace_ms: int = 0,
 ) -> tuple[list[str], list[str]]:
-    """(live members, members to expire). Silence is counted from the later of the last heartbeat
-    and the end of a store outage (`grace_from_ms`), so nobody is expired for the store's silence."""
+    """(live members, members to expire): see `_expires_at_ms`."""
     live: list[str] = []
     expire: list[str] = []
     for agent_id, record in agents.items():
         if not record.is_member:
             continue
-        silent_since = max(record.last_heartbeat_ms, grace_from_ms)
-        (expire if now_ms - silent_since > node_timeout_ms else live).append(agent_id)
+        expired = now_ms > _expires_at_ms(record, node_timeout_ms, grace_from_ms, disconnect_grace_ms)
+        (expire if expired else live).append(agent_id)
     return sorted(live), sorted(expire)
 
 
 def expiry_deadline_ms(
-    agents: Mapping[str, AgentRecord], now_ms: int, node_timeout_ms: int, grace_from_ms: int = 0
+    agents: Mapping[str, AgentRecord],
+    now_ms: int,
+    node_timeout_ms: int,
+    grace_from_ms: int = 0,
+    disconnect_grace_ms: int = 0,
 ) -> int:
     """The first store time at which `liveness` could expire a member of `agents`. A heartbeat only
-    moves it later, so until then a leader step with no event in between has nothing to expire.
-    Capped at one node_timeout after `now_ms`, so the leader re-reads the store at least that often."""
+    moves it later, so until then a leader step with no event in between has nothing to expire
+    (a suspect mark publishes an event). Capped at one node_timeout after `now_ms`, so the leader
+    re-reads the store at least that often."""
     deadline = now_ms + node_timeout_ms
     for record in agents.values():
         if record.is_member:
-            deadline = min(deadline, max(record.last_heartbeat_ms, grace_from_ms) + node_timeout_ms + 1)
+            deadline = min(deadline, _expires_at_ms(record, node_timeout_ms, grace_from_ms, disconnect_grace_ms) + 1)
     return deadline
 
 
@@ -167,7 +194,9 @@ def plan_step(
     """Compute one leader step. `balance`: move the minimum needed to balance (agents joined);
     `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share;
     `reason`: what prompted the step, recorded with a target change (else `_unprompted_reason`)."""
-    live, expire = liveness(step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms)
+    live, expire = liveness(
+        step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms, step.disconnect_grace_ms
+    )
     current = {a: _may_be_polling(step, a) for a in live}
     costs = measured_costs(step.inventory, step.agents, live)
 
@@ -212,6 +241,7 @@ def plan_step(
         target_delete=target_delete,
         assignments=assignments,
         expire=tuple(expire),
+        expire_heard_ms={a: step.agents[a].last_heartbeat_ms for a in expire},
         rebalance_reason=(reason or _unprompted_reason(step)) if target_changed else None,
         moves=len(real_moves),
         unacknowledged=None
@@ -226,6 +256,9 @@ def plan_step(
         expired=tuple(expire),
         costs=costs,
         target_changed=target_changed,
+        expiry_reasons={
+            a: expiry_reason(step.agents[a], step.now_ms, step.node_timeout_ms, step.grace_from_ms) for a in expire
+        },
     )
 
 

@@ -161,7 +161,9 @@ def after_plan(
     if decision.balance:
         s = dataclasses.replace(s, first_pending_join=None, last_balance=now)
     if plan.is_noop:
-        due = expiry_deadline_ms(step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms)
+        due = expiry_deadline_ms(
+            step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms, step.disconnect_grace_ms
+        )
         s = dataclasses.replace(s, expiry_due_ms=due, expiry_due_at=now + (due - step.now_ms) / 1000.0)
     return s
 

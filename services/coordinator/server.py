@@ -26,6 +26,7 @@ from dbintel.common.config import Config, ConfigError, load_config
 from dbintel.common.endpoints import format_host_port, parse_host_port
 from dbintel.common.grpc_security import OperatorTokenInterceptor, server_credentials
 from dbintel.common.http_endpoints import HealthEndpoint, MetricsEndpoint
+from dbintel.common.liveness import MIN_KEEPALIVE_TIME_S
 from dbintel.common.secrets import resolve_secret
 from dbintel.v1 import agent_service_pb2, agent_service_pb2_grpc, operator_service_pb2, operator_service_pb2_grpc
 
@@ -172,7 +173,9 @@ class Coordinator:
                 ("grpc.max_connection_age_grace_ms", grace_ms),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # Agents ping as often as once a second (liveness.disconnect_timings) to notice a broken
+                # connection in time: accept that without a GOAWAY "too_many_pings".
+                ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_KEEPALIVE_TIME_S * 500)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 *message_limits.server_options(),
             ],

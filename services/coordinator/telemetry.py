@@ -37,6 +37,19 @@ class CoordinatorMetrics:
         self.heartbeats = Counter(
             "dbintel_scaling_heartbeats", "Heartbeats received by this replica", registry=registry
         )
+        self.disconnects = Counter(
+            "dbintel_scaling_agent_disconnects",
+            "Heartbeat streams that ended without a Leave, marking the agent suspect (expired after "
+            "disconnect_grace unless it reconnects)",
+            registry=registry,
+        )
+        self.expirations = Counter(
+            "dbintel_scaling_agent_expirations",
+            "Agents expired by this replica as leader, by why: silent for node_timeout, or disconnected "
+            "for disconnect_grace",
+            ["reason"],
+            registry=registry,
+        )
         self.connected_agents = Gauge(
             "dbintel_scaling_connected_agents", "Heartbeat streams open on this replica", registry=registry
         )

@@ -139,6 +139,7 @@ def heartbeat(
         current=current,
         coordinator_id=coordinator_id,
         released=released,
+        sequence=request.sequence,
     )
 
 

@@ -43,20 +43,22 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., registration: _Optional[_Union[AgentRegistration, _Mapping]] = ..., applied_assignment_epoch: _Optional[int] = ..., current: _Optional[_Iterable[_Union[_types_pb2.ResourceStatus, _Mapping]]] = ..., released: _Optional[_Iterable[_Union[_types_pb2.ResourceStatus, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("assignment", "degraded", "heartbeat_interval", "coordinator_id", "leader_epoch", "answered_sequence")
+    __slots__ = ("assignment", "degraded", "heartbeat_interval", "coordinator_id", "leader_epoch", "answered_sequence", "disconnect_grace")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_GRACE_FIELD_NUMBER: _ClassVar[int]
     assignment: _types_pb2.Assignment
     degraded: bool
     heartbeat_interval: _duration_pb2.Duration
     coordinator_id: str
     leader_epoch: int
     answered_sequence: int
-    def __init__(self, assignment: _Optional[_Union[_types_pb2.Assignment, _Mapping]] = ..., degraded: _Optional[bool] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., coordinator_id: _Optional[str] = ..., leader_epoch: _Optional[int] = ..., answered_sequence: _Optional[int] = ...) -> None: ...
+    disconnect_grace: _duration_pb2.Duration
+    def __init__(self, assignment: _Optional[_Union[_types_pb2.Assignment, _Mapping]] = ..., degraded: _Optional[bool] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., coordinator_id: _Optional[str] = ..., leader_epoch: _Optional[int] = ..., answered_sequence: _Optional[int] = ..., disconnect_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetAssignmentsRequest(_message.Message):
     __slots__ = ("agent_id", "session_secret")

@@ -8,9 +8,9 @@ entries (for MongoDB `database:` is only the authSource, so those entries are di
 items on one server). Timings are scaled down (`Timing`: heartbeat 1 s, node_timeout 6 s, leader_ttl
 4 s, every database polled every 2 s) so that every fault plays out in seconds.
 
-Agents get every coordinator replica in one gRPC target (`ipv4:a,b,c`): the agent's channel
-round-robins over them (coordinator_link.CHANNEL_OPTIONS), so when a replica dies its streams reopen
-on another — the loopback stand-in for a headless Service resolving to the replicas.
+Agents get every coordinator replica in one gRPC target (`ipv4:a,b,c`): an agent dials one at random
+and another when its stream fails (agent/replicas.py) — the loopback stand-in for a headless Service
+resolving to the replicas.
 
 Fault injection: one coordinator reaches Redis through a FaultProxy, and so does one monitored
 database; the proxies live on an event loop in a thread of the test process (the tests themselves
@@ -21,13 +21,10 @@ Everything is synchronous and safe to drive from a test; `close()` stops it all.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +39,7 @@ import yaml
 from dbintel.v1 import operator_service_pb2 as opb
 from dbintel.v1 import operator_service_pb2_grpc, types_pb2
 from tests.e2e.ownership import parse_poll_counters
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import Proxy, ProxyLoop
 from tests.processes import stop_process_group
 from tests.servers import MariaDBServer, PostgresServer, RedisServer, SecantusServer, free_port
 
@@ -61,6 +58,10 @@ class Timing:
     interval: float = 2.0  # every database's poll interval
     check_interval: float = 1.0
     config_reload: float = 1.0
+    # A crashed agent's stream end expires it after this (the default is 6 s at heartbeat 30 s): half
+    # node_timeout, so the faster path is what a SIGKILL measures, with the agent's keepalive (a
+    # sixth of it) still well above what a loaded 2-core machine delays a ping by.
+    disconnect_grace: float = 3.0
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, message: str, period: float = 0.05) -> Any:
@@ -78,63 +79,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str, perio
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         time.sleep(period)
-
-
-# -- fault proxies on a background event loop ----------------------------------------------------------
-
-
-class ProxyLoop:
-    """An event loop in a daemon thread that hosts FaultProxy instances for synchronous tests."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault proxies", daemon=True)
-        self._thread.start()
-        self._proxies: list[FaultProxy] = []
-
-    def _call(self, coroutine) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
-
-    def proxy(self, host: str, port: int) -> Proxy:
-        fault_proxy = FaultProxy(host, port)
-        self._call(fault_proxy.start(free_port()))  # below the ephemeral range, like every server
-        self._proxies.append(fault_proxy)
-        return Proxy(self, fault_proxy)
-
-    def run(self, function: Callable[[], Any]) -> Any:
-        """Run a plain function on the loop's thread (FaultProxy's switches touch asyncio objects)."""
-
-        async def call() -> Any:
-            return function()
-
-        return self._call(call())
-
-    def close(self) -> None:
-        for fault_proxy in self._proxies:
-            try:
-                self._call(fault_proxy.stop())
-            except (concurrent.futures.TimeoutError, RuntimeError):
-                pass
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-
-class Proxy:
-    def __init__(self, loop: ProxyLoop, fault_proxy: FaultProxy) -> None:
-        self._loop, self._proxy = loop, fault_proxy
-
-    @property
-    def address(self) -> str:
-        return self._proxy.address
-
-    def blackhole(self) -> None:
-        self._loop.run(self._proxy.blackhole)
-
-    def add_latency(self, seconds: float) -> None:
-        self._loop.run(lambda: self._proxy.add_latency(seconds))
-
-    def pass_through(self) -> None:
-        self._loop.run(self._proxy.pass_through)
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -441,6 +385,7 @@ class Cluster:
                     # rebalance would make the move counts depend on when a test ran.
                     "rebalance_interval": "1h",
                     "min_rebalance_interval": "1s",
+                    "disconnect_grace": f"{t.disconnect_grace:g}s",
                 },
                 "receiver_scaling": {"check_interval": f"{t.check_interval:g}s"},
             },
@@ -553,7 +498,18 @@ class Cluster:
         return {agent: types_pb2.AgentState.Name(a.state) for agent, a in self.agent_infos().items()}
 
     # -- agents -----------------------------------------------------------------------------------------
-    def add_agent(self, name: str | None = None, *, wait: bool = True) -> AgentProcess:
+    def write_agent_config(self, name: str, **receiver_scaling: Any) -> Path:
+        """A config file for one agent: the shared one with `receiver_scaling` settings changed."""
+        document = self.config_document(self.state_redis.address)
+        document["scaling"]["receiver_scaling"].update(receiver_scaling)
+        path = self.root / f"config-{name}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+    def add_agent(
+        self, name: str | None = None, *, wait: bool = True, config: Path | None = None, target: str | None = None
+    ) -> AgentProcess:
+        """Start an agent on the shared config and every replica, unless `config` / `target` say otherwise."""
         if name is None:
             name = f"agent-{self._agent_serial:02d}"
             self._agent_serial += 1
@@ -566,9 +522,9 @@ class Cluster:
                 "dbintel.cli",
                 "agent",
                 "--config",
-                str(self.agent_config_path),
+                str(config or self.agent_config_path),
                 "--coordinator",
-                self.agent_target(),
+                target or self.agent_target(),
                 "--metrics-listen",
                 f"127.0.0.1:{metrics_port}",
                 "--health-listen",

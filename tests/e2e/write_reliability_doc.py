@@ -32,9 +32,11 @@ processes (redis mode) and 3 `dbintel agent` processes (up to 10 in the scaling 
 its own process group with its log in the test's temp dir, monitoring 53 databases: 12 PostgreSQL
 databases, 12 MariaDB schemas, 12 MongoDB (SecantusDB) entries, Redis db 0-15, and `pg-faulty`,
 a PostgreSQL database behind a TCP fault proxy. Timings are scaled down: heartbeat {T.heartbeat:g} s,
-node_timeout {T.node_timeout:g} s, leader_ttl {T.leader_ttl:g} s, every database polled every {T.interval:g} s
+node_timeout {T.node_timeout:g} s, disconnect_grace {T.disconnect_grace:g} s, leader_ttl {T.leader_ttl:g} s,
+every database polled every {T.interval:g} s
 (poll timeout {T.interval * 0.7:g} s). Agents get all three
-replicas as one gRPC target (`ipv4:a,b,c`, round-robin); one coordinator reaches Redis through a
+replicas as one gRPC target (`ipv4:a,b,c`; each agent dials one at random and another when its
+stream fails); one coordinator reaches Redis through a
 fault proxy.
 
 The **ownership checker** (`tests/e2e/ownership.py`) scrapes every agent's `/metrics` 4 times an

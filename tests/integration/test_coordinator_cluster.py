@@ -139,6 +139,62 @@ async def test_crashed_agent_databases_move_within_node_timeout_plus_heartbeat(c
         assert states["agent-0"] == 4  # AGENT_STATE_EXPIRED
 
 
+DISCONNECT_TIMING = {"node_timeout": "30s", "disconnect_grace": "3s"}
+
+
+async def _suspect_since(address: str, agent_id: str) -> bool:
+    channel, stub = operator_stub(address)
+    try:
+        agents = {a.agent_id: a for a in (await stub.ListAgents(opb.ListAgentsRequest())).agents}
+        return agents[agent_id].HasField("disconnected_time")
+    finally:
+        await channel.close()
+
+
+async def test_a_stream_that_ends_without_leave_expires_its_agent_after_the_disconnect_grace(cluster_config):
+    """A crash closes the connection: the agent is suspect at once and expired disconnect_grace
+    later, long before node_timeout (30 s here); the coordinator counts it as disconnected."""
+    config = cluster_config(databases=8, timing=DISCONNECT_TIMING)
+    async with scripted_cluster(config, 2, sequenced=True) as (coordinator, address, agents):
+        crashed, survivor = agents
+        await crashed.stop()  # no Leave: the stream just ends
+        started = time.monotonic()
+        await wait_for(lambda: _suspect_since(address, "agent-0"), timeout=2, message="agent-0 listed as suspect")
+        await wait_for(lambda: survivor.held == resources(config), timeout=10, message="failover")
+        elapsed = time.monotonic() - started
+        assert 3.0 - 0.2 <= elapsed <= 3.0 + 1.0, f"failover took {elapsed:.2f}s with disconnect_grace 3s"
+        expired = coordinator.registry.get_sample_value(
+            "dbintel_scaling_agent_expirations_total", {"reason": "disconnected"}
+        )
+        assert expired == 1
+
+
+async def test_an_agent_that_reconnects_within_the_grace_keeps_its_databases(cluster_config):
+    config = cluster_config(databases=8, timing=DISCONNECT_TIMING)
+    async with scripted_cluster(config, 2, sequenced=True) as (coordinator, address, agents):
+        blinking, other = agents
+        held = set(blinking.held)
+        epoch = blinking.epoch
+        await blinking.stop()
+        await wait_for(lambda: _suspect_since(address, "agent-0"), timeout=2, message="agent-0 listed as suspect")
+        blinking.held, blinking.epoch = held, epoch  # the same process, back on a new stream
+        blinking.start()
+        await wait_for(
+            lambda: _cleared(address, "agent-0"), timeout=2, message="the reconnect's heartbeat clears the mark"
+        )
+        # Past the grace: nothing moved, nobody expired.
+        deadline = time.monotonic() + 3.5
+        await wait_for(lambda: time.monotonic() >= deadline, timeout=5)
+        assert blinking.held == held and other.held == resources(config) - held
+        assert coordinator.registry.get_sample_value(
+            "dbintel_scaling_agent_expirations_total", {"reason": "disconnected"}
+        ) in (None, 0)
+
+
+async def _cleared(address: str, agent_id: str) -> bool:
+    return not await _suspect_since(address, agent_id)
+
+
 async def test_join_moves_only_what_balancing_needs(cluster_config):
     config = cluster_config(databases=12, timing={"min_rebalance_interval": "1s"})
     async with scripted_cluster(config, 2) as (_coordinator, address, agents):

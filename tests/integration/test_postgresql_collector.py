@@ -500,12 +500,10 @@ async def test_optional_metrics_appear_only_when_enabled(
 
 
 # Claimed verified on PostgreSQL 15 but emitted only in a particular state, which other tests set up:
-# a standby (test_streaming_standby_from_both_ends), a replication client (that test and the
-# pg_receivewal ones), a slot (that test and the golden one), tracked functions (their own test).
+# a replication client (the pg_receivewal tests), a slot (the golden test), tracked functions (their
+# own test). What only a standby or its primary shows is claimed on "PostgreSQL 15 primary + streaming
+# standby" instead, and seen in tests/integration/test_replication.py.
 SEEN_ELSEWHERE = {
-    "postgresql.recovery.replay_lag",
-    "postgresql.recovery.unreplayed_wal",
-    "postgresql.replication.data_delay",
     "postgresql.wal.lag",
     "postgresql.wal.delay",
     "postgresql.replication.slot.retained_wal",
@@ -658,7 +656,7 @@ async def test_missing_pg_stat_statements_is_unsupported_with_the_fix_and_the_re
     assert "postgresql.commits" in series(result) and "postgresql.query.execution.time" not in series(result)
 
 
-# --- beyond: autovacuum activity, replication slots, standby replay --------------------------------
+# --- beyond: autovacuum activity (a standby's replay: tests/integration/test_replication.py) ----------
 async def test_autovacuum_counts_match_the_server(
     postgres_server: PostgresServer, collector: PostgresqlCollector
 ) -> None:
@@ -673,94 +671,3 @@ async def test_autovacuum_counts_match_the_server(
     assert values[("postgresql.table.autovacuum.count", orders)] == int(autovacuums)
     assert values[("postgresql.table.autoanalyze.count", orders)] == int(autoanalyzes)
     assert (("postgresql.table.last_autovacuum.age", orders) in values) == (vacuumed == "t")
-
-
-class StandbyServer(PostgresServer):
-    """A streaming hot standby of `primary`, cloned with pg_basebackup over TCP through a physical slot."""
-
-    kind = "postgres-standby"
-
-    def __init__(self, primary: PostgresServer, slot: str) -> None:
-        self.primary, self.slot = primary, slot
-        super().__init__()
-        # Roles and their passwords come with the cloned catalogs.
-        self.superuser_password, self.monitor_password = primary.superuser_password, primary.monitor_password
-
-    def _prepare(self) -> None:
-        conninfo = (
-            f"host={self.primary.host} port={self.primary.port} user={self.primary.superuser} "
-            f"password={self.primary.superuser_password}"
-        )
-        self._run(
-            [
-                str(self.bin_dir / "pg_basebackup"),
-                "-d",
-                conninfo,
-                "-D",
-                str(self.data_dir),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
-                "-C",
-                "-S",
-                self.slot,
-            ],
-            as_service_user=True,
-            what="pg_basebackup",
-        )
-
-    def _provision(self) -> None:
-        pass  # read-only: everything arrived with the base backup
-
-
-async def test_streaming_standby_from_both_ends(
-    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    slot = "dbintel_standby"
-    standby = StandbyServer(postgres_server, slot)
-    try:
-        standby.start()
-        deadline = time.monotonic() + 20
-        while True:  # commit until the standby has replayed something and reported its lag
-            rows = postgres_server.execute(
-                "SELECT txid_current();\nSELECT count(*) FROM pg_stat_replication "
-                "WHERE replay_lsn IS NOT NULL AND replay_lag IS NOT NULL;"
-            )
-            if int(rows[-1][0]) > 0:
-                break
-            assert time.monotonic() < deadline, standby.log_tail()
-            await asyncio.sleep(0.2)
-        on_primary = await collect_once(
-            postgres_server, monkeypatch, enabled=TABLE.enabled({"postgresql.wal.delay": True})
-        )
-        on_standby = await collect_once(
-            standby, monkeypatch, enabled=TABLE.enabled({"postgresql.query.conflicts": True})
-        )
-    finally:
-        standby.close()
-        for _ in range(50):  # the walsender exits shortly after the standby stops
-            if (
-                postgres_server.execute(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")[0][0]
-                == "f"
-            ):
-                break
-            await asyncio.sleep(0.1)
-        postgres_server.execute(f"SELECT pg_drop_replication_slot('{slot}');")
-    assert on_primary.up and on_primary.errors == [] and on_standby.up and on_standby.errors == []
-    primary = {(s.spec.name, s.attributes): s.value for s in on_primary.samples}
-    assert primary[("postgresql.replication.slot.active", (slot, "physical"))] == 1
-    assert primary[("postgresql.replication.slot.retained_wal", (slot, "physical"))] >= 0
-    assert primary[("postgresql.replication.data_delay", ("127.0.0.1/32",))] >= 0  # a standby that replays
-    assert ("postgresql.wal.lag", ("replay", "127.0.0.1/32")) in primary
-    assert primary[("postgresql.wal.delay", ("replay", "127.0.0.1/32"))] >= 0
-    assert primary[("postgresql.recovery.active", ())] == 0
-    assert not {"postgresql.recovery.replay_lag", "postgresql.recovery.unreplayed_wal"} & {n for n, _ in primary}
-    replica = {(s.spec.name, s.attributes): s.value for s in on_standby.samples}
-    assert replica[("postgresql.recovery.active", ())] == 1
-    assert replica[("postgresql.recovery.replay_lag", ())] >= 0
-    assert replica[("postgresql.recovery.unreplayed_wal", ())] >= 0
-    assert replica[("postgresql.query.conflicts", ("snapshot", "dbintel_app", "dbintel_app"))] == 0
-    assert not [name for name, _ in replica if name.startswith("postgresql.replication.")]  # it feeds no one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from dbintel.coordinator.model import (
     PollStatus,
     Registration,
     SessionMismatch,
+    StaleRead,
     session_digest,
 )
 from dbintel.coordinator.store.base import StoreEvent
@@ -60,13 +62,16 @@ async def store(request, monkeypatch):
 SESSION = session_digest("s3cret")
 
 
-def report(agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0, session=SESSION, proven=True):
+def report(
+    agent="a1", pod="pod-1", instance="i1", applied=0, current=None, capacity=0, session=SESSION, proven=True, seq=0
+):
     return HeartbeatReport(
         agent_id=agent,
         registration=Registration(pod_name=pod, instance_id=instance, capacity=capacity, session=session),
         applied_epoch=applied,
         current=current or {},
         proven=proven,
+        sequence=seq,
     )
 
 
@@ -203,6 +208,51 @@ async def test_placement_write_is_atomic_and_epochs_monotonic(store):
     meta = await store.read_meta()
     assert meta.rebalances_total == 2 and meta.moves_total == 2 and meta.last_rebalance_reason == "agent_expired"
     assert meta.assignment_epoch == again["a2"]
+
+
+async def test_a_disconnect_marks_a_member_suspect_unless_it_was_heard_from_since(store):
+    await store.record_heartbeat(report(seq=5), 10_000)
+    assert (await store.read_agent("a1")).sequence == 5
+    # A late heartbeat of an older stream does not move the sequence back.
+    await store.record_heartbeat(report(seq=3), 10_000)
+    assert (await store.read_agent("a1")).sequence == 5
+    # The stream that recorded 4 ended: a newer heartbeat (5) came through another, so no mark.
+    assert not await store.record_disconnect("a1", "i1", 4)
+    assert not await store.record_disconnect("a1", "another-instance", 5)
+    assert not await store.record_disconnect("nobody", "i1", 5)
+    assert await store.record_disconnect("a1", "i1", 5)
+    first = (await store.read_agent("a1")).disconnected_ms
+    assert first > 0 and (await store.read_agent("a1")).suspect
+    assert not await store.record_disconnect("a1", "i1", 5)  # the first mark stays
+    assert (await store.read_agent("a1")).disconnected_ms == first
+    await store.record_heartbeat(report(seq=6), 10_000)  # it reconnected: cleared
+    assert (await store.read_agent("a1")).disconnected_ms == 0
+    # A new instance starts its sequence afresh; an agent that left is not marked.
+    await store.record_heartbeat(report(instance="i2", seq=1), 10_000)
+    assert (await store.read_agent("a1")).sequence == 1
+    await store.record_leave("a1", SESSION, {})
+    assert not await store.record_disconnect("a1", "i2", 1)
+
+
+async def test_an_expiry_decided_on_a_stale_read_writes_nothing(store):
+    lease = await store.try_acquire_leadership("c1", 5000)
+    await store.record_heartbeat(report(seq=1), 10_000)
+    heard = (await store.read_agent("a1")).last_heartbeat_ms
+    seq = 2
+    while (await store.read_agent("a1")).last_heartbeat_ms == heard:  # heard from after the leader's read
+        await store.record_heartbeat(report(seq=seq), 10_000)
+        seq += 1
+    stale = PlacementWrite(
+        target_set={"db:redis/x": "a2"}, expire=("a1",), expire_heard_ms={"a1": heard}, assignments={"a2": {}}
+    )
+    with pytest.raises(StaleRead):
+        await store.write_placement(lease, stale)
+    assert (await store.read_agent("a1")).state == "active"
+    assert await store.read_target() == {} and await store.read_assignments() == {}
+    fresh = dataclasses.replace(stale, expire_heard_ms={"a1": (await store.read_agent("a1")).last_heartbeat_ms})
+    await store.write_placement(lease, fresh)
+    assert (await store.read_agent("a1")).state == "expired"
+    assert await store.read_target() == {"db:redis/x": "a2"}
 
 
 async def test_mark_recovered_sets_grace(store):

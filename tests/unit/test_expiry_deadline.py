@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dbintel.coordinator import validation
 from dbintel.coordinator.model import AgentRecord, Registration
-from dbintel.coordinator.planning import expiry_deadline_ms, liveness
+from dbintel.coordinator.planning import expiry_deadline_ms, expiry_reason, liveness
 from dbintel.v1 import types_pb2
 
 TIMEOUT = 90_000
@@ -96,3 +96,56 @@ def test_the_fast_path_names_the_bad_entry():
         validation._statuses([_status("db:redis/a"), _status("db:redis/\x07")], "released")
     with pytest.raises(validation.InvalidArgument, match=r"current\[0\]\.last_poll_duration: longer than a day"):
         validation._statuses([_status("db:redis/a", d_seconds=86_401)], "current")
+
+
+DISCONNECT_GRACE = 6_000
+
+suspects = st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=4),
+    st.tuples(
+        st.integers(0, 400_000),  # last heartbeat
+        st.sampled_from(["active", "draining", "left", "expired"]),
+        st.one_of(st.just(0), st.integers(1, 400_000)),  # when its stream ended without a Leave (0: it did not)
+    ),
+    max_size=8,
+)
+
+
+def suspect_records(spec) -> dict[str, AgentRecord]:
+    return {
+        a: dataclasses.replace(records({a: (hb, state)})[a], disconnected_ms=disc)
+        for a, (hb, state, disc) in spec.items()
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(suspects, st.integers(0, 400_000), st.integers(0, 300_000), st.integers(1, 200_000))
+def test_a_suspect_expires_at_its_disconnect_grace_and_a_heartbeat_only_pushes_that_later(spec, now, grace, later):
+    agents = suspect_records(spec)
+    deadline = expiry_deadline_ms(agents, now, TIMEOUT, grace, DISCONNECT_GRACE)
+    assert liveness(agents, deadline - 1, TIMEOUT, grace, DISCONNECT_GRACE)[1] == []
+    if deadline < now + TIMEOUT:
+        assert liveness(agents, deadline, TIMEOUT, grace, DISCONNECT_GRACE)[1]
+    for agent_id, record in agents.items():
+        if not record.is_member:
+            continue
+        # Never later than the silence rule; the mark counts only if it is not older than a store outage.
+        _, expired = liveness({agent_id: record}, now, TIMEOUT, grace, DISCONNECT_GRACE)
+        silent = now > max(record.last_heartbeat_ms, grace) + TIMEOUT
+        disconnected = record.disconnected_ms >= max(grace, 1) and now > record.disconnected_ms + DISCONNECT_GRACE
+        assert (expired == [agent_id]) == (silent or disconnected)
+        reason = expiry_reason(record, now, TIMEOUT, grace)
+        if expired:
+            assert reason == ("silent" if silent else "disconnected")
+        # A heartbeat clears the mark and moves the last heartbeat on: never earlier.
+        beat = dict(agents)
+        beat[agent_id] = dataclasses.replace(
+            record, last_heartbeat_ms=record.last_heartbeat_ms + later, disconnected_ms=0
+        )
+        assert expiry_deadline_ms(beat, now, TIMEOUT, grace, DISCONNECT_GRACE) >= deadline
+
+
+def test_with_the_grace_off_only_silence_expires():
+    agents = suspect_records({"a": (1_000, "active", 2_000)})
+    assert liveness(agents, 2_000 + DISCONNECT_GRACE + 1, TIMEOUT, 0, 0) == (["a"], [])
+    assert liveness(agents, 2_000 + DISCONNECT_GRACE + 1, TIMEOUT, 0, DISCONNECT_GRACE) == ([], ["a"])

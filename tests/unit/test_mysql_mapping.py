@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from dbintel.agent.collectors.mysql import client, mapping
 from dbintel.agent.collectors.mysql.metrics import (
     MARIADB,
+    MARIADB_PAIR,
     METRICS_BY_QUERY,
     MYSQL8,
     TABLE,
@@ -106,6 +107,7 @@ def test_the_default_floor_is_the_25_reference_rows_plus_the_beyond_metrics() ->
         "mysql.binlog.cache.disk_use",
         "mysql.innodb.deadlocks",
         "mysql.replica.thread.last_error",
+        "mysql.replicas.connected",
     }
     assert not beyond & {r["metric_name"] for r in reference_rows()}
     assert TABLE.enabled() == defaults | beyond
@@ -115,7 +117,7 @@ def test_the_default_floor_is_the_25_reference_rows_plus_the_beyond_metrics() ->
 def test_every_metric_says_where_it_was_verified_and_belongs_to_a_query() -> None:
     fed = set().union(*METRICS_BY_QUERY.values())
     for spec in TABLE:
-        assert spec.verified_on and set(spec.verified_on) <= {MARIADB, MYSQL8}, spec.name
+        assert spec.verified_on and set(spec.verified_on) <= {MARIADB, MARIADB_PAIR, MYSQL8}, spec.name
         assert spec.name in fed and spec.source, spec.name
 
 

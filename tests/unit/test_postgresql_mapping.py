@@ -243,6 +243,8 @@ def test_beyond_metrics_are_on_by_default_and_not_in_the_reference() -> None:
         "postgresql.database.frozen_xid_age",
         "postgresql.recovery.replay_lag",
         "postgresql.recovery.unreplayed_wal",
+        "postgresql.wal_receiver.connected",
+        "postgresql.wal_receiver.last_msg_receipt_age",
         "postgresql.replication.slot.retained_wal",
         "postgresql.replication.slot.active",
         "postgresql.table.autovacuum.count",
@@ -337,6 +339,8 @@ def _extras(**overrides) -> dict:
         "oldest_xact_age": None,
         "replay_lag": None,
         "unreplayed_bytes": None,
+        "wal_receiver_status": None,
+        "wal_receiver_receipt_age": None,
         "replication_slots": [],
     }
     row.update(_activity(active=2, idle=5, idle_in_transaction=1))
@@ -611,6 +615,23 @@ def test_replication_rows() -> None:
     assert not [key for key in got if key[1][-1] == "unix"]
 
 
+def test_standbys_sharing_a_client_address_give_one_series_each_the_furthest_behind() -> None:
+    rows = [
+        _replication_row("10.0.0.7/32", 4096.0, 0.5, 0.5, 3.0),
+        _replication_row("10.0.0.7/32", 65536.0, 0.2, 2.0, None),  # another standby on that host
+        _replication_row("10.0.0.8/32", 0.0, 0.1, 0.1, 0.1),
+    ]
+    samples = mapping.replication_samples(rows, ALL)
+    keys = [(s.spec.name, s.attributes) for s in samples]
+    assert len(keys) == len(set(keys))  # no duplicate series
+    got = by_key(samples)
+    assert got[("postgresql.replication.data_delay", ("10.0.0.7/32",))] == 65536
+    assert got[("postgresql.wal.delay", ("write", "10.0.0.7/32"))] == 0.5
+    assert got[("postgresql.wal.delay", ("flush", "10.0.0.7/32"))] == 2.0
+    assert got[("postgresql.wal.lag", ("replay", "10.0.0.7/32"))] == 3
+    assert got[("postgresql.replication.data_delay", ("10.0.0.8/32",))] == 0
+
+
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
 def test_wal_lag_is_the_delay_rounded_half_up(seconds: float) -> None:
     rows = [_replication_row("10.1.1.1/32", 0.0, seconds, seconds, seconds)]
@@ -748,7 +769,39 @@ def test_standby_row_gives_replay_lag_and_unreplayed_wal() -> None:
 
 def test_primary_row_has_no_standby_replay_series() -> None:
     got = by_key(mapping.server_samples({**BGWRITER_PRE17, **_extras()}, TABLE.enabled()))
-    assert not {"postgresql.recovery.replay_lag", "postgresql.recovery.unreplayed_wal"} & {n for n, _ in got}
+    standby_only = {
+        "postgresql.recovery.replay_lag",
+        "postgresql.recovery.unreplayed_wal",
+        "postgresql.wal_receiver.connected",
+        "postgresql.wal_receiver.last_msg_receipt_age",
+    }
+    assert not standby_only & {n for n, _ in got}
+
+
+@pytest.mark.parametrize(
+    "status, age, connected",
+    [
+        ("streaming", 0.25, 1),  # the link is up
+        ("starting", 0.0, 0),  # a receiver still connecting (or failing to)
+        ("waiting", 4.0, 0),
+        ("stopped", None, 0),  # no receiver at all: the client's coalesce when the view has no row
+        ("hidden", None, None),  # not shown to a user without pg_read_all_stats: no guess
+    ],
+)
+def test_standby_wal_receiver_status_and_receipt_age(status, age, connected) -> None:
+    extras = _extras(in_recovery=True, replay_lag=0.0, unreplayed_bytes=0.0)
+    row = {**BGWRITER_PRE17, **extras, "wal_receiver_status": status, "wal_receiver_receipt_age": age}
+    got = by_key(mapping.server_samples(row, TABLE.enabled()))
+    assert got.get(("postgresql.wal_receiver.connected", ())) == connected
+    assert got.get(("postgresql.wal_receiver.last_msg_receipt_age", ())) == age
+
+
+def test_server_sql_reads_the_documented_wal_receiver_columns() -> None:
+    sql = client.server_stats_sql(150000)
+    receiver = sql[sql.index("AS unreplayed_bytes") : sql.index("AS wal_receiver_receipt_age")]
+    # pg_stat_wal_receiver (PostgreSQL 10+): pid, status, ..., last_msg_receipt_time, ...
+    assert re.findall(r"\b(status|last_msg_receipt_time)\b", receiver) == ["status", "last_msg_receipt_time"]
+    assert receiver.count("FROM pg_stat_wal_receiver") == 2
 
 
 def test_replication_slots_retained_wal_and_activity() -> None:

@@ -190,6 +190,30 @@ def test_replica_link_down_reports_how_long() -> None:
     assert ("redis.replication.link.last_io", ()) not in values  # -1: no interaction to date
 
 
+@pytest.mark.parametrize(
+    "slave0, offset_lag",
+    [
+        ("ip=10.0.0.9,port=6379,state=online,offset=900,lag=0", 100),
+        ("ip=10.0.0.9,port=6379,state=online,offset=1000,lag=1", 0),
+        ("ip=10.0.0.9,port=6379,state=online,offset=0,lag=0", None),  # relinked, no REPLCONF ACK yet
+        ("ip=10.0.0.9,port=6379,state=wait_bgsave,offset=0,lag=0", None),  # a full sync under way
+        ("ip=10.0.0.9,port=6379,state=send_bulk,offset=0,lag=0", None),
+        ("ip=10.0.0.9,port=6379,offset=400,lag=2", 600),  # no state field: the offset is taken as it is
+    ],
+)
+def test_offset_lag_only_for_a_replica_that_acknowledges_a_position(slave0: str, offset_lag: int | None) -> None:
+    info = {"role": "master", "connected_slaves": "1", "master_repl_offset": "1000", "slave0": slave0}
+    values = by_key(info_samples(info, DEFAULT, now=NOW))
+    assert values.get(("redis.replication.replica.offset_lag", ("10.0.0.9:6379",))) == offset_lag
+    assert ("redis.replication.replica.lag", ("10.0.0.9:6379",)) in values
+
+
+def test_offset_lag_is_zero_for_a_replica_of_a_master_that_never_wrote() -> None:
+    info = {"role": "master", "master_repl_offset": "0", "slave0": "ip=10.0.0.9,port=6379,state=online,offset=0,lag=0"}
+    values = by_key(info_samples(info, DEFAULT, now=NOW))
+    assert values[("redis.replication.replica.offset_lag", ("10.0.0.9:6379",))] == 0
+
+
 # --- older servers -----------------------------------------------------------------------------
 def test_redis_6_2_has_main_thread_cpu_and_maxclients_but_no_latencystats() -> None:
     values = by_key(info_samples(load("redis_info_6_2.txt"), ALL, now=NOW))
@@ -396,6 +420,7 @@ def test_captured_claims_match_what_the_capture_produces(claim: str) -> None:
 def test_every_metric_claims_where_it_was_verified() -> None:
     known = {
         "Redis 7.0",
+        "Redis 7.0 primary + replica",
         "Redis 6.2 (captured)",
         "Redis 7.0 Sentinel (captured)",
         "Redis 7.0 cluster node (captured)",

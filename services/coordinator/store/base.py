@@ -76,6 +76,13 @@ class ScalingStore(abc.ABC):
         know the agent. Raises SessionMismatch unless `session` is its registration's session."""
 
     @abc.abstractmethod
+    async def record_disconnect(self, agent_id: str, instance_id: str, sequence: int) -> bool:
+        """Mark a member agent suspect: its stream ended without a Leave after the heartbeat
+        `sequence` of registration `instance_id` was recorded. Refused (False) if the store knows
+        a newer heartbeat of it (it reconnected meanwhile), another instance, or a non-member;
+        an already suspect agent keeps its first mark. A later heartbeat clears the mark."""
+
+    @abc.abstractmethod
     async def read_agent(self, agent_id: str) -> AgentRecord | None: ...
 
     @abc.abstractmethod
@@ -93,7 +100,8 @@ class ScalingStore(abc.ABC):
     @abc.abstractmethod
     async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
         """Apply a leader step atomically; returns agent -> new assignment epoch.
-        Raises FencedError if `lease` is no longer the current one."""
+        Raises FencedError if `lease` is no longer the current one, StaleRead if an agent in
+        `write.expire_heard_ms` has heartbeated since (nothing is written then)."""
 
     @abc.abstractmethod
     async def read_target(self) -> dict[str, str]: ...

@@ -19,6 +19,7 @@ from ..model import (
     Lease,
     PlacementWrite,
     SessionMismatch,
+    StaleRead,
     membership_digest,
 )
 from .base import ScalingStore, StoreEvent
@@ -97,6 +98,9 @@ class MemoryScalingStore(ScalingStore):
                 changed = membership_digest(
                     old.registration, old.applied_epoch, old.current, old.proven
                 ) != membership_digest(report.registration, report.applied_epoch, report.current, proven)
+        sequence = report.sequence
+        if old is not None and old.registration.instance_id == report.registration.instance_id:
+            sequence = max(sequence, old.sequence)  # a late heartbeat from an older stream: not newer
         released = dict(old.released) if old is not None else {}
         released.update({rid: s.last_poll_ms for rid, s in report.released.items()})
         for rid in report.current:
@@ -111,6 +115,7 @@ class MemoryScalingStore(ScalingStore):
             report.coordinator_id,
             released,
             proven,
+            sequence,
         )
         self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
         return HeartbeatOutcome(changed=changed, rejoined=rejoined)
@@ -126,6 +131,19 @@ class MemoryScalingStore(ScalingStore):
             finals[rid] = max(ms, finals.get(rid, 0))
         self._agents[agent_id] = dataclasses.replace(old, state="left", released=finals)
         return len(old.current)
+
+    async def record_disconnect(self, agent_id, instance_id, sequence):
+        old = self._agents.get(agent_id)
+        if (
+            old is None
+            or not old.is_member
+            or old.registration.instance_id != instance_id
+            or old.sequence > sequence
+            or old.disconnected_ms
+        ):
+            return False
+        self._agents[agent_id] = dataclasses.replace(old, disconnected_ms=self._now())
+        return True
 
     async def read_agent(self, agent_id):
         return self._agents.get(agent_id)
@@ -146,6 +164,10 @@ class MemoryScalingStore(ScalingStore):
     async def write_placement(self, lease: Lease, write: PlacementWrite) -> dict[str, int]:
         if self._current_lease() != lease:
             raise FencedError("lease lost")
+        for agent_id, heard_ms in write.expire_heard_ms.items():
+            old = self._agents.get(agent_id)
+            if old is not None and old.last_heartbeat_ms != heard_ms:
+                raise StaleRead(f"agent {agent_id!r} was heard from since the step read the store")
         now = self._now()
         self._target.update(write.target_set)
         for resource in write.target_delete:

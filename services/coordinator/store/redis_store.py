@@ -8,7 +8,7 @@ Key layout (P = `{key_prefix}`, or key_prefix itself when it holds a hash tag), 
   P leader            string  "<epoch>:<token>:<holder>" with PX = leader_ttl (the lease)
   P leader:epoch      string  fencing epoch counter (INCR, never below an epoch a replica has seen)
   P leader:info       hash    holder, epoch, address (where to forward leader-only RPCs)
-  P agents            hash    agent id -> JSON {reg, state, hb, applied, cur, rel, mkey, coord}
+  P agents            hash    agent id -> JSON {reg, state, hb, applied, cur, rel, mkey, coord, proven, seq, disc}
   P target            hash    resource id -> agent id (the leader's target placement)
   P assignments       hash    agent id -> JSON {epoch, leader_epoch, grants: {resource: last_poll_ms}}
   P meta              hash    assignment_epoch, rebalances_total, moves_total, last_rebalance_ms,
@@ -73,6 +73,7 @@ from ..model import (
     PollStatus,
     Registration,
     SessionMismatch,
+    StaleRead,
     StoreUnavailable,
     membership_digest,
 )
@@ -105,7 +106,8 @@ return 1
 """
 # KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
 # node_timeout_ms, model.membership_digest of the report, released JSON {resource: last_poll_ms},
-# proven ('1' or '0'; a proven registration stays proven). Returns {changed, rejoined}, {-1, pod
+# proven ('1' or '0'; a proven registration stays proven), the unproven digest, the request's sequence
+# (kept as the instance's highest; the record is rewritten without `disc`: heard from). Returns {changed, rejoined}, {-1, pod
 # holding the id}, {-2, ''} (this very registration left) or {-3, ''} (its instance, another session).
 # A member's heartbeat changed the membership iff its digest differs from the stored one (`mkey`).
 _HEARTBEAT = (
@@ -137,8 +139,10 @@ if old then rel = old.rel or {} end
 for r, ms in pairs(cjson.decode(ARGV[8])) do rel[r] = ms end
 local cur = cjson.decode(ARGV[4])
 for r in pairs(cur) do rel[r] = nil end
+local seq = tonumber(ARGV[11])
+if old and old.reg.instance_id == reg.instance_id and tonumber(old.seq or 0) > seq then seq = tonumber(old.seq) end
 local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cur, rel = rel,
-             mkey = proven and ARGV[7] or ARGV[10], coord = ARGV[5], proven = proven}
+             mkey = proven and ARGV[7] or ARGV[10], coord = ARGV[5], proven = proven, seq = seq}
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
 return {changed, rejoined}
@@ -162,6 +166,22 @@ local n = 0
 for _ in pairs(doc.cur) do n = n + 1 end
 return n
 """
+# KEYS: agents. ARGV: agent id, instance id, sequence. Marks a member suspect (disc = now) unless the
+# record is of another instance, has a newer heartbeat, or is suspect already. Returns 1 if marked.
+_DISCONNECT = (
+    _NOW
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local doc = cjson.decode(raw)
+if doc.state ~= 'active' and doc.state ~= 'draining' then return 0 end
+if doc.reg.instance_id ~= ARGV[2] or tonumber(doc.seq or 0) > tonumber(ARGV[3]) then return 0 end
+if doc.disc then return 0 end
+doc.disc = now
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
+return 1
+"""
+)
 # KEYS: agents. ARGV: agent id, new state, only-if-member flag. Returns the agent's current count or -1.
 _SET_STATE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -181,6 +201,10 @@ _WRITE_PLACEMENT = (
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease lost') end
 local p = cjson.decode(ARGV[2])
+for a, heard in pairs(p.heard) do
+  local raw = redis.call('HGET', KEYS[4], a)
+  if raw and tonumber(cjson.decode(raw).hb) ~= heard then return redis.error_reply('STALE ' .. a) end
+end
 for r, a in pairs(p.tset) do redis.call('HSET', KEYS[2], r, a) end
 for _, r in ipairs(p.tdel) do redis.call('HDEL', KEYS[2], r) end
 for _, a in ipairs(p.expire) do
@@ -387,6 +411,7 @@ class RedisScalingStore(ScalingStore):
                 "heartbeat": _HEARTBEAT,
                 "set_state": _SET_STATE,
                 "leave": _LEAVE,
+                "disconnect": _DISCONNECT,
                 "write_placement": _WRITE_PLACEMENT,
                 "mark_recovered": _MARK_RECOVERED,
                 "time": _TIME,
@@ -426,6 +451,8 @@ class RedisScalingStore(ScalingStore):
         except ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 raise FencedError("lease lost: another coordinator leads now") from None
+            if str(exc).startswith("STALE"):
+                raise StaleRead("an agent to expire was heard from since the step read the store") from None
             if str(exc).startswith(("NOREPLICAS", "MASTERDOWN", "LOADING")):
                 await self._rediscover()
                 raise StoreUnavailable(f"redis {self._address}: {str(exc).split(' ', 1)[0]}") from None
@@ -607,6 +634,7 @@ class RedisScalingStore(ScalingStore):
                 # Needed only when the store decides (an unproven report of a maybe-proven instance):
                 # a stream's first heartbeat, not the hot path.
                 digest if report.proven else membership_digest(reg, report.applied_epoch, report.current, proven=False),
+                report.sequence,
             ],
         )
         if int(result[0]) == -1:
@@ -623,6 +651,9 @@ class RedisScalingStore(ScalingStore):
         if result == -2:
             raise SessionMismatch(f"agent {agent_id!r}: not this registration's session")
         return None if result == -1 else result
+
+    async def record_disconnect(self, agent_id, instance_id, sequence):
+        return int(await self._script("disconnect", [self._keys["agents"]], [agent_id, instance_id, sequence])) == 1
 
     async def read_agent(self, agent_id):
         raw = await self._call(self._client.hget(self._keys["agents"], agent_id))
@@ -648,6 +679,7 @@ class RedisScalingStore(ScalingStore):
             "assign": {a: dict(g) for a, g in write.assignments.items()},
             "order": order,
             "expire": list(write.expire),
+            "heard": dict(write.expire_heard_ms) or {},
             "reason": write.rebalance_reason or "",
             "moves": write.moves,
             "leader_epoch": lease.epoch,
@@ -799,6 +831,8 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
         if isinstance(doc.get("rel"), dict)
         else {},
         proven=doc.get("proven") is not False,
+        sequence=int(doc.get("seq") or 0),
+        disconnected_ms=int(doc.get("disc") or 0),
     )
 
 

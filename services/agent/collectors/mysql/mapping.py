@@ -132,6 +132,7 @@ STATUS_SERIES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "mysql.innodb.deadlocks": (("", "Innodb_deadlocks"),),
     "mysql.innodb.history_list.length": (("", "Innodb_history_list_length"),),
+    "mysql.replicas.connected": (("", "Slaves_connected"),),
 }
 # The receiver's attribute values for the table_open_cache series differ from the variable suffixes.
 _CACHE_STATUS = {"hits": "hit", "misses": "miss", "overflows": "overflow"}

@@ -14,7 +14,8 @@ is not emitted (the exposition adds dbintel_resource). Where the receiver and th
 
 Beyond the receiver (tier="beyond", on by default): max_connections and its use, InnoDB
 checkpoint age and redo log capacity, binlog cache (disk) use, deadlocks, the replica threads'
-last error numbers — what mysqld_exporter and Datadog users alert on.
+last error numbers, the replicas connected to a source — what mysqld_exporter and Datadog users
+alert on.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from functools import partial
 from ..metric_table import MetricSpec, MetricTable, metric_spec
 
 MARIADB = "MariaDB 10.11"
+MARIADB_PAIR = "MariaDB 10.11 source + replica"  # a real replication pair: tests/integration/test_replication.py
 MYSQL8 = "MySQL 8.0 (documented shape)"
 BOTH = (MARIADB, MYSQL8)
+# Replica state seen on the lone test server (a replica connection to nowhere) and on a real pair.
+REPLICA_VERIFIED = (MARIADB, MARIADB_PAIR, MYSQL8)
 
 STATUS = "fetch_global_status"
 CATALOG = "fetch_catalog"
@@ -286,6 +290,7 @@ STATUS_SPECS = (
         "Temp tables held open by the replica SQL thread.",
         "Replica_open_temp_tables (MySQL 8.0.26+), else Slave_open_temp_tables",
         enabled=False,
+        verified=REPLICA_VERIFIED,
     ),
     _status_counter(
         "mysql.table_open_cache",
@@ -341,6 +346,16 @@ STATUS_SPECS = (
         "Binlog_cache_disk_use, Binlog_stmt_cache_disk_use",
         ("kind",),
         tier="beyond",
+    ),
+    _status_updown(
+        "mysql.replicas.connected",
+        "{replica}",
+        "On a source: replicas connected to it (one binlog dump thread each); it drops when a replica's link "
+        "breaks, once the source next writes to it (an event or a heartbeat). MariaDB only: MySQL has no such "
+        "status variable.",
+        "Slaves_connected (MariaDB)",
+        tier="beyond",
+        verified=(MARIADB, MARIADB_PAIR),
     ),
 )
 
@@ -564,6 +579,7 @@ REPLICA_SPECS = (
         "Configured delay the replica keeps behind the source (largest over channels).",
         f"{_REPLICA_SOURCE}: SQL_Delay",
         enabled=False,
+        verified=REPLICA_VERIFIED,
     ),
     _spec(
         "mysql.replica.time_behind_source",
@@ -572,8 +588,8 @@ REPLICA_SPECS = (
         "Replication lag in seconds (largest over channels; absent while unknown).",
         f"{_REPLICA_SOURCE}: Seconds_Behind_Source / Seconds_Behind_Master",
         enabled=False,
-        verified=(MYSQL8,),
-    ),  # the test replica has no source to lag behind: always NULL
+        verified=(MARIADB_PAIR, MYSQL8),
+    ),  # the lone server's replica connection has no source to lag behind: NULL there
     _spec(
         "mysql.replica.thread.running",
         "gauge",
@@ -582,6 +598,7 @@ REPLICA_SPECS = (
         f"{_REPLICA_SOURCE}: Replica_IO_Running/Replica_SQL_Running (Slave_* on MariaDB and older MySQL)",
         attributes=REPLICA_THREAD_ATTRS,
         enabled=False,
+        verified=REPLICA_VERIFIED,
     ),
     _spec(
         "mysql.replica.thread.last_error",
@@ -591,6 +608,7 @@ REPLICA_SPECS = (
         f"{_REPLICA_SOURCE}: Last_IO_Errno/Last_SQL_Errno",
         attributes=REPLICA_THREAD_ATTRS,
         tier="beyond",
+        verified=REPLICA_VERIFIED,
     ),
 )
 

@@ -87,11 +87,19 @@ ORDER BY d.datname"""
 # On a standby: seconds since the last replayed transaction committed on the primary (0 while all
 # that was received is replayed, so a quiet primary does not read as lag), and bytes received but
 # not yet replayed. NULL on a primary; replay_lag NULL until a transaction has been replayed.
+# The WAL receiver (the standby's end of the replication link): its status, 'stopped' when none runs
+# (the link is down) and 'hidden' when the user may not see it (no pg_read_all_stats: the view then
+# shows only the pid), and the age of the last message it got from the primary.
 _STANDBY_REPLAY_COLUMNS = """CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp())) END::float8 AS replay_lag,
        CASE WHEN pg_is_in_recovery()
-            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS unreplayed_bytes"""
+            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS unreplayed_bytes,
+       CASE WHEN pg_is_in_recovery()
+            THEN coalesce((SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver), 'stopped') END
+            AS wal_receiver_status,
+       (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver)
+            AS wal_receiver_receipt_age"""
 
 # Every replication slot in one JSON array (decoded by the client), so slots cost no statement of
 # their own. retained_bytes is NULL for a slot that has not reserved WAL yet.

@@ -91,9 +91,11 @@ def _seconds_between(later: dt.datetime | None, earlier: dt.datetime | None) -> 
 
 def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
     """fetch_server_stats' one row: pg_stat_bgwriter (+ pg_stat_checkpointer on 17+) columns under their
-    catalog names, plus last_archived_time, server_now, max_connections, in_recovery, replay_lag (seconds)
-    and unreplayed_bytes (NULL on a primary), replication_slots (a list of {slot_name, slot_type, active,
-    retained_bytes}), one count column per ACTIVITY_STATES value and oldest_xact_age (seconds)."""
+    catalog names, plus last_archived_time, server_now, max_connections, in_recovery; replay_lag (seconds),
+    unreplayed_bytes, wal_receiver_status (pg_stat_wal_receiver.status, 'stopped' without a receiver,
+    'hidden' without the privilege to see it) and wal_receiver_receipt_age (seconds), all NULL on a primary;
+    replication_slots (a list of {slot_name, slot_type, active, retained_bytes}), one count column per
+    ACTIVITY_STATES value and oldest_xact_age (seconds)."""
     emit = _emitter(enabled)
     if "checkpoints_timed" in row:  # PostgreSQL <= 16: everything in pg_stat_bgwriter
         checkpoints = {"requested": row["checkpoints_req"], "scheduled": row["checkpoints_timed"]}
@@ -125,6 +127,10 @@ def server_samples(row: Row, enabled: frozenset[str]) -> list[Sample]:
     emit("postgresql.recovery.active", int(bool(row["in_recovery"])))
     emit("postgresql.recovery.replay_lag", row["replay_lag"])
     emit("postgresql.recovery.unreplayed_wal", row["unreplayed_bytes"])
+    receiver = row["wal_receiver_status"]  # NULL on a primary, 'hidden' when the user may not see it
+    if receiver is not None and receiver != "hidden":
+        emit("postgresql.wal_receiver.connected", int(receiver == "streaming"))
+    emit("postgresql.wal_receiver.last_msg_receipt_age", row["wal_receiver_receipt_age"])
     for slot in row["replication_slots"]:
         labels = (slot["slot_name"], slot["slot_type"])
         emit("postgresql.replication.slot.retained_wal", slot["retained_bytes"], *labels)
@@ -171,19 +177,32 @@ def index_samples(rows: Iterable[Row], database: str, enabled: frozenset[str]) -
 
 
 def replication_samples(rows: Iterable[Row], enabled: frozenset[str]) -> list[Sample]:
-    """fetch_replication_stats rows: client_addr (text, NULL for a Unix socket), replay_bytes, *_lag intervals."""
-    emit = _emitter(enabled)
+    """fetch_replication_stats rows: client_addr (text, NULL for a Unix socket), replay_bytes, *_lag intervals.
+
+    The series are per client address, as the receiver's; several standbys (or pg_receivewal, a
+    pg_basebackup streaming WAL) on one host share one, so each series is the largest value among them:
+    the one furthest behind, and no duplicate series."""
+    worst: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def keep(name: str, value: float | None, *attributes: str) -> None:
+        key = (name, attributes)
+        if value is not None and (key not in worst or value > worst[key]):
+            worst[key] = value
+
     for row in rows:
         client = row["client_addr"] or "unix"
-        emit("postgresql.replication.data_delay", row["replay_bytes"], client)
+        keep("postgresql.replication.data_delay", row["replay_bytes"], client)
         for operation, column in _LAG_COLUMNS:
             lag = row[column]
             if lag is None:
                 continue
             seconds = lag.total_seconds()
-            emit("postgresql.wal.delay", seconds, operation, client)
+            keep("postgresql.wal.delay", seconds, operation, client)
             # Whole seconds rounded half up, like the receiver's ::integer cast of the epoch.
-            emit("postgresql.wal.lag", math.floor(seconds + 0.5), operation, client)
+            keep("postgresql.wal.lag", math.floor(seconds + 0.5), operation, client)
+    emit = _emitter(enabled)
+    for (name, attributes), value in worst.items():
+        emit(name, value, *attributes)
     return emit.samples
 
 

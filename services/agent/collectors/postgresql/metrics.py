@@ -7,8 +7,11 @@ database-level metrics; postgresql.database.name, postgresql.schema.name, postgr
 on table and index metrics (postgresql.index.name is already a data-point attribute there).
 
 verified_on: "PostgreSQL 15" = seen working against the real server of the integration tests
-(primary, a streaming standby built from it, pg_receivewal); "(documented shape)" = the SQL is
-checked against that version's documented catalog columns and the mapping fed rows of that shape.
+(with pg_receivewal streaming from it, and a replication slot); "PostgreSQL 15 primary + streaming
+standby" = seen from both ends of a real streaming replication pair (tests/integration/
+test_replication.py: in step, with replay paused, with the link cut and mended, after a replay
+conflict); "(documented shape)" = the SQL is checked against that version's documented catalog
+columns and the mapping fed rows of that shape.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ DISTANCE_ATTRS = ("postgresql.distance.function.name",) + DATABASE_ATTRS
 PG15 = "PostgreSQL 15"
 PG12_DOCUMENTED = "PostgreSQL 12 (documented shape)"
 PG17_DOCUMENTED = "PostgreSQL 17 (documented shape)"
+PG15_PAIR = "PostgreSQL 15 primary + streaming standby"
 VERIFIED = (PG15, PG12_DOCUMENTED, PG17_DOCUMENTED)
-# The test server archives no WAL, so the archiver's timestamp is only ever NULL there.
-WAL_AGE_VERIFIED = (PG12_DOCUMENTED, "PostgreSQL 15 (documented shape)", PG17_DOCUMENTED)
+# Replication metrics seen on the lone test server too (a WAL receiver, a slot, zeros on a primary).
+REPLICATION_VERIFIED = (PG15, PG15_PAIR, PG12_DOCUMENTED, PG17_DOCUMENTED)
+# Only a standby, or a primary that archives WAL and has a standby replaying, shows them.
+STANDBY_VERIFIED = (PG15_PAIR, PG12_DOCUMENTED, PG17_DOCUMENTED)
 # No autovacuum run can be forced within a test's seconds: the ages are read live only as NULL.
 AUTOVACUUM_AGE_VERIFIED = (PG12_DOCUMENTED, "PostgreSQL 15 (documented shape)", PG17_DOCUMENTED)
 # pgvector is not installed on the test server: its statements are imitated (same text shapes).
@@ -131,6 +137,7 @@ DATABASE_SPECS = (
         f"{_DB_SOURCE} LEFT JOIN pg_stat_database_conflicts: confl_*",
         ("postgresql.conflict.type",) + DATABASE_ATTRS,
         enabled_by_default=False,
+        verified_on=REPLICATION_VERIFIED,
     ),
     _gauge(
         "postgresql.database.frozen_xid_age",
@@ -189,7 +196,7 @@ SERVER_SPECS = (
         "s",
         "Seconds since the last WAL file was archived (absent until one is).",
         f"{_SERVER_SOURCE}: pg_stat_archiver.last_archived_time vs now()",
-        verified_on=WAL_AGE_VERIFIED,
+        verified_on=STANDBY_VERIFIED,
     ),
     _updown(
         "postgresql.connection.count",
@@ -212,15 +219,18 @@ SERVER_SPECS = (
         "1 when the server is a standby in recovery, else 0.",
         f"{_SERVER_SOURCE}: pg_is_in_recovery()",
         tier="beyond",
+        verified_on=REPLICATION_VERIFIED,
     ),
     _gauge(
         "postgresql.recovery.replay_lag",
         "s",
         "On a standby: seconds since the last replayed transaction committed on the primary; 0 while all "
-        "WAL received is replayed (absent on a primary).",
+        "WAL received is replayed (absent on a primary). A standby cut off from its primary receives nothing and "
+        "so reads 0 here too: postgresql.wal_receiver.connected tells the two apart.",
         f"{_SERVER_SOURCE}: now() - pg_last_xact_replay_timestamp(), 0 when pg_last_wal_receive_lsn() = "
         "pg_last_wal_replay_lsn()",
         tier="beyond",
+        verified_on=STANDBY_VERIFIED,
     ),
     _gauge(
         "postgresql.recovery.unreplayed_wal",
@@ -228,6 +238,27 @@ SERVER_SPECS = (
         "On a standby: bytes of WAL received but not yet replayed (absent on a primary).",
         f"{_SERVER_SOURCE}: pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
         tier="beyond",
+        verified_on=STANDBY_VERIFIED,
+    ),
+    _gauge(
+        "postgresql.wal_receiver.connected",
+        "{bool}",
+        "On a standby: 1 while its WAL receiver streams from the primary, else 0 (no WAL receiver, or one "
+        "still connecting): the replication link is down. Absent on a primary, and for a user without "
+        "pg_read_all_stats (which pg_monitor includes), who is not shown the receiver's status.",
+        f"{_SERVER_SOURCE}: pg_stat_wal_receiver.status = 'streaming'",
+        tier="beyond",
+        verified_on=STANDBY_VERIFIED,
+    ),
+    _gauge(
+        "postgresql.wal_receiver.last_msg_receipt_age",
+        "s",
+        "On a standby: seconds since its WAL receiver last heard from the primary (WAL or keepalive, at "
+        "least every wal_sender_timeout / 2 from a live primary): grows while the link hangs. Absent while no "
+        "WAL receiver runs.",
+        f"{_SERVER_SOURCE}: now() - pg_stat_wal_receiver.last_msg_receipt_time",
+        tier="beyond",
+        verified_on=STANDBY_VERIFIED,
     ),
     _gauge(
         "postgresql.replication.slot.retained_wal",
@@ -238,6 +269,7 @@ SERVER_SPECS = (
         "(received position on a standby)",
         SLOT_ATTRS,
         tier="beyond",
+        verified_on=REPLICATION_VERIFIED,
     ),
     _gauge(
         "postgresql.replication.slot.active",
@@ -246,6 +278,7 @@ SERVER_SPECS = (
         f"{_SERVER_SOURCE}: pg_replication_slots.active",
         SLOT_ATTRS,
         tier="beyond",
+        verified_on=REPLICATION_VERIFIED,
     ),
 )
 
@@ -351,24 +384,27 @@ REPLICATION_SPECS = (
     _gauge(
         "postgresql.replication.data_delay",
         "By",
-        "Bytes of WAL not yet replayed by each standby.",
+        "Bytes of WAL not yet replayed by each standby (standbys sharing a client address: the one furthest behind).",
         f"{_REPLICATION_SOURCE}: pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)",
         REPLICATION_CLIENT,
+        verified_on=STANDBY_VERIFIED,
     ),
     _gauge(
         "postgresql.wal.lag",
         "s",
-        "Standby write/flush/replay lag, whole seconds.",
+        "Standby write/flush/replay lag, whole seconds (standbys sharing a client address: the largest).",
         f"{_REPLICATION_SOURCE}: write_lag/flush_lag/replay_lag",
         ("operation",) + REPLICATION_CLIENT,
+        verified_on=REPLICATION_VERIFIED,
     ),
     _gauge(
         "postgresql.wal.delay",
         "s",
-        "Standby write/flush/replay lag, fractional seconds.",
+        "Standby write/flush/replay lag, fractional seconds (standbys sharing a client address: the largest).",
         f"{_REPLICATION_SOURCE}: write_lag/flush_lag/replay_lag",
         ("operation",) + REPLICATION_CLIENT,
         enabled_by_default=False,
+        verified_on=REPLICATION_VERIFIED,
     ),
 )
 

@@ -234,8 +234,17 @@ def _replication_health(emit: SampleEmitter, info: Mapping[str, str]) -> None:
         replica = f"{fields.get('ip', '?')}:{fields.get('port', '?')}"
         emit("redis.replication.replica.lag", fields.get("lag"), replica)
         offset = number(fields.get("offset"))
-        if offset is not None and master_offset is not None:
-            emit("redis.replication.replica.offset_lag", max(0, master_offset - offset), replica)
+        if offset is None or master_offset is None or not _acknowledging(fields.get("state"), offset, master_offset):
+            continue
+        emit("redis.replication.replica.offset_lag", max(0, master_offset - offset), replica)
+
+
+def _acknowledging(state: str | None, offset: int | float, master_offset: int | float) -> bool:
+    """Whether a replica's `offset` is an acknowledged position. Not while it is still being synced
+    (state wait_bgsave / send_bulk …), and not before its first REPLCONF ACK on a new link, when the
+    master shows offset 0: right after every (re)connection, for up to a second, which would otherwise
+    read as the replica being the whole replication offset behind."""
+    return (state is None or state == "online") and not (offset == 0 < master_offset)
 
 
 def _persistence_health(emit: SampleEmitter, info: Mapping[str, str], now: float) -> None:

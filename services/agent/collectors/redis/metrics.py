@@ -26,8 +26,10 @@ Beyond the receiver (tier="beyond"): replica link state and lag, persistence hea
 length, error replies, maxclients, latency spikes — the gaps that the peers (redis_exporter,
 Datadog) cover.
 
-verified_on: "Redis 7.0" = seen on the real redis-server of the integration tests (standalone
-primary, and a replica of it for the replica-side metrics); "(captured)" = produced from real
+verified_on: "Redis 7.0" = seen on the real redis-server of the integration tests (a standalone
+primary); "Redis 7.0 primary + replica" = seen from both ends of a real replication pair
+(tests/integration/test_replication.py: in step, the replica frozen, the link cut and mended);
+"(captured)" = produced from real
 replies captured in tests/unit/data (a 6.2.14 server, a 7.0 Sentinel, a 7.0 cluster node), which
 tests/unit/test_redis_mapping.py checks claim by claim.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 from ..metric_table import MetricTable, metric_spec
 
 LIVE = ("Redis 7.0",)
+PAIR = "Redis 7.0 primary + replica"  # a real replication pair: tests/integration/test_replication.py
 CAPTURED_6_2 = "Redis 6.2 (captured)"
 CAPTURED_SENTINEL = "Redis 7.0 Sentinel (captured)"
 LIVE_6_2 = LIVE + (CAPTURED_6_2,)
@@ -270,7 +273,7 @@ REDIS_METRICS = MetricTable(
             "By",
             "Master offset of the start of the replication backlog",
             "INFO replication repl_backlog_first_byte_offset",
-            verified=LIVE_6_2,
+            verified=(*LIVE_6_2, PAIR),
         ),
         metric_spec(
             "redis.replication.offset",
@@ -278,7 +281,7 @@ REDIS_METRICS = MetricTable(
             "By",
             "The server's current replication offset",
             "INFO replication master_repl_offset",
-            verified=LIVE_6_2,
+            verified=(*LIVE_6_2, PAIR),
         ),
         metric_spec(
             "redis.slaves.connected",
@@ -286,7 +289,7 @@ REDIS_METRICS = MetricTable(
             "{replica}",
             "Connected replicas",
             "INFO replication connected_slaves",
-            verified=LIVE_6_2,
+            verified=(*LIVE_6_2, PAIR),
         ),
         metric_spec(
             "redis.uptime",
@@ -333,7 +336,7 @@ REDIS_METRICS = MetricTable(
             "INFO replication role",
             attributes=("role",),
             enabled=False,
-            verified=LIVE_6_2,
+            verified=(*LIVE_6_2, PAIR),
         ),
         metric_spec(
             "redis.mode",
@@ -352,7 +355,7 @@ REDIS_METRICS = MetricTable(
             "Replication offset of this replica",
             "INFO replication slave_repl_offset",
             enabled=False,
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.tracking_total_keys",
@@ -588,7 +591,7 @@ REDIS_METRICS = MetricTable(
             "On a replica: 1 while the link to its master is up, else 0",
             "INFO replication master_link_status",
             tier="beyond",
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.replication.link.last_io",
@@ -597,7 +600,7 @@ REDIS_METRICS = MetricTable(
             "On a replica: seconds since the last interaction with its master",
             "INFO replication master_last_io_seconds_ago",
             tier="beyond",
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.replication.link.down_duration",
@@ -606,7 +609,7 @@ REDIS_METRICS = MetricTable(
             "On a replica whose link is down: seconds since it went down",
             "INFO replication master_link_down_since_seconds",
             tier="beyond",
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.replication.replica.lag",
@@ -616,17 +619,18 @@ REDIS_METRICS = MetricTable(
             "INFO replication slaveN lag",
             attributes=("replica",),
             tier="beyond",
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.replication.replica.offset_lag",
             "gauge",
             "By",
-            "On a master: bytes each replica's acknowledged offset trails master_repl_offset",
-            "INFO replication master_repl_offset - slaveN offset",
+            "On a master: bytes each replica's acknowledged offset trails master_repl_offset (absent while "
+            "the replica is being synced or has not acknowledged anything on its current link yet)",
+            "INFO replication master_repl_offset - slaveN offset, for slaveN state=online",
             attributes=("replica",),
             tier="beyond",
-            verified=LIVE,
+            verified=(PAIR,),
         ),
         metric_spec(
             "redis.rdb.last_bgsave.ok",
