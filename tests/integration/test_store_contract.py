@@ -290,3 +290,16 @@ def test_redis_store_tls_settings_reach_the_connection_pool(tmp_path):
     assert pool.connection_class is SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == str(ca) and pool.connection_kwargs["ssl_cert_reqs"] == 2
     assert pool.max_connections == 32
+
+
+def test_sentinel_store_uses_a_blocking_pool_that_asks_the_sentinels():
+    from redis.asyncio.connection import BlockingConnectionPool
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    store = RedisScalingStore(
+        RedisSettings(sentinel=SentinelSettings(master_name="dbintel", addresses=["s0:26379", "s1:26379"]))
+    )
+    pool = store._client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and isinstance(pool, BlockingConnectionPool)
+    assert pool.service_name == "dbintel" and pool.max_connections == 32
+    assert [s.connection_pool.connection_kwargs["host"] for s in pool.sentinel_manager.sentinels] == ["s0", "s1"]
