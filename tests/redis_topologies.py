@@ -14,7 +14,9 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
+from dbintel.common.config import RedisSettings, SentinelSettings
 from tests.servers import RedisServer, ServerError, _new_password, find_binary, free_port
 
 
@@ -153,6 +155,21 @@ class SentinelSet:
             if int(state["num-other-sentinels"]) != 2 or int(state["num-slaves"]) != len(self.nodes) - 1:
                 return False
         return True
+
+    def settings(self, monkeypatch, key_prefix: str, **extra: Any) -> RedisSettings:
+        """scaling.redis for this set, its passwords as ${env:...} references (set through monkeypatch)."""
+        monkeypatch.setenv("TOPOLOGY_REDIS_PW", self.password)
+        monkeypatch.setenv("TOPOLOGY_SENTINEL_PW", self.sentinel_password)
+        return RedisSettings(
+            password="${env:TOPOLOGY_REDIS_PW}",
+            key_prefix=key_prefix,
+            sentinel=SentinelSettings(
+                master_name=self.master_name,
+                addresses=self.sentinel_addresses,
+                password="${env:TOPOLOGY_SENTINEL_PW}",
+            ),
+            **extra,
+        )
 
     def primary_address(self) -> tuple[str, int]:
         addresses = {s.master_address() for s in self.sentinels if s.is_running()}

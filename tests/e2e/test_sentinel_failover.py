@@ -25,7 +25,6 @@ import pytest
 from dbintel.coordinator.store.redis_store import state_key
 from tests.e2e.cluster import Cluster, Targets, http_get, wait_until
 from tests.e2e.figures import record
-from tests.e2e.ownership import Sampler
 from tests.e2e.test_cluster_faults import GAP_TOLERANCE, describe, moved, report_between
 from tests.redis_topologies import SentinelSet
 
@@ -107,9 +106,10 @@ def topology() -> Iterator[SentinelSet]:
 
 
 @pytest.fixture(scope="module")
-def sentinel_cluster(
+def cluster(
     tmp_path_factory, topology, postgres_server, mariadb_server, redis_server, secantus_server
 ) -> Iterator[SentinelCluster]:
+    """This module's cluster (conftest's `sampler` watches it, in place of the shared one)."""
     root = tmp_path_factory.mktemp("e2e-sentinel")
     running = SentinelCluster(
         root,
@@ -129,21 +129,8 @@ def sentinel_cluster(
 
 
 @pytest.fixture(scope="module")
-def sampler(sentinel_cluster: SentinelCluster) -> Iterator[Sampler]:
-    cluster = sentinel_cluster
-    running = Sampler(
-        lambda: {name: agent.metrics_url for name, agent in list(cluster.agents.items())},
-        period=cluster.timing.interval / 4,
-    ).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def watch(sentinel_cluster: SentinelCluster) -> Iterator[LeaderWatch]:
-    running = LeaderWatch(sentinel_cluster).start()
+def watch(cluster: SentinelCluster) -> Iterator[LeaderWatch]:
+    running = LeaderWatch(cluster).start()
     try:
         yield running
     finally:
@@ -151,10 +138,7 @@ def watch(sentinel_cluster: SentinelCluster) -> Iterator[LeaderWatch]:
 
 
 @pytest.mark.parametrize("with_leader", [False, True], ids=["primary", "primary_and_leader"])
-def test_sentinel_failover_keeps_one_leader_per_epoch_and_one_poller(
-    sentinel_cluster, topology, sampler, watch, with_leader
-):
-    cluster = sentinel_cluster
+def test_sentinel_failover_keeps_one_leader_per_epoch_and_one_poller(cluster, topology, sampler, watch, with_leader):
     t = cluster.timing
     for coordinator in cluster.coordinators:  # the previous round's killed leader
         if not coordinator.process.alive:

@@ -29,18 +29,7 @@ from dbintel.coordinator.store.redis_store import RedisScalingStore
 def redis_settings(request, monkeypatch, topology: str, prefix: str) -> RedisSettings:
     """Settings for a store on `topology` (one Redis, a Sentinel set, a three-primary cluster)."""
     if topology == "sentinel":
-        sentinels = request.getfixturevalue("sentinel_set")
-        monkeypatch.setenv("TEST_STORE_REDIS_PW", sentinels.password)
-        monkeypatch.setenv("TEST_STORE_SENTINEL_PW", sentinels.sentinel_password)
-        return RedisSettings(
-            password="${env:TEST_STORE_REDIS_PW}",
-            key_prefix=prefix,
-            sentinel=SentinelSettings(
-                master_name=sentinels.master_name,
-                addresses=sentinels.sentinel_addresses,
-                password="${env:TEST_STORE_SENTINEL_PW}",
-            ),
-        )
+        return request.getfixturevalue("sentinel_set").settings(monkeypatch, prefix)
     server = request.getfixturevalue("redis_cluster" if topology == "cluster" else "redis_server")
     monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
     return RedisSettings(

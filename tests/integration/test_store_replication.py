@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from dbintel.common.config import RedisSettings, SentinelSettings
+from dbintel.common.config import RedisSettings
 from dbintel.coordinator.model import HeartbeatReport, PlacementWrite, Registration, StoreUnavailable
 from dbintel.coordinator.store.redis_store import RedisScalingStore, state_key
 from tests.coordinator_harness import wait_for
@@ -22,27 +22,13 @@ from tests.redis_topologies import RedisNode, SentinelSet
 from tests.servers import _new_password, free_port
 
 
-def _sentinel_settings(topology: SentinelSet, monkeypatch, prefix: str) -> RedisSettings:
-    monkeypatch.setenv("REPL_REDIS_PW", topology.password)
-    monkeypatch.setenv("REPL_SENTINEL_PW", topology.sentinel_password)
-    return RedisSettings(
-        password="${env:REPL_REDIS_PW}",
-        key_prefix=prefix,
-        sentinel=SentinelSettings(
-            master_name=topology.master_name,
-            addresses=topology.sentinel_addresses,
-            password="${env:REPL_SENTINEL_PW}",
-        ),
-    )
-
-
 async def test_stores_follow_a_sentinel_failover_and_the_lease_holds(monkeypatch):
     """Kill the primary under a leader and a follower: both follow the promoted replica, the leader
     keeps its lease at its epoch (the replica acknowledged it), the follower cannot take it, and the
     state written before the crash is there. Two replicas: after the failover one is left to
     acknowledge the lease (replica_acks defaults to 1 with sentinel)."""
     with SentinelSet(replicas=2) as topology:
-        settings = _sentinel_settings(topology, monkeypatch, f"failover:{uuid.uuid4().hex[:8]}:")
+        settings = topology.settings(monkeypatch, f"failover:{uuid.uuid4().hex[:8]}:")
         leader, follower = RedisScalingStore(settings), RedisScalingStore(settings)
         try:
             lease = await leader.try_acquire_leadership("leader", 15_000)
