@@ -251,6 +251,12 @@ def test_sentinel_overlay_points_the_coordinators_at_its_sentinels():
         for i in range(sentinels["replicas"])
     ]
     assert redis["sentinel"]["addresses"] == expected and redis["sentinel"]["master_name"] == "dbintel"
+    # The overlay replaces the whole config: everything but scaling.redis must stay the base's.
+    base = yaml.safe_load(m.find(m.build("base"), "ConfigMap", "dbintel-config")["data"]["config.yaml"])
+    assert {**config, "scaling": {**config["scaling"], "redis": None}} == {
+        **base,
+        "scaling": {**base["scaling"], "redis": None},
+    }
     assert m.find(objects, "StatefulSet", "redis")["spec"]["replicas"] == 3  # a primary and two replicas
     assert m.find(objects, "Service", "redis")["spec"]["clusterIP"] == "None"
     egress = m.find(objects, "NetworkPolicy", "dbintel-coordinator")["spec"]["egress"]
