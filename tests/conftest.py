@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.redis_topologies import RedisClusterSet, SentinelSet
 from tests.servers import ManagedServer, MariaDBServer, PostgresServer, RedisServer, SecantusServer
 
 
@@ -45,3 +46,18 @@ def secantus_server() -> Iterator[SecantusServer]:
 @pytest.fixture
 def fresh_redis() -> Iterator[RedisServer]:
     yield from _serve(RedisServer())
+
+
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels (tests/redis_topologies.py); a test that fails it over
+    takes its own SentinelSet."""
+    with SentinelSet() as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterSet]:
+    """A real three-primary Redis Cluster."""
+    with RedisClusterSet() as topology:
+        yield topology

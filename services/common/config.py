@@ -173,6 +173,39 @@ class ServerTLSSettings(_Section):
         return _file_problems(self, ("cert_file", "key_file", "client_ca_file"), prefix) if self.enabled else []
 
 
+class SentinelSettings(_Section):
+    """Redis Sentinel: the coordinators ask these sentinels which server is the primary of
+    `master_name`, and follow a failover. username/password/tls are the sentinels' own (their
+    `requirepass`); the data servers keep scaling.redis.username/password/tls."""
+
+    master_name: Text = Field(min_length=1)
+    addresses: list[str] = Field(min_length=1)
+    username: Text | None = None
+    password: str | None = None
+    tls: TLSSettings = TLSSettings()
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        problems = []
+        for index, address in enumerate(value):
+            try:
+                parse_host_port(address)
+            except ValueError as exc:
+                problems.append(f"[{index}] {exc}")
+        duplicates = sorted({a for a in value if value.count(a) > 1})
+        if duplicates:
+            problems.append(f"{', '.join(repr(a) for a in duplicates)} listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return None if value is None else check_reference(value)
+
+
 class RedisSettings(_Section):
     address: str = "localhost:6379"
     db: int = Field(default=0, ge=0, le=15)
@@ -181,6 +214,14 @@ class RedisSettings(_Section):
     username: Text | None = None
     password: str | None = None
     tls: TLSSettings = TLSSettings()
+    # Where the primary is comes from these sentinels instead of `address` (which must then be left out).
+    sentinel: SentinelSettings | None = None
+    # Redis Cluster (or a managed Redis in cluster mode): `address` is any node, the client finds the rest.
+    cluster: bool = False
+    # Replicas that must acknowledge (WAIT) a new lease before its holder leads, and each renewal
+    # before it counts: a failover then cannot lose a lease someone acts on. Default 1 with
+    # sentinel, else 0 (no replica to wait for).
+    replica_acks: int | None = Field(default=None, ge=0, le=16)
 
     _address = field_validator("address")(_endpoint)
 
@@ -194,10 +235,35 @@ class RedisSettings(_Section):
         problems = []
         if self.leader_ttl < timedelta(seconds=1):
             problems.append(("leader_ttl", f"must be at least 1s, not {format_duration(self.leader_ttl)}"))
+        if self.sentinel is not None and "address" in self.model_fields_set:
+            problems.append(
+                (
+                    "address",
+                    f"{self.address!r} is not used with sentinel (the sentinels name the primary): leave it out",
+                )
+            )
+        if self.sentinel is not None and self.cluster:
+            problems.append(("cluster", "true cannot be combined with sentinel (a cluster fails over by itself)"))
+        if self.cluster and self.db != 0:
+            problems.append(("db", f"Redis Cluster has only db 0, not {self.db}"))
         if _checks_files(info, "coordinator"):
             problems += self.tls.file_problems()
+            if self.sentinel is not None:
+                problems += self.sentinel.tls.file_problems("sentinel.tls.")
         _rule_errors(problems)
         return self
+
+    @property
+    def required_replica_acks(self) -> int:
+        if self.replica_acks is not None:
+            return self.replica_acks
+        return 1 if self.sentinel is not None else 0
+
+    def describe(self) -> str:
+        """Where the state lives, for messages: never a credential."""
+        if self.sentinel is not None:
+            return f"sentinel {self.sentinel.master_name!r} via {','.join(self.sentinel.addresses)}"
+        return f"{'cluster ' if self.cluster else ''}{self.address}"
 
 
 class CoordinatorScaling(_Section):

@@ -86,12 +86,14 @@ class Leadership:
         while not self._stopping:
             sleep_for = period
             try:
+                # A lease runs from when Redis took the write, which is after we asked: count from then.
+                asked = time.monotonic()
                 if self.lease is None:
                     lease = await self._store.try_acquire_leadership(
                         self._holder, self._ttl_ms, self.address, self.highest_epoch_seen
                     )
                     if lease is not None:
-                        self._last_renewed = time.monotonic()
+                        self._last_renewed = asked
                         await self._set(lease)
                     else:
                         current = await self._store.read_leader()
@@ -100,7 +102,7 @@ class Leadership:
                         # Poll faster than ttl/3 so a crashed leader is replaced soon after its lease ends.
                         sleep_for = min(period, 0.5)
                 elif await self._store.renew_leadership(self.lease, self._ttl_ms):
-                    self._last_renewed = time.monotonic()
+                    self._last_renewed = asked
                 else:
                     await self._set(None)  # someone else holds it now: stop at once
                     sleep_for = 0

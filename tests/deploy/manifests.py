@@ -32,6 +32,7 @@ KUSTOMIZATIONS = {
     "base": KUBERNETES / "base",
     "ephemeral": KUBERNETES / "overlays" / "ephemeral",
     "production": KUBERNETES / "overlays" / "production",
+    "sentinel": KUBERNETES / "overlays" / "sentinel",
 }
 NPM_MODULES = REPO / ".ci" / "work" / "npm" / "node_modules"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
@@ -328,13 +329,23 @@ def _role_references(config, role: str) -> list[tuple[str, str | None, list[str]
         redis = config.scaling.redis
         if config.scaling.mode != "redis":
             return []
-        return [
+        references = [
             (
                 "scaling.redis",
                 redis.password,
                 [f for f in (redis.tls.ca_file, redis.tls.cert_file, redis.tls.key_file) if f],
             )
         ]
+        if redis.sentinel is not None:
+            tls = redis.sentinel.tls
+            references.append(
+                (
+                    "scaling.redis.sentinel",
+                    redis.sentinel.password,
+                    [f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f],
+                )
+            )
+        return references
     return [
         (f"databases[{db.name}]", db.password, [f for f in (db.tls.ca_file, db.tls.cert_file, db.tls.key_file) if f])
         for db in config.databases

@@ -237,3 +237,31 @@ def test_dockerfile_matches_the_pods_that_run_it():
     for line in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         for source in line.split():
             assert (m.REPO / source).exists() and source.rstrip("/") in included, source
+
+
+def test_sentinel_overlay_points_the_coordinators_at_its_sentinels():
+    objects = m.build("sentinel")
+    config = yaml.safe_load(m.find(objects, "ConfigMap", "dbintel-config")["data"]["config.yaml"])
+    redis = config["scaling"]["redis"]
+    assert "address" not in redis and redis["replica_acks"] == 1
+    sentinels = m.find(objects, "StatefulSet", "redis-sentinel")["spec"]
+    service = sentinels["serviceName"]
+    expected = [
+        f"redis-sentinel-{i}.{service}.database-intelligence.svc.cluster.local:26379"
+        for i in range(sentinels["replicas"])
+    ]
+    assert redis["sentinel"]["addresses"] == expected and redis["sentinel"]["master_name"] == "dbintel"
+    # The overlay replaces the whole config: everything but scaling.redis must stay the base's.
+    base = yaml.safe_load(m.find(m.build("base"), "ConfigMap", "dbintel-config")["data"]["config.yaml"])
+    assert {**config, "scaling": {**config["scaling"], "redis": None}} == {
+        **base,
+        "scaling": {**base["scaling"], "redis": None},
+    }
+    assert m.find(objects, "StatefulSet", "redis")["spec"]["replicas"] == 3  # a primary and two replicas
+    assert m.find(objects, "Service", "redis")["spec"]["clusterIP"] == "None"
+    egress = m.find(objects, "NetworkPolicy", "dbintel-coordinator")["spec"]["egress"]
+    assert any({"protocol": "TCP", "port": 26379} in rule["ports"] for rule in egress)
+    assert (
+        "dbintel"
+        in m.find(objects, "StatefulSet", "redis-sentinel")["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    )

@@ -14,13 +14,13 @@ import yaml
 
 from dbintel.common.config import RedisSettings
 from dbintel.coordinator.model import FencedError, HeartbeatReport, PlacementWrite, Registration
-from dbintel.coordinator.store.redis_store import RedisScalingStore
+from dbintel.coordinator.store.redis_store import RedisScalingStore, state_key, tagged_prefix
 from tests.coordinator_harness import ScriptedAgent, wait_for
 from tests.servers import free_port
 
 
 def dump_keys(client, prefix: str) -> dict[bytes, bytes]:
-    return {key: client.dump(key) for key in sorted(client.scan_iter(match=f"{prefix}*"))}
+    return {key: client.dump(key) for key in sorted(client.scan_iter(match=f"{tagged_prefix(prefix)}*"))}
 
 
 async def test_paused_ex_leader_changes_no_key(redis_server, monkeypatch):
@@ -100,22 +100,22 @@ async def test_sigstopped_leader_process_is_fenced_after_resume(fresh_redis, tmp
     ports = [free_port(), free_port()]
     first = _coordinator_process(path, ports[0], "coord-a")
     client = fresh_redis.client()
-    await wait_for(lambda: client.get(f"{prefix}leader"), message="a leader")
+    await wait_for(lambda: client.get(state_key(prefix, "leader")), message="a leader")
     second = _coordinator_process(path, ports[1], "coord-b")
     agents = [ScriptedAgent(f"agent-{i}", f"127.0.0.1:{ports[1]}").start() for i in range(2)]
     try:
         await wait_for(lambda: sum(len(a.held) for a in agents) == 6, message="all six databases held")
-        leader = client.get(f"{prefix}leader").decode()
+        leader = client.get(state_key(prefix, "leader")).decode()
         old_epoch = int(leader.split(":")[0])
         frozen = first if leader.endswith("coord-a") else second
         survivor = second if frozen is first else first
         frozen.send_signal(signal.SIGSTOP)
         await wait_for(
-            lambda: (client.get(f"{prefix}leader") or b"").decode() not in ("", leader),
+            lambda: (client.get(state_key(prefix, "leader")) or b"").decode() not in ("", leader),
             timeout=10,
             message="a new leader",
         )
-        new_epoch = int(client.get(f"{prefix}leader").decode().split(":")[0])
+        new_epoch = int(client.get(state_key(prefix, "leader")).decode().split(":")[0])
         assert new_epoch > old_epoch
         # Force work for the leader while the old one is frozen: one agent leaves.
         await agents[0].leave("test")
@@ -124,9 +124,9 @@ async def test_sigstopped_leader_process_is_fenced_after_resume(fresh_redis, tmp
         await asyncio.sleep(2.0)  # the ex-leader resumes, tries its stale loop, and steps down
         import json
 
-        docs = {k.decode(): json.loads(v) for k, v in client.hgetall(f"{prefix}assignments").items()}
+        docs = {k.decode(): json.loads(v) for k, v in client.hgetall(state_key(prefix, "assignments")).items()}
         assert docs["agent-1"]["leader_epoch"] == new_epoch
-        assert int(client.get(f"{prefix}leader").decode().split(":")[0]) == new_epoch
+        assert int(client.get(state_key(prefix, "leader")).decode().split(":")[0]) == new_epoch
         assert survivor.poll() is None and frozen.poll() is None
     finally:
         for agent in agents:

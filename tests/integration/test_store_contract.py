@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from dbintel.common.config import RedisSettings
+from dbintel.common.config import RedisSettings, SentinelSettings
 from dbintel.coordinator.model import (
     AgentAlreadyLeft,
     AgentIdConflict,
@@ -26,20 +26,23 @@ from dbintel.coordinator.store.memory_store import MemoryScalingStore
 from dbintel.coordinator.store.redis_store import RedisScalingStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_settings(request, monkeypatch, topology: str, prefix: str) -> RedisSettings:
+    """Settings for a store on `topology` (one Redis, a Sentinel set, a three-primary cluster)."""
+    if topology == "sentinel":
+        return request.getfixturevalue("sentinel_set").settings(monkeypatch, prefix)
+    server = request.getfixturevalue("redis_cluster" if topology == "cluster" else "redis_server")
+    monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
+    return RedisSettings(
+        address=server.address, password="${env:TEST_STORE_REDIS_PW}", key_prefix=prefix, cluster=topology == "cluster"
+    )
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def store(request, monkeypatch):
     if request.param == "memory":
         s = MemoryScalingStore()
     else:
-        server = request.getfixturevalue("redis_server")
-        monkeypatch.setenv("TEST_STORE_REDIS_PW", server.password)
-        s = RedisScalingStore(
-            RedisSettings(
-                address=server.address,
-                password="${env:TEST_STORE_REDIS_PW}",
-                key_prefix=f"contract:{uuid.uuid4().hex[:8]}:",
-            )
-        )
+        s = RedisScalingStore(redis_settings(request, monkeypatch, request.param, f"contract:{uuid.uuid4().hex[:8]}:"))
     await s.start()
     yield s
     await s.close()
@@ -276,3 +279,16 @@ def test_redis_store_tls_settings_reach_the_connection_pool(tmp_path):
     assert pool.connection_class is SSLConnection
     assert pool.connection_kwargs["ssl_ca_certs"] == str(ca) and pool.connection_kwargs["ssl_cert_reqs"] == 2
     assert pool.max_connections == 32
+
+
+def test_sentinel_store_uses_a_blocking_pool_that_asks_the_sentinels():
+    from redis.asyncio.connection import BlockingConnectionPool
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    store = RedisScalingStore(
+        RedisSettings(sentinel=SentinelSettings(master_name="dbintel", addresses=["s0:26379", "s1:26379"]))
+    )
+    pool = store._client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and isinstance(pool, BlockingConnectionPool)
+    assert pool.service_name == "dbintel" and pool.max_connections == 32
+    assert [s.connection_pool.connection_kwargs["host"] for s in pool.sentinel_manager.sentinels] == ["s0", "s1"]

@@ -37,9 +37,10 @@ def tls_redis(pki):
         "on",
         f">{server.acl_password}",
         "resetkeys",
-        "~sec:*",
+        "~{sec:*",  # the state keys, {<key_prefix>}name
+        "~sec:*",  # the names before the hash tag, which the store checks once for migration
         "resetchannels",
-        "&sec:*",
+        "&{sec:*",
         "+@all",
         "-@dangerous",
     )
@@ -76,7 +77,7 @@ async def test_acl_user_over_mutual_tls_elects_a_leader_and_assigns(pki, tls_red
     )
     await assert_places(config)
     # The ACL user really was the one used: its keys are all under the prefix it is allowed.
-    assert any(key.startswith(b"sec:") for key in tls_redis.client().keys("*"))
+    assert any(key.startswith(b"{sec:") for key in tls_redis.client().keys("*"))
 
 
 async def test_password_auth_with_the_default_user(redis_server, monkeypatch):

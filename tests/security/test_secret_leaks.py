@@ -230,7 +230,7 @@ async def test_no_secret_anywhere(cluster):
         "coordinator /ready": http_get(ports["c_health"], "/ready"),
         "redis": "\n".join(redis_dump(cluster["store"].client())),
     }
-    assert "leak:agents" in surfaces["redis"]  # the store really is this Redis
+    assert "{leak:}agents" in surfaces["redis"]  # the store really is this Redis
 
     token = env["OPERATOR_TOKEN"]
     address = f"127.0.0.1:{ports['grpc']}"

@@ -336,3 +336,58 @@ def test_huge_durations_are_config_errors():
     with pytest.raises(ConfigError) as bad:
         parse_config("scaling: {redis: {leader_ttl: 99999999999h}}", environ={})
     assert "scaling.redis.leader_ttl: duration '99999999999h' is too long" in str(bad.value)
+
+
+def test_sentinel_and_cluster_settings_and_their_rules():
+    config = parse_config(
+        """
+scaling:
+  mode: redis
+  redis:
+    sentinel: {master_name: dbintel, addresses: ["s0:26379", "s1:26379"], password: "${env:SENTINEL_PW}"}
+"""
+    )
+    redis = config.scaling.redis
+    assert redis.sentinel is not None and redis.sentinel.addresses == ["s0:26379", "s1:26379"]
+    assert redis.required_replica_acks == 1 and "s0:26379" in redis.describe()
+    assert parse_config("scaling: {redis: {cluster: true}}").scaling.redis.required_replica_acks == 0
+    with pytest.raises(ConfigError) as bad:
+        parse_config(
+            """
+scaling:
+  redis:
+    address: redis:6379
+    cluster: true
+    db: 2
+    sentinel: {master_name: m, addresses: ["s0:26379"]}
+"""
+        )
+    assert bad.value.problems == [
+        "scaling.redis.address: 'redis:6379' is not used with sentinel (the sentinels name the primary): leave it out",
+        "scaling.redis.cluster: true cannot be combined with sentinel (a cluster fails over by itself)",
+        "scaling.redis.db: Redis Cluster has only db 0, not 2",
+    ]
+    with pytest.raises(ConfigError) as bad:
+        parse_config(
+            'scaling: {redis: {replica_acks: -1, sentinel: {master_name: "", addresses: ["s:1", "nohost", "s:1"], '
+            "password: clear}}}"
+        )
+    assert sorted(bad.value.problems) == [
+        "scaling.redis.replica_acks: -1 is less than the minimum 0",
+        "scaling.redis.sentinel.addresses: [1] 'nohost' is not host:port (port 1-65535); 's:1' listed twice",
+        "scaling.redis.sentinel.master_name: '' is shorter than 1 character(s)",
+        "scaling.redis.sentinel.password: must be a reference, ${env:NAME} or ${file:/path}, never the password itself",
+    ]
+
+
+def test_every_state_key_shares_one_hash_slot():
+    from redis.crc import key_slot
+
+    from dbintel.coordinator.store.redis_store import _NAMES, state_key, tagged_prefix
+
+    assert tagged_prefix("dbintel:scaling:") == "{dbintel:scaling:}"
+    assert tagged_prefix("app:{dbintel}:") == "app:{dbintel}:"  # a tag of its own is kept
+    assert tagged_prefix("odd{}:") == "{odd{}:}"  # an empty {} is no tag
+    for prefix in ("dbintel:scaling:", "app:{dbintel}:", "odd{}:"):
+        slots = {key_slot(state_key(prefix, name).encode()) for name in _NAMES.values()}
+        assert len(slots) == 1, (prefix, slots)

@@ -1,6 +1,10 @@
 """Shared state in Redis (`scaling.mode: redis`), every leader write fenced inside a Lua script.
 
-Key layout under `key_prefix` (P), documented in docs/architecture.md:
+One Redis, a Sentinel-managed primary (`scaling.redis.sentinel`) or a Redis Cluster
+(`scaling.redis.cluster`) run the same code: every key carries the hash tag `{key_prefix}` (P below
+stands for it), so all of them share one hash slot, and every script touches only keys passed in KEYS.
+
+Key layout (P = `{key_prefix}`, or key_prefix itself when it holds a hash tag), in docs/architecture.md:
   P leader            string  "<epoch>:<token>:<holder>" with PX = leader_ttl (the lease)
   P leader:epoch      string  fencing epoch counter (INCR, never below an epoch a replica has seen)
   P leader:info       hash    holder, epoch, address (where to forward leader-only RPCs)
@@ -11,6 +15,12 @@ Key layout under `key_prefix` (P), documented in docs/architecture.md:
                               last_rebalance_reason, grace_from_ms, last_heartbeat_write_ms, leader_tick_ms
   P events            pub/sub channel of StoreEvent JSON
 Redis TIME is the clock for every timestamp, so replicas with skewed clocks agree.
+
+Replication is asynchronous: a write the primary acknowledged can be lost in a failover. A new lease
+counts only once `replica_acks` replicas acknowledged it (WAIT), and so does each renewal, so the
+lease and its epoch survive any failover that promotes an acknowledging replica (docs/reliability.md).
+Versions before the hash tag kept the keys at `key_prefix` + name: the first coordinator to find them
+renames them once (see _MIGRATE) and leaves a marker under the old lease key.
 """
 
 from __future__ import annotations
@@ -19,19 +29,32 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import secrets
 import ssl
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    ClusterDownError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dbintel.common.config import RedisSettings
+from dbintel.common.config import RedisSettings, TLSSettings
 from dbintel.common.endpoints import parse_host_port
 from dbintel.common.secrets import resolve_secret
 
@@ -213,19 +236,65 @@ return out
 """
 )
 _MARK_RECOVERED = _NOW + "redis.call('HSET', KEYS[1], 'grace_from_ms', now) return now"
-_TIME = _NOW + "return now"
+_TIME = _NOW + "return now"  # KEYS[1] (unused) routes it to the state's node on a cluster
+# Once, from the key names before the hash tag. KEYS: old lease, then old and new epoch, info, agents,
+# target, assignments, meta (1 + 6 + 6). ARGV: marker text. {0, lease}: a coordinator of an older
+# version leads on the old names (do not lead beside it); {1, keys moved}; {2, ''}: done before.
+# The marker under the old lease key keeps older coordinators from ever leading again.
+_MIGRATE = """
+local lease = redis.call('GET', KEYS[1])
+if lease then
+  if string.find(lease, ':migrated:', 1, true) then return {2, ''} end
+  return {0, lease}
+end
+local moved = 0
+for i = 2, 7 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('EXISTS', KEYS[i + 6]) == 0 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 6])
+    moved = moved + 1
+  end
+end
+redis.call('SET', KEYS[1], (redis.call('GET', KEYS[8]) or '0') .. ':migrated:' .. ARGV[1])
+return {1, moved}
+"""
 
 
 POOL_SIZE = 32
 POOL_WAIT_S = 5.0
+# How long a lease write waits for replicas (WAIT): well inside the 1 s operation timeout; a healthy
+# replica acknowledges within a round trip.
+REPLICA_ACK_TIMEOUT_MS = 500
+# The store's name for each piece of state -> its key name after the prefix.
+_NAMES = {
+    "leader": "leader",
+    "epoch": "leader:epoch",
+    "info": "leader:info",
+    "agents": "agents",
+    "target": "target",
+    "assignments": "assignments",
+    "meta": "meta",
+    "events": "events",
+}
 
 
-def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
-    tls = settings.tls
+def tagged_prefix(key_prefix: str) -> str:
+    """The prefix of every state key: `{key_prefix}`, a hash tag that puts all of them in one slot;
+    a prefix that holds a hash tag already (`{...}` with something inside) is used as it is."""
+    start = key_prefix.find("{")
+    if start != -1 and key_prefix.find("}", start + 1) > start + 1:
+        return key_prefix
+    return "{" + key_prefix + "}"
+
+
+def state_key(key_prefix: str, name: str) -> str:
+    """The Redis key of one piece of state (`name` from the layout above) under `key_prefix`."""
+    return tagged_prefix(key_prefix) + name
+
+
+def _tls_options(tls: TLSSettings) -> dict[str, Any]:
     if not tls.enabled:
         return {}
     return {
-        "connection_class": SSLConnection,
         "ssl_ca_certs": tls.ca_file,
         "ssl_certfile": tls.cert_file,
         "ssl_keyfile": tls.key_file,
@@ -234,46 +303,105 @@ def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
     }
 
 
+def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    options = _tls_options(settings.tls)
+    return {"connection_class": SSLConnection, **options} if options else {}
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's address from the sentinels, and the blocking pool's wait for a free connection."""
+
+
+def _common_kwargs(settings: RedisSettings, operation_timeout: float) -> dict[str, Any]:
+    password = resolve_secret(settings.password)
+    return {
+        "username": settings.username,
+        "password": password.get_secret_value() if password else None,
+        "socket_timeout": operation_timeout,
+        "socket_connect_timeout": operation_timeout,
+        "health_check_interval": 10,
+        "decode_responses": True,
+    }
+
+
+def _client(settings: RedisSettings, operation_timeout: float) -> Any:
+    """The client for the configured topology: one server, a Sentinel-managed primary, or a cluster."""
+    common = _common_kwargs(settings, operation_timeout)
+    # One quick retry at most: callers degrade on failure, and a heartbeat reply must not wait out a
+    # long retry ladder while Redis is away.
+    retry = Retry(NoBackoff(), 1)
+    if settings.sentinel is not None:
+        sentinel = settings.sentinel
+        sentinel_password = resolve_secret(sentinel.password)
+        sentinel_tls = _tls_options(sentinel.tls)
+        manager = Sentinel(
+            [parse_host_port(address) for address in sentinel.addresses],
+            sentinel_kwargs={
+                "username": sentinel.username,
+                "password": sentinel_password.get_secret_value() if sentinel_password else None,
+                "socket_timeout": operation_timeout,
+                "socket_connect_timeout": operation_timeout,
+                "decode_responses": True,
+                **({"ssl": True, **sentinel_tls} if sentinel_tls else {}),
+            },
+        )
+        tls = _tls_options(settings.tls)
+        return manager.master_for(
+            sentinel.master_name,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            db=settings.db,
+            retry=retry,
+            **common,
+            **({"ssl": True, **tls} if tls else {}),
+        )
+    host, port = parse_host_port(settings.address)
+    if settings.cluster:
+        tls = _tls_options(settings.tls)
+        return RedisCluster(
+            host=host,
+            port=port,
+            max_connections=POOL_SIZE,
+            retry=retry,
+            **common,
+            **({"ssl": True, **tls} if tls else {}),
+        )
+    # A blocking pool: under a burst, an operation waits for a free connection instead of failing
+    # (redis-py's default pool fails at once past 100, which would answer heartbeats "degraded"
+    # while Redis is fine). Redis serves one command at a time, so more connections add nothing.
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
+        host=host,
+        port=port,
+        db=settings.db,
+        retry=retry,
+        **common,
+        **_ssl_kwargs(settings),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisScalingStore(ScalingStore):
     mode = "redis"
 
     def __init__(self, settings: RedisSettings, *, operation_timeout: float = 1.0):
-        self._prefix = settings.key_prefix
-        self._address = settings.address
-        host, port = parse_host_port(settings.address)
-        password = resolve_secret(settings.password)
-        # A blocking pool: under a burst, an operation waits for a free connection instead of failing
-        # (redis-py's default pool fails at once past 100, which would answer heartbeats "degraded"
-        # while Redis is fine). Redis serves one command at a time, so more connections add nothing.
-        pool = aioredis.BlockingConnectionPool(
-            max_connections=POOL_SIZE,
-            timeout=POOL_WAIT_S,
-            host=host,
-            port=port,
-            db=settings.db,
-            username=settings.username,
-            password=password.get_secret_value() if password else None,
-            socket_timeout=operation_timeout,
-            socket_connect_timeout=operation_timeout,
-            health_check_interval=10,
-            decode_responses=True,
-            # One quick retry at most: callers degrade on failure, and a heartbeat reply must not
-            # wait out a long retry ladder while Redis is away.
-            retry=Retry(NoBackoff(), 1),
-            **_ssl_kwargs(settings),
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
-        k = self._key
-        self._keys = {
-            "leader": k("leader"),
-            "epoch": k("leader:epoch"),
-            "info": k("leader:info"),
-            "agents": k("agents"),
-            "target": k("target"),
-            "assignments": k("assignments"),
-            "meta": k("meta"),
-            "events": k("events"),
-        }
+        self._settings = settings
+        self._address = settings.describe()
+        self._cluster = settings.cluster
+        self._sentinel = settings.sentinel is not None
+        self._acks = settings.required_replica_acks
+        self._client = _client(settings, operation_timeout)
+        self._operation_timeout = operation_timeout
+        self._keys = {name: state_key(settings.key_prefix, key) for name, key in _NAMES.items()}
+        # Before the hash tag the keys were key_prefix + name. A cluster never held those (their
+        # scripts spanned slots), nor does a prefix that holds a tag itself (the names are the same).
+        legacy = tagged_prefix(settings.key_prefix) != settings.key_prefix and not self._cluster
+        self._legacy = {name: settings.key_prefix + key for name, key in _NAMES.items()} if legacy else None
+        self._migrated = not legacy
+        self._pending: Lease | None = None  # acquired, not yet acknowledged by enough replicas
+        self._highest_epoch = 0  # the highest epoch this store was handed: never handed out again here
         self._scripts = {
             name: self._client.register_script(src)
             for name, src in {
@@ -287,14 +415,12 @@ class RedisScalingStore(ScalingStore):
                 "write_placement": _WRITE_PLACEMENT,
                 "mark_recovered": _MARK_RECOVERED,
                 "time": _TIME,
+                "migrate": _MIGRATE,
             }.items()
         }
         self._subscribers = set()
         self._listener: asyncio.Task | None = None
         self._closed = False
-
-    def _key(self, name: str) -> str:
-        return f"{self._prefix}{name}"
 
     async def _call(self, operation):
         """Run one Redis operation, mapping transport trouble to StoreUnavailable (never leaking args)."""
@@ -304,39 +430,163 @@ class RedisScalingStore(ScalingStore):
         except (AuthenticationError, AuthenticationWrongNumberOfArgsError):
             raise StoreUnavailable(
                 f"redis {self._address}: authentication failed (check scaling.redis.username "
-                "and scaling.redis.password)"
+                "and scaling.redis.password" + (", and sentinel.username/password)" if self._sentinel else ")")
             ) from None
         except NoPermissionError:
             raise StoreUnavailable(
                 f"redis {self._address}: the ACL user lacks a permission dbintel needs "
-                "(keys under key_prefix, EVALSHA/EVAL, PUBLISH/SUBSCRIBE, TIME)"
+                "(keys and channels {key_prefix}*, and key_prefix* once for the upgrade, EVALSHA/EVAL, "
+                "PUBLISH/SUBSCRIBE, WAIT)"
             ) from None
         except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
             detail = str(exc) if isinstance(exc, RedisConnectionError) else ""
             raise StoreUnavailable(
                 f"redis {self._address} unreachable: {type(exc).__name__}" + (f" ({detail})" if detail else "")
             ) from None
+        except (ReadOnlyError, ClusterDownError, TryAgainError, RedisClusterException) as exc:
+            # A demoted primary, a failover in progress, a cluster without a slot's primary: the
+            # state is briefly out of reach. A sentinel client asks again where the primary is.
+            await self._rediscover()
+            raise StoreUnavailable(f"redis {self._address}: {type(exc).__name__} (failover in progress?)") from None
         except ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 raise FencedError("lease lost: another coordinator leads now") from None
             if str(exc).startswith("STALE"):
                 raise StaleRead("an agent to expire was heard from since the step read the store") from None
+            if str(exc).startswith(("NOREPLICAS", "MASTERDOWN", "LOADING")):
+                await self._rediscover()
+                raise StoreUnavailable(f"redis {self._address}: {str(exc).split(' ', 1)[0]}") from None
             raise
+
+    async def _rediscover(self) -> None:
+        """Sentinel: ask the sentinels for the primary now; idle connections to an old one are dropped."""
+        pool = self._client.connection_pool if self._sentinel else None
+        if isinstance(pool, SentinelConnectionPool):
+            with contextlib.suppress(Exception):
+                await pool.get_master_address()
 
     async def _script(self, name: str, keys: list[str], args: list[Any]):
         return await self._call(self._scripts[name](keys=keys, args=args))
 
     # -- leadership ----------------------------------------------------------------------------
     async def try_acquire_leadership(self, holder, ttl_ms, address="", min_epoch=0):
+        if not self._migrated and not await self._migrate_legacy_keys():
+            return None
+        if self._pending is not None:
+            # Ours but unacknowledged: lead once replicas have it; gone (lost in a failover, or
+            # expired): fall through to a fresh acquire, above every epoch handed out before.
+            renewed, acks = await self._renew_and_wait(self._pending, ttl_ms)
+            if renewed:
+                return self._confirmed(self._pending, acks)
+            self._pending = None
         token = secrets.token_hex(8)
         k = self._keys
         ok, value = await self._script(
-            "acquire", [k["leader"], k["epoch"], k["info"]], [holder, token, ttl_ms, address, min_epoch]
+            "acquire",
+            [k["leader"], k["epoch"], k["info"]],
+            [holder, token, ttl_ms, address, max(min_epoch, self._highest_epoch)],
         )
-        return Lease(holder=holder, epoch=int(value), token=token) if int(ok) == 1 else None
+        if int(ok) != 1:
+            return None
+        lease = Lease(holder=holder, epoch=int(value), token=token)
+        self._highest_epoch = max(self._highest_epoch, lease.epoch)
+        if self._acks == 0:
+            return lease
+        self._pending = lease  # until replicas acknowledge it (a store error leaves it pending too)
+        renewed, acks = await self._renew_and_wait(lease, ttl_ms)
+        if not renewed:
+            self._pending = None
+            return None
+        return self._confirmed(lease, acks)
+
+    def _confirmed(self, lease: Lease, acks: int) -> Lease | None:
+        """The lease if enough replicas acknowledged it; else it stays pending (held, not led on)."""
+        if acks >= self._acks:
+            self._pending = None
+            return lease
+        log.warning(
+            "lease epoch %d acknowledged by %d of %d replicas (scaling.redis.replica_acks): not leading yet",
+            lease.epoch,
+            acks,
+            self._acks,
+        )
+        self._pending = lease
+        return None
+
+    async def _renew_and_wait(self, lease: Lease, ttl_ms: int) -> tuple[bool, int]:
+        """Renew the lease and WAIT for replicas on the same connection: (still ours, replicas that have
+        it). WAIT counts the replicas that acknowledged every write this connection made, and the
+        renewal comes after the acquire in the replication stream, so an acknowledged renewal means
+        the replica holds the lease and its epoch."""
+        key = self._keys["leader"]
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if self._cluster:  # a cluster pipeline refuses evalsha() and loads no script (see below)
+                    pipe.execute_command("EVALSHA", self._scripts["renew"].sha, 1, key, lease.value, ttl_ms)
+                    # WAIT names no key: send it to the node of the state's slot, on the same connection.
+                    pipe.execute_command(
+                        "WAIT", self._acks, REPLICA_ACK_TIMEOUT_MS, target_nodes=self._client.get_node_from_key(key)
+                    )
+                else:
+                    await self._scripts["renew"](keys=[key], args=[lease.value, ttl_ms], client=pipe)
+                    pipe.execute_command("WAIT", self._acks, REPLICA_ACK_TIMEOUT_MS)
+                return await pipe.execute()
+
+        try:
+            renewed, acks = await self._call(run())
+        except NoScriptError:  # a cluster node that has not seen the script yet
+            await self._script("renew", [key], [lease.value, ttl_ms])
+            renewed, acks = await self._call(run())
+        return int(renewed) == 1, int(acks)
+
+    async def _migrate_legacy_keys(self) -> bool:
+        """Move state kept under the names before the hash tag; False while an older coordinator leads there."""
+        assert self._legacy is not None
+        old, new = self._legacy, self._keys
+        names = ("epoch", "info", "agents", "target", "assignments", "meta")
+
+        async def migrate() -> list[Any]:
+            try:
+                return await self._scripts["migrate"](
+                    keys=[old["leader"], *(old[n] for n in names), *(new[n] for n in names)],
+                    args=[f"keys moved to {tagged_prefix(self._settings.key_prefix)}"],
+                )
+            except NoPermissionError:
+                # An ACL user allowed only the new names: nothing of an older version can be there.
+                log.info("the ACL user may not read %s*: no older state to move", self._settings.key_prefix)
+                return [2, ""]
+
+        status, detail = await self._call(migrate())
+        if int(status) == 0:
+            log.warning(
+                "a coordinator of an older version holds the lease under %s (%s): not leading beside it; "
+                "finish the upgrade (stop the older coordinators)",
+                old["leader"],
+                str(detail).split(":", 2)[-1],
+            )
+            return False
+        if int(status) == 1:
+            log.info(
+                "moved %s key(s) from %s* to %s*",
+                detail,
+                self._settings.key_prefix,
+                tagged_prefix(self._settings.key_prefix),
+            )
+        self._migrated = True
+        return True
 
     async def renew_leadership(self, lease, ttl_ms):
-        return int(await self._script("renew", [self._keys["leader"]], [lease.value, ttl_ms])) == 1
+        if self._acks == 0:
+            return int(await self._script("renew", [self._keys["leader"]], [lease.value, ttl_ms])) == 1
+        renewed, acks = await self._renew_and_wait(lease, ttl_ms)
+        if renewed and acks < self._acks:
+            # Renewed on the primary only: a failover could lose it, so it does not count. The leader
+            # treats this as a failed renewal and stops once its last acknowledged one runs out.
+            raise StoreUnavailable(
+                f"redis {self._address}: lease renewal acknowledged by {acks} of {self._acks} replicas"
+            )
+        return renewed
 
     async def release_leadership(self, lease):
         await self._script("release", [self._keys["leader"]], [lease.value])
@@ -477,7 +727,7 @@ class RedisScalingStore(ScalingStore):
         )
 
     async def now_ms(self):
-        return int(await self._script("time", [], []))
+        return int(await self._script("time", [self._keys["meta"]], []))
 
     # -- notifications ----------------------------------------------------------------------------------
     async def publish(self, event: StoreEvent) -> None:
@@ -489,12 +739,29 @@ class RedisScalingStore(ScalingStore):
         if self._listener is None and not self._closed:
             self._listener = asyncio.create_task(self._listen(), name="redis-events")
 
+    async def _open_pubsub(self) -> tuple[Any, Any]:
+        """(pubsub, client to close after it). On a cluster any node hears every PUBLISH, so the
+        subscription is a plain connection to one node, another one after a failure."""
+        if not self._cluster:
+            return self._client.pubsub(ignore_subscribe_messages=True), None
+        await self._client.initialize()
+        node = random.choice(self._client.get_nodes())
+        tls = _tls_options(self._settings.tls)
+        client = aioredis.Redis(
+            host=node.host,
+            port=node.port,
+            **_common_kwargs(self._settings, self._operation_timeout),
+            **({"ssl": True, **tls} if tls else {}),
+        )
+        return client.pubsub(ignore_subscribe_messages=True), client
+
     async def _listen(self) -> None:
         """Relay pub/sub events to in-process subscribers; reconnect forever with backoff."""
         delay = 0.1
         while not self._closed:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = node_client = None
             try:
+                pubsub, node_client = await self._open_pubsub()
                 await pubsub.subscribe(self._keys["events"])
                 delay = 0.1
                 # A (re)subscription may have missed events: tell consumers to look now.
@@ -515,8 +782,10 @@ class RedisScalingStore(ScalingStore):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                for closable in (pubsub, node_client):
+                    if closable is not None:
+                        with contextlib.suppress(Exception):
+                            await closable.aclose()
 
     async def ping(self):
         try:
@@ -526,6 +795,9 @@ class RedisScalingStore(ScalingStore):
 
     async def close(self):
         self._closed = True
+        if self._pending is not None:  # held, never led on: let a successor have it now
+            with contextlib.suppress(Exception):
+                await self.release_leadership(self._pending)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
