@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -397,3 +398,27 @@ def test_duplicates_and_negative_capacity_are_rejected():
         AgentSlot("a", capacity=-1)
     with pytest.raises(ValueError, match="min_improvement"):
         plan_cost_rebalance([], [], {}, min_improvement=-0.1)
+
+
+@pytest.mark.timeout(10)
+def test_a_cost_equal_to_the_gap_between_two_loads_is_not_swapped_back_and_forth():
+    """A cost that is a sum of others can equal the gap between two agents' loads up to rounding:
+    moving it swaps the loads, and balancing used to swap them back forever (a CI run hung here)."""
+    pinned = [("r002", 1.922498756145986, "a0"), ("r003", 34.64268986017193, "a0")]
+    pinned += [("r004", 19.8512410729125, "a1"), ("r005", 20.08673825830934, "a0")]
+    free = [("r000", 19.8512410729125, None), ("r001", 9.941454215567921, None)]
+    demands = [ResourceDemand(rid, cost, pin) for rid, cost, pin in free + pinned]
+    placement = place(demands, [AgentSlot(a) for a in ("a0", "a1", "a2")], {}, balance=True)
+    assert set(placement.owners) == {d.resource_id for d in demands}
+    assert all(placement.owners[rid] == pin for rid, _, pin in pinned)
+
+
+@pytest.mark.timeout(60)
+@examples
+@given(st.lists(SKEWED, min_size=2, max_size=12), st.data())
+def test_balancing_ends_even_when_costs_are_sums_of_other_costs(parts, data):
+    costs = parts + [a + b for a, b in itertools.pairwise(parts)]
+    pins = data.draw(st.lists(st.sampled_from([None, "a0", "a1", "a2"]), min_size=len(costs), max_size=len(costs)))
+    demands = [ResourceDemand(f"r{i:03d}", c, p) for i, (c, p) in enumerate(zip(costs, pins, strict=True))]
+    placement = place(demands, [AgentSlot(a) for a in ("a0", "a1", "a2")], {}, balance=True)
+    assert set(placement.owners) == {d.resource_id for d in demands}

@@ -286,6 +286,11 @@ class _Board:
                 index = self._best_pair_split(items, donor_load, receiver_load)
                 if index is None:
                     return
+            if max(donor_load - items[index][0], receiver_load + items[index][0]) >= donor_load:
+                # Exactly no gain, or rounding ate it (a cost equal to the gap, as a sum of costs can
+                # be): moving it would swap the two loads and the next step would swap them back.
+                # Every move lowers the pair's maximum, so the loads fall lexicographically: it ends.
+                return
             cost, rid = items.pop(index)
             insort(movable[receiver], (cost, rid))
             self.owner[rid] = receiver
