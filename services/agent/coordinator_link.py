@@ -197,6 +197,7 @@ class CoordinatorLink:
         return self._disconnect
 
     def _set_disconnect_grace(self, grace: float) -> None:
+        self._disconnect_grace = grace
         self._disconnect = disconnect_timings(grace) if grace > 0 else None
 
     def _new_session(self) -> None:
@@ -389,10 +390,8 @@ class CoordinatorLink:
                         raise _ReplicaDegraded()
                 if response.HasField("disconnect_grace"):
                     grace = response.disconnect_grace.ToTimedelta().total_seconds()
-                    if (self._disconnect is None) != (grace <= 0) or (
-                        self._disconnect is not None and disconnect_timings(grace) != self._disconnect
-                    ):
-                        self._set_disconnect_grace(grace)  # the next channel's keepalive follows it
+                    if grace != self._disconnect_grace:  # the next channel's keepalive follows it
+                        self._set_disconnect_grace(grace)
                         self._watch.set()
                 if response.HasField("heartbeat_interval"):
                     seconds = response.heartbeat_interval.ToTimedelta().total_seconds()

@@ -9,7 +9,6 @@ Only the section under HEADING is replaced (or appended); the rest of the file i
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,9 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.deploy.test_deploy_runtime import COUNTERS, FIGURES, RATE_WINDOW  # noqa: E402
-from tests.e2e.write_reliability_doc import write_section  # noqa: E402
+from tests.e2e.write_reliability_doc import read_inputs, write_section  # noqa: E402
 
-DOC = REPO / "docs" / "reliability.md"
 HEADING = "## One series per database across a hand-off (issue 13, property 8)"
 COMMAND = "python -m pytest tests/deploy/test_deploy_runtime.py -q"
 E2E_SETUP = "## E2E setup:"
@@ -165,14 +163,10 @@ def _number(value: object) -> str:
 
 
 def main(argv: list[str]) -> int:
-    figures_path = Path(argv[1]) if len(argv) > 1 else FIGURES
-    doc = Path(argv[2]) if len(argv) > 2 else DOC
-    try:
-        figures = json.loads(figures_path.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"no figures at {figures_path} ({exc}); run `{COMMAND}` first", file=sys.stderr)
+    inputs = read_inputs(argv, FIGURES, COMMAND)
+    if inputs is None:
         return 1
-    document = doc.read_text() if doc.exists() else "# Reliability\n"
+    figures, doc, document = inputs
     section = render(figures)
     if HEADING not in document and E2E_SETUP in document:  # new: above the E2E scenarios
         document = document.replace(E2E_SETUP, section.rstrip("\n") + "\n\n" + E2E_SETUP, 1)

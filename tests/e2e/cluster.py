@@ -21,6 +21,7 @@ Everything is synchronous and safe to drive from a test; `close()` stops it all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,17 @@ class Cluster:
         for _ in range(self._initial_agents):
             self.add_agent()
         return self
+
+    @contextlib.contextmanager
+    def running(self, what: str = "e2e cluster") -> Iterator[Cluster]:
+        """Started and converged for a module's scenarios; closed after, saying where its logs are."""
+        try:
+            self.start()
+            self.wait_converged(timeout=60)
+            yield self
+        finally:
+            self.close()
+            print(f"{what} logs were in {self.root}")
 
     def close(self) -> None:
         for agent in self.agents.values():

@@ -20,19 +20,14 @@ BASE_AGENTS = 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, postgres_server, mariadb_server, redis_server, secantus_server) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("e2e-cluster")
-    running = Cluster(
+    cluster = Cluster(
         root,
         Targets(postgres_server, mariadb_server, redis_server, secantus_server),
         coordinators=3,
         agents=BASE_AGENTS,
     )
-    try:
-        running.start()
-        running.wait_converged(timeout=60)
-        yield running
-    finally:
-        running.close()
-        print(f"e2e cluster logs were in {root}")
+    with cluster.running("e2e cluster"):
+        yield cluster
 
 
 @pytest.fixture(scope="module")

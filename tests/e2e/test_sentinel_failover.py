@@ -111,7 +111,7 @@ def cluster(
 ) -> Iterator[SentinelCluster]:
     """This module's cluster (conftest's `sampler` watches it, in place of the shared one)."""
     root = tmp_path_factory.mktemp("e2e-sentinel")
-    running = SentinelCluster(
+    cluster = SentinelCluster(
         root,
         Targets(postgres_server, mariadb_server, redis_server, secantus_server),
         coordinators=3,
@@ -119,13 +119,8 @@ def cluster(
         per_type=4,
         topology=topology,
     )
-    try:
-        running.start()
-        running.wait_converged(timeout=60)
-        yield running
-    finally:
-        running.close()
-        print(f"e2e sentinel cluster logs were in {root}")
+    with cluster.running("e2e sentinel cluster"):
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -83,15 +83,24 @@ def write_section(text: str, heading: str, document: str) -> str:
     return document.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
 
 
-def main(argv: list[str]) -> int:
-    figures_path = Path(argv[1]) if len(argv) > 1 else FIGURES_PATH
+def read_inputs(argv: list[str], figures_path: Path, command: str) -> tuple[dict, Path, str] | None:
+    """(figures, the doc's path, its text) from `[FIGURES_JSON] [DOC]` in argv; None (said why) if
+    there are no figures yet."""
+    figures_path = Path(argv[1]) if len(argv) > 1 else figures_path
     doc = Path(argv[2]) if len(argv) > 2 else DOC
     try:
         figures = json.loads(figures_path.read_text())
     except (OSError, ValueError) as exc:
-        print(f"no figures at {figures_path} ({exc}); run `{COMMAND}` first", file=sys.stderr)
+        print(f"no figures at {figures_path} ({exc}); run `{command}` first", file=sys.stderr)
+        return None
+    return figures, doc, doc.read_text() if doc.exists() else "# Reliability\n"
+
+
+def main(argv: list[str]) -> int:
+    inputs = read_inputs(argv, FIGURES_PATH, COMMAND)
+    if inputs is None:
         return 1
-    document = doc.read_text() if doc.exists() else "# Reliability\n"
+    figures, doc, document = inputs
     document = write_section(SETUP, SETUP.splitlines()[0], document)
     for entry in sorted(figures.values(), key=lambda e: e["order"]):
         section = render_section(entry)
