@@ -212,8 +212,18 @@ class PollScheduler:
         self._replace(snapshots)
 
     # -- grants and revocations -----------------------------------------------------------------
-    def add(self, resource_id: str, database: DatabaseConfig, *, last_poll_time: float | None = None) -> None:
-        """Start polling a database; its first poll follows `first_poll_delay`. No-op if already held."""
+    def add(
+        self,
+        resource_id: str,
+        database: DatabaseConfig,
+        *,
+        last_poll_time: float | None = None,
+        query_baseline: bytes | None = None,
+    ) -> None:
+        """Start polling a database; its first poll follows `first_poll_delay`. No-op if already held.
+
+        `query_baseline` is the previous owner's `query_baseline()` for it, carried by the coordinator
+        with the grant, so the first top-query interval here continues the previous owner's last."""
         if resource_id in self._pollers:
             return
         loop = asyncio.get_running_loop()
@@ -224,6 +234,12 @@ class PollScheduler:
         self._publish(resource_id, ResourceSnapshot(resource_id, database, inherited_last_poll_time=last_poll_time))
         poller.task = loop.create_task(self._run(poller), name=f"poll {resource_id}")
         log.debug("polling %s every %ss, first poll in %.3fs", resource_id, interval, delay)
+
+    def query_baseline(self, resource_id: str) -> bytes | None:
+        """The top-query state to hand to the next owner of a database held or just removed (bounded;
+        see queries.tracker), or None when there is none. Read when the database is released, which is
+        after `remove()`: the state of a removed database is kept until it is read or re-added."""
+        return None
 
     async def remove(self, resource_ids: set[str] | frozenset[str]) -> None:
         """Stop polling: the series vanish at once, the loops are cancelled before this returns, and the

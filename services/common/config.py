@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -345,6 +345,45 @@ class MetricToggle(_Section):
     enabled: bool
 
 
+class TopQueryCollection(_Section):
+    """`top_query_collection`: the heaviest statements of each interval (the OTel receivers' knob names)."""
+
+    enabled: bool = False
+    top_n_query: int = Field(default=10, ge=1, le=1000)  # exported per interval, ranked by time spent
+    max_rows_per_query: int = Field(default=1000, ge=1, le=100_000)  # statement-statistics rows read
+    collection_interval: Duration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _rules(self) -> TopQueryCollection:
+        problems = []
+        if self.collection_interval < timedelta(seconds=1):
+            problems.append(
+                ("collection_interval", f"must be at least 1s, not {format_duration(self.collection_interval)}")
+            )
+        if self.top_n_query > self.max_rows_per_query:
+            problems.append(
+                ("top_n_query", f"{self.top_n_query} exceeds max_rows_per_query ({self.max_rows_per_query})")
+            )
+        _rule_errors(problems)
+        return self
+
+
+class QuerySampleCollection(_Section):
+    """`query_sample_collection`: what runs right now, with its wait and blocker."""
+
+    enabled: bool = False
+    max_rows_per_query: int = Field(default=100, ge=1, le=10_000)  # sessions/operations per sample
+    collection_interval: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _rules(self) -> QuerySampleCollection:
+        if self.collection_interval < timedelta(seconds=1):
+            _rule_errors(
+                [("collection_interval", f"must be at least 1s, not {format_duration(self.collection_interval)}")]
+            )
+        return self
+
+
 class DatabaseConfig(_Section):
     """One monitored database. The password is a reference the agent resolves."""
 
@@ -360,6 +399,9 @@ class DatabaseConfig(_Section):
     tls: TLSSettings = TLSSettings()
     pin: Text | None = None  # agent id this database must stay on while that agent is live
     metrics: dict[str, MetricToggle] = {}
+    # Query intelligence; unset keys fall back to the same blocks under `agent:` (AgentSettings.query_settings).
+    top_query_collection: TopQueryCollection | None = None
+    query_sample_collection: QuerySampleCollection | None = None
 
     _endpoint = field_validator("endpoint")(_endpoint)
 
@@ -472,6 +514,9 @@ class AgentSettings(_Section):
     capacity: int = Field(default=0, ge=0)  # most databases this agent takes; 0 = no limit
     otlp: OTLPSettings = OTLPSettings()
     tls: TLSSettings = TLSSettings()  # for the link to the coordinator (cert_file/key_file under mutual TLS)
+    # Defaults for every database's query intelligence; a database entry's own blocks override key by key.
+    top_query_collection: TopQueryCollection = TopQueryCollection()
+    query_sample_collection: QuerySampleCollection = QuerySampleCollection()
 
     _coordinator = field_validator("coordinator")(_endpoint)
     _listens = field_validator("metrics_listen", "health_listen")(_listen)
@@ -483,6 +528,24 @@ class AgentSettings(_Section):
             problems += self.tls.file_problems()
         _rule_errors(problems)
         return self
+
+    def query_settings(self, database: DatabaseConfig) -> tuple[TopQueryCollection, QuerySampleCollection]:
+        """The database's effective query-intelligence blocks: its own keys, else this agent's defaults."""
+        return (
+            _overlay(self.top_query_collection, database.top_query_collection),
+            _overlay(self.query_sample_collection, database.query_sample_collection),
+        )
+
+
+_S = TypeVar("_S", bound=_Section)
+
+
+def _overlay(default: _S, override: _S | None) -> _S:
+    """`default` with the keys `override` sets explicitly; revalidated, so cross-key rules hold."""
+    if override is None:
+        return default
+    merged = default.model_dump() | override.model_dump(exclude_unset=True)
+    return type(default).model_validate(merged)
 
 
 class Config(_Section):
@@ -502,6 +565,12 @@ class Config(_Section):
                     (f"databases[{index}].name", f"duplicate {db.type} name {db.name!r} (also databases[{seen[key]}])")
                 )
             seen.setdefault(key, index)
+            try:
+                self.agent.query_settings(db)
+            except ValidationError as exc:  # an entry's keys that clash with the agent's defaults
+                for error in exc.errors():
+                    where = ".".join(str(p) for p in error["loc"])
+                    problems.append((f"databases[{index}] with agent defaults: {where}", error["msg"]))
         _rule_errors(problems)
         return self
 
