@@ -26,6 +26,7 @@ from dbintel.common.config import DatabaseConfig
 
 from .collectors.base import DatabaseCollector
 from .collectors.metric_table import CollectionResult, MetricSpec, Sample
+from .queries.model import QueryActivity
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class ResourceSnapshot:
     last_poll_duration: float | None = None
     inherited_last_poll_time: float | None = None  # the previous owner's, until this agent polls
     down_reason: str = ""
+    activity: QueryActivity | None = None  # top queries and live sessions, when query intelligence is on
 
     @property
     def db_type(self) -> str:
@@ -139,6 +141,7 @@ class ResourceSnapshot:
             last_poll_duration=duration,
             inherited_last_poll_time=self.inherited_last_poll_time,
             down_reason=down_reason,
+            activity=self.activity,
         )
 
 

@@ -78,3 +78,35 @@ class SampleRead:
     sessions: tuple[ActiveSession, ...] = ()
     errors: tuple[QueryError, ...] = ()
     statements: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TopQuery:
+    """One statement of an interval's top N: what it cost in the interval, and its server totals."""
+
+    statement: StatementCounters  # as read: cumulative totals (the Prometheus counters)
+    calls: float  # in the interval
+    total_time_s: float
+    rows: float
+    extra: Mapping[str, float] = field(default_factory=dict)  # the interval's deltas of statement.extra
+    text: ObfuscatedText | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TopQueryReport:
+    """The top N statements of one interval, by time spent in it, heaviest first."""
+
+    interval_start: float  # unix seconds: the previous read's time (this agent's or the previous owner's)
+    interval_end: float  # unix seconds: this read's
+    queries: tuple[TopQuery, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueryActivity:
+    """The query intelligence of one database as of its last reads; carried by its ResourceSnapshot."""
+
+    top: TopQueryReport | None = None  # None until two reads (or one after a hand-off) made an interval
+    sessions: tuple[ActiveSession, ...] = ()
+    sessions_at: float | None = None  # unix seconds of the sample read
+    errors: tuple[QueryError, ...] = ()  # of the last reads; a refusal names what enables it
