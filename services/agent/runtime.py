@@ -106,7 +106,11 @@ class Agent:
         self._ignore_assignments = config.scaling.receiver_scaling.ignore_assignments
         self.registry = CollectorRegistry()
         self._scheduler = PollScheduler(
-            make_collector, max_concurrent_polls=config.agent.max_concurrent_polls, on_poll=self._on_poll
+            make_collector,
+            max_concurrent_polls=config.agent.max_concurrent_polls,
+            on_poll=self._on_poll,
+            # the config in force when a database is granted (a reload may change the defaults)
+            query_settings=lambda database: self._config.agent.query_settings(database),
         )
         self._exposition = AgentExposition(
             self.registry,
