@@ -234,9 +234,8 @@ def render(
 
 
 def generate() -> str:
-    from dbintel.common.config import DATABASE_TYPES
-
     from dbintel.agent.queries.metrics import QUERY_TABLE
+    from dbintel.common.config import DATABASE_TYPES
 
     tables = load_tables(DATABASE_TYPES)
     return render(
