@@ -168,12 +168,12 @@ def _tokens(text: str, dialect: SqlDialect) -> list[_Tok] | None:
             previous_end = -2
             i += 1
             continue
-        literal = kind in _LITERALS
+        literal = kind in _LITERALS or kind == TokenType.PLACEHOLDER  # a `?` already is one
         following = raw[i + 1] if i + 1 < n else None
-        if following is not None and following[1] == end + 1:
-            if kind == TokenType.INTRODUCER and following[0] in _LITERALS:
-                literal, i, end = True, i + 1, following[2]  # _utf8mb4'..': the charset goes with the value
-            elif kind == TokenType.PARAMETER and dialect == "postgresql" and following[0] == TokenType.NUMBER:
+        if kind == TokenType.INTRODUCER and following is not None and following[0] in _LITERALS:
+            literal, i, end = True, i + 1, following[2]  # _utf8mb4'..', _binary 'x': the charset goes with the value
+        elif following is not None and following[1] == end + 1:
+            if kind == TokenType.PARAMETER and dialect == "postgresql" and following[0] == TokenType.NUMBER:
                 literal, i, end = True, i + 1, following[2]  # $1 -> ?
             elif (
                 kind == TokenType.DOT
