@@ -53,6 +53,15 @@ def dbintel_connections(server: PostgresServer) -> int:
     return int(rows[0][0])
 
 
+def monitor_calls(server: PostgresServer) -> int:
+    """Every statement the monitoring role ran, as pg_stat_statements counts them (asyncpg's own included)."""
+    rows = server.execute(
+        "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+        f"WHERE r.rolname = '{server.monitor_user}'"
+    )
+    return int(rows[0][0])
+
+
 def by_id(counters: tuple[StatementCounters, ...]) -> dict[str, StatementCounters]:
     return {c.query_id: c for c in counters}
 
@@ -113,6 +122,7 @@ async def test_statement_reads_cost_one_statement_each_on_the_collectors_only_co
     await collector.collect()
     connections = dbintel_connections(postgres_server)
     pid = collector.client.backend_pid
+    calls = monitor_calls(postgres_server)
     read = await collector.read_statement_stats(10, None)
     assert read.statements == 1 and len(read.counters) == 10
     before = collector.client.statements
@@ -122,6 +132,7 @@ async def test_statement_reads_cost_one_statement_each_on_the_collectors_only_co
     assert samples.statements == 1 and samples.errors == ()
     assert collector.client.backend_pid == pid
     assert dbintel_connections(postgres_server) == connections
+    assert monitor_calls(postgres_server) - calls == 3  # nothing behind the count (no asyncpg type introspection)
     assert str(pid) not in {s.session_id for s in samples.sessions}  # our own backend is left out
     assert await collector.fetch_statement_texts([]) == {}
     assert collector.client.statements - before == 2  # no statement for no ids

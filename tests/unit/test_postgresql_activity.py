@@ -121,7 +121,7 @@ def session_row(**overrides):
         "wait_event_type": "Lock",
         "wait_event": "transactionid",
         "duration": 12.5,
-        "blocked_by": [4141, 4040],
+        "blocked_by": "4141 4040",  # pg_blocking_pids(), space-separated
         "query_id": -123,
         "datname": "shop",
         "usename": "app",
@@ -189,6 +189,6 @@ def test_statement_sql_reads_numbers_only_and_names_by_version():
 def test_sample_sql_calls_pg_blocking_pids_only_for_lock_waits():
     for version in (120000, PG14):
         sql = query_samples_sql(version)
-        assert "CASE WHEN a.wait_event_type = 'Lock' THEN pg_blocking_pids(a.pid) END" in sql
+        assert "CASE WHEN a.wait_event_type = 'Lock' THEN array_to_string(pg_blocking_pids(a.pid), ' ') END" in sql
         assert "pg_backend_pid()" in sql and "<> 'idle'" in sql
         assert ("a.query_id" in sql) == (version >= PG14)

@@ -45,7 +45,7 @@ def statement_counters(rows: Iterable[Mapping[str, Any]]) -> tuple[StatementCoun
                 calls=_number(row.get("calls")),
                 total_time_s=_number(row.get("total_exec_time")) / 1000.0,
                 rows=_number(row.get("rows")),
-                extra={f"postgresql.{c}": float(row[c]) for c in EXTRA_COLUMNS if row.get(c) is not None},
+                extra={f"postgresql.{c}": _number(row[c]) for c in EXTRA_COLUMNS if c in row},  # NULL: zero
                 namespace=str(row["datname"]) if row.get("datname") else "",
                 attributes=attributes,
             )
@@ -54,7 +54,8 @@ def statement_counters(rows: Iterable[Mapping[str, Any]]) -> tuple[StatementCoun
 
 
 def stats_reset(rows: Iterable[Mapping[str, Any]]) -> float | None:
-    """Unix seconds of pg_stat_statements' last full reset (PG 14+; None before, or when unknown)."""
+    """Unix seconds of pg_stat_statements' last full reset (PG 14+; None before, or when unknown).
+    The client sends it on the first row only."""
     for row in rows:
         reset = row.get("stats_reset")
         if isinstance(reset, datetime):
@@ -90,7 +91,7 @@ def active_sessions(rows: Iterable[Mapping[str, Any]]) -> tuple[ActiveSession, .
                 wait_event_type=str(row.get("wait_event_type") or ""),
                 wait_event=str(row.get("wait_event") or ""),
                 duration_s=float(row["duration"]) if row.get("duration") is not None else None,
-                blocked_by=tuple(str(pid) for pid in row.get("blocked_by") or ()),
+                blocked_by=tuple((row.get("blocked_by") or "").split()),
                 query_id=str(query_id) if query_id else "",  # 0/NULL: no query id computed
                 text=text,
                 summary=summary,
