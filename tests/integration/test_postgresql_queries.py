@@ -208,3 +208,31 @@ async def test_without_the_extension_top_queries_say_once_how_to_enable_it_and_s
     finally:
         await collector.close()
         postgres_server.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+class UnloadedStatementsServer(PostgresServer):
+    """The test PostgreSQL with pg_stat_statements created (CREATE EXTENSION works) but not preloaded."""
+
+    def _command(self) -> list[str]:
+        command = super()._command()
+        at = command.index("shared_preload_libraries=pg_stat_statements")
+        return command[: at - 1] + command[at + 1 :]  # without that "-c setting" pair
+
+
+async def test_an_extension_created_but_not_preloaded_is_a_refusal_that_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    with UnloadedStatementsServer() as server:
+        collector = make_collector(server, monkeypatch, server.app_database)
+        try:
+            first = await collector.read_statement_stats(10, None)
+            (error,) = first.errors
+            assert (error.query, error.reason) == ("read_statement_stats", "unsupported")
+            assert error.message.startswith("ObjectNotInPrerequisiteStateError: pg_stat_statements must be loaded")
+            assert "shared_preload_libraries = 'pg_stat_statements'" in error.message
+            assert await collector.fetch_statement_texts(["1"]) == {}
+            assert (await collector.read_statement_stats(10, None)).errors == ()  # once
+            samples = await collector.read_query_samples(10)
+            assert samples.errors == () and samples.statements == 1
+        finally:
+            await collector.close()
