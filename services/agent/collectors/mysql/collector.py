@@ -38,6 +38,8 @@ Query intelligence (on the same connection, on its own intervals, never during c
   reported ONCE with the UPDATE performance_schema.setup_consumers statement that enables it; the read
   still returns what the enabled consumers give. A statistics reset (TRUNCATE ...by_digest) is not
   announced by the server: the counters simply restart, with a new FIRST_SEEN (the tracker's cue).
+  INNODB_TRX is InnoDB's cache, refreshed only when it was last read over 0.1 s ago: a transaction
+  shows up to 0.1 s late, and samples read more often than every 0.1 s would keep seeing old ones.
 """
 
 from __future__ import annotations
