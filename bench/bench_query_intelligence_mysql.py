@@ -355,7 +355,7 @@ async def main() -> None:
         "digests every scrape; eventsstatementssum is one row summed over all digests (no per-query figures); "
         "info_schema.processlist counts threads by state (no statement, wait, blocker). Its 5 statements per "
         "scrape include its connection setup (it connects per scrape). dbintel's sample statement joins "
-        "threads, current statements and waits, INNODB_TRX and INNODB_LOCK_WAITS.",
+        "threads, current statements and waits, INNODB_TRX, INNODB_LOCK_WAITS and metadata_locks (both blocker kinds).",
         "",
     ]
     text = "\n".join(lines)

@@ -818,6 +818,7 @@ class MariaDBServer(ManagedServer):
             # what the query samples read (off by default on MariaDB): current statements and waits
             "--performance-schema-consumer-events-statements-current=ON",
             "--performance-schema-consumer-events-waits-current=ON",
+            "--performance-schema-instrument=wait/lock/metadata/sql/mdl=ON",  # metadata-lock blockers
             "--skip-log-bin",
             "--skip-name-resolve",
             "--innodb-flush-log-at-trx-commit=2",

@@ -145,6 +145,30 @@ async def test_blocked_session_shows_its_lock_wait_and_blocker(
             await update
 
 
+async def test_metadata_lock_wait_shows_its_blocker(
+    collector: MysqlCollector, mariadb_server: MariaDBServer, schema: str
+):
+    async with worker(mariadb_server, schema) as holder, worker(mariadb_server, schema) as waiter:
+        async with holder.cursor() as cursor:  # an open transaction keeps its table's metadata lock
+            await cursor.execute("BEGIN")
+            await cursor.execute("SELECT * FROM items LIMIT 1")
+        await _execute(waiter, "SET SESSION lock_wait_timeout = 60")
+        alter = asyncio.ensure_future(_execute(waiter, "ALTER TABLE items ADD COLUMN note INT"))
+        try:
+            # its pending lock shows a moment before its wait does (the ALTER opens the table's files first)
+            blocked = await _session(
+                collector,
+                str(waiter.thread_id()),
+                lambda session: bool(session.blocked_by) and session.wait_event == "wait/lock/metadata/sql/mdl",
+            )
+            assert blocked.blocked_by == (str(holder.thread_id()),)
+            assert blocked.wait_event_type == "Lock"
+            assert blocked.state == "waiting"
+        finally:
+            await holder.rollback()
+            await alter
+
+
 async def test_consumer_off_is_reported_once_with_the_enabling_statement(
     collector: MysqlCollector, mariadb_server: MariaDBServer, schema: str
 ):

@@ -108,12 +108,18 @@ def test_setup_row_tells_performance_schema_and_consumers_apart():
 
 
 def test_consumer_message_names_the_enabling_statement():
-    message = activity.consumers_off_message("query samples", ("events_waits_current",))
+    message = activity.setup_off_message("query samples", ("events_waits_current",))
     assert (
         "UPDATE performance_schema.setup_consumers SET ENABLED='YES' WHERE NAME IN ('events_waits_current')" in message
     )
     assert "performance-schema-consumer-events-waits-current=ON" in message
     assert "performance_schema=ON" in activity.performance_schema_off_message("top queries")
+    message = activity.setup_off_message("query samples", ("events_waits_current", "wait/lock/metadata/sql/mdl"))
+    assert (
+        "UPDATE performance_schema.setup_instruments SET ENABLED='YES', TIMED='YES' "
+        "WHERE NAME IN ('wait/lock/metadata/sql/mdl')" in message
+    )
+    assert "performance-schema-instrument='wait/lock/metadata/sql/mdl=ON'" in message
 
 
 def session_row(**values):
@@ -197,3 +203,4 @@ def test_blockers_come_from_the_version_s_lock_wait_table():
     assert "performance_schema.data_lock_waits" in blocked_by_expression(MYSQL8)
     sql = union_sql(query_sample_parts(MARIADB, 7))
     assert "CONNECTION_ID()" in sql and "LIMIT 7" in sql and "setup_consumers" in sql
+    assert "performance_schema.metadata_locks" in sql and "setup_instruments" in sql

@@ -60,6 +60,8 @@ SAMPLE_CONSUMERS = (
     "events_statements_current",
     "events_waits_current",
 )
+# The instruments the samples need that a server may have off: MariaDB ships the metadata-lock one off.
+SAMPLE_INSTRUMENTS = ("wait/lock/metadata/sql/mdl",)
 _CONSUMER_OPTION = {
     "global_instrumentation": "performance-schema-consumer-global-instrumentation",
     "thread_instrumentation": "performance-schema-consumer-thread-instrumentation",
@@ -162,13 +164,25 @@ def performance_schema_off_message(what: str) -> str:
     return f"performance_schema is OFF on the server, so there are no {what}: set performance_schema=ON in my.cnf and restart"
 
 
-def consumers_off_message(what: str, consumers: Sequence[str]) -> str:
-    names = ", ".join(f"'{name}'" for name in consumers)
-    options = " ".join(f"{_CONSUMER_OPTION.get(name, name)}=ON" for name in consumers)
+def setup_off_message(what: str, missing: Sequence[str]) -> str:
+    """The statements that turn on the missing consumers (names) and instruments (names with a '/')."""
+    consumers = [name for name in missing if "/" not in name]
+    instruments = [name for name in missing if "/" in name]
+    statements, options = [], []
+    if consumers:
+        names = ", ".join(f"'{name}'" for name in consumers)
+        statements.append(f"UPDATE performance_schema.setup_consumers SET ENABLED='YES' WHERE NAME IN ({names})")
+        options += [f"{_CONSUMER_OPTION.get(name, name)}=ON" for name in consumers]
+    if instruments:
+        names = ", ".join(f"'{name}'" for name in instruments)
+        statements.append(
+            f"UPDATE performance_schema.setup_instruments SET ENABLED='YES', TIMED='YES' WHERE NAME IN ({names})"
+        )
+        options += [f"performance-schema-instrument='{name}=ON'" for name in instruments]
+    kinds = " and ".join(kind for kind, names in (("consumers", consumers), ("instruments", instruments)) if names)
     return (
-        f"performance_schema consumers needed for {what} are off: run "
-        f"UPDATE performance_schema.setup_consumers SET ENABLED='YES' WHERE NAME IN ({names}) "
-        f"(and set {options} in my.cnf to keep them on across restarts)"
+        f"performance_schema {kinds} needed for {what} are off: run {'; '.join(statements)} "
+        f"(and set {' '.join(options)} in my.cnf to keep them on across restarts)"
     )
 
 

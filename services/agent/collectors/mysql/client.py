@@ -38,6 +38,7 @@ from .activity import (
     DIGEST_COUNT_COLUMNS,
     DIGEST_TIME_COLUMNS,
     SAMPLE_CONSUMERS,
+    SAMPLE_INSTRUMENTS,
 )
 from .mapping import STATUS_VARIABLES
 from .metrics import INNODB, PERF, REPLICA
@@ -296,17 +297,24 @@ def innodb_parts(version: ServerVersion, counters: Sequence[str], *, transaction
 # statements" from "consumer off").
 
 
-def setup_part(consumers: Sequence[str]) -> UnionPart:
-    names = ", ".join(f"'{name}'" for name in consumers)
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def setup_part(consumers: Sequence[str], instruments: Sequence[str] = ()) -> UnionPart:
+    """One row: performance_schema on (1/0), and which of `consumers` and `instruments` are enabled."""
+    enabled = [
+        "(SELECT GROUP_CONCAT(NAME) FROM performance_schema.setup_consumers"
+        f" WHERE ENABLED = 'YES' AND NAME IN ({_quoted(consumers)}))"
+    ]
+    if instruments:
+        enabled.append(
+            "(SELECT GROUP_CONCAT(NAME) FROM performance_schema.setup_instruments"
+            f" WHERE ENABLED = 'YES' AND NAME IN ({_quoted(instruments)}))"
+        )
     return UnionPart(
         "setup",
-        (
-            (
-                "enabled",
-                "(SELECT GROUP_CONCAT(NAME) FROM performance_schema.setup_consumers"
-                f" WHERE ENABLED = 'YES' AND NAME IN ({names}))",
-            ),
-        ),
+        (("enabled", f"CONCAT_WS(',', {', '.join(enabled)})"),),
         (("performance_schema", "@@global.performance_schema"),),
     )
 
@@ -341,7 +349,7 @@ def digest_text_sql(digests: Sequence[str]) -> str:
     )
 
 
-def blocked_by_expression(version: ServerVersion) -> str:
+def row_lock_blockers(version: ServerVersion) -> str:
     """The processlist ids holding the InnoDB row locks a session waits for, comma-separated.
     MySQL 8 moved lock waits to performance_schema.data_lock_waits (by thread); MariaDB and MySQL 5.7
     keep information_schema.INNODB_LOCK_WAITS (by transaction)."""
@@ -356,6 +364,24 @@ def blocked_by_expression(version: ServerVersion) -> str:
         " JOIN information_schema.INNODB_TRX b ON b.trx_id = lw.blocking_trx_id"
         " WHERE lw.requesting_trx_id = trx.trx_id)"
     )
+
+
+# As sys.schema_table_lock_waits: the other sessions holding a granted metadata lock on the table this
+# session has a pending one for (both servers; needs the wait/lock/metadata/sql/mdl instrument).
+METADATA_LOCK_BLOCKERS = (
+    "(SELECT GROUP_CONCAT(DISTINCT ot.PROCESSLIST_ID) FROM performance_schema.metadata_locks pending"
+    " JOIN performance_schema.metadata_locks granted ON granted.OBJECT_TYPE = pending.OBJECT_TYPE"
+    " AND granted.OBJECT_SCHEMA = pending.OBJECT_SCHEMA AND granted.OBJECT_NAME = pending.OBJECT_NAME"
+    " AND granted.LOCK_STATUS = 'GRANTED' AND granted.OWNER_THREAD_ID <> pending.OWNER_THREAD_ID"
+    " JOIN performance_schema.threads ot ON ot.THREAD_ID = granted.OWNER_THREAD_ID"
+    " WHERE pending.OWNER_THREAD_ID = t.THREAD_ID AND pending.LOCK_STATUS = 'PENDING'"
+    " AND pending.OBJECT_TYPE = 'TABLE')"
+)
+
+
+def blocked_by_expression(version: ServerVersion) -> str:
+    """Row-lock and metadata-lock blockers, comma-separated (the mapping drops duplicates)."""
+    return f"CONCAT_WS(',', {row_lock_blockers(version)}, {METADATA_LOCK_BLOCKERS})"
 
 
 _STATEMENT_RUNNING = "(s.EVENT_ID IS NOT NULL AND s.END_EVENT_ID IS NULL)"
@@ -401,7 +427,7 @@ def query_sample_parts(version: ServerVersion, limit: int) -> tuple[UnionPart, .
         f" AND ({_STATEMENT_RUNNING} OR trx.trx_id IS NOT NULL)\n"
         f"ORDER BY {_SESSION_DURATION} DESC LIMIT {int(limit)}",
     )
-    return setup_part(SAMPLE_CONSUMERS), sessions
+    return setup_part(SAMPLE_CONSUMERS, SAMPLE_INSTRUMENTS), sessions
 
 
 # --- errors ----------------------------------------------------------------------------------------

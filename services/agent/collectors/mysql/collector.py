@@ -32,8 +32,9 @@ Query intelligence (on the same connection, on its own intervals, never during c
 - fetch_statement_texts  ONE statement per batch of digests the agent has not seen:
                          `... WHERE DIGEST IN (...)`, obfuscated here; never sent for known digests.
 - read_query_samples     ONE statement: threads ⨝ events_statements_current ⨝ events_waits_current ⨝
-                         INNODB_TRX, blockers from INNODB_LOCK_WAITS (MariaDB, MySQL 5.7) or
-                         data_lock_waits (MySQL 8), our own session excluded; UNION ALL the setup row.
+                         INNODB_TRX, row-lock blockers from INNODB_LOCK_WAITS (MariaDB, MySQL 5.7) or
+                         data_lock_waits (MySQL 8), metadata-lock blockers from metadata_locks, our own
+                         session excluded; UNION ALL the setup row.
   Grants: SELECT on performance_schema; samples also PROCESS (INNODB_TRX). A consumer that is off is
   reported ONCE with the UPDATE performance_schema.setup_consumers statement that enables it; the read
   still returns what the enabled consumers give. A statistics reset (TRUNCATE ...by_digest) is not
@@ -276,7 +277,9 @@ class MysqlCollector(DatabaseCollector):
         result = CollectionResult()
         reply = await self._read(result, SAMPLES, lambda: self.client.fetch_query_samples(limit))
         sessions: tuple[Any, ...] = ()
-        if reply is not None and self._setup_ok(result, SAMPLES, reply, activity.SAMPLE_CONSUMERS, "query samples"):
+        if reply is not None and self._setup_ok(
+            result, SAMPLES, reply, activity.SAMPLE_CONSUMERS + activity.SAMPLE_INSTRUMENTS, "query samples"
+        ):
             rows = sorted(reply["session"], key=lambda row: number(row.get("duration")) or 0, reverse=True)
             sessions = activity.sessions(rows)
         return SampleRead(sessions=sessions, errors=tuple(result.errors), statements=self.client.statements - before)
@@ -312,7 +315,7 @@ class MysqlCollector(DatabaseCollector):
         if not on:
             error = QueryError(query, "unsupported", activity.performance_schema_off_message(what))
         elif missing:
-            error = QueryError(query, "unsupported", activity.consumers_off_message(what, missing))
+            error = QueryError(query, "unsupported", activity.setup_off_message(what, missing))
         else:
             self._setup_refusals.succeeded(query)
             return True
