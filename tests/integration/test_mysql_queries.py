@@ -220,3 +220,24 @@ async def _session(
                 return session
         assert time.monotonic() < deadline, f"session {session_id} never showed up as wanted: {read}"
         await asyncio.sleep(0.15)
+
+
+async def test_samples_without_process_grant_name_it_once_and_top_queries_flow(
+    mariadb_server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+):
+    user = "dbintel_qi_noprocess"
+    mariadb_server.execute(
+        f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{mariadb_server.monitor_password}';\n"
+        f"GRANT SELECT ON performance_schema.* TO '{user}'@'%';"
+    )
+    collector = make_collector(mariadb_server, monkeypatch, user=user)
+    try:
+        first = await collector.read_query_samples(100)
+        (error,) = first.errors
+        assert error.reason == "permission" and f"GRANT PROCESS ON *.* TO '{user}'@'%'" in error.message
+        assert (await collector.read_query_samples(100)).errors == ()  # once, then held back quietly
+        top = await collector.read_statement_stats(100, None)
+        assert top.errors == () and top.counters and top.statements == 1
+    finally:
+        await collector.close()
+        mariadb_server.execute(f"DROP USER '{user}'@'%';")

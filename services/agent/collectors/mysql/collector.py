@@ -250,11 +250,19 @@ class MysqlCollector(DatabaseCollector):
         before = self.client.statements
         result = CollectionResult(errors=self._text_errors)
         self._text_errors = []
-        reply = await self._read(result, DIGESTS, lambda: self.client.fetch_statement_digests(limit))
+        version = self.client.version
+        read = await self._read(
+            result,
+            DIGESTS,
+            lambda: self.client.fetch_statement_digests(limit),
+            lambda reply: (
+                _setup_row(reply),
+                activity.digest_counters(reply["digest"], cpu_time=version is not None and has_cpu_time(version)),
+            ),
+        )
         counters: tuple[Any, ...] = ()
-        if reply is not None and self._setup_ok(result, DIGESTS, reply, activity.DIGEST_CONSUMERS, "top queries"):
-            version = self.client.version
-            counters = activity.digest_counters(reply["digest"], cpu_time=version is not None and has_cpu_time(version))
+        if read is not None and self._setup_ok(result, DIGESTS, read[0], activity.DIGEST_CONSUMERS, "top queries"):
+            counters = read[1]
         return StatementRead(counters=counters, errors=tuple(result.errors), statements=self.client.statements - before)
 
     async def fetch_statement_texts(self, query_ids: Sequence[str]) -> dict[str, tuple[ObfuscatedText, str]]:
@@ -275,13 +283,16 @@ class MysqlCollector(DatabaseCollector):
     async def read_query_samples(self, limit: int) -> SampleRead:
         before = self.client.statements
         result = CollectionResult()
-        reply = await self._read(result, SAMPLES, lambda: self.client.fetch_query_samples(limit))
+        read = await self._read(
+            result,
+            SAMPLES,
+            lambda: self.client.fetch_query_samples(limit),
+            lambda reply: (_setup_row(reply), activity.sessions(_longest_first(reply["session"]))),
+        )
         sessions: tuple[Any, ...] = ()
-        if reply is not None and self._setup_ok(
-            result, SAMPLES, reply, activity.SAMPLE_CONSUMERS + activity.SAMPLE_INSTRUMENTS, "query samples"
-        ):
-            rows = sorted(reply["session"], key=lambda row: number(row.get("duration")) or 0, reverse=True)
-            sessions = activity.sessions(rows)
+        needed = activity.SAMPLE_CONSUMERS + activity.SAMPLE_INSTRUMENTS
+        if read is not None and self._setup_ok(result, SAMPLES, read[0], needed, "query samples"):
+            sessions = read[1]
         return SampleRead(sessions=sessions, errors=tuple(result.errors), statements=self.client.statements - before)
 
     async def _read(
@@ -306,11 +317,11 @@ class MysqlCollector(DatabaseCollector):
             return None
 
     def _setup_ok(
-        self, result: CollectionResult, query: str, reply: dict[str, Any], consumers: Sequence[str], what: str
+        self, result: CollectionResult, query: str, setup: dict[str, Any] | None, needed: Sequence[str], what: str
     ) -> bool:
-        """Report (once) performance_schema or consumers being off; False when there is nothing to map."""
-        setup = reply["setup"][0] if reply.get("setup") else None
-        on, missing = activity.missing_setup(setup, consumers)
+        """Report (once) performance_schema or consumers/instruments being off; False when there is
+        nothing to use (performance_schema off)."""
+        on, missing = activity.missing_setup(setup, needed)
         now = self._clock()
         if not on:
             error = QueryError(query, "unsupported", activity.performance_schema_off_message(what))
@@ -325,3 +336,12 @@ class MysqlCollector(DatabaseCollector):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _setup_row(reply: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    return reply["setup"][0] if reply.get("setup") else None
+
+
+def _longest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # the statement orders its own part; a UNION ALL does not promise to keep that order
+    return sorted(rows, key=lambda row: number(row.get("duration")) or 0, reverse=True)
