@@ -103,19 +103,23 @@ def _count(value: object) -> float:
     return read if read is not None else 0.0
 
 
+_COUNT_KEYS = tuple((column.lower(), attribute_name(column)) for column in DIGEST_COUNT_COLUMNS)
+_TIME_KEYS = tuple((column.lower(), attribute_name(column)) for column in DIGEST_TIME_COLUMNS)
+_CPU_TIME_KEYS = ((CPU_TIME_COLUMN.lower(), attribute_name(CPU_TIME_COLUMN)),)
+
+
 def digest_counters(rows: Iterable[Mapping[str, Any]], *, cpu_time: bool = False) -> tuple[StatementCounters, ...]:
     """events_statements_summary_by_digest rows (keys: schema, digest; values: the columns, lowercased)
     -> counters, text left to fetch_statement_texts. Rows without a digest (the overflow row) are dropped."""
+    time_keys = _TIME_KEYS + (_CPU_TIME_KEYS if cpu_time else ())
     counters = []
     for row in rows:
         digest = row.get("digest")
         if not digest:
             continue
         schema = row.get("schema") or None
-        extra = {attribute_name(column): _count(row.get(column.lower())) for column in DIGEST_COUNT_COLUMNS}
-        times = DIGEST_TIME_COLUMNS + ((CPU_TIME_COLUMN,) if cpu_time else ())
-        extra.update({attribute_name(column): _seconds(row.get(column.lower())) for column in times})
-        first_seen = float_number(row.get("first_seen"))
+        extra = {name: _count(row.get(key)) for key, name in _COUNT_KEYS}
+        extra.update({name: _seconds(row.get(key)) for key, name in time_keys})
         counters.append(
             StatementCounters(
                 query_id=digest_query_id(schema, str(digest)),
@@ -125,7 +129,7 @@ def digest_counters(rows: Iterable[Mapping[str, Any]], *, cpu_time: bool = False
                 extra=extra,
                 namespace=schema or "",
                 attributes={DIGEST_ATTRIBUTE: str(digest)},
-                first_seen=first_seen,
+                first_seen=float_number(row.get("first_seen")),
             )
         )
     return tuple(counters)
