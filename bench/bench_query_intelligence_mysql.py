@@ -350,8 +350,8 @@ async def main() -> None:
         "",
         "Notes. dbintel's steady interval is one statement of numbers (~25 counters per digest, no text); a "
         "digest's text crosses once, in the interval it first appears (the first interval's CPU is mostly "
-        "obfuscating those texts). Steady-state new texts are digests that first appeared during those "
-        "intervals. mysqld_exporter's eventsstatements re-reads DIGEST_TEXT (120 characters) of up to 250 "
+        "obfuscating those texts). The steady state's new texts are dbintel's own two statements (the digest "
+        "read and the text fetch), whose digests exist only after their first run. mysqld_exporter's eventsstatements re-reads DIGEST_TEXT (120 characters) of up to 250 "
         "digests every scrape; eventsstatementssum is one row summed over all digests (no per-query figures); "
         "info_schema.processlist counts threads by state (no statement, wait, blocker). Its 5 statements per "
         "scrape include its connection setup (it connects per scrape). dbintel's sample statement joins "
