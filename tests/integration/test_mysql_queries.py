@@ -18,6 +18,7 @@ import pytest
 
 from dbintel.agent.collectors.mysql import MysqlCollector
 from dbintel.agent.queries.model import ActiveSession
+from dbintel.agent.queries.tracker import TopQueryTracker
 from tests.integration.test_mysql_collector import make_collector
 from tests.servers import MariaDBServer
 
@@ -112,6 +113,23 @@ async def test_heaviest_digest_is_first_and_texts_come_once_obfuscated(
     assert await collector.fetch_statement_texts([]) == {}
     assert collector.client.statements - before == 1  # nothing to fetch, nothing sent
     assert collector.client.connection_id == connection  # the collector's one connection throughout
+
+
+async def test_tracker_ranks_the_interval_s_heaviest_digest_first(
+    collector: MysqlCollector, mariadb_server: MariaDBServer, schema: str
+):
+    """The source through the agent's tracker: the interval's deltas, not the server's totals."""
+    tracker = TopQueryTracker(top_n=5)
+    assert tracker.observe(await collector.read_statement_stats(1000, None), time.time(), limit=1000) is None
+    mariadb_server.execute(
+        "SELECT SLEEP(0.2);\n" * 2 + "".join(f"SELECT owner FROM items WHERE id = {i};\n" for i in range(20)),
+        database=schema,
+    )
+    report = tracker.observe(await collector.read_statement_stats(1000, None), time.time(), limit=1000)
+    assert report is not None
+    ours = [query for query in report.queries if query.statement.namespace == schema]
+    assert ours[0].calls == 2 and ours[0].total_time_s >= 0.4  # the SLEEPs, heaviest of the interval
+    assert any(query.calls == 20 for query in ours[1:])
 
 
 async def test_blocked_session_shows_its_lock_wait_and_blocker(
