@@ -34,6 +34,7 @@ from .collectors.base import DatabaseCollector
 from .coordinator_link import CoordinatorLink
 from .exposition import AgentExposition, AgentStatus
 from .otlp import OTLPPush
+from .query_events import QueryEventExporter
 from .scheduler import ActivityListener, CollectorSetupError, PollScheduler, ResourceSnapshot
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Agent:
             max_concurrent_polls=config.agent.max_concurrent_polls,
         )
         self._otlp: OTLPPush | None = None
+        self._query_events: QueryEventExporter | None = None
         self._metrics_endpoint = MetricsEndpoint(
             metrics_listen or config.agent.metrics_listen, self.registry, render=self._exposition.render_query
         )
@@ -240,6 +242,10 @@ class Agent:
         otlp = self._config.agent.otlp
         if otlp.enabled:
             self._otlp = OTLPPush(otlp, snapshots=self._scheduler.snapshots, agent_id=self.agent_id)
+            # The query events go to the same endpoint; they exist only where query intelligence is on.
+            self._query_events = QueryEventExporter(otlp, agent_id=self.agent_id)
+            self._query_events.start()
+            self.add_activity_listener(self._query_events.publish)
         log.info("agent %s: metrics on :%s, health on :%s", self.agent_id, self.metrics_port, self.health_port)
         if self._ignore_assignments:
             log.info("ignore_assignments is set: polling every configured database, no coordinator")
@@ -304,6 +310,8 @@ class Agent:
                     await self._link.close()
                 if self._otlp is not None:  # before closing: closing drops the snapshots it exports
                     await asyncio.to_thread(self._otlp.shutdown, remaining(0.5))
+                if self._query_events is not None:
+                    await asyncio.to_thread(self._query_events.shutdown, remaining(0.5))
                 await self._scheduler.close(timeout=remaining())
         except TimeoutError:
             log.warning("shutdown did not finish within shutdown_grace (%.1fs); exiting anyway", grace)
