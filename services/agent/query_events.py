@@ -238,6 +238,7 @@ class QueryEventExporter:
         self._schedule_delay_ms = schedule_delay_s * 1000
         self._provider: LoggerProvider | None = None
         self._processor: BatchLogRecordProcessor | None = None
+        # resource id -> (its config, its Resource); bounded by the databases of the config
         self._resources: dict[str, tuple[DatabaseConfig, Resource]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -307,10 +308,6 @@ class QueryEventExporter:
             known = snapshot.database, database_resource(snapshot.resource_id, snapshot.database)
             self._resources[snapshot.resource_id] = known
         return known[1]
-
-    def forget(self, resource_id: str) -> None:
-        """Drop a database's cached Resource (revoked)."""
-        self._resources.pop(resource_id, None)
 
     def flush(self, timeout: float) -> bool:
         """Export what is queued (blocking; call from a thread)."""
