@@ -297,3 +297,36 @@ async def test_shutdown_flushes_what_is_queued(receiver):
     assert state.events() == []
     await asyncio.to_thread(exporter.shutdown, 5.0)
     assert [e["name"] for e in state.events()] == ["db.server.top_query"]
+
+
+async def test_the_agent_emits_the_events_of_its_databases_activity(receiver, redis_server, monkeypatch):
+    """The wiring: an agent with `agent.otlp.enabled` sends an event for the activity its scheduler
+    publishes (seeded here as the query loops publish it), on the database's resource."""
+    from dbintel.agent.queries.model import SampleRead
+    from dbintel.agent.runtime import Agent
+
+    state, port = receiver
+    monkeypatch.setenv("EVENTS_REDIS_PW", redis_server.password)
+    config = parse_config(f"""
+scaling: {{receiver_scaling: {{ignore_assignments: true}}}}
+agent:
+  shutdown_grace: 5s
+  otlp: {{enabled: true, endpoint: "127.0.0.1:{port}", insecure: true, interval: 1h}}
+databases:
+  - {{name: cache, type: redis, endpoint: "{redis_server.address}", password: "${{env:EVENTS_REDIS_PW}}"}}
+""")
+    agent = Agent(config, agent_id="events-agent", metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    await agent.start()
+    try:
+        scheduler = agent.scheduler
+        session = ActiveSession(session_id="5", state="blocked", text=ObfuscatedText("BLPOP ? ?"), user="app")
+        scheduler._set_activity(
+            scheduler._pollers["db:redis/cache"], sessions=SampleRead(sessions=(session,)), sessions_at=time.time()
+        )
+    finally:
+        await agent.shutdown()  # flushes the events (the metrics' interval is an hour)
+    [event] = [e for e in state.events() if e["name"] == "db.server.query_sample"]
+    assert event["attributes"]["dbintel_resource"] == "db:redis/cache"
+    assert event["attributes"]["db.query.text"] == "BLPOP ? ?" and event["attributes"]["user.name"] == "app"
+    assert event["resource"]["service.instance.id"] == "db:redis/cache"
+    assert event["resource"]["server.port"] == redis_server.port
