@@ -13,7 +13,9 @@ names and attribute names, so a pipeline built for those receivers works unchang
 - `db.server.query_sample`: one per session of each new sample read, at the read's time, with
   `user.name`, `client.address`/`client.port`, `network.peer.address`/`network.peer.port` and the
   receiver's per-system names (`postgresql.pid`, `postgresql.state`, `postgresql.wait_event`, ...;
-  `mysql.threads.thread_id`, `mysql.threads.processlist_state`, `mysql.wait_type`, ...).
+  `mysql.threads.thread_id`, `mysql.threads.processlist_state`, `mysql.wait_type`, ...;
+  `mongodb.operation.id`, `mongodb.operation.status`, `mongodb.operation.duration`, ...). Where a
+  receiver has no name for a field (MongoDB's wait event, anything of Redis) it is `<system>.<field>`.
 
 A source's own `extra` deltas and `attributes` already carry the receivers' names and go out as-is
 (they win over the generic ones above). Every event carries `dbintel_resource`; `db.query.summary`
@@ -128,7 +130,7 @@ SAMPLE_NAMES: Mapping[str, tuple[_SampleNames, float, str]] = {
     "mongodb": (
         _SampleNames(
             "mongodb.operation.id",
-            "mongodb.operation.state",
+            "mongodb.operation.status",
             "mongodb.wait_event",
             "mongodb.wait_event_type",
             "mongodb.query.signature",
@@ -148,7 +150,7 @@ SAMPLE_NAMES: Mapping[str, tuple[_SampleNames, float, str]] = {
 
 
 def _session_id(value: str) -> AttributeValue:
-    return int(value) if value.isdigit() else value  # the receivers send pids and thread ids as ints
+    return int(value) if value.isdigit() else value
 
 
 def top_query_attributes(snapshot: ResourceSnapshot, query: TopQuery) -> dict[str, AttributeValue]:
@@ -183,7 +185,8 @@ def query_sample_attributes(snapshot: ResourceSnapshot, session: ActiveSession) 
     attributes: dict[str, AttributeValue] = {
         "db.system.name": snapshot.db_type,
         RESOURCE_LABEL: snapshot.resource_id,
-        names.session_id: _session_id(session.session_id),
+        # the receivers send pids and thread ids as ints, MongoDB's operation id as a string
+        names.session_id: session.session_id if snapshot.db_type == "mongodb" else _session_id(session.session_id),
         names.state: session.state,
         names.wait_event: session.wait_event,
     }
