@@ -223,6 +223,16 @@ def cmd_up(args) -> int:
     return run_up(args)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
@@ -327,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("resource", metavar="RESOURCE", help="resource id, e.g. db:postgresql/orders (see dbintel status)")
     operator_flags(p)
     p.add_argument(
-        "--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period (default: %(default)s)"
+        "--interval", type=_seconds, default=2.0, metavar="SECONDS", help="refresh period (default: %(default)s)"
     )
     p.add_argument("--once", action="store_true", help="print once and exit (non-zero on an error)")
     p.add_argument("--json", action="store_true", help="print the agent's JSON (one line per refresh)")
