@@ -13,7 +13,7 @@ names and attribute names, so a pipeline built for those receivers works unchang
 - `db.server.query_sample`: one per session of each new sample read, at the read's time, with
   `user.name`, `client.address`/`client.port`, `network.peer.address`/`network.peer.port` and the
   receiver's per-system names (`postgresql.pid`, `postgresql.state`, `postgresql.wait_event`, ...;
-  `mysql.threads.thread_id`, `mysql.threads.processlist_state`, `mysql.wait_type`, ...;
+  `mysql.session.id`, `mysql.threads.processlist_state`, `mysql.wait_type`, ...;
   `mongodb.operation.id`, `mongodb.operation.status`, `mongodb.operation.duration`, ...). Where a
   receiver has no name for a field (MongoDB's wait event, anything of Redis) it is `<system>.<field>`.
 
@@ -117,7 +117,7 @@ SAMPLE_NAMES: Mapping[str, tuple[_SampleNames, float, str]] = {
     ),
     "mysql": (
         _SampleNames(
-            "mysql.threads.thread_id",
+            "mysql.session.id",  # the processlist id; the source adds mysql.threads.thread_id
             "mysql.threads.processlist_state",
             "mysql.wait_type",
             None,
