@@ -1,4 +1,4 @@
-"""The `dbintel` command: coordinator, agent, up, status, validate."""
+"""The `dbintel` command: coordinator, agent, up, status, top, validate."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from pydantic import SecretStr
 
@@ -180,10 +181,56 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_top(args) -> int:
+    from dbintel.common.grpc_security import TLSFileError
+    from dbintel.common.secrets import SecretResolutionError
+    from dbintel.common.top import TopError, fetch_top, render_top
+
+    try:
+        tls, token = _status_security(args)
+    except (ValueError, TLSFileError, SecretResolutionError) as exc:
+        print(f"dbintel top: {exc}", file=sys.stderr)
+        return 1
+    interactive = not args.once and not args.json and sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                document = asyncio.run(
+                    fetch_top(args.coordinator, args.resource, timeout=args.timeout, tls=tls, token=token)
+                )
+            except (TopError, ConnectionError, ValueError, TLSFileError) as exc:
+                if args.once:
+                    print(f"dbintel top: {exc}", file=sys.stderr)
+                    return 1
+                document, error = None, f"dbintel top: {exc}"  # refreshing: show it and try again
+            if document is not None:
+                text = json.dumps(document, sort_keys=True) if args.json else render_top(document)
+            else:
+                text = error
+            if interactive:
+                sys.stdout.write("\x1b[H\x1b[2J")  # home and clear, like top
+            print(text, flush=True)
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_up(args) -> int:
     from dbintel.up import run_up
 
     return run_up(args)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -255,24 +302,46 @@ def build_parser() -> argparse.ArgumentParser:
     listen_flags(p, "agent")
     p.set_defaults(func=cmd_agent)
 
+    def operator_flags(p: argparse.ArgumentParser) -> None:
+        """How to reach the coordinator's OperatorService (status, top)."""
+        p.add_argument("--coordinator", metavar="HOST:PORT", default="localhost:50051", help="default: %(default)s")
+        p.add_argument(
+            "--timeout", type=float, default=5.0, metavar="SECONDS", help="seconds per RPC (default: %(default)s)"
+        )
+        p.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs (implied by --ca-file)")
+        p.add_argument("--ca-file", metavar="PATH", help="CA that signed the coordinator's certificate")
+        p.add_argument("--cert-file", metavar="PATH", help="client certificate, for mutual TLS")
+        p.add_argument("--key-file", metavar="PATH", help="client key, for mutual TLS")
+        p.add_argument(
+            "--server-name",
+            metavar="NAME",
+            help="name the coordinator's certificate must carry, if not the host dialed",
+        )
+        p.add_argument(
+            "--token-file", metavar="PATH", help=f"operator bearer token file (default: ${OPERATOR_TOKEN_ENV_VAR})"
+        )
+
     p = command("status", "cluster, agents and assignments as a table")
-    p.add_argument("--coordinator", metavar="HOST:PORT", default="localhost:50051", help="default: %(default)s")
+    operator_flags(p)
     p.add_argument("--agent", metavar="AGENT_ID", default="", help="only this agent's assignments")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS", help="seconds per RPC (default: %(default)s)"
-    )
-    p.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs (implied by --ca-file)")
-    p.add_argument("--ca-file", metavar="PATH", help="CA that signed the coordinator's certificate")
-    p.add_argument("--cert-file", metavar="PATH", help="client certificate, for mutual TLS")
-    p.add_argument("--key-file", metavar="PATH", help="client key, for mutual TLS")
-    p.add_argument(
-        "--server-name", metavar="NAME", help="name the coordinator's certificate must carry, if not the host dialed"
-    )
-    p.add_argument(
-        "--token-file", metavar="PATH", help=f"operator bearer token file (default: ${OPERATOR_TOKEN_ENV_VAR})"
-    )
     p.set_defaults(func=cmd_status)
+
+    p = command(
+        "top",
+        "a database's top queries and live sessions, from the agent that owns it",
+        description="A database's top queries of the last interval and what runs on it now (state, wait,\n"
+        "duration, blocker), refreshed; the coordinator says which agent owns it, and that agent\n"
+        "answers from its last reads (GET /queries on its metrics port). Query texts are obfuscated.",
+    )
+    p.add_argument("resource", metavar="RESOURCE", help="resource id, e.g. db:postgresql/orders (see dbintel status)")
+    operator_flags(p)
+    p.add_argument(
+        "--interval", type=_seconds, default=2.0, metavar="SECONDS", help="refresh period (default: %(default)s)"
+    )
+    p.add_argument("--once", action="store_true", help="print once and exit (non-zero on an error)")
+    p.add_argument("--json", action="store_true", help="print the agent's JSON (one line per refresh)")
+    p.set_defaults(func=cmd_top)
 
     p = with_config(
         command("up", "a coordinator and agents on this machine, for trying it out", description=UP_DESCRIPTION)

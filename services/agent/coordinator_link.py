@@ -187,6 +187,10 @@ class CoordinatorLink:
         """This process's current registration (a new one after the coordinator ended the last)."""
         return self._registration.instance_id
 
+    def advertise_http_address(self, address: str) -> None:
+        """Where `dbintel top` reaches this agent; carried by every registration from now on."""
+        self._registration.http_address = address
+
     @property
     def timings(self) -> LinkTimings:
         return self._timings

@@ -13,6 +13,7 @@ owner's grant carries on, so the series has neither a gap nor a double sample.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from dbintel import __version__
 from dbintel.common.config import Config, ConfigError, DatabaseConfig, load_config
+from dbintel.common.endpoints import format_host_port, parse_host_port
 from dbintel.common.http_endpoints import HealthEndpoint, MetricsEndpoint
 from dbintel.common.secrets import SecretResolutionError, resolve_secret
 from dbintel.v1 import agent_service_pb2 as pb
@@ -34,6 +36,8 @@ from .collectors.base import DatabaseCollector
 from .coordinator_link import CoordinatorLink
 from .exposition import AgentExposition, AgentStatus
 from .otlp import OTLPPush
+from .queries.document import activity_document
+from .query_events import QueryEventExporter
 from .scheduler import ActivityListener, CollectorSetupError, PollScheduler, ResourceSnapshot
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,20 @@ def make_collector(resource_id: str, database: DatabaseConfig) -> DatabaseCollec
     except ValueError as exc:
         raise CollectorSetupError("config", f"metrics: {exc}") from None
     return cls(database, password=password, enabled=enabled)
+
+
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def advertised_http_address(advertise: str, listen: str, bound_port: int) -> str:
+    """Where others reach this agent's metrics endpoint: `agent.advertise_address` if set, else the
+    listen address with its actually bound port, a wildcard host replaced by $POD_IP or the host name."""
+    if advertise:
+        return advertise
+    host = parse_host_port(listen, allow_empty_host=True, allow_port_zero=True).host
+    if host in WILDCARD_HOSTS:
+        host = os.environ.get("POD_IP") or socket.gethostname()
+    return format_host_port(host, bound_port)
 
 
 def resource_status(snapshot: ResourceSnapshot) -> types_pb2.ResourceStatus:
@@ -121,8 +139,12 @@ class Agent:
             max_concurrent_polls=config.agent.max_concurrent_polls,
         )
         self._otlp: OTLPPush | None = None
+        self._query_events: QueryEventExporter | None = None
         self._metrics_endpoint = MetricsEndpoint(
-            metrics_listen or config.agent.metrics_listen, self.registry, render=self._exposition.render_query
+            metrics_listen or config.agent.metrics_listen,
+            self.registry,
+            render=self._exposition.render_query,
+            queries=self._queries_reply,
         )
         self._health_endpoint = HealthEndpoint(health_listen or config.agent.health_listen, self._readiness)
         scaling = config.scaling
@@ -152,6 +174,7 @@ class Agent:
         self._connected = False
         self._released: dict[str, _Released] = {}
         self._started = False
+        self.http_address = ""  # where the coordinator sends `dbintel top` (set by start)
         self._closing = False
         self._polling_stopped = False  # set once the final poll times are in _released
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -215,6 +238,18 @@ class Agent:
         continue their series (the snapshots stay until then for the final OTLP export)."""
         return {} if self._polling_stopped else self._scheduler.snapshots()
 
+    def _queries_reply(self, query: Mapping[str, list[str]]) -> tuple[int, bytes]:
+        """`GET /queries?resource=ID` (from the metrics thread): the database's activity as JSON, from
+        the scheduler's snapshot; 404 for a database this agent does not hold."""
+        resource_id = (query.get("resource") or [""])[0]
+        if not resource_id:
+            return 400, json.dumps({"error": "missing ?resource=RESOURCE_ID"}).encode()
+        snapshot = self._exposed_snapshots().get(resource_id)
+        if snapshot is None:
+            error = f"agent {self.agent_id} does not hold {resource_id}"
+            return 404, json.dumps({"error": error, "agent_id": self.agent_id}).encode()
+        return 200, json.dumps(activity_document(snapshot, self.agent_id)).encode()
+
     def add_activity_listener(self, listener: ActivityListener) -> None:
         """Call `listener(before, after)` on the event loop whenever a database's query activity changes
         (a new top-query interval or sample read); it must not block."""
@@ -237,9 +272,20 @@ class Agent:
         self._started = True
         self._metrics_endpoint.start()
         await self._health_endpoint.start()
+        assert self.metrics_port is not None  # bound by start()
+        self.http_address = advertised_http_address(
+            self._config.agent.advertise_address,
+            self._metrics_endpoint.listen,
+            self.metrics_port,
+        )
+        self._link.advertise_http_address(self.http_address)
         otlp = self._config.agent.otlp
         if otlp.enabled:
             self._otlp = OTLPPush(otlp, snapshots=self._scheduler.snapshots, agent_id=self.agent_id)
+            # The query events go to the same endpoint; they exist only where query intelligence is on.
+            self._query_events = QueryEventExporter(otlp, agent_id=self.agent_id)
+            self._query_events.start()
+            self.add_activity_listener(self._query_events.publish)
         log.info("agent %s: metrics on :%s, health on :%s", self.agent_id, self.metrics_port, self.health_port)
         if self._ignore_assignments:
             log.info("ignore_assignments is set: polling every configured database, no coordinator")
@@ -304,6 +350,8 @@ class Agent:
                     await self._link.close()
                 if self._otlp is not None:  # before closing: closing drops the snapshots it exports
                     await asyncio.to_thread(self._otlp.shutdown, remaining(0.5))
+                if self._query_events is not None:
+                    await asyncio.to_thread(self._query_events.shutdown, remaining(0.5))
                 await self._scheduler.close(timeout=remaining())
         except TimeoutError:
             log.warning("shutdown did not finish within shutdown_grace (%.1fs); exiting anyway", grace)

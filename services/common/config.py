@@ -507,6 +507,9 @@ class AgentSettings(_Section):
 
     coordinator: str = "localhost:50051"
     metrics_listen: str = "0.0.0.0:8889"
+    # host:port where the coordinator tells `dbintel top` to reach this agent's metrics endpoint;
+    # "" = the metrics listen address (a wildcard host becomes $POD_IP, else the host name).
+    advertise_address: str = ""
     health_listen: str = "0.0.0.0:13133"
     max_concurrent_polls: int = Field(default=32, ge=1, le=10_000)
     shutdown_grace: Duration = timedelta(seconds=10)
@@ -520,6 +523,11 @@ class AgentSettings(_Section):
 
     _coordinator = field_validator("coordinator")(_endpoint)
     _listens = field_validator("metrics_listen", "health_listen")(_listen)
+
+    @field_validator("advertise_address")
+    @classmethod
+    def _advertise(cls, value: str) -> str:
+        return _endpoint(value) if value else value
 
     @model_validator(mode="after")
     def _security(self, info: ValidationInfo) -> AgentSettings:

@@ -33,6 +33,8 @@ from .endpoints import parse_host_port
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+# `GET /queries?...` -> (HTTP status, JSON body); the agent's query activity (dbintel top)
+QueriesHandler = Callable[[Mapping[str, list[str]]], tuple[int, bytes]]
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ def _bind_address(listen: str) -> tuple[str, int]:
 
 class MetricsEndpoint:
     """Serves `/metrics` from a background thread: `render(query parameters)` if given (a role that renders
-    part of its exposition itself, like the agent), else the registry in the Prometheus text format."""
+    part of its exposition itself, like the agent), else the registry in the Prometheus text format.
+    With `queries`, also `/queries` (JSON): the agent's query activity, for `dbintel top`."""
 
     def __init__(
         self,
@@ -159,8 +162,10 @@ class MetricsEndpoint:
         registry: CollectorRegistry,
         render: Callable[[Mapping[str, list[str]]], bytes] | None = None,
         limits: HttpLimits = HTTP_LIMITS,
+        queries: QueriesHandler | None = None,
     ):
         self._listen, self._registry, self._limits = listen, registry, limits
+        self._queries = queries
         self._render = render or (lambda _query: generate_latest(registry))
         self._server: _BoundedHTTPServer | None = None
         self.port: int | None = None
@@ -169,8 +174,12 @@ class MetricsEndpoint:
     def open_connections(self) -> int:
         return self._server.open_connections if self._server is not None else 0
 
+    @property
+    def listen(self) -> str:
+        return self._listen
+
     def start(self) -> None:
-        render, limits = self._render, self._limits
+        render, limits, queries = self._render, self._limits, self._queries
 
         class Handler(BaseHTTPRequestHandler):
             def handle(self) -> None:
@@ -196,6 +205,9 @@ class MetricsEndpoint:
 
             def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
+                if path == "/queries" and queries is not None:
+                    self._queries(query)
+                    return
                 if path not in ("/metrics", "/"):
                     self.send_error(404, "try /metrics")
                     return
@@ -207,6 +219,19 @@ class MetricsEndpoint:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _queries(self, query: str) -> None:
+                assert queries is not None
+                try:
+                    status, body = queries(urllib.parse.parse_qs(query))
+                except Exception:
+                    log.exception("rendering /queries failed")
+                    status, body = 500, b'{"error": "rendering failed"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -73,7 +73,7 @@ def render_status(status: dict) -> str:
         f"{_ago(c.get('last_rebalance_time'))}",
     ]
     agents = _table(
-        ["AGENT", "STATE", "ZONE", "DATABASES", "POLLING", "LOAD", "EPOCH", "APPLIED", "HEARTBEAT"],
+        ["AGENT", "STATE", "ZONE", "DATABASES", "POLLING", "LOAD", "EPOCH", "APPLIED", "HEARTBEAT", "HTTP"],
         [
             [
                 a["agent_id"],
@@ -88,6 +88,7 @@ def render_status(status: dict) -> str:
                 str(a["assignment_epoch"]),
                 str(a["applied_assignment_epoch"]),
                 _ago(a.get("last_heartbeat_time")),
+                a.get("http_address") or "-",
             ]
             for a in status["agents"]
         ],

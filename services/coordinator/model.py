@@ -88,6 +88,7 @@ class Registration:
     capacity: int = 0
     instance_id: str = ""
     session: str = ""  # session_digest of the registration's secret
+    http_address: str = ""  # host:port of the agent's /metrics and /queries (dbintel top); "" from old agents
 
 
 @dataclass(frozen=True)

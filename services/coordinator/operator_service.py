@@ -138,6 +138,7 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
                 current_resources=len(record.current),
                 load=sum(costs.get(r, 0.0) for r in mine),
                 capacity=record.registration.capacity,
+                http_address=record.registration.http_address,
                 unacknowledged=agent_id in flagged,
                 unproven=record.is_member and not record.proven,
             )

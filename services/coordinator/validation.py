@@ -46,7 +46,22 @@ def registration(message: agent_service_pb2.AgentRegistration) -> Registration:
         capacity=message.capacity,
         instance_id=_text(message.instance_id, "registration.instance_id", 128),
         session=session_digest(_text(message.session_secret, "registration.session_secret", 256)),
+        http_address=http_address(message.http_address),
     )
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$")
+
+
+def http_address(value: str, field: str = "registration.http_address") -> str:
+    """host:port (an IPv6 host in brackets), or empty (agents before the field)."""
+    if not value:
+        return ""
+    _text(value, field, 261)  # a 253-character DNS name, ':' and a port
+    match = _HOST_PORT.match(value)
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise InvalidArgument(f"{field}: must be host:port (an IPv6 host in brackets)")
+    return value
 
 
 def session(secret: str) -> str:

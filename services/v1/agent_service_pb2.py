@@ -26,7 +26,7 @@ from dbintel.v1 import types_pb2 as dbintel_dot_v1_dot_types__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x62intel/v1/agent_service.proto\x12\ndbintel.v1\x1a\x16\x64\x62intel/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\x83\x01\n\x11\x41gentRegistration\x12\x10\n\x08pod_name\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x16\n\x0esession_secret\x18\x06 \x01(\t\"\xe8\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.dbintel.v1.AgentRegistration\x12 \n\x18\x61pplied_assignment_epoch\x18\x03 \x01(\x04\x12+\n\x07\x63urrent\x18\x04 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\x12,\n\x08released\x18\x05 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"\x86\x02\n\x11HeartbeatResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.dbintel.v1.Assignment\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x63oordinator_id\x18\x04 \x01(\t\x12\x14\n\x0cleader_epoch\x18\x05 \x01(\x04\x12\x19\n\x11\x61nswered_sequence\x18\x06 \x01(\x04\x12\x33\n\x10\x64isconnect_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x15GetAssignmentsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x16\n\x0esession_secret\x18\x02 \x01(\t\"V\n\x16GetAssignmentsResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.dbintel.v1.Assignment\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\"v\n\x0cLeaveRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0esession_secret\x18\x03 \x01(\t\x12,\n\x08released\x18\x04 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\"+\n\rLeaveResponse\x12\x1a\n\x12released_resources\x18\x01 \x01(\r2\xf3\x01\n\x0c\x41gentService\x12L\n\tHeartbeat\x12\x1c.dbintel.v1.HeartbeatRequest\x1a\x1d.dbintel.v1.HeartbeatResponse(\x01\x30\x01\x12W\n\x0eGetAssignments\x12!.dbintel.v1.GetAssignmentsRequest\x1a\".dbintel.v1.GetAssignmentsResponse\x12<\n\x05Leave\x12\x18.dbintel.v1.LeaveRequest\x1a\x19.dbintel.v1.LeaveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x64\x62intel/v1/agent_service.proto\x12\ndbintel.v1\x1a\x16\x64\x62intel/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\x99\x01\n\x11\x41gentRegistration\x12\x10\n\x08pod_name\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\x12\x16\n\x0esession_secret\x18\x06 \x01(\t\x12\x14\n\x0chttp_address\x18\x07 \x01(\t\"\xe8\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x33\n\x0cregistration\x18\x02 \x01(\x0b\x32\x1d.dbintel.v1.AgentRegistration\x12 \n\x18\x61pplied_assignment_epoch\x18\x03 \x01(\x04\x12+\n\x07\x63urrent\x18\x04 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\x12,\n\x08released\x18\x05 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"\x86\x02\n\x11HeartbeatResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.dbintel.v1.Assignment\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x63oordinator_id\x18\x04 \x01(\t\x12\x14\n\x0cleader_epoch\x18\x05 \x01(\x04\x12\x19\n\x11\x61nswered_sequence\x18\x06 \x01(\x04\x12\x33\n\x10\x64isconnect_grace\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x15GetAssignmentsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x16\n\x0esession_secret\x18\x02 \x01(\t\"V\n\x16GetAssignmentsResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.dbintel.v1.Assignment\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\"v\n\x0cLeaveRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0esession_secret\x18\x03 \x01(\t\x12,\n\x08released\x18\x04 \x03(\x0b\x32\x1a.dbintel.v1.ResourceStatus\"+\n\rLeaveResponse\x12\x1a\n\x12released_resources\x18\x01 \x01(\r2\xf3\x01\n\x0c\x41gentService\x12L\n\tHeartbeat\x12\x1c.dbintel.v1.HeartbeatRequest\x1a\x1d.dbintel.v1.HeartbeatResponse(\x01\x30\x01\x12W\n\x0eGetAssignments\x12!.dbintel.v1.GetAssignmentsRequest\x1a\".dbintel.v1.GetAssignmentsResponse\x12<\n\x05Leave\x12\x18.dbintel.v1.LeaveRequest\x1a\x19.dbintel.v1.LeaveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dbintel.v1.agent_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTREGISTRATION']._serialized_start=103
-  _globals['_AGENTREGISTRATION']._serialized_end=234
-  _globals['_HEARTBEATREQUEST']._serialized_start=237
-  _globals['_HEARTBEATREQUEST']._serialized_end=469
-  _globals['_HEARTBEATRESPONSE']._serialized_start=472
-  _globals['_HEARTBEATRESPONSE']._serialized_end=734
-  _globals['_GETASSIGNMENTSREQUEST']._serialized_start=736
-  _globals['_GETASSIGNMENTSREQUEST']._serialized_end=801
-  _globals['_GETASSIGNMENTSRESPONSE']._serialized_start=803
-  _globals['_GETASSIGNMENTSRESPONSE']._serialized_end=889
-  _globals['_LEAVEREQUEST']._serialized_start=891
-  _globals['_LEAVEREQUEST']._serialized_end=1009
-  _globals['_LEAVERESPONSE']._serialized_start=1011
-  _globals['_LEAVERESPONSE']._serialized_end=1054
-  _globals['_AGENTSERVICE']._serialized_start=1057
-  _globals['_AGENTSERVICE']._serialized_end=1300
+  _globals['_AGENTREGISTRATION']._serialized_end=256
+  _globals['_HEARTBEATREQUEST']._serialized_start=259
+  _globals['_HEARTBEATREQUEST']._serialized_end=491
+  _globals['_HEARTBEATRESPONSE']._serialized_start=494
+  _globals['_HEARTBEATRESPONSE']._serialized_end=756
+  _globals['_GETASSIGNMENTSREQUEST']._serialized_start=758
+  _globals['_GETASSIGNMENTSREQUEST']._serialized_end=823
+  _globals['_GETASSIGNMENTSRESPONSE']._serialized_start=825
+  _globals['_GETASSIGNMENTSRESPONSE']._serialized_end=911
+  _globals['_LEAVEREQUEST']._serialized_start=913
+  _globals['_LEAVEREQUEST']._serialized_end=1031
+  _globals['_LEAVERESPONSE']._serialized_start=1033
+  _globals['_LEAVERESPONSE']._serialized_end=1076
+  _globals['_AGENTSERVICE']._serialized_start=1079
+  _globals['_AGENTSERVICE']._serialized_end=1322
 # @@protoc_insertion_point(module_scope)

@@ -11,20 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentRegistration(_message.Message):
-    __slots__ = ("pod_name", "zone", "version", "capacity", "instance_id", "session_secret")
+    __slots__ = ("pod_name", "zone", "version", "capacity", "instance_id", "session_secret", "http_address")
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_SECRET_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     pod_name: str
     zone: str
     version: str
     capacity: int
     instance_id: str
     session_secret: str
-    def __init__(self, pod_name: _Optional[str] = ..., zone: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., instance_id: _Optional[str] = ..., session_secret: _Optional[str] = ...) -> None: ...
+    http_address: str
+    def __init__(self, pod_name: _Optional[str] = ..., zone: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., instance_id: _Optional[str] = ..., session_secret: _Optional[str] = ..., http_address: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id", "registration", "applied_assignment_epoch", "current", "released", "sequence")

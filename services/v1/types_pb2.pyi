@@ -72,7 +72,7 @@ class Assignment(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., assignment_epoch: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., resources: _Optional[_Iterable[_Union[ResourceGrant, _Mapping]]] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("agent_id", "pod_name", "zone", "version", "state", "last_heartbeat_time", "assignment_epoch", "applied_assignment_epoch", "target_resources", "current_resources", "load", "capacity", "unacknowledged", "unproven", "disconnected_time")
+    __slots__ = ("agent_id", "pod_name", "zone", "version", "state", "last_heartbeat_time", "assignment_epoch", "applied_assignment_epoch", "target_resources", "current_resources", "load", "capacity", "unacknowledged", "unproven", "disconnected_time", "http_address")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class AgentInfo(_message.Message):
     UNACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     UNPROVEN_FIELD_NUMBER: _ClassVar[int]
     DISCONNECTED_TIME_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     pod_name: str
     zone: str
@@ -103,7 +104,8 @@ class AgentInfo(_message.Message):
     unacknowledged: bool
     unproven: bool
     disconnected_time: _timestamp_pb2.Timestamp
-    def __init__(self, agent_id: _Optional[str] = ..., pod_name: _Optional[str] = ..., zone: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_epoch: _Optional[int] = ..., applied_assignment_epoch: _Optional[int] = ..., target_resources: _Optional[int] = ..., current_resources: _Optional[int] = ..., load: _Optional[float] = ..., capacity: _Optional[int] = ..., unacknowledged: _Optional[bool] = ..., unproven: _Optional[bool] = ..., disconnected_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    http_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., pod_name: _Optional[str] = ..., zone: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_epoch: _Optional[int] = ..., applied_assignment_epoch: _Optional[int] = ..., target_resources: _Optional[int] = ..., current_resources: _Optional[int] = ..., load: _Optional[float] = ..., capacity: _Optional[int] = ..., unacknowledged: _Optional[bool] = ..., unproven: _Optional[bool] = ..., disconnected_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http_address: _Optional[str] = ...) -> None: ...
 
 class AssignmentEntry(_message.Message):
     __slots__ = ("resource_id", "agent_id", "state", "cost")

@@ -615,6 +615,7 @@ class RedisScalingStore(ScalingStore):
             "capacity": reg.capacity,
             "instance_id": reg.instance_id,
             "session": reg.session,
+            "http_address": reg.http_address,
         }
         current = {rid: status.to_list() for rid, status in report.current.items()}
         digest = membership_digest(reg, report.applied_epoch, report.current)
@@ -821,6 +822,7 @@ def _agent_from_json(agent_id: str, raw: str) -> AgentRecord:
             capacity=int(reg.get("capacity", 0)),
             instance_id=reg.get("instance_id", ""),
             session=reg.get("session", ""),
+            http_address=reg.get("http_address", ""),  # absent from records of older versions
         ),
         state=doc.get("state", "active"),
         last_heartbeat_ms=int(doc.get("hb", 0)),
