@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -314,22 +314,29 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 session.last_sent_epoch = record.epoch
                 session.outbox.put_nowait(response)
 
-    def _polling(self, agent_ids) -> dict[str, object]:
+    def _polling(self, agent_ids: Iterable[str]) -> dict[str, Iterable[str]]:
         """What each agent's stream last reported polling (it keeps those: no baseline needed)."""
-        out: dict[str, object] = {}
+        out: dict[str, Iterable[str]] = {}
         for agent_id in agent_ids:
             session = self.sessions.get(agent_id)
             if session is not None and session.last_report is not None:
                 out[agent_id] = session.last_report.current
         return out
 
-    async def _baselines(self, records: dict[str, AssignmentRecord], polling) -> dict[str, dict[str, bytes]]:
-        """agent -> the baselines its assignment carries: one store read for all of `records`."""
+    async def _baselines(
+        self, records: Mapping[str, AssignmentRecord], polling: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, bytes]]:
+        """agent -> the baselines its assignment carries: one store read for all of `records`. A failed
+        read sends the assignment without them (the new owners start fresh) rather than delay it."""
         wanted = {a: baseline_candidates(r.grants, polling.get(a, ())) for a, r in records.items()}
         lookup = sorted({rid for rids in wanted.values() for rid in rids})
         if not lookup:
             return {}
-        stored = await self._store.read_query_baselines(lookup)
+        try:
+            stored = await self._store.read_query_baselines(lookup)
+        except StoreUnavailable:
+            self._health.failed("read_query_baselines")
+            return {}
         if not stored:
             return {}
         out = {}
