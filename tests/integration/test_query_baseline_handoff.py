@@ -1,10 +1,12 @@
 """Top-query baselines ride the revoke → ack → grant: a real coordinator (memory store and real Redis)
 and agents speaking the real protocol. A clean hand-off carries the old owner's bytes exactly; a crash
 carries nothing, not even an older baseline still stored; an oversized one is INVALID_ARGUMENT; and the
-real agent puts its scheduler's baseline in `released` and hands a grant's to `PollScheduler.add`."""
+real agent puts its scheduler's baseline in `released` (only once its loops stopped) and hands a grant's
+to `PollScheduler.add`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -18,7 +20,7 @@ from dbintel.common.config import parse_config
 from dbintel.common.message_limits import MAX_QUERY_BASELINE_BYTES, MAX_RELEASED_BASELINE_BYTES
 from dbintel.coordinator.store.memory_store import MemoryScalingStore
 from dbintel.v1 import agent_service_pb2 as apb
-from dbintel.v1 import agent_service_pb2_grpc
+from dbintel.v1 import agent_service_pb2_grpc, types_pb2
 from dbintel.v1 import operator_service_pb2 as opb
 from tests.coordinator_harness import (
     FAST_TIMING,
@@ -240,3 +242,54 @@ async def test_the_agent_releases_its_schedulers_baseline_and_adds_the_grants(re
         for agent in agents.values():
             await agent.shutdown()
         await coordinator.shutdown()
+
+
+class SlowStop(FixedBaselines):
+    """Its removals finish only when the test says: the loops of a revoked database are still stopping."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self.stopping = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def remove(self, resource_ids) -> None:
+        await super().remove(resource_ids)
+        if resource_ids:
+            self.stopping.set()
+            await self.finish.wait()
+
+
+def grant(epoch: int, *rids: str) -> types_pb2.Assignment:
+    return types_pb2.Assignment(
+        agent_id="agent-a", assignment_epoch=epoch, resources=[types_pb2.ResourceGrant(resource_id=r) for r in rids]
+    )
+
+
+async def test_a_revoked_database_is_released_only_with_its_baseline():
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "scaling": {"mode": "memory"},
+                "databases": [{"name": "cache", "type": "redis", "endpoint": "127.0.0.1:1", "interval": "1h"}],
+            }
+        )
+    )
+    agent = Agent(config, agent_id="agent-a", metrics_listen="127.0.0.1:0", health_listen="127.0.0.1:0")
+    scheduler = agent._scheduler = SlowStop(agent)
+    rid = "db:redis/cache"
+    try:
+        assert await agent.apply(grant(1, rid))
+        revoking = asyncio.create_task(agent.apply(grant(2)))
+        await scheduler.stopping.wait()
+        _, current, released = agent.report()
+        # Its loops are stopping, its baseline not read yet: reported as polled, so it cannot move yet.
+        assert [s.resource_id for s in current] == [rid] and released == []
+        scheduler.finish.set()
+        assert await revoking
+        _, current, released = agent.report()
+        assert current == [] and [(s.resource_id, s.query_baseline) for s in released] == [
+            (rid, scheduler.query_baseline(rid))
+        ]
+    finally:
+        scheduler.finish.set()
+        await scheduler.close()
