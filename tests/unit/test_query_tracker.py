@@ -226,3 +226,12 @@ def test_a_report_holds_at_most_top_n_ranked_heaviest_first(increments, top_n):
         assert all(t > 0 for t in times)
         busy = sorted((more for more in step.values() if more > 0), reverse=True)
         assert times == [float(v) for v in busy[:top_n]]
+
+
+def test_a_read_held_back_after_a_refusal_is_no_news_not_an_empty_server():
+    tracker = TopQueryTracker(10)
+    tracker.observe(read(statements=0), 0.0, limit=LIMIT)  # held back: nothing sent
+    assert tracker.read_at is None
+    tracker.observe(read(stmt("a", 10**6, 10**4), statements=1), 60.0, limit=LIMIT)
+    report = tracker.observe(read(stmt("a", 10**6 + 2, 10**4 + 1), statements=1), 120.0, limit=LIMIT)
+    assert by_id(report) == {"a": (2, 1.0, 0)}  # history never reported as one interval

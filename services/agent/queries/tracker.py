@@ -112,9 +112,10 @@ class TopQueryTracker:
 
     def observe(self, read: StatementRead, now: float, *, limit: int) -> TopQueryReport | None:
         """Take one read (made at `now` with `limit` rows at most); the interval's report, or None for a
-        first read that only sets the baseline. A read with errors and no rows changes nothing."""
-        if read.errors and not read.counters:
-            return None
+        first read that only sets the baseline. A read with errors and no rows, or a cumulative read that
+        sent no statement (held back after a refusal), changes nothing."""
+        if not read.counters and (read.errors or (read.statements == 0 and read.cumulative)):
+            return None  # failed, or held back (a refusal's quiet retry): no news, not an empty server
         if read.cursor is not None or not read.cumulative:
             self.cursor = read.cursor
         self._incremental = not read.cumulative
