@@ -113,12 +113,16 @@ class ScriptedAgent:
         self.responses = 0
         self.poll_times_ms: dict[str, int] = {}  # reported as last_poll_time
         self.grants: dict[str, int] = {}  # resource -> last_poll_time (ms) carried by its grant
+        self.baselines: dict[str, bytes] = {}  # resource -> query_baseline sent when releasing it
+        self.granted_baselines: dict[str, bytes] = {}  # resource -> query_baseline of its newest grant
 
-    def _status(self, rid: str) -> dict:
-        status = {"resource_id": rid, "polls_total": 1, "up": True}
+    def _status(self, rid: str, released: bool = False) -> dict:
+        status: dict[str, Any] = {"resource_id": rid, "polls_total": 1, "up": True}
         if rid in self.poll_times_ms:
             ms = self.poll_times_ms[rid]
             status["last_poll_time"] = {"seconds": ms // 1000, "nanos": (ms % 1000) * 1_000_000}
+        if released and rid in self.baselines:
+            status["query_baseline"] = self.baselines[rid]
         return status
 
     def request(self, with_registration: bool = False, released=()) -> apb.HeartbeatRequest:
@@ -126,7 +130,7 @@ class ScriptedAgent:
             agent_id=self.agent_id,
             applied_assignment_epoch=self.epoch,
             current=[self._status(r) for r in sorted(self.held)],
-            released=[self._status(r) for r in sorted(released)],
+            released=[self._status(r, released=True) for r in sorted(released)],
         )
         if self.sequenced:
             self.sequence += 1
@@ -194,6 +198,9 @@ class ScriptedAgent:
             return
         self.epoch = assignment.assignment_epoch
         released = self.held - {r.resource_id for r in assignment.resources}
+        for grant in assignment.resources:
+            if grant.resource_id not in self.held:
+                self.granted_baselines[grant.resource_id] = grant.query_baseline
         self.held = {r.resource_id for r in assignment.resources}
         for grant in assignment.resources:
             if grant.HasField("last_poll_time"):

@@ -7,7 +7,9 @@ newer than the one held is applied. Applying one stops the revoked databases (se
 connections closed), starts the granted ones on the previous owner's schedule, and acknowledges at
 once with a heartbeat, because the coordinator waits for that acknowledgment to hand the revoked
 databases to their next owner; its `released` list carries their final poll times, which the next
-owner's grant carries on, so the series has neither a gap nor a double sample.
+owner's grant carries on, so the series has neither a gap nor a double sample. Each released entry also
+carries the database's top-query baseline (PollScheduler.query_baseline, read once its loops stopped),
+and a grant's baseline goes to PollScheduler.add, so top-query deltas continue across the move.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +29,7 @@ from dbintel import __version__
 from dbintel.common.config import Config, ConfigError, DatabaseConfig, load_config
 from dbintel.common.endpoints import format_host_port, parse_host_port
 from dbintel.common.http_endpoints import HealthEndpoint, MetricsEndpoint
+from dbintel.common.message_limits import MAX_QUERY_BASELINE_BYTES, MAX_RELEASED_BASELINE_BYTES
 from dbintel.common.secrets import SecretResolutionError, resolve_secret
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import types_pb2
@@ -95,13 +98,40 @@ def resource_status(snapshot: ResourceSnapshot) -> types_pb2.ResourceStatus:
 
 class _Released:
     """A database given up, reported in `released` on the next few heartbeats (the coordinator keeps
-    the newest last poll time per database, so repeating it is harmless and survives a lost write)."""
+    the newest last poll time per database, so repeating it is harmless and survives a lost write).
+
+    Its top-query baseline can be read only once its loops have stopped (`settled`); until then it is
+    reported as still polled, for a release without the baseline would let the next owner start fresh."""
 
     REPORTS = 3
 
     def __init__(self, status: types_pb2.ResourceStatus):
         self.status = status
         self.reports_left = self.REPORTS
+        self.settled = False
+        self.baseline: bytes | None = None  # PollScheduler.query_baseline, once settled
+
+
+def with_query_baselines(
+    statuses: list[types_pb2.ResourceStatus],
+    baseline_of: Callable[[str], bytes | None],
+    budget_bytes: int = MAX_RELEASED_BASELINE_BYTES,
+) -> list[types_pb2.ResourceStatus]:
+    """`statuses` (released entries), each with its top-query baseline while they fit in `budget_bytes`
+    over the request (message_limits); the rest go without one and their next owners start fresh."""
+    out = []
+    used = 0
+    for status in statuses:
+        baseline = baseline_of(status.resource_id)
+        # Over the per-database bound the coordinator would refuse the whole request: send none.
+        if baseline and len(baseline) <= MAX_QUERY_BASELINE_BYTES and used + len(baseline) <= budget_bytes:
+            used += len(baseline)
+            carried = types_pb2.ResourceStatus()
+            carried.CopyFrom(status)
+            carried.query_baseline = baseline
+            status = carried
+        out.append(status)
+    return out
 
 
 class Agent:
@@ -291,7 +321,7 @@ class Agent:
             log.info("ignore_assignments is set: polling every configured database, no coordinator")
             resources = self._config.resources()
             for resource_id, database in resources.items():
-                self._grant(resource_id, database, None)
+                self._grant(resource_id, database, None, None)
             self._assigned = frozenset(resources)
             return
         self._link.start()
@@ -337,6 +367,7 @@ class Agent:
                 async with self._apply_lock:
                     await self._scheduler.stop()
                     self._release(self._scheduler.held)
+                    self._settle(self._scheduler.held)  # the loops have stopped: the baselines stand
                     # Until here heartbeats still report the databases as polled (they were): one that
                     # said "none" without their final poll times would let them move with stale times.
                     self._polling_stopped = True
@@ -344,7 +375,7 @@ class Agent:
                     # A last heartbeat releases everything with its final poll times (so the next owners
                     # continue the schedule exactly); then Leave hands the databases over at once. Leave
                     # carries the final poll times too, in case it overtakes that heartbeat after all.
-                    finals = [entry.status for entry in self._released.values()]
+                    finals = self._with_baselines(list(self._released.values()))
                     await self._link.final_report(timeout=remaining(0.4))
                     await self._link.leave(reason, timeout=min(2.0, remaining(0.25)), released=finals)
                     await self._link.close()
@@ -373,21 +404,40 @@ class Agent:
         # coordinator resends the assignment (the epoch it resends may equal the one held before).
         epoch = self._assignment_epoch if self._holds_assignment else 0
         current = [] if self._polling_stopped else [resource_status(s) for s in self._scheduler.snapshots().values()]
-        released = []
+        polled = {status.resource_id for status in current}
+        released: list[_Released] = []
         for resource_id, entry in list(self._released.items()):
-            released.append(entry.status)
+            if not entry.settled:  # its loops are stopping: still polled, as far as a next owner cares
+                if not self._polling_stopped and resource_id not in polled:
+                    current.append(entry.status)
+                continue
+            released.append(entry)
             entry.reports_left -= 1
             if entry.reports_left <= 0:
                 del self._released[resource_id]
-        return epoch, current, released
+        return epoch, current, self._with_baselines(released)
+
+    @staticmethod
+    def _with_baselines(entries: list[_Released]) -> list[types_pb2.ResourceStatus]:
+        baselines = {entry.status.resource_id: entry.baseline for entry in entries}
+        return with_query_baselines([entry.status for entry in entries], baselines.get)
 
     def _release(self, resource_ids) -> None:
-        """Remember the final statistics of databases being given up, for the next heartbeats."""
+        """Remember the final statistics of databases being given up, for the next heartbeats; they are
+        released there once `_settle` has their top-query baselines."""
         snapshots = self._scheduler.snapshots()
         for resource_id in resource_ids:
             snapshot = snapshots.get(resource_id)
             if snapshot is not None:
                 self._released[resource_id] = _Released(resource_status(snapshot))
+
+    def _settle(self, resource_ids) -> None:
+        """After the loops of `resource_ids` stopped: take their top-query baselines for the release."""
+        for resource_id in resource_ids:
+            entry = self._released.get(resource_id)
+            if entry is not None and not entry.settled:
+                entry.baseline = self._scheduler.query_baseline(resource_id)
+                entry.settled = True
 
     def on_link_state(self, *, connected: bool, degraded: bool) -> None:
         self._connected, self._coordinator_degraded = connected, degraded
@@ -397,8 +447,10 @@ class Agent:
             if self._closing or not self._holds_assignment:
                 return
             log.warning("on_coordinator_loss: stop — no longer polling %d database(s)", len(self._scheduler.held))
-            self._release(self._scheduler.held)
-            await self._scheduler.remove(self._scheduler.held)
+            held = self._scheduler.held
+            self._release(held)
+            await self._scheduler.remove(held)
+            self._settle(held)
             self._holds_assignment = False
             self._assigned = frozenset()
 
@@ -422,9 +474,11 @@ class Agent:
                 g.resource_id: (g.last_poll_time.ToNanoseconds() / 1e9 if g.HasField("last_poll_time") else None)
                 for g in assignment.resources
             }
+            baselines = {g.resource_id: g.query_baseline for g in assignment.resources if g.query_baseline}
             revoked = self._scheduler.held - grants.keys()
             self._release(revoked)
             await self._scheduler.remove(revoked)
+            self._settle(revoked)
             for resource_id in grants:
                 self._released.pop(resource_id, None)  # granted back: it is current again
             granted = [rid for rid in grants if rid not in self._scheduler.held]
@@ -436,7 +490,7 @@ class Agent:
                         "assignment epoch %d grants %s, which is not in the config: not polling it", epoch, resource_id
                     )
                     continue
-                self._grant(resource_id, database, grants[resource_id])
+                self._grant(resource_id, database, grants[resource_id], baselines.get(resource_id))
             self._assigned = frozenset(grants)
             self._assignment_epoch = epoch
             self._holds_assignment = True
@@ -461,8 +515,10 @@ class Agent:
                 log.error("re-reading the config for unknown resource ids failed: %s", exc)
         return resources
 
-    def _grant(self, resource_id: str, database: DatabaseConfig, last_poll_time: float | None) -> None:
-        self._scheduler.add(resource_id, database, last_poll_time=last_poll_time)
+    def _grant(
+        self, resource_id: str, database: DatabaseConfig, last_poll_time: float | None, query_baseline: bytes | None
+    ) -> None:
+        self._scheduler.add(resource_id, database, last_poll_time=last_poll_time, query_baseline=query_baseline)
         if self._otlp is not None:
             try:
                 self._otlp.add_table(database.type, collector_class(database.type).table)

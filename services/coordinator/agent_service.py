@@ -16,6 +16,11 @@ died and its connection closed, or the connection broke) marks the agent *suspec
 guarded by the sequence of the stream's last recorded heartbeat so that a reconnect elsewhere wins
 the race; the leader expires a suspect after `disconnect_grace` unless a heartbeat clears the mark.
 A replica that shuts down ends its streams itself and marks nobody.
+
+Every assignment a replica sends (a heartbeat's answer, a push, GetAssignments) carries, on each grant,
+the previous owner's top-query baseline when the store holds one released at exactly the grant's last
+poll time (`model.baselines_to_attach`; one batched store read per send). None stored — the owner
+crashed, or the 15 minutes passed — means none sent: the new owner starts its top queries fresh.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,6 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dbintel.common.config import Config
 from dbintel.common.durations import format_duration
+from dbintel.common.message_limits import MAX_GRANTED_BASELINE_BYTES
 from dbintel.v1 import agent_service_pb2 as pb
 from dbintel.v1 import agent_service_pb2_grpc, types_pb2
 
@@ -45,6 +51,8 @@ from .model import (
     Registration,
     SessionMismatch,
     StoreUnavailable,
+    baseline_candidates,
+    baselines_to_attach,
 )
 from .store.base import EventSubscription, ScalingStore, StoreEvent
 from .store.health import StoreHealth
@@ -53,9 +61,13 @@ from .telemetry import CoordinatorMetrics
 log = logging.getLogger(__name__)
 
 
-def assignment_message(agent_id: str, record: AssignmentRecord | None) -> types_pb2.Assignment:
+def assignment_message(
+    agent_id: str, record: AssignmentRecord | None, baselines: dict[str, bytes] | None = None
+) -> types_pb2.Assignment:
+    """The Assignment of `record`, each grant with its baseline from `baselines` (resource -> bytes)."""
     if record is None:
         return types_pb2.Assignment(agent_id=agent_id)
+    baselines = baselines or {}
     grants = []
     for rid in sorted(record.grants):
         grant = types_pb2.ResourceGrant(resource_id=rid)
@@ -63,6 +75,8 @@ def assignment_message(agent_id: str, record: AssignmentRecord | None) -> types_
             grant.last_poll_time.CopyFrom(
                 Timestamp(seconds=record.grants[rid] // 1000, nanos=(record.grants[rid] % 1000) * 1_000_000)
             )
+        if rid in baselines:
+            grant.query_baseline = baselines[rid]
         grants.append(grant)
     return types_pb2.Assignment(
         agent_id=agent_id, assignment_epoch=record.epoch, leader_epoch=record.leader_epoch, resources=grants
@@ -241,7 +255,10 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             try:
                 record = (await self._store.read_assignments([report.agent_id])).get(report.agent_id)
                 if record is not None and record.epoch > report.applied_epoch:
-                    response.assignment.CopyFrom(assignment_message(report.agent_id, record))
+                    baselines = await self._baselines({report.agent_id: record}, {report.agent_id: report.current})
+                    response.assignment.CopyFrom(
+                        assignment_message(report.agent_id, record, baselines.get(report.agent_id))
+                    )
             except StoreUnavailable:
                 self._health.failed("read_assignment")
                 response.degraded = True
@@ -280,16 +297,54 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             return
         try:
             records = await self._store.read_assignments(agents)
+            fresh = {}
+            for agent_id, record in records.items():
+                session = self.sessions.get(agent_id)
+                if session is not None and record.epoch > session.last_sent_epoch:
+                    fresh[agent_id] = record
+            baselines = await self._baselines(fresh, self._polling(fresh))
         except StoreUnavailable:
             self._health.failed("push_assignments")
             return
-        for agent_id, record in records.items():
+        for agent_id, record in fresh.items():
             session = self.sessions.get(agent_id)
             if session is not None and record.epoch > session.last_sent_epoch:
                 response = self._response(False)
-                response.assignment.CopyFrom(assignment_message(agent_id, record))
+                response.assignment.CopyFrom(assignment_message(agent_id, record, baselines.get(agent_id)))
                 session.last_sent_epoch = record.epoch
                 session.outbox.put_nowait(response)
+
+    def _polling(self, agent_ids: Iterable[str]) -> dict[str, Iterable[str]]:
+        """What each agent's stream last reported polling (it keeps those: no baseline needed)."""
+        out: dict[str, Iterable[str]] = {}
+        for agent_id in agent_ids:
+            session = self.sessions.get(agent_id)
+            if session is not None and session.last_report is not None:
+                out[agent_id] = session.last_report.current
+        return out
+
+    async def _baselines(
+        self, records: Mapping[str, AssignmentRecord], polling: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, bytes]]:
+        """agent -> the baselines its assignment carries: one store read for all of `records`. A failed
+        read sends the assignment without them (the new owners start fresh) rather than delay it."""
+        wanted = {a: baseline_candidates(r.grants, polling.get(a, ())) for a, r in records.items()}
+        lookup = sorted({rid for rids in wanted.values() for rid in rids})
+        if not lookup:
+            return {}
+        try:
+            stored = await self._store.read_query_baselines(lookup)
+        except StoreUnavailable:
+            self._health.failed("read_query_baselines")
+            return {}
+        if not stored:
+            return {}
+        out = {}
+        for agent_id, rids in wanted.items():
+            mine = {rid: stored[rid] for rid in rids if rid in stored}
+            if mine:
+                out[agent_id] = baselines_to_attach(records[agent_id].grants, mine, MAX_GRANTED_BASELINE_BYTES)
+        return out
 
     async def _reregister_all(self) -> None:
         timeout_ms = int(self._timing().node_timeout.total_seconds() * 1000)
@@ -317,21 +372,22 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                     context, grpc.StatusCode.PERMISSION_DENIED, f"agent {agent!r}: not this registration's session"
                 )
             record = (await self._store.read_assignments([agent])).get(agent)
+            baselines = await self._baselines({agent: record}, {}) if record is not None else {}
             await self._health.succeeded()
         except StoreUnavailable:
             self._health.failed("get_assignments")
             return pb.GetAssignmentsResponse(assignment=types_pb2.Assignment(agent_id=agent), degraded=True)
-        return pb.GetAssignmentsResponse(assignment=assignment_message(agent, record))
+        return pb.GetAssignmentsResponse(assignment=assignment_message(agent, record, baselines.get(agent)))
 
     async def Leave(self, request, context):
         agent = await rpc.checked(context, validation.agent_id, request.agent_id)
         await rpc.checked(context, validation.leave_reason, request.reason)
         digest = await rpc.checked(context, validation.session, request.session_secret)
-        finals = await rpc.checked(context, validation.leave_released, request)
+        finals, baselines = await rpc.checked(context, validation.leave_released, request)
         try:
             # Its final heartbeat has usually emptied its current set already, so count what it was granted.
             record = (await self._store.read_assignments([agent])).get(agent)
-            still_polling = await self._store.record_leave(agent, digest, finals)
+            still_polling = await self._store.record_leave(agent, digest, finals, baselines)
             if still_polling is None:
                 await rpc.abort(context, grpc.StatusCode.NOT_FOUND, f"agent {agent!r} is not registered")
             released = max(still_polling or 0, len(record.grants) if record is not None else 0)

@@ -105,6 +105,9 @@ class HeartbeatReport:
     # agent is given databases, so a registrant that goes silent at once absorbs none.
     proven: bool = True
     sequence: int = 0  # the request's sequence number (0 from agents before sequence numbers)
+    # resource -> top-query baseline it was released with (opaque bytes; only entries of `released`).
+    # Stored apart from the agent record (see QueryBaseline), in the same atomic write.
+    baselines: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,49 @@ class AgentRecord:
     @property
     def suspect(self) -> bool:
         return self.is_member and self.disconnected_ms > 0
+
+
+# How long a store keeps a released database's top-query baseline for its next owner's grant. A grant
+# follows the release within a leader step; this covers a database left unassigned for a while (no
+# eligible agent) and bounds the store's memory to what was released in the last 15 minutes.
+QUERY_BASELINE_TTL_MS = 15 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class QueryBaseline:
+    """A released database's top-query baseline, as the store keeps it for the next owner's grant.
+    `released_poll_ms` is the final poll time it was released with: a grant carries the baseline only
+    if it carries exactly that poll time (see `baselines_to_attach`)."""
+
+    released_poll_ms: int
+    state: bytes
+
+
+def baseline_candidates(grants: Mapping[str, int], polling: Iterable[str] = ()) -> list[str]:
+    """The grants whose stored baseline a replica must look up: those with a previous owner's poll
+    time, less what the agent reports polling already (it would not restart those)."""
+    skip = set(polling)
+    return [rid for rid in sorted(grants) if grants[rid] > 0 and rid not in skip]
+
+
+def baselines_to_attach(
+    grants: Mapping[str, int], stored: Mapping[str, QueryBaseline], budget_bytes: int
+) -> dict[str, bytes]:
+    """resource -> baseline to send with its grant: a stored baseline released at exactly the grant's
+    poll time (an older hand-off's, or one from before its database moved on from another owner's
+    state, never matches), in resource id order while the total stays within `budget_bytes`."""
+    out: dict[str, bytes] = {}
+    used = 0
+    for rid in sorted(stored):
+        baseline = stored[rid]
+        poll_ms = grants.get(rid, 0)
+        if poll_ms <= 0 or baseline.released_poll_ms != poll_ms or not baseline.state:
+            continue
+        if used + len(baseline.state) > budget_bytes:
+            continue  # a smaller one further on may still fit
+        used += len(baseline.state)
+        out[rid] = baseline.state
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from dbintel.common.config import DATABASE_TYPES
+from dbintel.common.message_limits import MAX_QUERY_BASELINE_BYTES, MAX_RELEASED_BASELINE_BYTES
 from dbintel.v1 import agent_service_pb2, types_pb2
 
 from .model import HeartbeatReport, PollStatus, Registration, session_digest
@@ -69,11 +70,37 @@ def session(secret: str) -> str:
     return session_digest(_text(secret, "session_secret", 256))
 
 
-def leave_released(request: agent_service_pb2.LeaveRequest) -> dict[str, int]:
-    """The final poll times a Leave carries: resource -> last poll ms."""
+def leave_released(request: agent_service_pb2.LeaveRequest) -> tuple[dict[str, int], dict[str, bytes]]:
+    """The final poll times a Leave carries (resource -> last poll ms) and its top-query baselines."""
     if len(request.released) > MAX_RESOURCES_PER_REPORT:
         raise InvalidArgument(f"released: more than {MAX_RESOURCES_PER_REPORT} entries")
-    return {rid: status.last_poll_ms for rid, status in _statuses(request.released, "released").items()}
+    finals = {rid: status.last_poll_ms for rid, status in _statuses(request.released, "released").items()}
+    return finals, query_baselines(request.released)
+
+
+def query_baselines(released) -> dict[str, bytes]:
+    """resource -> top-query baseline of the `released` entries that carry one, each at most
+    MAX_QUERY_BASELINE_BYTES and all together at most MAX_RELEASED_BASELINE_BYTES (message_limits).
+    Call after `_statuses` checked the resource ids."""
+    out: dict[str, bytes] = {}
+    total = 0
+    for index, status in enumerate(released):
+        blob = status.query_baseline
+        if not blob:
+            continue
+        if len(blob) > MAX_QUERY_BASELINE_BYTES:
+            raise InvalidArgument(
+                f"released[{index}].query_baseline: {len(blob)} bytes for {shown(status.resource_id)}, "
+                f"more than {MAX_QUERY_BASELINE_BYTES}"
+            )
+        total += len(blob)
+        if total > MAX_RELEASED_BASELINE_BYTES:
+            raise InvalidArgument(
+                f"released[{index}].query_baseline: the baselines of one request add up to more than "
+                f"{MAX_RELEASED_BASELINE_BYTES} bytes (at {shown(status.resource_id)}); release the rest without one"
+            )
+        out[status.resource_id] = blob
+    return out
 
 
 def _status(index: int, status: types_pb2.ResourceStatus, name: str = "current") -> tuple[str, PollStatus]:
@@ -147,6 +174,7 @@ def heartbeat(
     if len(current) != len(request.current):
         raise InvalidArgument("current: a resource_id appears twice")
     released = _statuses(request.released, "released") if request.released else {}
+    baselines = query_baselines(request.released) if request.released else {}
     return HeartbeatReport(
         agent_id=agent,
         registration=reg,
@@ -155,6 +183,7 @@ def heartbeat(
         coordinator_id=coordinator_id,
         released=released,
         sequence=request.sequence,
+        baselines=baselines,
     )
 
 

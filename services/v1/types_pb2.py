@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x62intel/v1/types.proto\x12\ndbintel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x0eResourceStatus\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x32\n\x0elast_poll_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x12last_poll_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpolls_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\x05 \x01(\x04\x12\n\n\x02up\x18\x06 \x01(\x08\"X\n\rResourceGrant\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x32\n\x0elast_poll_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\nAssignment\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10\x61ssignment_epoch\x18\x02 \x01(\x04\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x04\x12,\n\tresources\x18\x04 \x03(\x0b\x32\x19.dbintel.v1.ResourceGrant\"\xb6\x03\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.dbintel.v1.AgentState\x12\x37\n\x13last_heartbeat_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61ssignment_epoch\x18\x07 \x01(\x04\x12 \n\x18\x61pplied_assignment_epoch\x18\x08 \x01(\x04\x12\x18\n\x10target_resources\x18\t \x01(\r\x12\x19\n\x11\x63urrent_resources\x18\n \x01(\r\x12\x0c\n\x04load\x18\x0b \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x0c \x01(\r\x12\x16\n\x0eunacknowledged\x18\r \x01(\x08\x12\x10\n\x08unproven\x18\x0e \x01(\x08\x12\x35\n\x11\x64isconnected_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chttp_address\x18\x10 \x01(\t\"r\n\x0f\x41ssignmentEntry\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.dbintel.v1.AssignmentState\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\"\xa2\x02\n\x0cResourceInfo\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12+\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.dbintel.v1.ResourceInfo.LabelsEntry\x12\x16\n\x0eowner_agent_id\x18\x07 \x01(\t\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\x12\x17\n\x0fpinned_agent_id\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x04Move\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x15\n\rfrom_agent_id\x18\x02 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x03 \x01(\t*\x8a\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x14\n\x10\x41GENT_STATE_LEFT\x10\x03\x12\x17\n\x13\x41GENT_STATE_EXPIRED\x10\x04*\x91\x01\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_STATE_ASSIGNED\x10\x01\x12\x1c\n\x18\x41SSIGNMENT_STATE_PENDING\x10\x02\x12\x1f\n\x1b\x41SSIGNMENT_STATE_UNASSIGNED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x62intel/v1/types.proto\x12\ndbintel.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\x0eResourceStatus\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x32\n\x0elast_poll_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x12last_poll_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpolls_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\x05 \x01(\x04\x12\n\n\x02up\x18\x06 \x01(\x08\x12\x16\n\x0equery_baseline\x18\x07 \x01(\x0c\"p\n\rResourceGrant\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x32\n\x0elast_poll_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equery_baseline\x18\x03 \x01(\x0c\"|\n\nAssignment\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10\x61ssignment_epoch\x18\x02 \x01(\x04\x12\x14\n\x0cleader_epoch\x18\x03 \x01(\x04\x12,\n\tresources\x18\x04 \x03(\x0b\x32\x19.dbintel.v1.ResourceGrant\"\xb6\x03\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.dbintel.v1.AgentState\x12\x37\n\x13last_heartbeat_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61ssignment_epoch\x18\x07 \x01(\x04\x12 \n\x18\x61pplied_assignment_epoch\x18\x08 \x01(\x04\x12\x18\n\x10target_resources\x18\t \x01(\r\x12\x19\n\x11\x63urrent_resources\x18\n \x01(\r\x12\x0c\n\x04load\x18\x0b \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x0c \x01(\r\x12\x16\n\x0eunacknowledged\x18\r \x01(\x08\x12\x10\n\x08unproven\x18\x0e \x01(\x08\x12\x35\n\x11\x64isconnected_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chttp_address\x18\x10 \x01(\t\"r\n\x0f\x41ssignmentEntry\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.dbintel.v1.AssignmentState\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\"\xa2\x02\n\x0cResourceInfo\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12+\n\x08interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.dbintel.v1.ResourceInfo.LabelsEntry\x12\x16\n\x0eowner_agent_id\x18\x07 \x01(\t\x12\x0c\n\x04\x63ost\x18\x08 \x01(\x01\x12\x17\n\x0fpinned_agent_id\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x04Move\x12\x13\n\x0bresource_id\x18\x01 \x01(\t\x12\x15\n\rfrom_agent_id\x18\x02 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x03 \x01(\t*\x8a\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_STATE_ACTIVE\x10\x01\x12\x18\n\x14\x41GENT_STATE_DRAINING\x10\x02\x12\x14\n\x10\x41GENT_STATE_LEFT\x10\x03\x12\x17\n\x13\x41GENT_STATE_EXPIRED\x10\x04*\x91\x01\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_STATE_ASSIGNED\x10\x01\x12\x1c\n\x18\x41SSIGNMENT_STATE_PENDING\x10\x02\x12\x1f\n\x1b\x41SSIGNMENT_STATE_UNASSIGNED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCEINFO_LABELSENTRY']._loaded_options = None
   _globals['_RESOURCEINFO_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=1445
-  _globals['_AGENTSTATE']._serialized_end=1583
-  _globals['_ASSIGNMENTSTATE']._serialized_start=1586
-  _globals['_ASSIGNMENTSTATE']._serialized_end=1731
+  _globals['_AGENTSTATE']._serialized_start=1493
+  _globals['_AGENTSTATE']._serialized_end=1631
+  _globals['_ASSIGNMENTSTATE']._serialized_start=1634
+  _globals['_ASSIGNMENTSTATE']._serialized_end=1779
   _globals['_RESOURCESTATUS']._serialized_start=104
-  _globals['_RESOURCESTATUS']._serialized_end=303
-  _globals['_RESOURCEGRANT']._serialized_start=305
-  _globals['_RESOURCEGRANT']._serialized_end=393
-  _globals['_ASSIGNMENT']._serialized_start=395
-  _globals['_ASSIGNMENT']._serialized_end=519
-  _globals['_AGENTINFO']._serialized_start=522
-  _globals['_AGENTINFO']._serialized_end=960
-  _globals['_ASSIGNMENTENTRY']._serialized_start=962
-  _globals['_ASSIGNMENTENTRY']._serialized_end=1076
-  _globals['_RESOURCEINFO']._serialized_start=1079
-  _globals['_RESOURCEINFO']._serialized_end=1369
-  _globals['_RESOURCEINFO_LABELSENTRY']._serialized_start=1324
-  _globals['_RESOURCEINFO_LABELSENTRY']._serialized_end=1369
-  _globals['_MOVE']._serialized_start=1371
-  _globals['_MOVE']._serialized_end=1442
+  _globals['_RESOURCESTATUS']._serialized_end=327
+  _globals['_RESOURCEGRANT']._serialized_start=329
+  _globals['_RESOURCEGRANT']._serialized_end=441
+  _globals['_ASSIGNMENT']._serialized_start=443
+  _globals['_ASSIGNMENT']._serialized_end=567
+  _globals['_AGENTINFO']._serialized_start=570
+  _globals['_AGENTINFO']._serialized_end=1008
+  _globals['_ASSIGNMENTENTRY']._serialized_start=1010
+  _globals['_ASSIGNMENTENTRY']._serialized_end=1124
+  _globals['_RESOURCEINFO']._serialized_start=1127
+  _globals['_RESOURCEINFO']._serialized_end=1417
+  _globals['_RESOURCEINFO_LABELSENTRY']._serialized_start=1372
+  _globals['_RESOURCEINFO_LABELSENTRY']._serialized_end=1417
+  _globals['_MOVE']._serialized_start=1419
+  _globals['_MOVE']._serialized_end=1490
 # @@protoc_insertion_point(module_scope)

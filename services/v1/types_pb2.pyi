@@ -36,28 +36,32 @@ ASSIGNMENT_STATE_PENDING: AssignmentState
 ASSIGNMENT_STATE_UNASSIGNED: AssignmentState
 
 class ResourceStatus(_message.Message):
-    __slots__ = ("resource_id", "last_poll_time", "last_poll_duration", "polls_total", "errors_total", "up")
+    __slots__ = ("resource_id", "last_poll_time", "last_poll_duration", "polls_total", "errors_total", "up", "query_baseline")
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_POLL_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_POLL_DURATION_FIELD_NUMBER: _ClassVar[int]
     POLLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BASELINE_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
     last_poll_time: _timestamp_pb2.Timestamp
     last_poll_duration: _duration_pb2.Duration
     polls_total: int
     errors_total: int
     up: bool
-    def __init__(self, resource_id: _Optional[str] = ..., last_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_poll_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., polls_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., up: _Optional[bool] = ...) -> None: ...
+    query_baseline: bytes
+    def __init__(self, resource_id: _Optional[str] = ..., last_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_poll_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., polls_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., up: _Optional[bool] = ..., query_baseline: _Optional[bytes] = ...) -> None: ...
 
 class ResourceGrant(_message.Message):
-    __slots__ = ("resource_id", "last_poll_time")
+    __slots__ = ("resource_id", "last_poll_time", "query_baseline")
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_POLL_TIME_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BASELINE_FIELD_NUMBER: _ClassVar[int]
     resource_id: str
     last_poll_time: _timestamp_pb2.Timestamp
-    def __init__(self, resource_id: _Optional[str] = ..., last_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    query_baseline: bytes
+    def __init__(self, resource_id: _Optional[str] = ..., last_poll_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., query_baseline: _Optional[bytes] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("agent_id", "assignment_epoch", "leader_epoch", "resources")

@@ -94,6 +94,12 @@ async def test_the_calls_reported_across_a_move_add_up_to_the_calls_made(postgre
                 await asyncio.sleep(0.01)
 
         await run(60)  # counted by agent-a
+        a_done = await workload.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        await wait_for(  # agent-a reads every second: let it read those 60 before the move starts
+            lambda: any(r.interval_end > a_done for r in reports.by_agent["agent-a"]),
+            timeout=20,
+            message="agent-a's interval after the first part of the workload",
+        )
         await agents["agent-b"].start()
         moving = asyncio.create_task(run(120))  # running while the database changes hands
         await agents["agent-a"].shutdown()  # Leave: the database moves at once, its baseline with it

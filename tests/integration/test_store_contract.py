@@ -10,12 +10,14 @@ import pytest
 
 from dbintel.common.config import RedisSettings, SentinelSettings
 from dbintel.coordinator.model import (
+    QUERY_BASELINE_TTL_MS,
     AgentAlreadyLeft,
     AgentIdConflict,
     FencedError,
     HeartbeatReport,
     PlacementWrite,
     PollStatus,
+    QueryBaseline,
     Registration,
     SessionMismatch,
     StaleRead,
@@ -23,7 +25,8 @@ from dbintel.coordinator.model import (
 )
 from dbintel.coordinator.store.base import StoreEvent
 from dbintel.coordinator.store.memory_store import MemoryScalingStore
-from dbintel.coordinator.store.redis_store import RedisScalingStore
+from dbintel.coordinator.store.redis_store import RedisScalingStore, tagged_prefix
+from tests.coordinator_harness import wait_for
 
 
 def redis_settings(request, monkeypatch, topology: str, prefix: str) -> RedisSettings:
@@ -263,6 +266,81 @@ async def test_events_reach_subscribers(store):
         assert event.agents == ("a1", "a2")
     finally:
         subscription.close()
+
+
+BLOB = bytes(range(256)) * 3  # a baseline is compressed binary: NULs, invalid UTF-8
+
+
+def released(baselines, **times):
+    return dataclasses.replace(
+        report(), released={rid: PollStatus(ms) for rid, ms in times.items()}, baselines=baselines
+    )
+
+
+async def test_a_release_stores_its_query_baseline_at_its_poll_time_apart_from_the_agent(store):
+    await store.record_heartbeat(report(current={"db:x": PollStatus(1000), "db:y": PollStatus(1000)}), 90_000)
+    await store.record_heartbeat(
+        dataclasses.replace(released({"db:x": BLOB}), released={"db:x": PollStatus(1234), "db:y": PollStatus(1240)}),
+        90_000,
+    )
+    assert await store.read_query_baselines(["db:x", "db:y", "db:z"]) == {"db:x": QueryBaseline(1234, BLOB)}
+    assert (await store.read_agent("a1")).released == {"db:x": 1234, "db:y": 1240}  # the record as before
+    # A Leave stores its own at its final poll times; a newer release replaces an older one.
+    assert await store.record_leave("a1", SESSION, {"db:y": 1300}, {"db:y": b"\x00y"}) == 0
+    assert await store.read_query_baselines(["db:x", "db:y"]) == {
+        "db:x": QueryBaseline(1234, BLOB),
+        "db:y": QueryBaseline(1300, b"\x00y"),
+    }
+    assert await store.read_query_baselines([]) == {}
+    if isinstance(store, RedisScalingStore):
+        key = store._baseline_prefix + "db:x"
+        assert key.startswith(tagged_prefix(store._settings.key_prefix))  # in P's slot (Redis Cluster)
+        assert 0 < await store._client.pttl(key) <= QUERY_BASELINE_TTL_MS
+        assert len(await store._client.hget(store._keys["agents"], "a1")) < len(BLOB)  # not in the record
+        if not store._cluster and not store._sentinel:  # one server: count the reads it served
+
+            async def mgets() -> int:
+                return int((await store._client.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0))
+
+            before = await mgets()
+            await store.read_query_baselines(["db:x", "db:y", "db:z"])
+            assert await mgets() == before + 1  # one batched read
+
+
+async def test_a_refused_release_stores_no_baseline(store):
+    await store.record_heartbeat(report(), 90_000)
+    with pytest.raises(SessionMismatch):
+        await store.record_heartbeat(
+            dataclasses.replace(released({"db:x": BLOB}, **{"db:x": 5}), registration=Registration(instance_id="i1")),
+            90_000,
+        )
+    with pytest.raises(SessionMismatch):
+        await store.record_leave("a1", session_digest("guess"), {"db:y": 5}, {"db:y": BLOB})
+    assert await store.record_leave("nobody", SESSION, {"db:z": 5}, {"db:z": BLOB}) is None
+    assert await store.read_query_baselines(["db:x", "db:y", "db:z"]) == {}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def short_lived_baselines(request, monkeypatch):
+    if request.param == "memory":
+        s = MemoryScalingStore(query_baseline_ttl_ms=300)
+    else:
+        settings = redis_settings(request, monkeypatch, "redis", f"contract:{uuid.uuid4().hex[:8]}:")
+        s = RedisScalingStore(settings, query_baseline_ttl_ms=300)
+    yield s
+    await s.close()
+
+
+async def test_stored_baselines_expire_after_their_ttl(short_lived_baselines):
+    store = short_lived_baselines
+    await store.record_heartbeat(released({"db:x": BLOB}, **{"db:x": 1234}), 90_000)
+    assert await store.read_query_baselines(["db:x"]) == {"db:x": QueryBaseline(1234, BLOB)}
+    await wait_for(lambda: _absent(store, "db:x"), timeout=5, message="the baseline to expire")
+    assert (await store.read_agent("a1")).released == {"db:x": 1234}  # the release itself stays
+
+
+async def _absent(store, rid: str) -> bool:
+    return await store.read_query_baselines([rid]) == {}
 
 
 def test_redis_store_tls_settings_reach_the_connection_pool(tmp_path):

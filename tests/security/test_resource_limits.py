@@ -23,7 +23,13 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dbintel.common.http_endpoints import HTTP_LIMITS
-from dbintel.common.message_limits import CLIENT_MAX_RECEIVE_BYTES, SERVER_MAX_RECEIVE_BYTES, MiB
+from dbintel.common.message_limits import (
+    CLIENT_MAX_RECEIVE_BYTES,
+    MAX_QUERY_BASELINE_BYTES,
+    MAX_RELEASED_BASELINE_BYTES,
+    SERVER_MAX_RECEIVE_BYTES,
+    MiB,
+)
 from dbintel.coordinator.request_guard import FIRST_MESSAGE_MIN_S, first_message_timeout
 from dbintel.coordinator.validation import MAX_RESOURCES_PER_REPORT
 from dbintel.v1 import agent_service_pb2 as apb
@@ -45,7 +51,8 @@ def test_first_message_deadline_is_the_heartbeat_interval_within_2_to_5_seconds(
 
 
 def test_a_full_heartbeat_report_of_typical_ids_fits_the_server_limit():
-    """MAX_RESOURCES_PER_REPORT entries, every field set, with 40-byte ids, fit in 8 MiB (message_limits)."""
+    """MAX_RESOURCES_PER_REPORT entries, every field set, with 40-byte ids, plus the most top-query
+    baselines a request may carry, fit in the server limit (message_limits)."""
     stamp, took = Timestamp(seconds=1_796_000_000, nanos=123_456_789), Duration(seconds=1, nanos=234_567_890)
     entries = [
         types_pb2.ResourceStatus(
@@ -59,7 +66,17 @@ def test_a_full_heartbeat_report_of_typical_ids_fits_the_server_limit():
         for i in range(MAX_RESOURCES_PER_REPORT)
     ]
     assert len(entries[0].resource_id) == 40
-    report = apb.HeartbeatRequest(agent_id="a" * 63, applied_assignment_epoch=2**40, current=entries)
+    baselines = [
+        types_pb2.ResourceStatus(
+            resource_id=f"db:postgresql/moved-{i:020d}",
+            last_poll_time=stamp,
+            query_baseline=bytes(MAX_QUERY_BASELINE_BYTES),
+        )
+        for i in range(MAX_RELEASED_BASELINE_BYTES // MAX_QUERY_BASELINE_BYTES)
+    ]
+    report = apb.HeartbeatRequest(
+        agent_id="a" * 63, applied_assignment_epoch=2**40, current=entries, released=baselines
+    )
     assert report.ByteSize() <= SERVER_MAX_RECEIVE_BYTES < CLIENT_MAX_RECEIVE_BYTES
 
 

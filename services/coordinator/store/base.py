@@ -9,13 +9,18 @@ Writes fall in two groups:
   stream, unfenced: they record what agents say;
 - leader writes (target placement, assignments, expiry) are fenced: they check, atomically inside
   the store, that the writer still holds the lease at its epoch.
+
+A released database's top-query baseline (`QueryBaseline`) is a membership write too: stored with
+the heartbeat or Leave that releases it, in the same atomic write, so no grant of it can be written
+(let alone pushed) before its baseline is there; kept apart from the agent records (which every
+leader step reads whole), one entry per resource, for QUERY_BASELINE_TTL_MS.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..model import (
@@ -27,6 +32,7 @@ from ..model import (
     LeaderInfo,
     Lease,
     PlacementWrite,
+    QueryBaseline,
 )
 
 
@@ -64,15 +70,21 @@ class ScalingStore(abc.ABC):
     # -- membership (unfenced) ----------------------------------------------------------------
     @abc.abstractmethod
     async def record_heartbeat(self, report: HeartbeatReport, node_timeout_ms: int) -> HeartbeatOutcome:
-        """Upsert the agent (re-registering it if the store does not know it) and its current set.
-        Raises AgentIdConflict when a live agent of another pod holds the id, SessionMismatch when
+        """Upsert the agent (re-registering it if the store does not know it) and its current set,
+        and store each of `report.baselines` as a QueryBaseline at its released poll time. Raises AgentIdConflict when a live agent of another pod holds the id, SessionMismatch when
         the registration's instance is known under another session, AgentAlreadyLeft when that
         very registration left."""
 
     @abc.abstractmethod
-    async def record_leave(self, agent_id: str, session: str, released: Mapping[str, int]) -> int | None:
+    async def record_leave(
+        self,
+        agent_id: str,
+        session: str,
+        released: Mapping[str, int],
+        baselines: Mapping[str, bytes] | None = None,
+    ) -> int | None:
         """Mark the agent left, merging the final poll times it `released` (resource -> ms) as a
-        heartbeat would; returns how many databases it reported polling, None if the store does not
+        heartbeat would, and storing its `baselines` (resource -> bytes) at those times; returns how many databases it reported polling, None if the store does not
         know the agent. Raises SessionMismatch unless `session` is its registration's session."""
 
     @abc.abstractmethod
@@ -81,6 +93,10 @@ class ScalingStore(abc.ABC):
         `sequence` of registration `instance_id` was recorded. Refused (False) if the store knows
         a newer heartbeat of it (it reconnected meanwhile), another instance, or a non-member;
         an already suspect agent keeps its first mark. A later heartbeat clears the mark."""
+
+    @abc.abstractmethod
+    async def read_query_baselines(self, resource_ids: Sequence[str]) -> dict[str, QueryBaseline]:
+        """The stored, unexpired baselines of `resource_ids` (absent ones left out), in one read."""
 
     @abc.abstractmethod
     async def read_agent(self, agent_id: str) -> AgentRecord | None: ...

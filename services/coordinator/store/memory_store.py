@@ -7,6 +7,7 @@ import secrets
 import time
 
 from ..model import (
+    QUERY_BASELINE_TTL_MS,
     AgentAlreadyLeft,
     AgentIdConflict,
     AgentRecord,
@@ -18,6 +19,7 @@ from ..model import (
     LeaderInfo,
     Lease,
     PlacementWrite,
+    QueryBaseline,
     SessionMismatch,
     StaleRead,
     membership_digest,
@@ -28,8 +30,10 @@ from .base import ScalingStore, StoreEvent
 class MemoryScalingStore(ScalingStore):
     mode = "memory"
 
-    def __init__(self, clock=time.time):
+    def __init__(self, clock=time.time, *, query_baseline_ttl_ms: int = QUERY_BASELINE_TTL_MS):
         self._clock = clock  # wall clock in seconds; injectable for the contract tests
+        self._baseline_ttl_ms = query_baseline_ttl_ms
+        self._baselines: dict[str, tuple[QueryBaseline, int]] = {}  # resource -> (baseline, expires at ms)
         self._subscribers = set()
         self._lease: Lease | None = None
         self._lease_expires_ms = 0
@@ -105,6 +109,7 @@ class MemoryScalingStore(ScalingStore):
         released.update({rid: s.last_poll_ms for rid, s in report.released.items()})
         for rid in report.current:
             released.pop(rid, None)
+        self._store_baselines(report.baselines, {rid: s.last_poll_ms for rid, s in report.released.items()}, now)
         self._agents[report.agent_id] = AgentRecord(
             report.agent_id,
             report.registration,
@@ -120,12 +125,31 @@ class MemoryScalingStore(ScalingStore):
         self._meta = dataclasses.replace(self._meta, last_heartbeat_write_ms=now)
         return HeartbeatOutcome(changed=changed, rejoined=rejoined)
 
-    async def record_leave(self, agent_id, session, released):
+    def _store_baselines(self, baselines, released_ms, now: int) -> None:
+        """Each baseline at the poll time it was released with; expired entries go first (bounded memory)."""
+        if not baselines:
+            return
+        for rid in [r for r, (_, expires) in self._baselines.items() if expires <= now]:
+            del self._baselines[rid]
+        for rid, state in baselines.items():
+            self._baselines[rid] = (QueryBaseline(released_ms.get(rid, 0), bytes(state)), now + self._baseline_ttl_ms)
+
+    async def read_query_baselines(self, resource_ids):
+        now = self._now()
+        found = {}
+        for rid in resource_ids:
+            entry = self._baselines.get(rid)
+            if entry is not None and entry[1] > now:
+                found[rid] = entry[0]
+        return found
+
+    async def record_leave(self, agent_id, session, released, baselines=None):
         old = self._agents.get(agent_id)
         if old is None:
             return None
         if old.registration.session != session:
             raise SessionMismatch(f"agent {agent_id!r}: not this registration's session")
+        self._store_baselines(baselines, released, self._now())
         finals = dict(old.released)
         for rid, ms in released.items():
             finals[rid] = max(ms, finals.get(rid, 0))

@@ -13,6 +13,8 @@ Key layout (P = `{key_prefix}`, or key_prefix itself when it holds a hash tag), 
   P assignments       hash    agent id -> JSON {epoch, leader_epoch, grants: {resource: last_poll_ms}}
   P meta              hash    assignment_epoch, rebalances_total, moves_total, last_rebalance_ms,
                               last_rebalance_reason, grace_from_ms, last_heartbeat_write_ms, leader_tick_ms
+  P handoff:<resource> string  "<released last_poll_ms>:<base64 top-query baseline>", PX 15 min; written
+                              with the heartbeat or Leave that releases the resource (same script)
   P events            pub/sub channel of StoreEvent JSON
 Redis TIME is the clock for every timestamp, so replicas with skewed clocks agree.
 
@@ -26,6 +28,7 @@ renames them once (see _MIGRATE) and leaves a marker under the old lease key.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -59,6 +62,7 @@ from dbintel.common.endpoints import parse_host_port
 from dbintel.common.secrets import resolve_secret
 
 from ..model import (
+    QUERY_BASELINE_TTL_MS,
     AgentAlreadyLeft,
     AgentIdConflict,
     AgentRecord,
@@ -71,6 +75,7 @@ from ..model import (
     Lease,
     PlacementWrite,
     PollStatus,
+    QueryBaseline,
     Registration,
     SessionMismatch,
     StaleRead,
@@ -107,7 +112,9 @@ return 1
 # KEYS: agents, meta. ARGV: agent id, registration JSON, applied epoch, current JSON, coordinator id,
 # node_timeout_ms, model.membership_digest of the report, released JSON {resource: last_poll_ms},
 # proven ('1' or '0'; a proven registration stays proven), the unproven digest, the request's sequence
-# (kept as the instance's highest; the record is rewritten without `disc`: heard from). Returns {changed, rejoined}, {-1, pod
+# (kept as the instance's highest; the record is rewritten without `disc`: heard from), the baselines'
+# PX ms; then one value per KEYS[3..] (P handoff:<resource>, "<ms>:<base64>"), set in the same script as
+# the record that makes the release visible. Returns {changed, rejoined}, {-1, pod
 # holding the id}, {-2, ''} (this very registration left) or {-3, ''} (its instance, another session).
 # A member's heartbeat changed the membership iff its digest differs from the stored one (`mkey`).
 _HEARTBEAT = (
@@ -143,18 +150,21 @@ local seq = tonumber(ARGV[11])
 if old and old.reg.instance_id == reg.instance_id and tonumber(old.seq or 0) > seq then seq = tonumber(old.seq) end
 local doc = {reg = reg, state = state, hb = now, applied = tonumber(ARGV[3]), cur = cur, rel = rel,
              mkey = proven and ARGV[7] or ARGV[10], coord = ARGV[5], proven = proven, seq = seq}
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[10 + i], 'PX', ARGV[12]) end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(doc))
 redis.call('HSET', KEYS[2], 'last_heartbeat_write_ms', now)
 return {changed, rejoined}
 """
 )
-# KEYS: agents. ARGV: agent id, session digest, released JSON {resource: last_poll_ms}.
+# KEYS: agents, then P handoff:<resource> per baseline. ARGV: agent id, session digest, released JSON
+# {resource: last_poll_ms}, the baselines' PX ms, then one value per baseline key (as in _HEARTBEAT).
 # Returns the agent's current count, -1 (unknown agent) or -2 (another session).
 _LEAVE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return -1 end
 local doc = cjson.decode(raw)
 if (doc.reg.session or '') ~= ARGV[2] then return -2 end
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[4]) end
 doc.state = 'left'
 local rel = doc.rel or {}
 for r, ms in pairs(cjson.decode(ARGV[3])) do
@@ -386,8 +396,17 @@ def _client(settings: RedisSettings, operation_timeout: float) -> Any:
 class RedisScalingStore(ScalingStore):
     mode = "redis"
 
-    def __init__(self, settings: RedisSettings, *, operation_timeout: float = 1.0):
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        operation_timeout: float = 1.0,
+        query_baseline_ttl_ms: int = QUERY_BASELINE_TTL_MS,
+    ):
         self._settings = settings
+        self._baseline_ttl_ms = query_baseline_ttl_ms
+        # P handoff:<resource>: built here, passed in KEYS (in P's slot through the hash tag)
+        self._baseline_prefix = state_key(settings.key_prefix, "handoff:")
         self._address = settings.describe()
         self._cluster = settings.cluster
         self._sentinel = settings.sentinel is not None
@@ -619,9 +638,11 @@ class RedisScalingStore(ScalingStore):
         }
         current = {rid: status.to_list() for rid, status in report.current.items()}
         digest = membership_digest(reg, report.applied_epoch, report.current)
+        released_ms = {r: s.last_poll_ms for r, s in report.released.items()}
+        baseline_keys, baseline_values = self._baseline_writes(report.baselines, released_ms)
         result = await self._script(
             "heartbeat",
-            [self._keys["agents"], self._keys["meta"]],
+            [self._keys["agents"], self._keys["meta"], *baseline_keys],
             [
                 report.agent_id,
                 json.dumps(registration, sort_keys=True),
@@ -630,12 +651,14 @@ class RedisScalingStore(ScalingStore):
                 report.coordinator_id,
                 node_timeout_ms,
                 digest,
-                json.dumps({r: s.last_poll_ms for r, s in report.released.items()}),
+                json.dumps(released_ms),
                 "1" if report.proven else "0",
                 # Needed only when the store decides (an unproven report of a maybe-proven instance):
                 # a stream's first heartbeat, not the hot path.
                 digest if report.proven else membership_digest(reg, report.applied_epoch, report.current, proven=False),
                 report.sequence,
+                self._baseline_ttl_ms,
+                *baseline_values,
             ],
         )
         if int(result[0]) == -1:
@@ -646,9 +669,39 @@ class RedisScalingStore(ScalingStore):
             raise SessionMismatch(f"agent {report.agent_id!r}: this registration has another session")
         return HeartbeatOutcome(changed=int(result[0]) == 1, rejoined=int(result[1]) == 1)
 
-    async def record_leave(self, agent_id, session, released):
+    def _baseline_writes(self, baselines, released_ms) -> tuple[list[str], list[str]]:
+        """(P handoff:<resource> keys, "<released ms>:<base64>" values) for `baselines`. Base64: the
+        client decodes replies as text, and the blob is compressed binary."""
+        keys, values = [], []
+        for rid, state in baselines.items():
+            keys.append(self._baseline_prefix + rid)
+            values.append(f"{int(released_ms.get(rid, 0))}:{base64.b64encode(state).decode()}")
+        return keys, values
+
+    async def read_query_baselines(self, resource_ids):
+        if not resource_ids:
+            return {}
+        ids = list(resource_ids)
+        values = await self._call(self._client.mget([self._baseline_prefix + rid for rid in ids]))
+        found = {}
+        for rid, value in zip(ids, values, strict=True):
+            if not value:
+                continue
+            ms, _, encoded = value.partition(":")
+            try:
+                found[rid] = QueryBaseline(int(ms), base64.b64decode(encoded, validate=True))
+            except ValueError:
+                log.warning("ignoring a malformed top-query baseline under %s", self._baseline_prefix + rid)
+        return found
+
+    async def record_leave(self, agent_id, session, released, baselines=None):
         finals = json.dumps(dict(released)) if released else "{}"
-        result = int(await self._script("leave", [self._keys["agents"]], [agent_id, session, finals]))
+        keys, values = self._baseline_writes(baselines or {}, released)
+        result = int(
+            await self._script(
+                "leave", [self._keys["agents"], *keys], [agent_id, session, finals, self._baseline_ttl_ms, *values]
+            )
+        )
         if result == -2:
             raise SessionMismatch(f"agent {agent_id!r}: not this registration's session")
         return None if result == -1 else result
