@@ -44,10 +44,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from dbintel.common.message_limits import MAX_QUERY_BASELINE_BYTES
+
 from .model import StatementCounters, StatementRead, TopQuery, TopQueryReport
 from .obfuscation import ObfuscatedText
 
-HANDOFF_LIMIT = 64 * 1024  # bytes; the coordinator refuses larger baselines
+HANDOFF_LIMIT = MAX_QUERY_BASELINE_BYTES  # the coordinator refuses larger baselines
 _FORMAT = 1
 
 
