@@ -133,10 +133,7 @@ class _Tok(NamedTuple):
     kind: TokenType
     literal: bool
     glued_left: bool
-
-    @property
-    def upper(self) -> str:
-        return self.text.upper()
+    upper: str  # read many times per token by the summary's rules
 
 
 class _Stream(NamedTuple):
@@ -654,7 +651,7 @@ def query_summary(text: str, dialect: SqlDialect, *, max_length: int = 255) -> s
     stream = _tokens(text, dialect) if text.strip() else None
     if not stream or not stream.texts:
         return OTHER
-    tokens = [_Tok(t, k, k is _PLACEHOLDER_KIND, g) for t, k, g in zip(*stream, strict=True)]
+    tokens = [_Tok(t, k, k is _PLACEHOLDER_KIND, g, t.upper()) for t, k, g in zip(*stream, strict=True)]
     return _bounded(_summary_words(tokens), max_length)
 
 
