@@ -5,20 +5,27 @@ Pure functions, no I/O. Every text a source exports goes through one of them (de
 SQL (`obfuscate_sql`, both dialects), tokenized with sqlglot's tokenizer (no parse):
 - replaced by `?`: every string literal ('..', with '' or, in MySQL, \\' escapes; PostgreSQL E'..',
   U&'..', $$..$$ and $tag$..$tag$; MySQL "double-quoted" strings, as with ANSI_QUOTES off; N'..' and
-  charset-introduced _utf8mb4'..' as one literal), every number (including -less signs kept apart:
-  `-?`; 1_000, 0o17 and .5 as one literal), hex/bit/byte strings (X'..', 0x.., B'..', b'..', 0b..),
+  charset-introduced _utf8mb4'..' as one literal), every number (1_000, 0o17 and .5 as one literal;
+  a minus sign stays an operator: `- ?`), hex/bit/byte strings (X'..', 0x.., B'..', b'..', 0b..),
   TRUE and FALSE, and PostgreSQL positional parameters `$1` (so pg_stat_statements' normalised text and
-  a raw text read the same; MySQL's `?` stays `?`).
+  a raw text read the same, and their lists collapse alike; MySQL's `?` stays `?`). Typed literals
+  keep their type word: `interval ?`, `date ?`.
 - collapsed: a parenthesised list of nothing but `?` after IN, VALUES or ARRAY becomes `(?)` (`[?]`),
   and VALUES rows `(?), (?)` one `(?)`, so a statement's text does not vary with its list length.
 - removed: comments (`--`, `/* */` nested as PostgreSQL nests them, MySQL `#`), MySQL executable
   comments `/*! .. */` and optimizer hints `/*+ .. */` (their contents could hold literals).
-- kept: keywords, identifiers (quoted ones with their quotes), operators, NULL, casts (`::int`),
-  MySQL `@user_var` / `@@system_var` names, `?` placeholders. Whitespace collapses to one space,
-  except none inside `a.b`, `f(`, `::`, before `,` `)` `]` and after `(` `[`.
+- kept: keywords, identifiers (quoted ones with their quotes: in PostgreSQL "x" is a name, not a
+  value), operators, NULL, casts (`::int`), MySQL `@user_var` / `@@system_var` names, `?`
+  placeholders, the `(...)` of MySQL digest texts. Whitespace collapses to one space, except none
+  inside `a.b`, `f(`, `::`, before `,` `)` `]` and after `(` `[`. A "command" statement whose rest
+  sqlglot returns untokenized (CALL, EXPLAIN, SHOW, DO, MySQL REPLACE ..) has its rest tokenized too.
 - truncated to `max_length` on a token boundary, ending with " ..." (the marker counts in the length).
 - fails closed: text the tokenizer rejects (unterminated quote or comment), holds a control
-  character, or yields a token the tokenizer does not know, gives `PLACEHOLDER` ("?"), never the text.
+  character, yields a token the tokenizer does not know, or keeps a quote outside a quoted identifier
+  (a literal the tokenizer did not see as one) gives `PLACEHOLDER` ("?"), never the text. PostgreSQL
+  is read with standard_conforming_strings on (the default since 9.1: a backslash in '..' is itself)
+  and MySQL with backslash escapes and ANSI_QUOTES off (the defaults); a server set otherwise gives
+  texts that tokenize differently, which ends in the placeholder when the quotes no longer pair up.
 
 `query_summary`: the statement's operation keyword and the tables it names (after FROM, JOIN, INTO,
 UPDATE, TABLE; CALL's procedure), as OpenTelemetry's db.query.summary: "SELECT orders customers",
