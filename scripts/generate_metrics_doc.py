@@ -149,7 +149,11 @@ def _fraction(covered: int, total: int) -> str:
     return f"{covered} of {total}"
 
 
-def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Sequence[Mapping[str, str]]]) -> str:
+def render(
+    tables: Mapping[str, Sequence | None],
+    references: Mapping[str, Sequence[Mapping[str, str]]],
+    query_specs: Sequence = (),
+) -> str:
     """docs/metrics.md for these tables (type -> specs, None = not implemented), in `tables` order."""
     out = [
         "# Database metrics",
@@ -216,16 +220,28 @@ def render(tables: Mapping[str, Sequence | None], references: Mapping[str, Seque
             if missing:
                 out += ["", f"{label}: " + ", ".join(code(n) for n in missing) + "."]
         out += [""] + _metric_rows(specs)
+    if query_specs:
+        out += [
+            "",
+            "## Query intelligence (every database type)",
+            "",
+            "Only with `top_query_collection` / `query_sample_collection` enabled (off by default). Series per "
+            "database: at most `top_n_query` statements × 3, plus one per state and wait event of the last "
+            "sample; see docs/query-intelligence.md.",
+            "",
+        ] + _metric_rows(query_specs)
     return "\n".join(out) + "\n"
 
 
 def generate() -> str:
+    from dbintel.agent.queries.metrics import QUERY_TABLE
     from dbintel.common.config import DATABASE_TYPES
 
     tables = load_tables(DATABASE_TYPES)
     return render(
         {t: (tuple(table) if table is not None else None) for t, table in tables.items()},
         {t: load_reference(t) for t in DATABASE_TYPES},
+        tuple(QUERY_TABLE),
     )
 
 

@@ -124,6 +124,20 @@ class LocalPostgres:
                 stderr=subprocess.STDOUT,
             )
         _wait_port(self.port, self._process, log, "postgres")
+        # Top queries need the extension in the database the demo watches; a server that just opened its
+        # port may still refuse connections while it starts up, so try for a few seconds.
+        psql = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                run([*psql, "-c", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"])
+                break
+            except subprocess.CalledProcessError as exc:
+                if time.monotonic() > deadline:
+                    raise LocalServerError(
+                        f"creating pg_stat_statements failed: {exc.stderr.decode()[-500:]}"
+                    ) from None
+                time.sleep(0.2)
 
     def stop(self) -> None:
         self._process.terminate()  # smart shutdown

@@ -43,7 +43,12 @@ def _demo_config(pg_port: int, redis_port: int, base_port: int) -> Config:
             "coordinator": {"heartbeat_interval": "5s", "node_timeout": "15s", "min_rebalance_interval": "10s"},
         },
         "coordinator": {"grpc_listen": f"127.0.0.1:{base_port}"},
-        "agent": {"coordinator": f"127.0.0.1:{base_port}"},
+        "agent": {
+            "coordinator": f"127.0.0.1:{base_port}",
+            # Query intelligence on, so `dbintel top` has something to show from the first minute.
+            "top_query_collection": {"enabled": True, "collection_interval": "10s"},
+            "query_sample_collection": {"enabled": True, "collection_interval": "5s"},
+        },
         "databases": [
             {
                 "name": "postgres",
@@ -98,6 +103,7 @@ def banner(config: Config, coordinator: Coordinator, fleet: Sequence[Agent], add
             for agent in fleet
         ],
         ("status", f"dbintel status --coordinator {address}"),
+        *[("top queries", f"dbintel top {rid} --coordinator {address}") for rid in list(config.resources())[:1]],
         ("grpcurl", f"grpcurl -plaintext {address} list"),
     ]
     width = max(len(label) for label, _ in rows)

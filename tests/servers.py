@@ -815,6 +815,10 @@ class MariaDBServer(ManagedServer):
             f"--bind-address={self.host}",
             f"--pid-file={self.root / 'mariadb.pid'}",
             "--performance-schema=ON",
+            # what the query samples read (off by default on MariaDB): current statements and waits
+            "--performance-schema-consumer-events-statements-current=ON",
+            "--performance-schema-consumer-events-waits-current=ON",
+            "--performance-schema-instrument=wait/lock/metadata/sql/mdl=ON",  # metadata-lock blockers
             "--skip-log-bin",
             "--skip-name-resolve",
             "--innodb-flush-log-at-trx-commit=2",

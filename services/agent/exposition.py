@@ -23,13 +23,15 @@ trade-off: a stamped series that ends is not marked stale, it fades after the lo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from .collectors.metric_table import Sample
+from .queries.metrics import session_samples, top_query_samples
 from .scheduler import ResourceSnapshot
 
 RESOURCE_LABEL = "dbintel_resource"
@@ -111,26 +113,55 @@ def render_snapshot(snapshot: ResourceSnapshot, *, poll_timestamps: bool = False
         f'{UP_NAME}{{{resource},type="{_escape_label(snapshot.db_type)}"}} {1.0 if snapshot.up else 0.0}{stamp}\n',
     )
     for samples in snapshot.samples_by_metric.values():
-        spec = samples[0].spec
-        name = spec.prometheus_name  # counters already end in _total, as the text format wants
-        user = "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
-        # One %-template per family: the labels' layout is fixed, only values change per sample.
-        static = (name + "{" + resource + user).replace("%", "%%")  # a user label value may hold a %
-        template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r" + stamp + "\n"
-        width = len(spec.label_names)
-        lines: list[str] = []
-        append = lines.append
-        for sample in samples:
-            value = float(sample.value)
-            if not math.isfinite(value):
-                line = template.replace("%r", _format_value(value).replace("%", "%%"))
-                append(line % _attribute_values(sample.attributes[:width]))
-                continue
-            append(template % (*_attribute_values(sample.attributes[:width]), value))
-        out[name] = _RenderedFamily(
-            f"# HELP {name} {_escape_help(spec.description)}\n# TYPE {name} {spec.prometheus_type}\n", "".join(lines)
-        )
+        _render_family(out, snapshot, resource, samples, stamp)
+    activity = snapshot.activity
+    if activity is not None:
+        # Stamped with their own reads, not the poll's: a value that changes between two polls must
+        # not reach Prometheus twice under one timestamp.
+        for read, at in (
+            (top_query_samples(activity), activity.top.interval_end if activity.top else None),
+            (session_samples(activity), activity.sessions_at),
+        ):
+            own = f" {int(at * 1000)}" if poll_timestamps and at is not None else ""
+            for family in _by_metric(read):
+                _render_family(out, snapshot, resource, family, own)
     return out
+
+
+def _by_metric(samples: list[Sample]) -> list[list[Sample]]:
+    families: dict[str, list[Sample]] = {}
+    for sample in samples:
+        families.setdefault(sample.spec.name, []).append(sample)
+    return list(families.values())
+
+
+def _render_family(
+    out: dict[str, _RenderedFamily],
+    snapshot: ResourceSnapshot,
+    resource: str,
+    samples: Sequence[Sample],
+    stamp: str,
+) -> None:
+    """Add one metric's samples of one database to `out` (all samples share `samples[0].spec`)."""
+    spec = samples[0].spec
+    name = spec.prometheus_name  # counters already end in _total, as the text format wants
+    user = "".join(f',{k}="{_escape_label(v)}"' for k, v in snapshot.user_labels(spec).items())
+    # One %-template per family: the labels' layout is fixed, only values change per sample.
+    static = (name + "{" + resource + user).replace("%", "%%")  # a user label value may hold a %
+    template = static + "".join(f',{n}="%s"' for n in spec.label_names) + "} %r" + stamp + "\n"
+    width = len(spec.label_names)
+    lines: list[str] = []
+    append = lines.append
+    for sample in samples:
+        value = float(sample.value)
+        if not math.isfinite(value):
+            line = template.replace("%r", _format_value(value).replace("%", "%%"))
+            append(line % _attribute_values(sample.attributes[:width]))
+            continue
+        append(template % (*_attribute_values(sample.attributes[:width]), value))
+    out[name] = _RenderedFamily(
+        f"# HELP {name} {_escape_help(spec.description)}\n# TYPE {name} {spec.prometheus_type}\n", "".join(lines)
+    )
 
 
 def _family(prometheus_name: str, documentation: str, typ: str) -> tuple[Metric, str]:

@@ -34,7 +34,7 @@ from .collectors.base import DatabaseCollector
 from .coordinator_link import CoordinatorLink
 from .exposition import AgentExposition, AgentStatus
 from .otlp import OTLPPush
-from .scheduler import CollectorSetupError, PollScheduler, ResourceSnapshot
+from .scheduler import ActivityListener, CollectorSetupError, PollScheduler, ResourceSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,14 @@ class Agent:
         self._ignore_assignments = config.scaling.receiver_scaling.ignore_assignments
         self.registry = CollectorRegistry()
         self._scheduler = PollScheduler(
-            make_collector, max_concurrent_polls=config.agent.max_concurrent_polls, on_poll=self._on_poll
+            make_collector,
+            max_concurrent_polls=config.agent.max_concurrent_polls,
+            on_poll=self._on_poll,
+            # the config in force when a database is granted (a reload may change the defaults)
+            query_settings=lambda database: self._config.agent.query_settings(database),
+            on_activity=self._activity_changed,
         )
+        self._activity_listeners: list[ActivityListener] = []
         self._exposition = AgentExposition(
             self.registry,
             snapshots=self._exposed_snapshots,
@@ -208,6 +214,18 @@ class Agent:
         """What /metrics shows: nothing once shutdown has released the databases, whose next owners
         continue their series (the snapshots stay until then for the final OTLP export)."""
         return {} if self._polling_stopped else self._scheduler.snapshots()
+
+    def add_activity_listener(self, listener: ActivityListener) -> None:
+        """Call `listener(before, after)` on the event loop whenever a database's query activity changes
+        (a new top-query interval or sample read); it must not block."""
+        self._activity_listeners.append(listener)
+
+    def _activity_changed(self, before: ResourceSnapshot | None, after: ResourceSnapshot) -> None:
+        for listener in self._activity_listeners:
+            try:
+                listener(before, after)
+            except Exception:  # one broken consumer must not stop the reads nor the others
+                log.exception("an activity listener failed")
 
     def _on_poll(self, db_type: str, seconds: float) -> None:
         self._exposition.observe_poll(db_type, seconds)

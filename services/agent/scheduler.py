@@ -19,19 +19,25 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 
-from dbintel.common.config import DatabaseConfig
+from dbintel.common.config import DatabaseConfig, QuerySampleCollection, TopQueryCollection
 
 from .collectors.base import DatabaseCollector
-from .collectors.metric_table import CollectionResult, MetricSpec, Sample
-from .queries.model import QueryActivity
+from .collectors.metric_table import CollectionResult, MetricSpec, QueryError, Sample
+from .queries.model import QueryActivity, SampleRead, StatementRead, TopQueryReport
+from .queries.tracker import HandoffStateError, StatementTexts, TopQueryTracker
 
 log = logging.getLogger(__name__)
 
 # A revoked database's collector gets this long to close its connection before it is abandoned.
 CLOSE_TIMEOUT = 5.0
+# Top-query states of released databases kept for the link to read (see PollScheduler.query_baseline).
+RELEASED_BASELINES = 10_000
+
+QuerySettings = Callable[[DatabaseConfig], tuple[TopQueryCollection, QuerySampleCollection]]
+ActivityListener = Callable[["ResourceSnapshot | None", "ResourceSnapshot"], None]
 
 
 def first_poll_delay(interval: float, now: float, last_poll_time: float | None, jitter: float) -> float:
@@ -155,6 +161,18 @@ class _Poller:
         self.collector: DatabaseCollector | None = None
         self.task: asyncio.Task[None] | None = None
         self.inflight: asyncio.Task[CollectionResult] | None = None  # the running collect()
+        # Query intelligence: its reads share the collector's connection, so they take turns with polls.
+        self.turn = asyncio.Lock()
+        self.query_tasks: list[asyncio.Task[None]] = []
+        self.tracker: TopQueryTracker | None = None
+        self.texts = StatementTexts()
+        self.top_errors: tuple[QueryError, ...] = ()
+        self.sample_errors: tuple[QueryError, ...] = ()
+        self.reported: set[str] = set()  # query-intelligence error messages already logged
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return ([self.task] if self.task is not None else []) + self.query_tasks
 
 
 def _consume_outcome(task: asyncio.Task) -> None:
@@ -174,8 +192,12 @@ class PollScheduler:
         on_poll: Callable[[str, float], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        query_settings: QuerySettings | None = None,
+        on_activity: ActivityListener | None = None,
     ):
         self._factory = collector_factory
+        self._query_settings = query_settings  # None: no query intelligence at all
+        self._on_activity = on_activity  # (before, after) whenever a database's activity changes
         self._semaphore = asyncio.Semaphore(max_concurrent_polls)
         self.max_concurrent_polls = max_concurrent_polls
         self._on_poll = on_poll  # (db_type, seconds) for the poll-duration histogram
@@ -184,6 +206,7 @@ class PollScheduler:
         self._pollers: dict[str, _Poller] = {}
         self._snapshots: dict[str, ResourceSnapshot] = {}  # replaced on every change, never mutated
         self._retiring: set[asyncio.Task[None]] = set()
+        self._released_baselines: dict[str, bytes] = {}
         self._changed = asyncio.Event()  # set whenever the snapshots are replaced; see changed()
 
     # -- views ----------------------------------------------------------------------------------
@@ -234,15 +257,21 @@ class PollScheduler:
         delay = first_poll_delay(interval, self._wall(), last_poll_time, self._rng.random())
         poller = _Poller(resource_id, database, loop.time() + delay)
         self._pollers[resource_id] = poller
+        self._released_baselines.pop(resource_id, None)
         self._publish(resource_id, ResourceSnapshot(resource_id, database, inherited_last_poll_time=last_poll_time))
         poller.task = loop.create_task(self._run(poller), name=f"poll {resource_id}")
         log.debug("polling %s every %ss, first poll in %.3fs", resource_id, interval, delay)
+        if self._query_settings is not None:
+            self._start_query_loops(poller, *self._query_settings(database), query_baseline)
 
     def query_baseline(self, resource_id: str) -> bytes | None:
         """The top-query state to hand to the next owner of a database held or just removed (bounded;
         see queries.tracker), or None when there is none. Read when the database is released, which is
-        after `remove()`: the state of a removed database is kept until it is read or re-added."""
-        return None
+        after `remove()`: the state of a removed database is kept until it is re-added."""
+        poller = self._pollers.get(resource_id)
+        if poller is not None:
+            return poller.tracker.handoff_state() if poller.tracker is not None else None
+        return self._released_baselines.get(resource_id)
 
     async def remove(self, resource_ids: set[str] | frozenset[str]) -> None:
         """Stop polling: the series vanish at once, the loops are cancelled before this returns, and the
@@ -255,6 +284,12 @@ class PollScheduler:
             snapshots.pop(poller.resource_id, None)
         self._replace(snapshots)
         await self._stop_loops(pollers)
+        for poller in pollers:  # after the loops stopped: no read can move the state on any more
+            state = poller.tracker.handoff_state() if poller.tracker is not None else None
+            if state is not None:
+                self._released_baselines[poller.resource_id] = state
+        while len(self._released_baselines) > RELEASED_BASELINES:
+            del self._released_baselines[next(iter(self._released_baselines))]
         for poller in pollers:
             task = asyncio.get_running_loop().create_task(self._retire(poller), name=f"close {poller.resource_id}")
             self._retiring.add(task)
@@ -277,7 +312,7 @@ class PollScheduler:
 
     @staticmethod
     async def _stop_loops(pollers: list[_Poller]) -> None:
-        tasks = [p.task for p in pollers if p.task is not None and not p.task.done()]
+        tasks = [t for p in pollers for t in p.tasks if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -315,7 +350,7 @@ class PollScheduler:
     async def _poll(self, poller: _Poller) -> None:
         loop = asyncio.get_running_loop()
         timeout = poller.database.poll_timeout.total_seconds()
-        async with self._semaphore:
+        async with self._semaphore, poller.turn:
             started_wall, started = self._wall(), loop.time()
             outcome: CollectionResult | tuple[str, str]
             if poller.inflight is not None and not poller.inflight.done():
@@ -368,3 +403,163 @@ class PollScheduler:
             )
             return ("collector_error", type(exc).__name__)
         return task.result()
+
+    # -- query intelligence ---------------------------------------------------------------------
+    def _start_query_loops(
+        self,
+        poller: _Poller,
+        top: TopQueryCollection,
+        samples: QuerySampleCollection,
+        query_baseline: bytes | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if top.enabled:
+            poller.tracker = self._tracker(poller, top, query_baseline)
+            poller.query_tasks.append(loop.create_task(self._run_top(poller, top), name=f"top {poller.resource_id}"))
+        if samples.enabled:
+            poller.query_tasks.append(
+                loop.create_task(self._run_samples(poller, samples), name=f"samples {poller.resource_id}")
+            )
+
+    @staticmethod
+    def _tracker(poller: _Poller, top: TopQueryCollection, query_baseline: bytes | None) -> TopQueryTracker:
+        if query_baseline:
+            try:
+                return TopQueryTracker.from_handoff_state(query_baseline, top.top_n_query)
+            except HandoffStateError as exc:  # start afresh: one interval without top queries, no wrong one
+                log.warning("%s: the previous owner's top-query state is unusable: %s", poller.resource_id, exc)
+        return TopQueryTracker(top.top_n_query)
+
+    async def _query_loop(
+        self, poller: _Poller, interval: float, first_delay: float, read: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Run `read` on an anchored schedule until it says the database cannot do it (False)."""
+        loop = asyncio.get_running_loop()
+        slot = loop.time() + first_delay
+        while True:
+            await asyncio.sleep(max(0.0, slot - loop.time()))
+            try:
+                if not await read():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the schedule, nor the polls
+                log.exception("query read of %s failed unexpectedly", poller.resource_id)
+            slot = next_slot(slot, interval, loop.time())
+
+    async def _run_top(self, poller: _Poller, settings: TopQueryCollection) -> None:
+        interval = settings.collection_interval.total_seconds()
+        tracker = poller.tracker
+        assert tracker is not None
+        # After a hand-off the first read lands one interval after the previous owner's last.
+        delay = first_poll_delay(interval, self._wall(), tracker.read_at, self._rng.random())
+        await self._query_loop(poller, interval, delay, lambda: self._read_top(poller, settings))
+
+    async def _run_samples(self, poller: _Poller, settings: QuerySampleCollection) -> None:
+        interval = settings.collection_interval.total_seconds()
+        delay = self._rng.random() * interval
+        await self._query_loop(poller, interval, delay, lambda: self._read_samples(poller, settings))
+
+    def _query_collector(self, poller: _Poller, kind: str) -> DatabaseCollector | None:
+        try:
+            if poller.collector is None:
+                poller.collector = self._factory(poller.resource_id, poller.database)
+        except CollectorSetupError:
+            return None  # the poll loop reports it
+        supported = poller.collector.supports_top_queries if kind == "top" else poller.collector.supports_query_samples
+        if not supported:
+            raise _Unsupported(kind)
+        return poller.collector
+
+    async def _read_top(self, poller: _Poller, settings: TopQueryCollection) -> bool:
+        limit = settings.max_rows_per_query
+        tracker = poller.tracker
+        assert tracker is not None
+        timeout = poller.database.poll_timeout.total_seconds()
+        async with self._semaphore, poller.turn:
+            try:
+                collector = self._query_collector(poller, "top")
+            except _Unsupported:
+                log.info("%s: %s has no top queries; not collecting them", poller.resource_id, poller.database.type)
+                return False
+            if collector is None:
+                return True
+            now = self._wall()
+            errors: list[QueryError] = []
+            try:
+                async with asyncio.timeout(timeout):
+                    read = await collector.read_statement_stats(limit, tracker.cursor)
+            except TimeoutError:
+                read = StatementRead(
+                    errors=(QueryError("read_statement_stats", "timeout", f"no answer within {timeout:g}s"),)
+                )
+            errors += read.errors
+            report = tracker.observe(read, now, limit=limit)
+            if report is not None:
+                missing = poller.texts.missing(q.statement.query_id for q in report.queries if q.text is None)
+                if missing:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            poller.texts.put(await collector.fetch_statement_texts(missing))
+                    except TimeoutError:
+                        errors.append(QueryError("fetch_statement_texts", "timeout", f"no answer within {timeout:g}s"))
+                report = poller.texts.fill(report)
+        poller.top_errors = tuple(errors)
+        self._set_activity(poller, report=report)
+        return True
+
+    async def _read_samples(self, poller: _Poller, settings: QuerySampleCollection) -> bool:
+        timeout = poller.database.poll_timeout.total_seconds()
+        async with self._semaphore, poller.turn:
+            try:
+                collector = self._query_collector(poller, "samples")
+            except _Unsupported:
+                log.info("%s: %s has no query samples; not collecting them", poller.resource_id, poller.database.type)
+                return False
+            if collector is None:
+                return True
+            now = self._wall()
+            try:
+                async with asyncio.timeout(timeout):
+                    read = await collector.read_query_samples(settings.max_rows_per_query)
+            except TimeoutError:
+                read = SampleRead(
+                    errors=(QueryError("read_query_samples", "timeout", f"no answer within {timeout:g}s"),)
+                )
+        poller.sample_errors = read.errors
+        failed = bool(read.errors) and not read.sessions
+        self._set_activity(poller, sessions=None if failed else read, sessions_at=now)
+        return True
+
+    def _set_activity(
+        self,
+        poller: _Poller,
+        *,
+        report: TopQueryReport | None = None,
+        sessions: SampleRead | None = None,
+        sessions_at: float | None = None,
+    ) -> None:
+        """Publish what a read brought (a None report or sessions keep the previous ones)."""
+        snapshot = self._snapshots.get(poller.resource_id)
+        if snapshot is None or self._pollers.get(poller.resource_id) is not poller:
+            return  # revoked meanwhile
+        errors = poller.top_errors + poller.sample_errors
+        for error in errors:  # each distinct problem once, not every interval
+            if error.message not in poller.reported:
+                poller.reported.add(error.message)
+                log.warning("%s: %s (%s): %s", poller.resource_id, error.query, error.reason, error.message)
+        activity = snapshot.activity or QueryActivity()
+        activity = QueryActivity(
+            top=report if report is not None else activity.top,
+            sessions=sessions.sessions if sessions is not None else activity.sessions,
+            sessions_at=sessions_at if sessions is not None else activity.sessions_at,
+            errors=errors,
+        )
+        updated = replace(snapshot, activity=activity)
+        self._publish(poller.resource_id, updated)
+        if self._on_activity is not None:
+            self._on_activity(snapshot, updated)
+
+
+class _Unsupported(Exception):
+    """The database's collector has no such read."""

@@ -32,8 +32,21 @@ from dbintel.common.endpoints import parse_host_port
 from ..errors import error_message, first_line
 from ..metric_table import Reason
 from ..tls import client_ssl_context
+from .activity import (
+    CPU_TIME_COLUMN,
+    DIGEST_CONSUMERS,
+    DIGEST_COUNT_COLUMNS,
+    DIGEST_TIME_COLUMNS,
+    SAMPLE_CONSUMERS,
+    SAMPLE_INSTRUMENTS,
+)
 from .mapping import STATUS_VARIABLES
 from .metrics import INNODB, PERF, REPLICA
+
+# Query names (the client methods) of the query-intelligence reads, for errors and held refusals.
+DIGESTS = "fetch_statement_digests"
+DIGEST_TEXTS = "fetch_digest_texts"
+SAMPLES = "fetch_query_samples"
 
 PROGRAM_NAME = "dbintel"  # performance_schema.session_connect_attrs program_name: tells our sessions apart
 EXCLUDED_SCHEMAS = ("mysql", "performance_schema", "information_schema", "sys")
@@ -278,6 +291,147 @@ def innodb_parts(version: ServerVersion, counters: Sequence[str], *, transaction
     return tuple(parts)
 
 
+# --- query intelligence ----------------------------------------------------------------------------
+# Each read is ONE statement: its rows UNION ALL a one-row 'setup' part saying whether performance_schema
+# is on and which of the consumers the read needs are enabled (an empty table alone cannot tell "no
+# statements" from "consumer off").
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def setup_part(consumers: Sequence[str], instruments: Sequence[str] = ()) -> UnionPart:
+    """One row: performance_schema on (1/0), and which of `consumers` and `instruments` are enabled."""
+    enabled = [
+        "(SELECT GROUP_CONCAT(NAME) FROM performance_schema.setup_consumers"
+        f" WHERE ENABLED = 'YES' AND NAME IN ({_quoted(consumers)}))"
+    ]
+    if instruments:
+        enabled.append(
+            "(SELECT GROUP_CONCAT(NAME) FROM performance_schema.setup_instruments"
+            f" WHERE ENABLED = 'YES' AND NAME IN ({_quoted(instruments)}))"
+        )
+    return UnionPart(
+        "setup",
+        (("enabled", f"CONCAT_WS(',', {', '.join(enabled)})"),),
+        (("performance_schema", "@@global.performance_schema"),),
+    )
+
+
+def has_cpu_time(version: ServerVersion) -> bool:
+    """events_statements_summary_by_digest.SUM_CPU_TIME: MySQL 8.0.28+, not MariaDB."""
+    return not version.is_mariadb and version.at_least(8, 0, 28)
+
+
+def statement_digest_parts(version: ServerVersion, limit: int) -> tuple[UnionPart, ...]:
+    """The top `limit` digests by SUM_TIMER_WAIT, numbers only (DIGEST_TEXT is fetched once per digest)."""
+    columns = ["COUNT_STAR", "SUM_TIMER_WAIT", *DIGEST_TIME_COLUMNS, *DIGEST_COUNT_COLUMNS]
+    if has_cpu_time(version):
+        columns.append(CPU_TIME_COLUMN)
+    digests = UnionPart(
+        "digest",
+        (("schema", "SCHEMA_NAME"), ("digest", "DIGEST")),
+        # `+ 0e0`: DOUBLE, not the DECIMAL a UNION of BIGINT UNSIGNED and NULL makes (a quarter of the
+        # client's CPU went to parsing decimals); a double's 16 digits are ample for these totals.
+        (*((name, f"{sql} + 0e0") for name, sql in _columns(*columns)), ("first_seen", "UNIX_TIMESTAMP(FIRST_SEEN)")),
+        "FROM performance_schema.events_statements_summary_by_digest\n"
+        f"WHERE DIGEST IS NOT NULL AND (SCHEMA_NAME IS NULL OR SCHEMA_NAME NOT IN ({_EXCLUDED}))\n"
+        f"ORDER BY SUM_TIMER_WAIT DESC LIMIT {int(limit)}",
+    )
+    return setup_part(DIGEST_CONSUMERS), digests
+
+
+def digest_text_sql(digests: Sequence[str]) -> str:
+    """DIGEST_TEXT of the given digests (hex, checked by the caller), every schema's row."""
+    listed = ", ".join(f"'{digest}'" for digest in digests)
+    return (
+        "SELECT SCHEMA_NAME, DIGEST, DIGEST_TEXT FROM performance_schema.events_statements_summary_by_digest "
+        f"WHERE DIGEST IN ({listed})"
+    )
+
+
+def row_lock_blockers(version: ServerVersion) -> str:
+    """The processlist ids holding the InnoDB row locks a session waits for, comma-separated.
+    MySQL 8 moved lock waits to performance_schema.data_lock_waits (by thread); MariaDB and MySQL 5.7
+    keep information_schema.INNODB_LOCK_WAITS (by transaction)."""
+    if not version.is_mariadb and version.at_least(8, 0, 1):
+        return (
+            "(SELECT GROUP_CONCAT(DISTINCT bt.PROCESSLIST_ID) FROM performance_schema.data_lock_waits lw"
+            " JOIN performance_schema.threads bt ON bt.THREAD_ID = lw.BLOCKING_THREAD_ID"
+            " WHERE lw.REQUESTING_THREAD_ID = t.THREAD_ID)"
+        )
+    return (
+        "(SELECT GROUP_CONCAT(DISTINCT b.trx_mysql_thread_id) FROM information_schema.INNODB_LOCK_WAITS lw"
+        " JOIN information_schema.INNODB_TRX b ON b.trx_id = lw.blocking_trx_id"
+        " WHERE lw.requesting_trx_id = trx.trx_id)"
+    )
+
+
+# As sys.schema_table_lock_waits: the other sessions holding a granted metadata lock on the table this
+# session has a pending one for (both servers; needs the wait/lock/metadata/sql/mdl instrument).
+METADATA_LOCK_BLOCKERS = (
+    "(SELECT GROUP_CONCAT(DISTINCT ot.PROCESSLIST_ID) FROM performance_schema.metadata_locks pending"
+    " JOIN performance_schema.metadata_locks granted ON granted.OBJECT_TYPE = pending.OBJECT_TYPE"
+    " AND granted.OBJECT_SCHEMA = pending.OBJECT_SCHEMA AND granted.OBJECT_NAME = pending.OBJECT_NAME"
+    " AND granted.LOCK_STATUS = 'GRANTED' AND granted.OWNER_THREAD_ID <> pending.OWNER_THREAD_ID"
+    " JOIN performance_schema.threads ot ON ot.THREAD_ID = granted.OWNER_THREAD_ID"
+    " WHERE pending.OWNER_THREAD_ID = t.THREAD_ID AND pending.LOCK_STATUS = 'PENDING'"
+    " AND pending.OBJECT_TYPE = 'TABLE')"
+)
+
+
+def blocked_by_expression(version: ServerVersion) -> str:
+    """Row-lock and metadata-lock blockers, comma-separated (the mapping drops duplicates)."""
+    return f"CONCAT_WS(',', {row_lock_blockers(version)}, {METADATA_LOCK_BLOCKERS})"
+
+
+_STATEMENT_RUNNING = "(s.EVENT_ID IS NOT NULL AND s.END_EVENT_ID IS NULL)"
+_SESSION_DURATION = f"IF({_STATEMENT_RUNNING}, s.TIMER_WAIT / 1e12, t.PROCESSLIST_TIME)"
+
+
+def query_sample_parts(version: ServerVersion, limit: int) -> tuple[UnionPart, ...]:
+    """Foreground sessions other than ours with a statement in progress or a transaction open, the
+    longest-running first: the top-level current statement, the newest wait in progress, the InnoDB
+    transaction and who blocks it."""
+    sessions = UnionPart(
+        "session",
+        (
+            ("user", "t.PROCESSLIST_USER"),
+            ("host", "t.PROCESSLIST_HOST"),
+            ("db", "t.PROCESSLIST_DB"),
+            ("command", "t.PROCESSLIST_COMMAND"),
+            ("processlist_state", "t.PROCESSLIST_STATE"),
+            ("sql_text", "COALESCE(s.SQL_TEXT, t.PROCESSLIST_INFO)"),
+            ("digest", "s.DIGEST"),
+            ("current_schema", "s.CURRENT_SCHEMA"),
+            ("wait_event", "w.EVENT_NAME"),
+            ("trx_state", "trx.trx_state"),
+            ("blocked_by", blocked_by_expression(version)),
+        ),
+        (
+            ("processlist_id", "t.PROCESSLIST_ID"),
+            ("thread_id", "t.THREAD_ID"),
+            ("statement_running", f"IF({_STATEMENT_RUNNING}, 1, 0)"),
+            ("statement_timer_wait", f"IF({_STATEMENT_RUNNING}, s.TIMER_WAIT, NULL)"),
+            ("processlist_time", "t.PROCESSLIST_TIME"),
+            ("wait_timer_wait", "w.TIMER_WAIT"),
+            ("duration", _SESSION_DURATION),
+        ),
+        "FROM performance_schema.threads t\n"
+        "LEFT JOIN performance_schema.events_statements_current s"
+        " ON s.THREAD_ID = t.THREAD_ID AND s.NESTING_EVENT_LEVEL = 0\n"
+        "LEFT JOIN performance_schema.events_waits_current w ON w.THREAD_ID = t.THREAD_ID AND w.EVENT_ID = ("
+        "SELECT MAX(x.EVENT_ID) FROM performance_schema.events_waits_current x"
+        " WHERE x.THREAD_ID = t.THREAD_ID AND x.END_EVENT_ID IS NULL)\n"
+        "LEFT JOIN information_schema.INNODB_TRX trx ON trx.trx_mysql_thread_id = t.PROCESSLIST_ID\n"
+        "WHERE t.TYPE = 'FOREGROUND' AND t.PROCESSLIST_ID IS NOT NULL AND t.PROCESSLIST_ID <> CONNECTION_ID()"
+        f" AND ({_STATEMENT_RUNNING} OR trx.trx_id IS NOT NULL)\n"
+        f"ORDER BY {_SESSION_DURATION} DESC LIMIT {int(limit)}",
+    )
+    return setup_part(SAMPLE_CONSUMERS, SAMPLE_INSTRUMENTS), sessions
+
+
 # --- errors ----------------------------------------------------------------------------------------
 
 _PERMISSION_CODES = {1044, 1142, 1143, 1227, 1370}  # db/table/column/specific-privilege access denied
@@ -328,8 +482,10 @@ def required_grant(query: str, version: ServerVersion | None, account: str) -> s
     """The GRANT statement that lets `query` through, for a permission error's message."""
     if query == INNODB:
         privilege = "PROCESS ON *.*"  # INNODB_METRICS and INNODB_TRX
-    elif query == PERF:
+    elif query in (PERF, DIGESTS, DIGEST_TEXTS):
         privilege = "SELECT ON performance_schema.*"
+    elif query == SAMPLES:  # threads and current events; INNODB_TRX and INNODB_LOCK_WAITS need PROCESS
+        return f"GRANT SELECT ON performance_schema.* TO {account}; GRANT PROCESS ON *.* TO {account}"
     elif query == REPLICA:
         privilege = f"{replica_status_privilege(version) if version else 'REPLICATION CLIENT'} ON *.*"
     else:
@@ -541,6 +697,19 @@ class MysqlClient:
         """One row per replication channel, keyed by the server's column names (empty when not a replica)."""
         names, rows = await self._fetch(replica_status_statement(self._require_version()))
         return [dict(zip(names, row, strict=False)) for row in rows]
+
+    async def fetch_statement_digests(self, limit: int) -> dict[str, list[dict[str, Any]]]:
+        """{"setup": [one row], "digest": [top `limit` digests, numbers only]} (SELECT on performance_schema)."""
+        return await self._fetch_union(statement_digest_parts(self._require_version(), limit))
+
+    async def fetch_digest_texts(self, digests: Sequence[str]) -> list[dict[str, Any]]:
+        """[{"schema", "digest", "digest_text"}] of the given hex digests, in one statement."""
+        _, rows = await self._fetch(digest_text_sql(digests))
+        return [{"schema": schema, "digest": digest, "digest_text": text} for schema, digest, text in rows]
+
+    async def fetch_query_samples(self, limit: int) -> dict[str, list[dict[str, Any]]]:
+        """{"setup": [one row], "session": [...]} (SELECT on performance_schema, PROCESS for INNODB_TRX)."""
+        return await self._fetch_union(query_sample_parts(self._require_version(), limit))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -24,26 +24,55 @@ Design (cost to the monitored server first):
   server — is reported ONCE, with the GRANT to run; it is then left out and retried quietly
   every SLOW_REFRESH s on a fresh connection (global privileges are read at login), and its
   metrics come back on their own once the grant is in place. The rest flows meanwhile.
+
+Query intelligence (on the same connection, on its own intervals, never during collect()):
+- read_statement_stats   ONE statement: the top `limit` rows of events_statements_summary_by_digest by
+                         SUM_TIMER_WAIT, numbers only (~25 numeric columns a row, no DIGEST_TEXT),
+                         UNION ALL a setup row (performance_schema on? consumers enabled?).
+- fetch_statement_texts  ONE statement per batch of digests the agent has not seen:
+                         `... WHERE DIGEST IN (...)`, obfuscated here; never sent for known digests.
+- read_query_samples     ONE statement: threads ⨝ events_statements_current ⨝ events_waits_current ⨝
+                         INNODB_TRX, row-lock blockers from INNODB_LOCK_WAITS (MariaDB, MySQL 5.7) or
+                         data_lock_waits (MySQL 8), metadata-lock blockers from metadata_locks, our own
+                         session excluded; UNION ALL the setup row.
+  Grants: SELECT on performance_schema; samples also PROCESS (INNODB_TRX). A consumer that is off is
+  reported ONCE with the UPDATE performance_schema.setup_consumers statement that enables it; the read
+  still returns what the enabled consumers give. A statistics reset (TRUNCATE ...by_digest) is not
+  announced by the server: the counters simply restart, with a new FIRST_SEEN (the tracker's cue).
+  INNODB_TRX is InnoDB's cache, refreshed only when it was last read over 0.1 s ago: a transaction
+  shows up to 0.1 s late, and samples read more often than every 0.1 s would keep seeing old ones.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
+from ...queries.model import SampleRead, StatementRead
+from ...queries.obfuscation import ObfuscatedText
 from ..base import DatabaseCollector
-from ..cadence import SlowRefresh
+from ..cadence import SLOW_REFRESH, SlowRefresh
 from ..errors import secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
 from ..query_runner import ConnectionLost, QueryRunner, unreachable
+from ..refusals import RefusedQueries
 from ..samples import number
-from . import mapping
-from .client import MysqlClient, describe_error, quote_account, required_grant
+from . import activity, mapping
+from .client import (
+    DIGEST_TEXTS,
+    DIGESTS,
+    SAMPLES,
+    MysqlClient,
+    describe_error,
+    has_cpu_time,
+    quote_account,
+    required_grant,
+)
 from .metrics import (
     CATALOG,
     INNODB,
@@ -75,6 +104,8 @@ _PERF_PARTS = {
 class MysqlCollector(DatabaseCollector):
     type = "mysql"
     table = TABLE
+    supports_top_queries = True
+    supports_query_samples = True
 
     def __init__(
         self,
@@ -93,6 +124,9 @@ class MysqlCollector(DatabaseCollector):
         self._account: str | None = None  # CURRENT_USER(), for GRANT hints
         self._table_samples: list[Sample] = []
         self._runner = QueryRunner(self._error, lost=self._lost)
+        # performance_schema off / consumers off: reported once per read, until the setup is back
+        self._setup_refusals = RefusedQueries(SLOW_REFRESH)
+        self._text_errors: list[QueryError] = []  # fetch_statement_texts' errors, reported by the next read
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -210,5 +244,104 @@ class MysqlCollector(DatabaseCollector):
             lambda parts: mapping.performance_schema_samples(parts, self.enabled),
         )
 
+    # --- query intelligence ----------------------------------------------------------------------
+
+    async def read_statement_stats(self, limit: int, cursor: str | None) -> StatementRead:
+        before = self.client.statements
+        result = CollectionResult(errors=self._text_errors)
+        self._text_errors = []
+        version = self.client.version
+        read = await self._read(
+            result,
+            DIGESTS,
+            lambda: self.client.fetch_statement_digests(limit),
+            lambda reply: (
+                _setup_row(reply),
+                activity.digest_counters(reply["digest"], cpu_time=version is not None and has_cpu_time(version)),
+            ),
+        )
+        counters: tuple[Any, ...] = ()
+        if read is not None and self._setup_ok(result, DIGESTS, read[0], activity.DIGEST_CONSUMERS, "top queries"):
+            counters = read[1]
+        return StatementRead(counters=counters, errors=tuple(result.errors), statements=self.client.statements - before)
+
+    async def fetch_statement_texts(self, query_ids: Sequence[str]) -> dict[str, tuple[ObfuscatedText, str]]:
+        ids = [query_id for query_id in dict.fromkeys(query_ids) if activity.split_query_id(query_id)]
+        digests = sorted({activity.split_query_id(query_id)[1] for query_id in ids})  # type: ignore[index]
+        if not digests:
+            return {}
+        result = CollectionResult()
+        texts = await self._read(
+            result,
+            DIGEST_TEXTS,
+            lambda: self.client.fetch_digest_texts(digests),
+            lambda rows: activity.digest_texts(rows, ids),
+        )
+        self._text_errors.extend(result.errors)
+        return texts or {}
+
+    async def read_query_samples(self, limit: int) -> SampleRead:
+        before = self.client.statements
+        result = CollectionResult()
+        read = await self._read(
+            result,
+            SAMPLES,
+            lambda: self.client.fetch_query_samples(limit),
+            lambda reply: (_setup_row(reply), activity.sessions(_longest_first(reply["session"]))),
+        )
+        sessions: tuple[Any, ...] = ()
+        needed = activity.SAMPLE_CONSUMERS + activity.SAMPLE_INSTRUMENTS
+        if read is not None and self._setup_ok(result, SAMPLES, read[0], needed, "query samples"):
+            sessions = read[1]
+        return SampleRead(sessions=sessions, errors=tuple(result.errors), statements=self.client.statements - before)
+
+    async def _read(
+        self,
+        result: CollectionResult,
+        query: str,
+        fetch: Callable[[], Any],
+        read: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """One query-intelligence statement through the collector's runner (held refusals, errors once);
+        None when it failed or is held back, the failure in `result`."""
+        try:
+            await self.client.connect()
+        except Exception as exc:
+            result.errors.append(self._error("connect", exc))
+            return None
+        try:
+            if read is None:
+                return await self._runner.run(result, self._clock(), query, fetch)
+            return await self._runner.run(result, self._clock(), query, fetch, read)
+        except ConnectionLost:
+            return None
+
+    def _setup_ok(
+        self, result: CollectionResult, query: str, setup: dict[str, Any] | None, needed: Sequence[str], what: str
+    ) -> bool:
+        """Report (once) performance_schema or consumers/instruments being off; False when there is
+        nothing to use (performance_schema off)."""
+        on, missing = activity.missing_setup(setup, needed)
+        now = self._clock()
+        if not on:
+            error = QueryError(query, "unsupported", activity.performance_schema_off_message(what))
+        elif missing:
+            error = QueryError(query, "unsupported", activity.setup_off_message(what, missing))
+        else:
+            self._setup_refusals.succeeded(query)
+            return True
+        if self._setup_refusals.refuse(error, now):
+            result.errors.append(error)
+        return on
+
     async def close(self) -> None:
         await self.client.close()
+
+
+def _setup_row(reply: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    return reply["setup"][0] if reply.get("setup") else None
+
+
+def _longest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # the statement orders its own part; a UNION ALL does not promise to keep that order
+    return sorted(rows, key=lambda row: number(row.get("duration")) or 0, reverse=True)

@@ -26,16 +26,28 @@ from .mapping import ACTIVITY_STATES
 
 APPLICATION_NAME = "dbintel"
 DEFAULT_DATABASE = "postgres"
-STATEMENT_CACHE_SIZE = 24  # at most 14 distinct statements (9 queries, 3 with a slow-round variant, conflicts)
-PG13 = 130000  # pg_stat_statements 1.8: total_time becomes total_exec_time
+STATEMENT_CACHE_SIZE = 24  # at most 17 distinct statements (12 queries, 3 with a slow-round variant, conflicts)
+PG13 = 130000  # pg_stat_statements 1.8: total_time becomes total_exec_time, plan times appear
+PG14 = 140000  # pg_stat_statements_info (stats_reset); pg_stat_activity.query_id
 PG17 = 170000  # pg_stat_checkpointer appears; checkpoint columns leave pg_stat_bgwriter
 
 _NEEDS_PG_STAT_STATEMENTS = (
     "needs the pg_stat_statements extension: shared_preload_libraries = pg_stat_statements "
     "and CREATE EXTENSION pg_stat_statements in the configured database"
 )
+ENABLE_PG_STAT_STATEMENTS = (
+    "top queries need pg_stat_statements: set shared_preload_libraries = 'pg_stat_statements' "
+    "(restart), then run CREATE EXTENSION pg_stat_statements in the configured database"
+)
 # What an optional query needs beyond pg_monitor, added to its error when the server says unsupported.
-REQUIREMENTS = {"fetch_execution_time": _NEEDS_PG_STAT_STATEMENTS, "fetch_vector_stats": _NEEDS_PG_STAT_STATEMENTS}
+REQUIREMENTS = {
+    "fetch_execution_time": _NEEDS_PG_STAT_STATEMENTS,
+    "fetch_vector_stats": _NEEDS_PG_STAT_STATEMENTS,
+    # the query-intelligence reads (the collector's method names)
+    "read_statement_stats": ENABLE_PG_STAT_STATEMENTS,
+    "fetch_statement_texts": ENABLE_PG_STAT_STATEMENTS,
+}
+QUERY_INTELLIGENCE_READS = frozenset({"read_statement_stats", "fetch_statement_texts", "read_query_samples"})
 
 
 def server_version_num(version: Any) -> int:
@@ -212,6 +224,107 @@ def execution_time_sql(version_num: int) -> str:
 FROM pg_stat_statements(false) s
 JOIN pg_database d ON d.oid = s.dbid
 GROUP BY d.datname"""
+
+
+# --- query intelligence: statement statistics, texts of new statements, live sessions -------------
+
+# pg_stat_statements columns summed per queryid and kept as StatementCounters.extra, under the OTel
+# receiver's top-query attribute names (postgresql.<column>); local_* follow the same pattern. Units
+# as the server counts them: blocks, and milliseconds for total_plan_time (as the receiver's attribute).
+STATEMENT_EXTRA_COLUMNS = (
+    "shared_blks_hit",
+    "shared_blks_read",
+    "shared_blks_dirtied",
+    "shared_blks_written",
+    "local_blks_hit",
+    "local_blks_read",
+    "local_blks_dirtied",
+    "local_blks_written",
+    "temp_blks_read",
+    "temp_blks_written",
+)
+PLAN_TIME_COLUMN = "total_plan_time"  # PG 13+
+
+
+def statement_stats_sql(version_num: int) -> str:
+    """The `$1` statements with the most execution time, numbers only (showtext = false: the server
+    does not read its query-text file), one row per queryid: pg_stat_statements keeps one entry per
+    (user, database, queryid, toplevel), and those are summed here, so `queryid` identifies a row (the
+    database and user are named when the entry has only one; NULL when several share the queryid).
+    Bytes: sums are float8 (8 bytes; a bigint sum would be numeric), and the extra counters are NULL when zero
+    (4 bytes on the wire instead of 12; most statements never touch temp or local blocks). PG 14+: the
+    statistics' last reset (pg_stat_statements_info) on the first row only, on one all-NULL row when
+    the view is empty. Entries of other users, without pg_read_all_stats (queryid NULL), are left out.
+    Server cost: one pass over the shared hash table (no text file read), a hash aggregate and a
+    top-N sort of its entries, two small hash joins on the rows returned."""
+    exec_time = _exec_time_column(version_num)
+    extras = [*STATEMENT_EXTRA_COLUMNS, *([PLAN_TIME_COLUMN] if version_num >= PG13 else [])]
+    # float8 before summing: a sum of bigint accumulates in numeric, several times slower.
+    sums = [f"sum(calls::float8) AS calls, sum({exec_time}) AS total_exec_time, sum(rows::float8) AS rows"]
+    sums += [f"nullif(sum({c}::float8), 0) AS {c}" for c in extras]
+    output = ", ".join(f"t.{c}" for c in ["queryid", "calls", "total_exec_time", "rows", *extras])
+    sum_columns = ",\n           ".join(sums)
+    top = f"""SELECT queryid,
+           {sum_columns},
+           CASE WHEN min(dbid) = max(dbid) THEN min(dbid) END AS dbid,
+           CASE WHEN min(userid) = max(userid) THEN min(userid) END AS userid
+    FROM pg_stat_statements(false)
+    WHERE queryid IS NOT NULL
+    GROUP BY queryid
+    ORDER BY total_exec_time DESC, queryid
+    LIMIT $1"""
+    order = "t.total_exec_time DESC NULLS LAST, t.queryid"
+    names = f"""LEFT JOIN pg_database d ON d.oid = t.dbid
+LEFT JOIN pg_roles r ON r.oid = t.userid
+ORDER BY {order}"""
+    if version_num < PG14:
+        return f"""WITH top AS (
+    {top}
+)
+SELECT NULL::timestamptz AS stats_reset, {output}, d.datname, r.rolname
+FROM top t
+{names}"""
+    return f"""WITH top AS (
+    {top}
+)
+SELECT CASE WHEN row_number() OVER (ORDER BY {order}) = 1 THEN i.stats_reset END AS stats_reset,
+       {output}, d.datname, r.rolname
+FROM pg_stat_statements_info i
+LEFT JOIN top t ON true
+{names}"""
+
+
+# The normalised texts of the queryids in $1. pg_stat_statements(true) reads the server's whole
+# query-text file whatever the filter (there is no cheaper path to a subset), so it is sent once per
+# batch of statements new to the agent, never per interval. One row per queryid (DISTINCT ON), even
+# when several users or databases share it. The ids travel as one array literal in a text parameter:
+# a bigint[] parameter would cost an extra type-introspection statement from asyncpg per connection.
+# IN (SELECT unnest(..)): a hashed semi-join, not a scan of the id list per entry.
+STATEMENT_TEXTS_SQL = """SELECT DISTINCT ON (queryid) queryid, query
+FROM pg_stat_statements(true)
+WHERE queryid IN (SELECT unnest($1::text::bigint[]))"""
+
+
+def query_samples_sql(version_num: int) -> str:
+    """Sessions other than ours that are not idle ('idle in transaction' kept: it holds locks and a
+    snapshot), the longest-running first, at most `$1`. Duration: since the transaction started for
+    a session idle in one, else since its current (or last) statement started. pg_blocking_pids()
+    takes every lock-manager partition lock while it looks, so it is called only for sessions that
+    wait on a heavyweight lock (wait_event_type 'Lock'), NULL for the others; its pids come as one
+    space-separated text (an int[] column would cost asyncpg a type-introspection statement). Other users' sessions
+    show state and query only with pg_read_all_stats (pg_monitor); without it they have state NULL
+    and are left out."""
+    query_id = "a.query_id" if version_num >= PG14 else "NULL::bigint AS query_id"
+    return f"""SELECT a.pid, a.state, a.wait_event_type, a.wait_event,
+       greatest(0, extract(epoch FROM now() - CASE WHEN a.state LIKE 'idle in transaction%'
+                                                   THEN a.xact_start ELSE a.query_start END))::float8 AS duration,
+       CASE WHEN a.wait_event_type = 'Lock' THEN array_to_string(pg_blocking_pids(a.pid), ' ') END AS blocked_by,
+       {query_id}, a.datname, a.usename, host(a.client_addr) AS client_addr, a.client_port,
+       a.application_name, a.backend_type, a.query
+FROM pg_stat_activity a
+WHERE a.pid <> pg_backend_pid() AND a.state <> 'idle'
+ORDER BY duration DESC NULLS LAST, a.pid
+LIMIT $1"""
 
 
 # pgvector similarity searches are recognised by operator or function name in the normalised
@@ -421,11 +534,11 @@ class PostgresqlClient:
         self._conn = conn
         self.version_num = server_version_num(conn.get_server_version())
 
-    async def _fetch(self, sql: str) -> list[dict[str, Any]]:
+    async def _fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         conn = self._connection
         self.statements += 1
         try:
-            records = await conn.fetch(sql)
+            records = await conn.fetch(sql, *args)
         except asyncio.CancelledError:
             # Cancelled mid-protocol (the scheduler's timeout): start from a clean connection next time.
             self._discard()
@@ -472,6 +585,15 @@ class PostgresqlClient:
 
     async def fetch_vector_stats(self) -> list[dict[str, Any]]:
         return await self._fetch(vector_stats_sql(self.version_num or 0))
+
+    async def fetch_statement_stats(self, limit: int) -> list[dict[str, Any]]:
+        return await self._fetch(statement_stats_sql(self.version_num or 0), limit)
+
+    async def fetch_statement_texts(self, query_ids: list[int]) -> list[dict[str, Any]]:
+        return await self._fetch(STATEMENT_TEXTS_SQL, "{" + ",".join(str(int(q)) for q in query_ids) + "}")
+
+    async def fetch_query_samples(self, limit: int) -> list[dict[str, Any]]:
+        return await self._fetch(query_samples_sql(self.version_num or 0), limit)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

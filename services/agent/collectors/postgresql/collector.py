@@ -38,33 +38,56 @@ Design (cost to the monitored server first):
   reported ONCE, with the GRANT to run; it is then left out and retried quietly every SLOW_REFRESH
   seconds on the same connection (PostgreSQL checks privileges per statement), and its metrics come
   back on their own once the grant is in place. The rest flows meanwhile.
+
+Query intelligence (`read_statement_stats`, `fetch_statement_texts`, `read_query_samples`), on the
+same connection (opened by whichever call comes first), one statement per call (client docstrings
+give each one's cost):
+- read_statement_stats   pg_stat_statements(false) summed per queryid, top `limit` by execution time,
+                         ⋈ pg_database/pg_roles for the rows returned, + pg_stat_statements_info
+- fetch_statement_texts  pg_stat_statements(true) for the queryids new to the agent (a read of the
+                         server's query-text file, once per batch of new statements)
+- read_query_samples     pg_stat_activity, pg_blocking_pids() only for sessions waiting on a lock
+  Without pg_stat_statements (not preloaded, or no CREATE EXTENSION) the first two report ONCE an
+  "unsupported" error naming the settings and the statement that enable it, and are retried quietly
+  every SLOW_REFRESH seconds; samples do not need it. Privileges: pg_monitor (pg_read_all_stats) to see
+  other users' statements and sessions; without it only the monitoring user's own show.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import asyncpg
 from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
+from ...queries.model import SampleRead, StatementRead
+from ...queries.obfuscation import ObfuscatedText
 from ..base import DatabaseCollector
 from ..cadence import SlowRefresh
-from ..errors import secret_values
+from ..errors import error_message, first_line, secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
 from ..query_runner import ConnectionLost, QueryRunner, unreachable
-from . import mapping
+from . import activity, mapping
 from .client import REQUIREMENTS, PostgresqlClient, describe_error, quote_identifier
 from .metrics import METRICS_BY_QUERY, SIZE_METRICS, TABLE
 
 Rows = TypeVar("Rows")
+T = TypeVar("T")
+
+# Queries that need pg_stat_statements loaded: "must be loaded via shared_preload_libraries" (the
+# extension created but not preloaded) is a refusal like a missing extension, not a server error.
+_NEEDS_PRELOAD = frozenset({"read_statement_stats", "fetch_statement_texts"})
 
 
 class PostgresqlCollector(DatabaseCollector):
     type = "postgresql"
     table = TABLE
+    supports_top_queries = True
+    supports_query_samples = True
 
     def __init__(
         self,
@@ -84,6 +107,9 @@ class PostgresqlCollector(DatabaseCollector):
 
     def _error(self, query: str, exc: BaseException, target: str | None = None) -> QueryError:
         reason, message = describe_error(exc, user=self.database.username, secrets=secret_values(self._password))
+        if query in _NEEDS_PRELOAD and isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
+            reason = "unsupported"
+            message = error_message(exc, first_line(str(exc)), reason=reason, secrets=secret_values(self._password))
         if reason == "unsupported" and query in REQUIREMENTS:
             message = f"{message} ({REQUIREMENTS[query]})"
         return QueryError(query, reason, message)
@@ -234,6 +260,53 @@ class PostgresqlCollector(DatabaseCollector):
                 )
             )
         self._withheld_sizes = missing
+
+    # -- query intelligence ----------------------------------------------------------------------
+
+    async def _read(
+        self, query: str, fetch: Callable[[], Awaitable[Rows]], read: Callable[[Rows], T]
+    ) -> tuple[T | None, tuple[QueryError, ...], int]:
+        """One statement on the collector's connection: (value or None, errors, statements sent).
+        A refusal is reported once and held back like collect()'s queries; never raises for server trouble."""
+        result = CollectionResult()
+        before = self.client.statements
+        value: T | None = None
+        try:
+            await self.client.connect()
+        except Exception as exc:
+            result.errors.append(self._error("connect", exc))
+        else:
+            try:
+                value = await self._runner.run(result, self._clock(), query, fetch, read)
+            except ConnectionLost:
+                pass  # the error is in result; the next call reconnects
+        return value, tuple(result.errors), self.client.statements - before
+
+    async def read_statement_stats(self, limit: int, cursor: str | None) -> StatementRead:
+        rows, errors, statements = await self._read(
+            "read_statement_stats",
+            lambda: self.client.fetch_statement_stats(limit),
+            lambda rows: (activity.statement_counters(rows), activity.stats_reset(rows)),
+        )
+        if rows is None:
+            return StatementRead(errors=errors, statements=statements)
+        counters, reset_at = rows
+        return StatementRead(counters=counters, reset_at=reset_at, errors=errors, statements=statements)
+
+    async def fetch_statement_texts(self, query_ids: Sequence[str]) -> dict[str, tuple[ObfuscatedText, str]]:
+        ids = sorted({int(q) for q in query_ids if q.lstrip("-").isdigit()})
+        if not ids:
+            return {}
+        texts, _, _ = await self._read(
+            "fetch_statement_texts", lambda: self.client.fetch_statement_texts(ids), activity.statement_texts
+        )
+        return texts or {}  # a failure leaves the ids unknown: the agent asks again later
+
+    async def read_query_samples(self, limit: int) -> SampleRead:
+        sessions, errors, statements = await self._read(
+            "read_query_samples", lambda: self.client.fetch_query_samples(limit), activity.active_sessions
+        )
+        return SampleRead(sessions=sessions or (), errors=errors, statements=statements)
 
     async def close(self) -> None:
         await self.client.close()
