@@ -29,7 +29,7 @@ SQL (`obfuscate_sql`, both dialects), tokenized with sqlglot's tokenizer (no par
 
 `query_summary`: the statement's operation keyword and the tables it names (after FROM, JOIN, INTO,
 UPDATE, TABLE; CALL's procedure), as OpenTelemetry's db.query.summary: "SELECT orders customers",
-"INSERT shipping SELECT orders", "BEGIN". Built from the same tokens, so never a literal; an operation
+"INSERT shipping SELECT orders", "BEGIN"; names without their quotes (`orders` -> orders). Built from the same tokens, so never a literal; an operation
 outside a fixed list (or an empty, unparsable text) gives "OTHER".
 
 MongoDB (`mongo_shape`): keys and `$operators` kept when they are plainly names (each dotted segment
@@ -551,12 +551,18 @@ def _dotted_name(tokens: list[_Tok], i: int) -> tuple[str, int]:
     """The (schema.)name starting at tokens[i] and the index after it; ("", i) when there is none."""
     if i >= len(tokens) or not _is_name(tokens[i]):
         return "", i
-    parts = [tokens[i].text]
+    parts = [_unquoted(tokens[i].text)]
     i += 1
     while i + 1 < len(tokens) and tokens[i].kind == TokenType.DOT and _is_name(tokens[i + 1]):
-        parts.append(tokens[i + 1].text)
+        parts.append(_unquoted(tokens[i + 1].text))
         i += 2
     return ".".join(parts), i
+
+
+def _unquoted(name: str) -> str:
+    """`orders` and "orders" -> orders: a MySQL digest text quotes every name, a raw text seldom does,
+    and the same table should read the same in a low-cardinality summary."""
+    return name[1:-1] if len(name) > 2 and name[0] in '`"' and name[-1] == name[0] else name
 
 
 def _summary_words(tokens: list[_Tok]) -> list[str]:
