@@ -5,24 +5,31 @@ Pure functions, no I/O. Every text a source exports goes through one of them (de
 SQL (`obfuscate_sql`, both dialects), tokenized with sqlglot's tokenizer (no parse):
 - replaced by `?`: every string literal ('..', with '' or, in MySQL, \\' escapes; PostgreSQL E'..',
   U&'..', $$..$$ and $tag$..$tag$; MySQL "double-quoted" strings, as with ANSI_QUOTES off; N'..' and
-  charset-introduced _utf8mb4'..' as one literal), every number (including -less signs kept apart:
-  `-?`; 1_000, 0o17 and .5 as one literal), hex/bit/byte strings (X'..', 0x.., B'..', b'..', 0b..),
+  charset-introduced _utf8mb4'..' as one literal), every number (1_000, 0o17 and .5 as one literal;
+  a minus sign stays an operator: `- ?`), hex/bit/byte strings (X'..', 0x.., B'..', b'..', 0b..),
   TRUE and FALSE, and PostgreSQL positional parameters `$1` (so pg_stat_statements' normalised text and
-  a raw text read the same; MySQL's `?` stays `?`).
+  a raw text read the same, and their lists collapse alike; MySQL's `?` stays `?`). Typed literals
+  keep their type word: `interval ?`, `date ?`.
 - collapsed: a parenthesised list of nothing but `?` after IN, VALUES or ARRAY becomes `(?)` (`[?]`),
   and VALUES rows `(?), (?)` one `(?)`, so a statement's text does not vary with its list length.
 - removed: comments (`--`, `/* */` nested as PostgreSQL nests them, MySQL `#`), MySQL executable
   comments `/*! .. */` and optimizer hints `/*+ .. */` (their contents could hold literals).
-- kept: keywords, identifiers (quoted ones with their quotes), operators, NULL, casts (`::int`),
-  MySQL `@user_var` / `@@system_var` names, `?` placeholders. Whitespace collapses to one space,
-  except none inside `a.b`, `f(`, `::`, before `,` `)` `]` and after `(` `[`.
+- kept: keywords, identifiers (quoted ones with their quotes: in PostgreSQL "x" is a name, not a
+  value), operators, NULL, casts (`::int`), MySQL `@user_var` / `@@system_var` names, `?`
+  placeholders, the `(...)` of MySQL digest texts. Whitespace collapses to one space, except none
+  inside `a.b`, `f(`, `::`, before `,` `)` `]` and after `(` `[`. A "command" statement whose rest
+  sqlglot returns untokenized (CALL, EXPLAIN, SHOW, DO, MySQL REPLACE ..) has its rest tokenized too.
 - truncated to `max_length` on a token boundary, ending with " ..." (the marker counts in the length).
 - fails closed: text the tokenizer rejects (unterminated quote or comment), holds a control
-  character, or yields a token the tokenizer does not know, gives `PLACEHOLDER` ("?"), never the text.
+  character, yields a token the tokenizer does not know, or keeps a quote outside a quoted identifier
+  (a literal the tokenizer did not see as one) gives `PLACEHOLDER` ("?"), never the text. PostgreSQL
+  is read with standard_conforming_strings on (the default since 9.1: a backslash in '..' is itself)
+  and MySQL with backslash escapes and ANSI_QUOTES off (the defaults); a server set otherwise gives
+  texts that tokenize differently, which ends in the placeholder when the quotes no longer pair up.
 
 `query_summary`: the statement's operation keyword and the tables it names (after FROM, JOIN, INTO,
 UPDATE, TABLE; CALL's procedure), as OpenTelemetry's db.query.summary: "SELECT orders customers",
-"INSERT shipping SELECT orders", "BEGIN". Built from the same tokens, so never a literal; an operation
+"INSERT shipping SELECT orders", "BEGIN"; names without their quotes (`orders` -> orders). Built from the same tokens, so never a literal; an operation
 outside a fixed list (or an empty, unparsable text) gives "OTHER".
 
 MongoDB (`mongo_shape`): keys and `$operators` kept when they are plainly names (each dotted segment
@@ -42,13 +49,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokens import Token, Tokenizer, TokenType
 
 
 class ObfuscatedText(str):
@@ -102,7 +110,7 @@ _NO_SPACE_AFTER: Final = frozenset(
 )
 # A control character means binary garbage or an attempt to hide text from a tokenizer: fail closed.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LIST_OPENERS: Final = frozenset({"IN", "VALUES", "ARRAY"})
+_LIST_OPENERS: Final = frozenset({TokenType.IN, TokenType.VALUES, TokenType.ARRAY})
 
 
 @cache
@@ -110,26 +118,56 @@ def _dialect(dialect: str) -> Dialect:
     return Dialect.get_or_raise(_SQLGLOT_DIALECT[dialect])
 
 
-class _Tok:
-    """One output token: its text as written (or `?`), its type, and whether it is a literal."""
-
-    __slots__ = ("glued_left", "kind", "literal", "text", "upper")
-
-    def __init__(self, text: str, kind: TokenType, literal: bool, glued_left: bool) -> None:
-        self.text = text
-        self.kind = kind
-        self.literal = literal
-        self.glued_left = glued_left  # no whitespace before it in the source (`f(`, `x::int`)
-        self.upper = text.upper()
+_local = threading.local()
 
 
-def _raw_tokens(text: str, dialect: SqlDialect, offset: int = 0, depth: int = 0) -> list[tuple[TokenType, int, int]]:
-    """(type, start, end) of every token, positions in the whole text. sqlglot returns the rest of a
-    "command" statement (CALL, EXPLAIN, SHOW, MySQL REPLACE ..) as one unquoted STRING: tokenized again
-    here, so `CALL proc(?)` keeps its procedure and `EXPLAIN SELECT ..` its statement."""
-    raw: list[Token] = _dialect(dialect).tokenize(text)
+def _tokenizer(dialect: str) -> Tokenizer:
+    """One tokenizer per dialect and thread: building one costs as much as a short query's tokenizing,
+    and an instance holds the state of the text it is tokenizing, so threads do not share it."""
+    cached: dict[str, Tokenizer] | None = getattr(_local, "tokenizers", None)
+    if cached is None:
+        cached = _local.tokenizers = {}
+    tokenizer = cached.get(dialect)
+    if tokenizer is None:
+        tokenizer = cached[dialect] = _dialect(dialect).tokenizer()
+    return tokenizer
+
+
+class _Tok(NamedTuple):
+    """One output token, for the summary: its text as written (or `?`), its type, whether a literal."""
+
+    text: str
+    kind: TokenType
+    literal: bool
+    glued_left: bool
+    upper: str  # read many times per token by the summary's rules
+
+
+class _Stream(NamedTuple):
+    """The statement's tokens as parallel lists (cheaper than an object per token, and the obfuscation
+    runs on every text a source reads): text as written or "?", type (PLACEHOLDER for every literal),
+    and whether no whitespace separated it from the previous token in the source (`f(`, `ARRAY[`)."""
+
+    texts: list[str]
+    kinds: list[TokenType]
+    glued: list[bool]
+
+
+def _raw_tokens(text: str, dialect: SqlDialect, offset: int = 0, depth: int = 0) -> list[Token]:
+    """Every token, positions in the whole text. sqlglot returns the rest of a "command" statement
+    (CALL, EXPLAIN, SHOW, MySQL REPLACE ..) as one unquoted STRING: tokenized again here, so
+    `CALL proc(?)` keeps its procedure and `EXPLAIN SELECT ..` its statement."""
+    raw: list[Token] = _tokenizer(dialect).tokenize(text)
     commands = _dialect(dialect).tokenizer_class.COMMANDS
-    out: list[tuple[TokenType, int, int]] = []
+    # The usual case: no command. A command's rest can only follow a statement's first token, so
+    # without a ';' only the first token needs a look.
+    if (
+        offset == 0
+        and (not raw or raw[0].token_type not in commands)
+        and (";" not in text or all(t.token_type not in commands for t in raw))
+    ):
+        return raw
+    out: list[Token] = []
     for index, token in enumerate(raw):
         kind = token.token_type
         previous = raw[index - 1].token_type if index else None
@@ -142,11 +180,32 @@ def _raw_tokens(text: str, dialect: SqlDialect, offset: int = 0, depth: int = 0)
                     raise ValueError("commands nested too deep")
                 out.extend(_raw_tokens(token.text, dialect, offset + at, depth + 1))
                 continue
-        out.append((kind, offset + token.start, offset + token.end))
+        out.append(
+            token
+            if offset == 0
+            else Token(kind, token.text, token.line, token.col, token.start + offset, token.end + offset)
+        )
     return out
 
 
-def _tokens(text: str, dialect: SqlDialect) -> list[_Tok] | None:
+_PLACEHOLDER_KIND: Final = TokenType.PLACEHOLDER
+_LITERAL_TAILS: Final = frozenset({TokenType.VAR, TokenType.NUMBER})
+_NAMES: Final = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+# Token types that need more than "keep its text": everything else takes the loop's fast path.
+_SPECIAL: Final = (
+    _LITERALS
+    | _DROPPED
+    | {
+        TokenType.PLACEHOLDER,
+        TokenType.INTRODUCER,
+        TokenType.PARAMETER,
+        TokenType.DOT,
+        TokenType.UNKNOWN,
+    }
+)
+
+
+def _tokens(text: str, dialect: SqlDialect) -> _Stream | None:
     """The statement's tokens with every literal already `?`; None when it cannot be tokenized."""
     if dialect not in _SQLGLOT_DIALECT or _CONTROL.search(text):
         return None
@@ -155,122 +214,167 @@ def _tokens(text: str, dialect: SqlDialect) -> list[_Tok] | None:
     except (SqlglotError, ValueError, IndexError, KeyError, RecursionError):
         # A tokenizer bug on odd input is as much a reason to fail closed as a TokenError.
         return None
-    out: list[_Tok] = []
+    texts: list[str] = []
+    kinds: list[TokenType] = []
+    glued: list[bool] = []
     previous_end = -2
     n = len(raw)
     i = 0
+    placeholder = _PLACEHOLDER_KIND
+    literals = _LITERALS
+    special = _SPECIAL
     while i < n:
-        kind, start, end = raw[i]
-        if kind == TokenType.UNKNOWN:
-            return None
-        glued = start == previous_end + 1
+        token = raw[i]
+        kind = token.token_type
+        start = token.start
+        end = token.end
+        if kind not in special:
+            texts.append(text[start : end + 1])
+            kinds.append(kind)
+            glued.append(start == previous_end + 1)
+            previous_end = end
+            i += 1
+            continue
         if kind in _DROPPED:
             previous_end = -2
             i += 1
             continue
-        literal = kind in _LITERALS or kind == TokenType.PLACEHOLDER  # a `?` already is one
-        following = raw[i + 1] if i + 1 < n else None
-        if kind == TokenType.INTRODUCER and following is not None and following[0] in _LITERALS:
-            literal, i, end = True, i + 1, following[2]  # _utf8mb4'..', _binary 'x': the charset goes with the value
-        elif following is not None and following[1] == end + 1:
-            if kind == TokenType.PARAMETER and dialect == "postgresql" and following[0] == TokenType.NUMBER:
-                literal, i, end = True, i + 1, following[2]  # $1 -> ?
-            elif (
-                kind == TokenType.DOT
-                and following[0] == TokenType.NUMBER
-                and not (glued and out and out[-1].kind in (TokenType.VAR, TokenType.IDENTIFIER))
-            ):
-                literal, i, end = True, i + 1, following[2]  # .5
+        if kind is TokenType.UNKNOWN:
+            return None
+        is_glued = start == previous_end + 1
+        literal = kind in literals or kind is placeholder  # a `?` already is one
+        if not literal and i + 1 < n:
+            following = raw[i + 1]
+            if kind is TokenType.INTRODUCER and following.token_type in literals:
+                literal, i, end = True, i + 1, following.end  # _utf8mb4'..', _binary 'x': the charset goes with it
+            elif following.start == end + 1 and following.token_type is TokenType.NUMBER:
+                if kind is TokenType.PARAMETER and dialect == "postgresql":
+                    literal, i, end = True, i + 1, following.end  # $1 -> ?
+                elif kind is TokenType.DOT and not (is_glued and kinds and kinds[-1] in _NAMES):
+                    literal, i, end = True, i + 1, following.end  # .5 (but not t.5)
         if literal:
             # A literal's tail the tokenizer splits off (1_000, 0o17, 12abc in PostgreSQL) is the literal.
-            while i + 1 < n and raw[i + 1][1] == end + 1 and raw[i + 1][0] in (TokenType.VAR, TokenType.NUMBER):
+            while i + 1 < n and raw[i + 1].start == end + 1 and raw[i + 1].token_type in _LITERAL_TAILS:
                 i += 1
-                end = raw[i][2]
-            out.append(_Tok("?", TokenType.PLACEHOLDER, True, glued))
+                end = raw[i].end
+            texts.append("?")
+            kinds.append(placeholder)
         else:
-            out.append(_Tok(text[start : end + 1], kind, False, glued))
+            texts.append(text[start : end + 1])
+            kinds.append(kind)
+        glued.append(is_glued)
         previous_end = end
         i += 1
-    return out
-
-
-def _placeholder_group(tokens: list[_Tok], i: int) -> int | None:
-    """When tokens[i] opens `(?, ?, ..)` or `[?, ..]`, the index after its closing bracket; else None."""
-    n = len(tokens)
-    if i >= n or tokens[i].kind not in (TokenType.L_PAREN, TokenType.L_BRACKET):
+    if _has_stray_quote(texts, kinds):
         return None
-    close = TokenType.R_PAREN if tokens[i].kind == TokenType.L_PAREN else TokenType.R_BRACKET
+    return _Stream(texts, kinds, glued)
+
+
+def _has_stray_quote(texts: list[str], kinds: list[TokenType]) -> bool:
+    """A quote outside a literal or a quoted identifier means a literal the tokenizer did not see as one
+    (a dialect quirk it does not know): the last line of defence. One scan of the whole text first;
+    only a text that has a quote at all (in a quoted identifier, usually) is checked token by token."""
+    joined = "".join(texts)
+    if "'" not in joined and '"' not in joined and "$$" not in joined:
+        return False
+    return any(
+        kind is not TokenType.IDENTIFIER and ("'" in piece or '"' in piece or "$$" in piece)
+        for piece, kind in zip(texts, kinds, strict=True)
+    )
+
+
+def _placeholder_group(kinds: list[TokenType], i: int) -> int | None:
+    """When kinds[i] opens `(?, ?, ..)` or `[?, ..]`, the index after its closing bracket; else None."""
+    n = len(kinds)
+    if i >= n or kinds[i] not in (TokenType.L_PAREN, TokenType.L_BRACKET):
+        return None
+    close = TokenType.R_PAREN if kinds[i] is TokenType.L_PAREN else TokenType.R_BRACKET
     j = i + 1
     expect_value = True
-    while j < n and (tokens[j].literal if expect_value else tokens[j].kind == TokenType.COMMA):
+    while j < n and kinds[j] is (_PLACEHOLDER_KIND if expect_value else TokenType.COMMA):
         expect_value = not expect_value
         j += 1
-    if expect_value or j >= n or tokens[j].kind != close:
+    if expect_value or j >= n or kinds[j] is not close:
         return None
     return j + 1
 
 
-def _collapse_lists(tokens: list[_Tok]) -> list[_Tok]:
+def _collapse_lists(stream: _Stream) -> _Stream:
     """IN (?, ?, ?) -> IN (?); VALUES (?, ?), (?, ?) -> VALUES (?); ARRAY[?, ?] -> ARRAY[?]."""
-    out: list[_Tok] = []
-    i = 0
-    n = len(tokens)
-    while i < n:
-        token = tokens[i]
-        out.append(token)
-        i += 1
-        if token.upper not in _LIST_OPENERS:
+    texts, kinds, glued = stream
+    if _LIST_OPENERS.isdisjoint(kinds):
+        return stream
+    out_texts: list[str] = []
+    out_kinds: list[TokenType] = []
+    out_glued: list[bool] = []
+    done = 0  # tokens before this index are copied to the output
+    n = len(kinds)
+    for i in range(n):
+        if i < done or kinds[i] not in _LIST_OPENERS:
             continue
-        after = _placeholder_group(tokens, i)
+        after = _placeholder_group(kinds, i + 1)
         if after is None:
             continue
-        out.extend((tokens[i], _Tok("?", TokenType.PLACEHOLDER, True, True), tokens[after - 1]))
-        i = after
+        # Copy through the opening bracket, then one `?` and the closing bracket.
+        out_texts += texts[done : i + 2]
+        out_kinds += kinds[done : i + 2]
+        out_glued += glued[done : i + 2]
+        out_texts += ("?", texts[after - 1])
+        out_kinds += (_PLACEHOLDER_KIND, kinds[after - 1])
+        out_glued += (True, True)
+        done = after
         # VALUES (?), (?), ..: the following rows of placeholders go too, with their commas.
-        while token.upper == "VALUES" and i < n and tokens[i].kind == TokenType.COMMA:
-            following = _placeholder_group(tokens, i + 1)
+        while kinds[i] is TokenType.VALUES and done < n and kinds[done] is TokenType.COMMA:
+            following = _placeholder_group(kinds, done + 1)
             if following is None:
                 break
-            i = following
-    return out
+            done = following
+    out_texts += texts[done:]
+    out_kinds += kinds[done:]
+    out_glued += glued[done:]
+    return _Stream(out_texts, out_kinds, out_glued)
 
 
-def _render(tokens: Iterable[_Tok], max_length: int) -> str:
-    parts: list[str] = []
-    length = 0
-    previous: _Tok | None = None
-    limit = max(max_length - len(TRUNCATION_MARKER), 0)
-    for token in tokens:
-        if previous is None or (
-            token.kind in _NO_SPACE_BEFORE
-            or previous.kind in _NO_SPACE_AFTER
-            or (token.kind in (TokenType.L_PAREN, TokenType.L_BRACKET) and token.glued_left and not previous.literal)
+_OPENERS: Final = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET})
+
+
+def _pieces(stream: _Stream) -> list[str]:
+    """Each token's text with the one space (or none) before it."""
+    texts, kinds, glued = stream
+    pieces: list[str] = []
+    previous: TokenType | None = None
+    no_before, no_after, openers, placeholder = _NO_SPACE_BEFORE, _NO_SPACE_AFTER, _OPENERS, _PLACEHOLDER_KIND
+    for text, kind, is_glued in zip(texts, kinds, glued, strict=True):
+        if (
+            previous is None
+            or kind in no_before
+            or previous in no_after
+            or (is_glued and kind in openers and previous is not placeholder)
         ):
-            sep = ""
+            pieces.append(text)
         else:
-            sep = " "
-        piece = sep + token.text
-        if length + len(piece) > max_length:
-            # Cut back to a token boundary that leaves room for the marker.
-            while parts and length > limit:
-                length -= len(parts.pop())
-            return "".join(parts).rstrip() + TRUNCATION_MARKER if max_length >= len(TRUNCATION_MARKER) else ""
-        parts.append(piece)
+            pieces.append(" " + text)
+        previous = kind
+    return pieces
+
+
+def _render(stream: _Stream, max_length: int) -> str:
+    pieces = _pieces(stream)
+    out = "".join(pieces)
+    if len(out) <= max_length:
+        return out
+    if max_length < len(TRUNCATION_MARKER):
+        return ""
+    # Cut back to a token boundary that leaves room for the marker.
+    limit = max_length - len(TRUNCATION_MARKER)
+    length = 0
+    kept: list[str] = []
+    for piece in pieces:
+        if length + len(piece) > limit:
+            break
+        kept.append(piece)
         length += len(piece)
-        previous = token
-    return "".join(parts)
-
-
-# A quote in the output means a literal the tokenizer did not see as one: the last line of defence.
-_QUOTES: Final[dict[str, re.Pattern[str]]] = {
-    "postgresql": re.compile(r"'|\$\$"),
-    "mysql": re.compile(r"['\"]"),
-}
-
-
-def _checked_text(token: _Tok) -> str:
-    """The part of a token the quote check reads: a quoted identifier holds its own quotes."""
-    return "" if token.kind == TokenType.IDENTIFIER else token.text
+    return "".join(kept).rstrip() + TRUNCATION_MARKER
 
 
 def obfuscate_sql(text: str, dialect: SqlDialect, *, max_length: int = 4096) -> ObfuscatedText:
@@ -279,14 +383,10 @@ def obfuscate_sql(text: str, dialect: SqlDialect, *, max_length: int = 4096) -> 
     (PLACEHOLDER). The module docstring lists exactly what is replaced and kept."""
     if not text.strip():
         return ObfuscatedText("")
-    tokens = _tokens(text, dialect)
-    if tokens is None:
+    stream = _tokens(text, dialect)
+    if stream is None:
         return PLACEHOLDER
-    tokens = _collapse_lists(tokens)
-    quotes = _QUOTES[dialect]
-    if any(quotes.search(_checked_text(t)) for t in tokens):
-        return PLACEHOLDER
-    return ObfuscatedText(_render(tokens, max_length))
+    return ObfuscatedText(_render(_collapse_lists(stream), max_length))
 
 
 # Operations a summary may name; any other first word gives OTHER (it could be anything).
@@ -451,12 +551,18 @@ def _dotted_name(tokens: list[_Tok], i: int) -> tuple[str, int]:
     """The (schema.)name starting at tokens[i] and the index after it; ("", i) when there is none."""
     if i >= len(tokens) or not _is_name(tokens[i]):
         return "", i
-    parts = [tokens[i].text]
+    parts = [_unquoted(tokens[i].text)]
     i += 1
     while i + 1 < len(tokens) and tokens[i].kind == TokenType.DOT and _is_name(tokens[i + 1]):
-        parts.append(tokens[i + 1].text)
+        parts.append(_unquoted(tokens[i + 1].text))
         i += 2
     return ".".join(parts), i
+
+
+def _unquoted(name: str) -> str:
+    """`orders` and "orders" -> orders: a MySQL digest text quotes every name, a raw text seldom does,
+    and the same table should read the same in a low-cardinality summary."""
+    return name[1:-1] if len(name) > 2 and name[0] in '`"' and name[-1] == name[0] else name
 
 
 def _summary_words(tokens: list[_Tok]) -> list[str]:
@@ -555,9 +661,10 @@ def _bounded(words: Sequence[str], max_length: int) -> str:
 def query_summary(text: str, dialect: SqlDialect, *, max_length: int = 255) -> str:
     """Operation + target(s), as OpenTelemetry's db.query.summary ("SELECT orders customers"); never a
     literal; empty or unparsable text -> "OTHER"; cut at a word within max_length."""
-    tokens = _tokens(text, dialect) if text.strip() else None
-    if not tokens:
+    stream = _tokens(text, dialect) if text.strip() else None
+    if not stream or not stream.texts:
         return OTHER
+    tokens = [_Tok(t, k, k is _PLACEHOLDER_KIND, g, t.upper()) for t, k, g in zip(*stream, strict=True)]
     return _bounded(_summary_words(tokens), max_length)
 
 
