@@ -84,7 +84,7 @@ def every_second(top_n: int = 20) -> dict:
 
 async def workload(pg, my, redis_server, secantus_server, stop_at: float) -> None:
     """Statements full of the literals, over and over until `stop_at`, plus long ones for the samples."""
-    conn = await asyncpg.connect(pg.dsn(database=pg.app_database))
+    conn = await asyncpg.connect(pg.dsn(pg.superuser, pg.superuser_password, pg.app_database))
     redis = redis_server.client()
     mongo = secantus_server.client()
     try:
@@ -182,7 +182,7 @@ async def test_no_query_literal_anywhere(
     resources = [f"db:{d['type']}/{d['name']}" for d in databases]
     try:
         await asyncio.wait_for(_assigned(ports["a_metrics"], resources, processes), 30)
-        await workload(pg, my, redis_server, secantus_server, stop_at=time.monotonic() + 4)
+        await workload(pg, my, redis_server, secantus_server, stop_at=time.monotonic() + 6)
         # the collection ran: top queries and samples of the workload reached OTLP and Prometheus
         deadline = time.monotonic() + 30
         while True:
