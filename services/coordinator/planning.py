@@ -235,7 +235,7 @@ def plan_step(
     target_set = {r: a for r, a in placement.owners.items() if step.target.get(r) != a}
     target_delete = tuple(sorted(r for r in step.target if r not in placement.owners))
     target_changed = bool(target_set or target_delete)
-    real_moves = [m for m in placement.moves if step.target.get(m.resource_id) != m.to_agent]
+    real_moves = sum(1 for rid in placement.moved if step.target.get(rid) != placement.owners[rid])
     write = PlacementWrite(
         target_set=target_set,
         target_delete=target_delete,
@@ -243,7 +243,7 @@ def plan_step(
         expire=tuple(expire),
         expire_heard_ms={a: step.agents[a].last_heartbeat_ms for a in expire},
         rebalance_reason=(reason or _unprompted_reason(step)) if target_changed else None,
-        moves=len(real_moves),
+        moves=real_moves,
         unacknowledged=None
         if step.unacknowledged == step.recorded_unacknowledged
         else tuple(sorted(step.unacknowledged)),
