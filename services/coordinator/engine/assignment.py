@@ -45,7 +45,7 @@ Placement, in order
    b. Counts: an agent above the count cap U gives, one at a time, the resource that best evens
       both loads (closest to min(its excess, the receiver's room), else its smallest) to the least
       loaded agent under U.
-   c. Costs: with band (T - tol, T + tol), tol = min(c_mean, 0.02 * T): while the most loaded agent
+   c. Costs: with band (T - tol, T + tol), tol = min(c_mean, 0.02 * T) (c_mean when mu < 10): while the most loaded agent
       M is above the band or the least loaded m below it, move one resource from M to m when m has
       room (the one nearest m's per-slot need (T - load m) / (mu - count m), among those that keep
       both inside the band; else the one that best evens the pair); when m is at its count cap or no
@@ -463,7 +463,7 @@ class Fleet:
         """Each resource (largest first) to the least loaded agent under the count cap (ties by agent
         id); the cap is waived only when nobody is under it. Inlined: a first placement runs this for
         every resource."""
-        load, held, cost, owner = self.load, self.held, self.cost, self.owner
+        load, held, cost, owner, count = self.load, self.held, self.cost, self.owner, self.count
         placed = 0
         for limit in (cap, math.inf):
             room = {}
@@ -479,6 +479,7 @@ class Fleet:
                 agent_load, agent = heap[0]
                 owner[rid] = agent
                 held[agent].append(rid)
+                count[agent] += 1
                 room[agent] -= 1
                 if room[agent] > 0:
                     heapq.heapreplace(heap, (agent_load + cost[rid], agent))
@@ -486,8 +487,6 @@ class Fleet:
                     heapq.heappop(heap)
                 load[agent] = agent_load + cost[rid]
                 placed += 1
-            for agent in members:
-                self.count[agent] = min(limit, self.slots[agent].capacity or math.inf) - room[agent]
             self.dirty.update(members)
             if placed == len(rids):
                 return []
@@ -546,7 +545,8 @@ class Fleet:
             mean = total / len(balancers)
             mean_count = sum(self.count[a] for a in balancers) / len(balancers)
             movable_cost = total - math.fsum(map(self._pinned_load, balancers))
-            tol = min(movable_cost / movable, _BAND * mean)
+            # Under ten resources an agent, 2 % of a load is finer than one resource: the mean cost it is.
+            tol = movable_cost / movable if mean_count < 10 else min(movable_cost / movable, _BAND * mean)
             cap = count_cap(mean_count)
             self._even_counts(balancers, mean, cap)
             self._even_loads(balancers, mean, mean_count, mean - tol, mean + tol, cap)
@@ -731,8 +731,8 @@ class Fleet:
             counts=MappingProxyType(dict(self.count)),
             zones=MappingProxyType(dict(self.pool_of)),
         )
-        # The next step starts from this placement; what is still unassigned keeps its origin.
-        self.origin = {rid: self.origin.get(rid) for rid in self.orphans}
+        # The next step starts from this placement.
+        self.origin = dict.fromkeys(self.orphans)  # unowned in this placement, so unowned before the next
         self.dirty = set()
         return placement
 
