@@ -423,9 +423,10 @@ def test_balancing_keeps_every_count_under_the_cap_whatever_the_costs(data):
         assert max(rest.values()) <= count_cap(sum(rest.values()) / len(rest))
 
 
-def agents_alone_with_a_heavy_resource(placement, demands):
+def agents_alone_with_a_heavy_resource(placement, demands, members=None):
     """Agents holding exactly one heavy resource, heavy as the engine's docstring defines it."""
-    remaining, agents_left = math.fsum(d.cost for d in demands), len(placement.loads)
+    members = list(placement.loads) if members is None else members
+    remaining, agents_left = math.fsum(d.cost for d in demands), len(members)
     heavy = set()
     for d in sorted(demands, key=lambda d: -d.cost)[: max(0, agents_left - 1)]:
         if d.cost * agents_left <= remaining:
@@ -511,7 +512,7 @@ def test_balance_bounds_hold_within_each_zone(case):
         c_max = max(d.cost for d in mine)
         assert max(loads) < mean + c_max
         counts = [placement.counts[a] for a in members]
-        heavy = {a for a in members if placement.counts[a] == 1 and placement.loads[a] > mean}
+        heavy = agents_alone_with_a_heavy_resource(placement, mine, members)
         rest = [placement.counts[a] for a in members if a not in heavy]
         if rest:
             assert max(rest) <= count_cap(sum(rest) / len(rest))
