@@ -347,7 +347,12 @@ def test_cost_rebalance_accepts_a_gain_above_the_threshold():
 
 def test_cost_rebalance_refuses_a_gain_below_the_threshold_and_still_fixes_orphans():
     # a: 1.5 + 1.0, b: 1.0 + the orphan r3 (0.5): spread 1.25, counts even.
-    demands = [ResourceDemand("r0", 1.5), ResourceDemand("r1", 1.0), ResourceDemand("r2", 1.0), ResourceDemand("r3", 0.5)]
+    demands = [
+        ResourceDemand("r0", 1.5),
+        ResourceDemand("r1", 1.0),
+        ResourceDemand("r2", 1.0),
+        ResourceDemand("r3", 0.5),
+    ]
     previous = {"r0": "a", "r1": "a", "r2": "b", "r3": "gone"}  # r3 is an orphan: it moves either way
     slots = [AgentSlot("a"), AgentSlot("b")]
     # the absolute bound is set out of reach so only the relative gain decides

@@ -65,9 +65,12 @@ With no pins, capacity limits or zones, after `place(..., balance=True)`:
   stops only when no agent is above U, since an agent under U always exists while one is above (the
   counts sum to A' mu' <= A' U); 4c moves only to agents under U and swaps keep counts.
 - Costs: a heavy resource sits alone on its agent (with pins only). Every other agent ends within
-  the band, or set aside with no single move or swap able to lower it against the least loaded
-  agent; that gives load <= T' + c_max' (c_max' the largest non-heavy cost, T' the mean over the
-  non-heavy agents), and T' + c_max' <= 2 T' since no remaining resource is heavy.
+  the band, or was set aside when no single move or swap lowered it against the least loaded agent
+  m. If m had room under the count cap then, every resource on it cost at least load - load(m), and
+  since the least load never falls (a move leaves the donor above the receiver's old load), load <=
+  T' + c_max' (c_max' the largest non-heavy cost, T' the mean over the non-heavy agents), and
+  T' + c_max' <= 2 T' since no remaining resource is heavy. When m sat at the count cap only the
+  swap was tried, and the bound is measured, not proved (property-tested: mean +- c_max holds).
   Measured (bench/bench_assignment_quality.py, docs/benchmarks.md), not proved: worst/mean <= 1.03
   after a join or a rebalance when mu >= 10 and no resource is heavy.
 With zones, all of the above holds within each zone's pool for the resources bound to it.
@@ -90,8 +93,14 @@ Movement
   still in `agents` (draining included: it must hand the resource off), None when it is gone or
   there was none. `Placement.moves` lists the same as `Move`s, built only when asked for.
 
-Cost of a call: O(N) dictionary work to read the inputs, plus, for a leave, O(orphans log A + A);
-for a join or rebalance, O(moves log A + A) plus sorting the resources of the agents that give.
+Cost of a call
+--------------
+`place` reads every input: O(N) dictionary work (N resources), then O(orphans log A) for the
+orphans and, balancing, O(moves * (log A + resources of an agent)) plus sorting the resources of the
+agents that give or take. A kept `Fleet` skips the O(N) part: `set_agents` + `plan` for a leave or a
+join costs O(what moves + A + resources of the agents involved). The leader currently builds a fresh
+fleet every step (its step reads the whole store and every agent's report anyway, which is O(N));
+bench/bench_assignment.py measures both and the whole leader step.
 """
 
 from __future__ import annotations
@@ -329,7 +338,7 @@ class Fleet:
                 continue
             holder = previous.get(rid)
             if holder in eligible and (not bound or rid not in bound or pool_of[holder] == bound[rid]):
-                kept[holder].append(rid)  # type: ignore[index]  # holder is in eligible
+                kept[holder].append(rid)
             else:
                 orphans.append(rid)
                 origin[rid] = holder
@@ -353,8 +362,10 @@ class Fleet:
     def _exact_load(self, agent: str) -> float:
         cost = self.cost
         pinned = [cost[r] for r in self.pins.get(agent, ()) if r in self.fixed and self.owner.get(r) == agent]
-        return math.fsum([*map(cost.__getitem__, self.held[agent]), *pinned]) if pinned else math.fsum(
-            map(cost.__getitem__, self.held[agent])
+        return (
+            math.fsum([*map(cost.__getitem__, self.held[agent]), *pinned])
+            if pinned
+            else math.fsum(map(cost.__getitem__, self.held[agent]))
         )
 
     # -- a membership change between two steps -------------------------------------------------------
@@ -600,7 +611,7 @@ class Fleet:
         evicted.sort(key=lambda e: (-e[0], e[1]))
         heap = [(load[a], a) for a in balancers]
         heapq.heapify(heap)
-        for c, rid, source in evicted:
+        for _cost, rid, source in evicted:
             while heap and (heap[0][0] != load[heap[0][1]] or not self.has_room(heap[0][1])):
                 heapq.heappop(heap)
             if not heap:
@@ -661,7 +672,9 @@ class Fleet:
             high, low = load[donor], load[receiver]
             if donor == receiver or high <= low or (high < upper and low > lower):
                 return
-            if not (self._move_one(donor, receiver, mean, mean_count, lower, upper, cap) or self._swap(donor, receiver)):
+            if not (
+                self._move_one(donor, receiver, mean, mean_count, lower, upper, cap) or self._swap(donor, receiver)
+            ):
                 stuck.add(donor)  # nothing lowers it against the least loaded: try the next one
                 continue
             for agent in (donor, receiver):
@@ -741,6 +754,7 @@ def _lowers(high: float, new_high: float) -> bool:
     """Whether a move lowers the pair's maximum by more than rounding: every move must, so the sum
     of squared loads falls by a real amount each time and balancing ends."""
     return new_high < high - 1e-9 * high
+
 
 def _nearest(items: list[tuple[float, str]], target: float, limit: float) -> int | None:
     """Index of the item whose cost is nearest `target` among those costing less than `limit`
