@@ -57,7 +57,7 @@ Bounds (proved; property-tested in tests/unit/test_assignment_engine.py)
 -----------------------------------------------------------------------
 With no pins, capacity limits or zones, after `place(..., balance=True)`:
 - Equal costs: max count - min count <= 1, reached with exactly the theoretical minimum of moves
-  (below). Proof: loads are counts, tol = 1 whenever T >= 50 (else smaller), U >= ceil(mu); a move
+  (below). Proof: loads are counts, tol = 1 when T >= 50 or T < 10 (else smaller), U >= ceil(mu); a move
   happens only between agents whose counts differ by >= 2, from the most to the least loaded, so
   each move takes a unit from an agent above its target to one below it; the loop stops only when
   no two counts differ by 2.
