@@ -273,6 +273,9 @@ class CoordinatorScaling(_Section):
     min_rebalance_interval: Duration = timedelta(minutes=1)
     # A periodic cost rebalance is applied only if it improves the spread by at least this share.
     rebalance_improvement: float = Field(default=0.10, ge=0.0, le=1.0)
+    # ... or whenever the busiest agent of a zone carries more than this times its zone's mean load
+    # (or more than 1.25 times the mean count): an absolute bound, so drift never stays.
+    rebalance_max_spread: float = Field(default=1.03, ge=1.0, le=10.0)
     # An agent whose stream ends without a Leave (its process died: the connection closed) is expired
     # this long after, unless it reconnects; 0s turns it off (node_timeout alone decides).
     disconnect_grace: Duration = timedelta(seconds=DEFAULT_DISCONNECT_GRACE_S)
@@ -398,6 +401,9 @@ class DatabaseConfig(_Section):
     labels: dict[str, Text] = {}
     tls: TLSSettings = TLSSettings()
     pin: Text | None = None  # agent id this database must stay on while that agent is live
+    # Failure zone (topology.kubernetes.io/zone) the database lives in: polled from an agent of the
+    # same zone whenever one is live (cross-zone traffic costs money), from any agent otherwise.
+    zone: Text = Field(default="", max_length=128, pattern=r"^([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$")
     metrics: dict[str, MetricToggle] = {}
     # Query intelligence; unset keys fall back to the same blocks under `agent:` (AgentSettings.query_settings).
     top_query_collection: TopQueryCollection | None = None

@@ -183,7 +183,7 @@ class LeaderLoop:
             self._inventory_cache = (
                 config,
                 {
-                    rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
+                    rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin, db.zone)
                     for rid, db in config.resources().items()
                 },
             )
@@ -334,7 +334,13 @@ class LeaderLoop:
         if decision.action == "wait":
             self._dirty = True
             return
-        plan = plan_step(step, balance=decision.balance, cost_rebalance=decision.cost_rebalance, reason=decision.reason)
+        plan = plan_step(
+            step,
+            balance=decision.balance,
+            cost_rebalance=decision.cost_rebalance,
+            max_spread=timing.rebalance_max_spread,
+            reason=decision.reason,
+        )
         await self._apply(lease, plan)
         self.schedule = after_plan(self.schedule, now, decision, step, plan)
         if not plan.is_noop:

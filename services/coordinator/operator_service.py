@@ -70,7 +70,7 @@ class OperatorServicer(operator_service_pb2_grpc.OperatorServiceServicer):
             await rpc.abort(context, grpc.StatusCode.UNAVAILABLE, f"store unreachable from this replica: {exc}")
         config = self._config_source()
         inventory = {
-            rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin)
+            rid: InventoryItem(rid, db.type, db.interval.total_seconds(), db.pin, db.zone)
             for rid, db in config.resources().items()
         }
         timeout_ms = int(config.scaling.coordinator.node_timeout.total_seconds() * 1000)

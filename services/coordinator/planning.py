@@ -22,6 +22,7 @@ class InventoryItem:
     type: str
     interval_s: float
     pin: str | None = None
+    zone: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,16 @@ def last_poll_times(agents: Mapping[str, AgentRecord]) -> dict[str, int]:
 
 
 def plan_step(
-    step: StepInput, *, balance: bool = False, cost_rebalance: float | None = None, reason: str = ""
+    step: StepInput,
+    *,
+    balance: bool = False,
+    cost_rebalance: float | None = None,
+    max_spread: float = 1.03,
+    reason: str = "",
 ) -> StepPlan:
     """Compute one leader step. `balance`: move the minimum needed to balance (agents joined);
-    `cost_rebalance`: a cost-driven rebalance, applied only if it improves the spread by that share;
+    `cost_rebalance`: a periodic rebalance, applied if it improves the spread by that share or the
+    current placement breaks the absolute bound `max_spread` (see `plan_cost_rebalance`);
     `reason`: what prompted the step, recorded with a target change (else `_unprompted_reason`)."""
     live, expire = liveness(
         step.agents, step.now_ms, step.node_timeout_ms, step.grace_from_ms, step.disconnect_grace_ms
@@ -216,11 +223,13 @@ def plan_step(
         for a in live
     ]
     demands = [
-        ResourceDemand(resource_id=rid, cost=costs[rid], pinned_agent=item.pin)
+        ResourceDemand(resource_id=rid, cost=costs[rid], pinned_agent=item.pin, zone=item.zone)
         for rid, item in sorted(step.inventory.items())
     ]
     if cost_rebalance is not None:
-        placement, _improved = plan_cost_rebalance(demands, slots, previous, min_improvement=cost_rebalance)
+        placement, _improved = plan_cost_rebalance(
+            demands, slots, previous, min_improvement=cost_rebalance, max_spread=max_spread
+        )
     else:
         placement = place(demands, slots, previous, balance=balance)
 
@@ -235,7 +244,7 @@ def plan_step(
     target_set = {r: a for r, a in placement.owners.items() if step.target.get(r) != a}
     target_delete = tuple(sorted(r for r in step.target if r not in placement.owners))
     target_changed = bool(target_set or target_delete)
-    real_moves = [m for m in placement.moves if step.target.get(m.resource_id) != m.to_agent]
+    real_moves = sum(1 for rid in placement.moved if step.target.get(rid) != placement.owners[rid])
     write = PlacementWrite(
         target_set=target_set,
         target_delete=target_delete,
@@ -243,7 +252,7 @@ def plan_step(
         expire=tuple(expire),
         expire_heard_ms={a: step.agents[a].last_heartbeat_ms for a in expire},
         rebalance_reason=(reason or _unprompted_reason(step)) if target_changed else None,
-        moves=len(real_moves),
+        moves=real_moves,
         unacknowledged=None
         if step.unacknowledged == step.recorded_unacknowledged
         else tuple(sorted(step.unacknowledged)),

@@ -33,6 +33,7 @@ class Timing:
     rebalance_interval_s: float
     min_rebalance_interval_s: float
     rebalance_improvement: float
+    rebalance_max_spread: float = 1.03
 
     @classmethod
     def of(cls, settings: CoordinatorScaling) -> Timing:
@@ -41,6 +42,7 @@ class Timing:
             rebalance_interval_s=settings.rebalance_interval.total_seconds(),
             min_rebalance_interval_s=settings.min_rebalance_interval.total_seconds(),
             rebalance_improvement=settings.rebalance_improvement,
+            rebalance_max_spread=settings.rebalance_max_spread,
         )
 
     @property

@@ -12,9 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbintel.coordinator.engine.assignment import (
+    COUNT_BOUND,
     AgentSlot,
+    Fleet,
     Move,
     ResourceDemand,
+    count_cap,
+    imbalance,
     place,
     plan_cost_rebalance,
     spread,
@@ -268,14 +272,14 @@ def test_costs_join_moves_within_twice_the_equal_cost_minimum(data):
     assert len(placement.moves) <= 2 * (minimum + len(new))
 
 
-def test_join_takes_the_largest_resource_that_keeps_both_agents_in_the_band():
-    # a: 3 + 5 x 1 = 8, b joins: mean load 4, mean cost 8/6, band (2.67, 5.33). Moving the 3.0
-    # lands both inside in one move, where equal-size pieces would have needed three.
+def test_a_join_takes_its_share_of_the_count_not_only_of_the_cost():
+    # a: 3 + 5 x 1 = 8, b joins: mean load 4, mean count 3, cap 3. Taking the 3.0 alone would even the
+    # cost but leave a with 5 databases and b with 1; b takes the 3.0's worth in count-sized pieces.
     demands = [ResourceDemand("big", 3.0)] + [ResourceDemand(f"small{i}") for i in range(5)]
     previous = {d.resource_id: "a" for d in demands}
     placement = place(demands, [AgentSlot("a"), AgentSlot("b")], previous, balance=True)
-    assert placement.moves == (Move("big", "a", "b"),)
-    assert dict(placement.loads) == {"a": 5.0, "b": 3.0}
+    assert max(placement.counts.values()) <= count_cap(3.0)
+    assert spread(placement.loads) <= 1.25  # the best split of {3, 1, 1, 1, 1, 1} in two is 4 / 4 or 5 / 3
 
 
 # --- pins -----------------------------------------------------------------------------------------
@@ -342,12 +346,20 @@ def test_cost_rebalance_accepts_a_gain_above_the_threshold():
 
 
 def test_cost_rebalance_refuses_a_gain_below_the_threshold_and_still_fixes_orphans():
-    demands, slots, previous = skewed_two_agents()
-    previous = {**previous, "r4": "gone"}  # r4 is an orphan: it moves either way
-    plan, accepted = plan_cost_rebalance(demands, slots, previous, min_improvement=0.30)  # gain is 0.25
+    # a: 1.5 + 1.0, b: 1.0 + the orphan r3 (0.5): spread 1.25, counts even.
+    demands = [
+        ResourceDemand("r0", 1.5),
+        ResourceDemand("r1", 1.0),
+        ResourceDemand("r2", 1.0),
+        ResourceDemand("r3", 0.5),
+    ]
+    previous = {"r0": "a", "r1": "a", "r2": "b", "r3": "gone"}  # r3 is an orphan: it moves either way
+    slots = [AgentSlot("a"), AgentSlot("b")]
+    # the absolute bound is set out of reach so only the relative gain decides
+    plan, accepted = plan_cost_rebalance(demands, slots, previous, min_improvement=0.30, max_spread=2.0)
     assert not accepted
-    assert dict(plan.owners) == {**previous, "r4": "b"}
-    assert plan.moves == (Move("r4", None, "b"),)
+    assert dict(plan.owners) == {**previous, "r3": "b"}
+    assert plan.moves == (Move("r3", None, "b"),)
 
 
 def test_cost_rebalance_refuses_when_already_balanced():
@@ -360,17 +372,199 @@ def test_cost_rebalance_refuses_when_already_balanced():
 
 @examples
 @given(st.data())
-def test_cost_rebalance_accepts_exactly_when_the_spread_gain_reaches_the_threshold(data):
+def test_cost_rebalance_accepts_exactly_when_a_bound_is_broken_or_the_gain_reaches_the_threshold(data):
     demands = data.draw(resources(costs=SKEWED, pins=True))
     slots = data.draw(agents(capacities=True, draining=True))
     previous = data.draw(previous_owners(demands))
     threshold = data.draw(st.floats(0.0, 0.5))
-    plan, accepted = plan_cost_rebalance(demands, slots, previous, min_improvement=threshold)
+    max_spread = data.draw(st.floats(1.0, 2.0))
+    plan, accepted = plan_cost_rebalance(demands, slots, previous, min_improvement=threshold, max_spread=max_spread)
     settled = place(demands, slots, previous, balance=False)
     balanced = place(demands, slots, previous, balance=True)
     gain = (spread(settled.loads) - spread(balanced.loads)) / spread(settled.loads)
-    assert accepted == (gain > 0 and gain >= threshold)
+    cost_worst, count_worst = imbalance(settled)
+    broken = cost_worst > max_spread or count_worst > COUNT_BOUND
+    assert accepted == (balanced.owners != settled.owners and (broken or (gain > 0 and gain >= threshold)))
     assert plan == (balanced if accepted else settled)
+
+
+def test_cost_rebalance_is_triggered_by_the_absolute_bound_even_for_a_small_relative_gain():
+    # 21 agents: one at 1.3x the mean after a leave; the spread gain of fixing it is under 10 %.
+    demands = [ResourceDemand(f"r{i:03d}", 1.0) for i in range(200)] + [ResourceDemand("big", 3.0)]
+    slots = [AgentSlot(f"a{i:02d}") for i in range(20)]
+    start = place(demands, slots, {}, balance=True)
+    plan, accepted = plan_cost_rebalance(demands, slots, {**start.owners}, min_improvement=0.10)
+    assert not accepted and plan.moves == ()  # balanced: nothing to do
+    skewed = dict(start.owners)
+    skewed["big"] = next(a for a in sorted(start.loads) if a != start.owners["big"])
+    settled = place(demands, slots, skewed, balance=False)
+    assert imbalance(settled)[0] > 1.03
+    plan, accepted = plan_cost_rebalance(demands, slots, skewed, min_improvement=0.10)
+    assert accepted and imbalance(plan)[0] < imbalance(settled)[0]
+    mean = math.fsum(plan.loads.values()) / len(plan.loads)
+    assert max(plan.loads.values()) < mean + 1.0  # back inside mean ± the mean cost
+    assert len(plan.moves) <= 4  # only what balancing needs
+    again, accepted_again = plan_cost_rebalance(demands, slots, dict(plan.owners), min_improvement=0.0)
+    assert not accepted_again and again.moves == ()  # a balanced placement is a fixed point
+
+
+# --- counts, heavy databases ---------------------------------------------------------------------
+
+
+def mean_count(placement):
+    return sum(placement.counts.values()) / len(placement.counts)
+
+
+@examples
+@given(st.data())
+def test_balancing_keeps_every_count_under_the_cap_whatever_the_costs(data):
+    demands = data.draw(resources(costs=st.one_of(SKEWED, st.floats(0.01, 1000.0)), max_size=80))
+    slots = data.draw(agents(min_size=1))
+    previous = data.draw(previous_owners(demands))
+    placement = place(demands, slots, previous, balance=True)
+    heavy_agents = agents_alone_with_a_heavy_resource(placement, demands)
+    rest = {a: c for a, c in placement.counts.items() if a not in heavy_agents}
+    if rest:
+        assert max(rest.values()) <= count_cap(sum(rest.values()) / len(rest))
+
+
+def agents_alone_with_a_heavy_resource(placement, demands, members=None):
+    """Agents holding exactly one heavy resource, heavy as the engine's docstring defines it."""
+    members = list(placement.loads) if members is None else members
+    remaining, agents_left = math.fsum(d.cost for d in demands), len(members)
+    heavy = set()
+    for d in sorted(demands, key=lambda d: -d.cost)[: max(0, agents_left - 1)]:
+        if d.cost * agents_left <= remaining:
+            break
+        heavy.add(d.resource_id)
+        remaining, agents_left = remaining - d.cost, agents_left - 1
+    return {placement.owners[r] for r in heavy if placement.counts[placement.owners[r]] == 1}
+
+
+@examples
+@given(st.lists(st.floats(0.2, 2.0), min_size=10, max_size=80), st.integers(2, 8), st.floats(2.5, 50.0))
+def test_a_heavy_database_sits_alone_and_a_joining_agent_still_gets_its_share(costs, agent_count, factor):
+    demands = [ResourceDemand(f"r{i:03d}", c) for i, c in enumerate(costs)]
+    # heavy > mean load once factor > A / (A - 1), which 2.5 is for every A >= 2
+    demands.append(ResourceDemand("heavy", factor * math.fsum(costs) / agent_count))
+    slots = [AgentSlot(f"a{i}") for i in range(agent_count)]
+    start = place(demands, slots, {}, balance=True)
+    assert start.counts[start.owners["heavy"]] == 1
+    joined = place(demands, [*slots, AgentSlot("new")], dict(start.owners), balance=True)
+    home = joined.owners["heavy"]
+    assert joined.counts[home] == 1 and home == start.owners["heavy"]  # alone, and it did not move
+    rest = {a: load for a, load in joined.loads.items() if a != home}
+    fair = math.fsum(rest.values()) / len(rest)
+    assert joined.loads["new"] > fair - max(costs)  # the newcomer gets its share of the rest
+    assert max(rest.values()) < fair + max(costs)
+
+
+def test_with_a_heavy_database_the_periodic_rebalance_still_balances_the_others():
+    demands = [ResourceDemand("heavy", 500.0)] + [ResourceDemand(f"r{i:03d}", 1.0) for i in range(90)]
+    previous = {"heavy": "a0", **{f"r{i:03d}": ("a0" if i < 30 else "a1") for i in range(90)}}
+    slots = [AgentSlot(a) for a in ("a0", "a1", "a2")]
+    plan, accepted = plan_cost_rebalance(demands, slots, previous)
+    assert accepted
+    assert plan.counts["a0"] == 1 and plan.counts["a1"] == plan.counts["a2"] == 45
+
+
+# --- zones ----------------------------------------------------------------------------------------
+
+ZONES = ["zone-a", "zone-b", "zone-c"]
+
+
+@st.composite
+def zoned(draw):
+    demands = draw(
+        st.lists(st.tuples(SKEWED, st.sampled_from([*ZONES, ""])), max_size=60).map(
+            lambda drawn: [ResourceDemand(f"r{i:03d}", c, zone=z) for i, (c, z) in enumerate(drawn)]
+        )
+    )
+    ids = draw(st.lists(st.sampled_from(AGENT_POOL), min_size=1, max_size=8, unique=True))
+    slots = [AgentSlot(a, zone=draw(st.sampled_from(ZONES))) for a in ids]
+    return demands, slots
+
+
+@examples
+@given(zoned(), st.data())
+def test_a_database_sits_in_its_zone_whenever_the_zone_has_a_live_agent(case, data):
+    demands, slots = case
+    previous = data.draw(previous_owners(demands))
+    placement = place(demands, slots, previous, balance=data.draw(st.booleans()))
+    zone_of = {s.agent_id: s.zone for s in slots}
+    live = set(zone_of.values())
+    assert set(placement.owners) == {d.resource_id for d in demands}
+    for d in demands:
+        if d.zone in live:
+            assert zone_of[placement.owners[d.resource_id]] == d.zone
+
+
+@examples
+@given(zoned())
+def test_balance_bounds_hold_within_each_zone(case):
+    demands, slots = case
+    zone_of = {s.agent_id: s.zone for s in slots}
+    live = set(zone_of.values())
+    demands = [d for d in demands if d.zone in live]  # every database names a zone with a live agent
+    placement = place(demands, slots, {}, balance=True)
+    for zone in live:
+        members = [a for a in zone_of if zone_of[a] == zone]
+        mine = [d for d in demands if d.zone == zone]
+        if not mine:
+            continue
+        loads = [placement.loads[a] for a in members]
+        mean = math.fsum(loads) / len(loads)
+        c_max = max(d.cost for d in mine)
+        assert max(loads) < mean + c_max
+        counts = [placement.counts[a] for a in members]
+        heavy = agents_alone_with_a_heavy_resource(placement, mine, members)
+        rest = [placement.counts[a] for a in members if a not in heavy]
+        if rest:
+            assert max(rest) <= count_cap(sum(rest) / len(rest))
+        assert sum(counts) >= len(mine)
+
+
+def test_a_zone_with_no_live_agent_falls_back_and_returns_when_its_agent_does():
+    demands = [ResourceDemand(f"db:redis/e{i}", zone="eu") for i in range(4)]
+    demands += [ResourceDemand(f"db:redis/u{i}", zone="us") for i in range(4)]
+    us_only = [AgentSlot("us-1", zone="us"), AgentSlot("us-2", zone="us")]
+    away = place(demands, us_only, {}, balance=True)
+    assert len(away.owners) == 8 and set(away.counts.values()) == {4}  # eu falls back, balanced
+    back = place(demands, [*us_only, AgentSlot("eu-1", zone="eu")], dict(away.owners), balance=False)
+    assert {back.owners[f"db:redis/e{i}"] for i in range(4)} == {"eu-1"}  # back home even without balancing
+    assert {m.resource_id for m in back.moves} == {f"db:redis/e{i}" for i in range(4)}
+    assert all(back.owners[f"db:redis/u{i}"] == away.owners[f"db:redis/u{i}"] for i in range(4))
+
+
+# --- the reusable fleet: an event pays for what moves ----------------------------------------------
+
+
+@examples
+@given(st.data())
+def test_a_kept_fleet_gives_the_placement_a_fresh_place_gives(data):
+    demands = data.draw(resources(costs=st.one_of(EQUAL, SKEWED), pins=True))
+    slots = data.draw(agents(min_size=1))
+    fleet = Fleet(demands, slots)
+    fleet.settle({})
+    first = fleet.plan(balance=True)
+    owners = dict(first.owners)
+    for _ in range(data.draw(st.integers(1, 3))):
+        ids = data.draw(st.lists(st.sampled_from(AGENT_POOL), min_size=1, max_size=8, unique=True))
+        new_slots = [AgentSlot(a, draining=data.draw(st.booleans()) and len(ids) > 1) for a in ids]
+        balance = data.draw(st.booleans())
+        fresh = place(demands, new_slots, owners, balance=balance)
+        if fleet.set_agents(new_slots):
+            kept = fleet.plan(balance=balance)
+        else:
+            fleet = Fleet(demands, new_slots)
+            fleet.settle(owners)
+            kept = fleet.plan(balance=balance)
+        assert dict(kept.owners) == dict(fresh.owners)
+        assert kept.moves == fresh.moves
+        assert kept.unassigned == fresh.unassigned
+        assert dict(kept.counts) == dict(fresh.counts)
+        assert all(kept.loads[a] == pytest.approx(fresh.loads[a]) for a in fresh.loads)
+        owners = dict(kept.owners)
 
 
 # --- spread and validation ------------------------------------------------------------------------

@@ -128,6 +128,16 @@ def test_secret_references_resolve_without_leaking(tmp_path):
         resolve_secret("${file:/nonexistent/pw}")
 
 
+def test_a_database_zone_is_carried_and_validated():
+    config = parse_config(
+        "databases: [{name: a, type: redis, endpoint: 'h:1', zone: eu-west-1a}, {name: b, type: redis, endpoint: 'h:2'}]"
+    )
+    assert [db.zone for db in config.databases] == ["eu-west-1a", ""]
+    with pytest.raises(ConfigError) as info:
+        parse_config("databases: [{name: a, type: redis, endpoint: 'h:1', zone: 'eu west'}]")
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("databases[0] (a).zone:")
+
+
 def test_resource_ids_use_the_prefix():
     config = parse_config(
         "scaling: {receiver_scaling: {resource_prefix: 'x/'}}\n"

@@ -58,7 +58,7 @@ def written(schedule: LeaderSchedule, now: float, decision) -> LeaderSchedule:
         return schedule
     plan = StepPlan(
         write=PlacementWrite(),
-        placement=Placement(owners={}, unassigned=(), moves=(), loads={}),
+        placement=Placement(owners={}, unassigned=(), moved={}, loads={}),
         holdings={},
         live=(),
         expired=(),

@@ -178,3 +178,16 @@ def test_a_grant_not_yet_acknowledged_blocks_a_second_grant():
         )
     )
     assert acked.holdings["b"] == frozenset(inv)
+
+
+def test_a_database_zone_from_the_config_reaches_the_engine_and_picks_a_same_zone_agent():
+    inv = {
+        f"db:redis/{i}": InventoryItem(f"db:redis/{i}", "redis", 30.0, zone="eu" if i % 2 else "us") for i in range(6)
+    }
+    eu, us = agent("eu-1"), agent("us-1")
+    eu = dataclasses.replace(eu, registration=dataclasses.replace(eu.registration, zone="eu"))
+    us = dataclasses.replace(us, registration=dataclasses.replace(us.registration, zone="us"))
+    plan = plan_step(step([eu, us], inv), balance=True)
+    assert all(plan.placement.owners[rid] == ("eu-1" if item.zone == "eu" else "us-1") for rid, item in inv.items())
+    alone = plan_step(step([us], inv, target=dict(plan.placement.owners)))  # eu has no live agent: fall back
+    assert set(alone.placement.owners.values()) == {"us-1"}
