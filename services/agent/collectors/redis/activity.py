@@ -113,7 +113,7 @@ def statement_id(text: str) -> str:
 def slowlog_counters(entries: Iterable[SlowlogEntry], limit: int) -> tuple[StatementCounters, ...]:
     """Entries grouped by obfuscated command: calls = entries, time = their durations; at most `limit`
     patterns, the heaviest by time first."""
-    groups: dict[str, list[Any]] = {}  # text -> [calls, µs, summary]
+    groups: dict[ObfuscatedText, list[Any]] = {}  # text -> [calls, µs, summary]
     for entry in entries:
         text = redis_command(entry.args)
         group = groups.setdefault(text, [0, 0, None])
@@ -126,7 +126,7 @@ def slowlog_counters(entries: Iterable[SlowlogEntry], limit: int) -> tuple[State
             query_id=statement_id(text),
             calls=float(calls),
             total_time_s=micros / 1e6,
-            text=ObfuscatedText(text),
+            text=text,
             summary=summary,
         )
         for text, (calls, micros, summary) in groups.items()
