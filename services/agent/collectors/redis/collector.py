@@ -57,8 +57,9 @@ from .metrics import REDIS_METRICS
 
 _MAX_MESSAGE = 300
 SLOWLOG = "fetch_slowlog"  # SLOWLOG GET: top queries
-CLIENT_LIST = "fetch_client_list"  # CLIENT LIST (+ CLIENT ID per connection): query samples
-_ACL = {SLOWLOG: "+slowlog|get", CLIENT_LIST: "+client|list +client|id"}
+CLIENT_LIST = "fetch_client_list"  # CLIENT LIST: query samples
+CLIENT_ID = "fetch_client_id"  # CLIENT ID, once per connection: our own client, left out of the samples
+_ACL = {SLOWLOG: "+slowlog|get", CLIENT_LIST: "+client|list", CLIENT_ID: "+client|id"}
 MAXCLIENTS = "fetch_maxclients"  # CONFIG GET maxclients: only for servers whose INFO lacks it, on the slow schedule
 
 
@@ -192,7 +193,7 @@ class RedisCollector(DatabaseCollector):
     async def read_query_samples(self, limit: int) -> SampleRead:
         start, result, now = self.client.statements, CollectionResult(), self._monotonic()
         if self._own_id is None or self._own_id[0] != self.client.connections or not self.client.connected:
-            own = await self._query_runner.run(result, now, CLIENT_LIST, self.client.fetch_client_id)
+            own = await self._query_runner.run(result, now, CLIENT_ID, self.client.fetch_client_id)
             self._own_id = (self.client.connections, own) if own is not None else None
         sessions: tuple = ()
         if self._own_id is not None:
