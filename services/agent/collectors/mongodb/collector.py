@@ -48,6 +48,8 @@ Query intelligence (same client, own intervals, never during collect(); pure map
                         from `profile: -1`, sent on the first read and then every SLOW_REFRESH s (so a
                         profiler turned on or off is followed within that). The profiler off (or no
                         `database` in the entry) is said ONCE, with the setProfilingLevel that turns it on.
+                        A failed profile read counts nothing and keeps the cursor; a refused one (no
+                        dbAdmin) is reported once and top is read until its retry.
 """
 
 from __future__ import annotations
@@ -344,11 +346,10 @@ class MongodbCollector(DatabaseCollector):
     # --- query intelligence ----------------------------------------------------------------------------
     async def read_statement_stats(self, limit: int, cursor: str | None) -> StatementRead:
         start, result, now = self.client.sent, CollectionResult(), self._clock()
-        read: StatementRead | None = None
         try:
             if await self._profiler_on(result, now):
                 read = await self._profile_read(result, now, limit, cursor)
-            if read is None:
+            else:
                 counters = await self._runner.run(
                     result, now, TOP, self.client.fetch_top, lambda top: activity.top_counters(top, limit)
                 )
@@ -373,7 +374,8 @@ class MongodbCollector(DatabaseCollector):
             self._profiling = level
         if db and self._profiling:
             self._profiler_notice.succeeded(PROFILE)
-            return True
+            # system.profile refused (reported once by the runner): top until its retry is due
+            return self._runner.allowed(PROFILE, now, db)
         if db and self._profiling is None:  # level unknown (its refusal is reported): top, nothing more to say
             return False
         notice = QueryError(PROFILE, "unsupported", profiler_off_message(db))
@@ -383,14 +385,15 @@ class MongodbCollector(DatabaseCollector):
 
     async def _profile_read(
         self, result: CollectionResult, now: float, limit: int, cursor: str | None
-    ) -> StatementRead | None:
-        """The profile entries after `cursor`; None when the read failed (the caller falls back to top)."""
+    ) -> StatementRead:
+        """The profile entries after `cursor`. A failed read counts nothing and keeps the cursor (no switch
+        to top for one failure: the next read picks up where this one should have)."""
         db, after = self.database.database or "", activity.parse_cursor(cursor)
         entries = await self._runner.run(
             result, now, PROFILE, lambda: self.client.fetch_profile(db, after, limit), target=db
         )
         if entries is None:
-            return None
+            return StatementRead(cumulative=False, cursor=cursor)
         if after is None:  # no cursor: the profile is history, counted by nobody
             return StatementRead(cumulative=False, cursor=activity.profile_cursor(entries, None))
         return StatementRead(
