@@ -83,6 +83,12 @@ def test_empty_slowlog_after_reset_keeps_cursor_then_counts_new_ones():
     assert ids(new_entries(log(0, at=9000), empty.cursor)) == [0]
 
 
+def test_bare_id_cursor():
+    assert ids(new_entries(log(3, 4, 5), "4")) == [5]  # old entries are not taken for a restart
+    assert new_entries(log(0, 1, at=9000), "4").restarted
+    assert parse_cursor("x:y") is None and parse_cursor("") is None
+
+
 def test_gap_in_ids_reports_lost_entries():
     cursor = new_entries(log(10), None).cursor
     read = new_entries(log(15, 16, 17), cursor)  # 11..14 fell off the end (slowlog-max-len)

@@ -63,19 +63,20 @@ def slowlog_entries(reply: Iterable[Any]) -> list[SlowlogEntry]:
     return entries
 
 
-def parse_cursor(cursor: str | None) -> tuple[int, int] | None:
-    """ "<id>:<unix seconds>" -> (id, seconds); None (and anything unreadable) -> None: start afresh."""
+def parse_cursor(cursor: str | None) -> tuple[int, int | None] | None:
+    """ "<id>:<unix seconds>" -> (id, seconds); a bare "<id>" -> (id, None) (restarts then show only as a
+    newest id below it); None (and anything unreadable) -> None: start afresh."""
     if not cursor:
         return None
+    entry_id, sep, logged_at = cursor.partition(":")
     try:
-        entry_id, _, logged_at = cursor.partition(":")
-        return int(entry_id), int(logged_at or 0)
+        return int(entry_id), (int(logged_at) if sep else None)
     except ValueError:
         return None
 
 
-def format_cursor(position: tuple[int, int]) -> str:
-    return f"{position[0]}:{position[1]}"
+def format_cursor(position: tuple[int, int | None]) -> str:
+    return f"{position[0]}" if position[1] is None else f"{position[0]}:{position[1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,11 @@ def new_entries(entries: Sequence[SlowlogEntry], cursor: str | None) -> NewEntri
     if newest is None:
         return NewEntries((), format_cursor(position))
     last_id, last_at = position
-    restarted = newest.id < last_id or any(e.id <= last_id and e.logged_at > last_at for e in entries)
+    restarted = newest.id < last_id or (
+        last_at is not None and any(e.id <= last_id and e.logged_at > last_at for e in entries)
+    )
     fresh = tuple(entries) if restarted else tuple(e for e in entries if e.id > last_id)
-    next_position = (newest.id, newest.logged_at) if fresh else position
+    next_position: tuple[int, int | None] = (newest.id, newest.logged_at) if fresh else position
     lost = 0
     if fresh:
         oldest = min(e.id for e in fresh)
