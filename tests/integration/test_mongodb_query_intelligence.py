@@ -60,6 +60,7 @@ async def test_profiler_top_queries_counted_once_heaviest_first(secantus_server:
             assert "find orders" not in {c.summary for c in again.counters}
         finally:
             db.command({"profile": 0})
+            app.drop_database("qi_profiled")  # the session's server is shared: leave it as found
             await collector.close()
 
 
@@ -80,6 +81,8 @@ async def test_profiler_off_falls_back_to_top_said_once(secantus_server: Secantu
         second = await collector.read_statement_stats(100, None)
         assert second.errors == () and second.statements == 1  # said once; the level is re-read only slowly
     finally:
+        with secantus_server.client() as app:
+            app.drop_database("qi_top")
         await collector.close()
 
 
@@ -98,4 +101,6 @@ async def test_operations_show_as_samples_ours_excluded(secantus_server: Secantu
         assert session.blocked_by == () and session.session_id
         clean(s.text for s in samples.sessions)
     finally:
+        with secantus_server.client() as app:
+            app.drop_database("qi_samples")
         await collector.close()
