@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from bson.timestamp import Timestamp
@@ -47,6 +48,7 @@ from dbintel.common.endpoints import parse_host_port
 
 from ..errors import error_message
 from ..metric_table import Reason
+from .activity import PROFILE_FIELDS
 from .metrics import (
     COLLECTION_STATS,
     COLLECTIONS,
@@ -85,6 +87,19 @@ GRANTS = {
     COLLECTION_STATS: _CLUSTER_MONITOR + ', or read on "{db}"',
     OPLOG_STATS: _CLUSTER_MONITOR,
     OPLOG_OLDEST: 'db.getSiblingDB("admin").grantRolesToUser("{user}", [{{role: "read", db: "local"}}])',
+}
+# Query intelligence's commands (client method names; the errors kit names them in QueryErrors).
+CURRENT_OP = "fetch_current_op"
+PROFILING_LEVEL = "fetch_profiling_level"
+PROFILE = "fetch_profile"
+_DB_ADMIN = 'db.getSiblingDB("admin").grantRolesToUser("{user}", [{{role: "dbAdmin", db: "{db}"}}])'
+GRANTS |= {CURRENT_OP: _CLUSTER_MONITOR, PROFILING_LEVEL: _DB_ADMIN, PROFILE: _DB_ADMIN}
+# currentOp filter: active operations, not the drivers' monitoring hellos (the server filters; bytes saved)
+CURRENT_OP_FILTER = {
+    "active": True,
+    "command.hello": {"$exists": False},
+    "command.isMaster": {"$exists": False},
+    "command.ismaster": {"$exists": False},
 }
 
 
@@ -398,6 +413,35 @@ class MongodbClient:
         )
         ts = batch[0].get("ts") if batch else None
         return ts if isinstance(ts, Timestamp) else None
+
+    # --- query intelligence --------------------------------------------------------------------------
+    async def fetch_current_op(self) -> dict[str, Any]:
+        """currentOp on admin, active operations only (CURRENT_OP_FILTER); `inprog` holds them."""
+        return await self._command("admin", {"currentOp": 1, **CURRENT_OP_FILTER})
+
+    async def fetch_profiling_level(self, database: str) -> int:
+        """The profiler's level on `database` (profile: -1 reads it, changes nothing): 0 off, 1 slow ops, 2 all."""
+        reply = await self._command(database, {"profile": -1})
+        level = reply.get("was")
+        if not isinstance(level, int | float):
+            raise ValueError("profile reply has no level ('was')")
+        return int(level)
+
+    async def fetch_profile(self, database: str, after: datetime | None, limit: int) -> list[dict[str, Any]]:
+        """system.profile entries logged after `after`, oldest first, at most `limit`, only the fields a read
+        maps (activity.PROFILE_FIELDS); `after` None: the newest entry's ts alone (where history ends)."""
+        if after is None:
+            command: dict[str, Any] = {"find": "system.profile", "sort": {"ts": -1}, "projection": {"ts": 1, "_id": 0}}
+            command["limit"] = 1
+        else:
+            command = {
+                "find": "system.profile",
+                "filter": {"ts": {"$gt": after}},
+                "sort": {"ts": 1},
+                "projection": {**dict.fromkeys(PROFILE_FIELDS, 1), "_id": 0},
+                "limit": max(limit, 1),
+            }
+        return await self._first_batch(database, {**command, "singleBatch": True})
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def close(self) -> None:

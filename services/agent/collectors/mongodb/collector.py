@@ -36,6 +36,20 @@ Design (cost to the monitored server first):
   A command the server does not have (CommandNotFound, …) is handled the same way.
 - Up: the server is down for us when it cannot be reached or authentication fails; a command that
   fails otherwise only costs its own metrics.
+
+Query intelligence (same client, own intervals, never during collect(); pure mapping in activity.py):
+- read_query_samples    ONE command: currentOp on admin filtered to active, non-hello operations
+                        (clusterMonitor's inprog). The command rather than the $currentOp stage: both
+                        work on MongoDB 4.0+, and SecantusDB answers only the command.
+- read_statement_stats  ONE command: with the profiler on for the entry's `database`, a find on its
+                        system.profile for the entries after the cursor (ts-ordered, projected to the
+                        fields mapped, at most `limit`; dbAdmin on that database); otherwise `top`
+                        (clusterMonitor), per namespace and operation kind. The profiler's level comes
+                        from `profile: -1`, sent on the first read and then every SLOW_REFRESH s (so a
+                        profiler turned on or off is followed within that). The profiler off (or no
+                        `database` in the entry) is said ONCE, with the setProfilingLevel that turns it on.
+                        A failed profile read counts nothing and keeps the cursor; a refused one (no
+                        dbAdmin) is reported once and top is read until its retry.
 """
 
 from __future__ import annotations
@@ -49,13 +63,24 @@ from pydantic import SecretStr
 
 from dbintel.common.config import DatabaseConfig
 
+from ...queries.model import SampleRead, StatementRead
 from ..base import DatabaseCollector
-from ..cadence import SLOW_REFRESH
+from ..cadence import SLOW_REFRESH, SlowRefresh
 from ..errors import secret_values
 from ..metric_table import CollectionResult, QueryError, Sample
 from ..query_runner import ConnectionLost, QueryRunner, unreachable
-from . import mapping
-from .client import MongodbClient, describe_error, is_stale_connection, is_unreachable
+from ..refusals import RefusedQueries
+from . import activity, mapping
+from .client import (
+    APP_NAME,
+    CURRENT_OP,
+    PROFILE,
+    PROFILING_LEVEL,
+    MongodbClient,
+    describe_error,
+    is_stale_connection,
+    is_unreachable,
+)
 from .metrics import (
     COLLECTION_STATS,
     COLLECTIONS,
@@ -110,9 +135,24 @@ def slow_tasks(
     return keys
 
 
+def profiler_off_message(database: str | None) -> str:
+    """What to say once when top queries come from `top` rather than the profiler."""
+    if not database:
+        return (
+            "top queries come per namespace from top: set the entry's database to the one to profile and turn "
+            'its profiler on, db.getSiblingDB("<db>").setProfilingLevel(1, {slowms: 100}), for per-shape top queries'
+        )
+    return (
+        f"the profiler is off on {database}: top queries come per namespace from top; for per-shape top queries "
+        f'turn it on: db.getSiblingDB("{database}").setProfilingLevel(1, {{slowms: 100}})'
+    )
+
+
 class MongodbCollector(DatabaseCollector):
     type = "mongodb"
     table = TABLE
+    supports_top_queries = True
+    supports_query_samples = True
 
     def __init__(
         self,
@@ -136,6 +176,9 @@ class MongodbCollector(DatabaseCollector):
         self._accounted = 0  # client.sent when the previous collection ended
         self._queries = frozenset(query for query, metrics in METRICS_BY_QUERY.items() if metrics & enabled)
         self.role = "unknown"
+        self._profiling: int | None = None  # the profiler's level on database.database, from PROFILING_LEVEL
+        self._profiling_refresh = SlowRefresh[str]()
+        self._profiler_notice = RefusedQueries(SLOW_REFRESH)  # "the profiler is off": said once
 
     @property
     def slow_backlog(self) -> int:
@@ -299,6 +342,85 @@ class MongodbCollector(DatabaseCollector):
             self._cache.pop(key, None)  # failed: no stale values
         else:
             self._cache[key] = samples
+
+    # --- query intelligence ----------------------------------------------------------------------------
+    async def read_statement_stats(self, limit: int, cursor: str | None) -> StatementRead:
+        start, result, now = self.client.sent, CollectionResult(), self._clock()
+        try:
+            if await self._profiler_on(result, now):
+                read = await self._profile_read(result, now, limit, cursor)
+            else:
+                counters = await self._runner.run(
+                    result, now, TOP, self.client.fetch_top, lambda top: activity.top_counters(top, limit)
+                )
+                read = StatementRead(counters=counters or (), cumulative=True)
+        except ConnectionLost:
+            read = StatementRead(cursor=cursor, cumulative=cursor is None)
+        return StatementRead(
+            counters=read.counters,
+            cumulative=read.cumulative,
+            cursor=read.cursor,
+            errors=tuple(result.errors),
+            statements=self._account(start),
+        )
+
+    async def _profiler_on(self, result: CollectionResult, now: float) -> bool:
+        """Whether the profiler of database.database is on (its level read every SLOW_REFRESH s); when it
+        is not, say so once."""
+        db = self.database.database
+        if db and self._profiling_refresh.due(PROFILING_LEVEL, now):
+            self._profiling_refresh.refreshed(PROFILING_LEVEL, now)  # a failure also waits: it is a refusal
+            level = await self._runner.run(result, now, PROFILING_LEVEL, lambda: self.client.fetch_profiling_level(db))
+            self._profiling = level
+        if db and self._profiling:
+            self._profiler_notice.succeeded(PROFILE)
+            # system.profile refused (reported once by the runner): top until its retry is due
+            return self._runner.allowed(PROFILE, now, db)
+        if db and self._profiling is None:  # level unknown (its refusal is reported): top, nothing more to say
+            return False
+        notice = QueryError(PROFILE, "unsupported", profiler_off_message(db))
+        if self._profiler_notice.refuse(notice, now):
+            result.errors.append(notice)
+        return False
+
+    async def _profile_read(
+        self, result: CollectionResult, now: float, limit: int, cursor: str | None
+    ) -> StatementRead:
+        """The profile entries after `cursor`. A failed read counts nothing and keeps the cursor (no switch
+        to top for one failure: the next read picks up where this one should have)."""
+        db, after = self.database.database or "", activity.parse_cursor(cursor)
+        entries = await self._runner.run(
+            result, now, PROFILE, lambda: self.client.fetch_profile(db, after, limit), target=db
+        )
+        if entries is None:
+            return StatementRead(cumulative=False, cursor=cursor)
+        if after is None:  # no cursor: the profile is history, counted by nobody
+            return StatementRead(cumulative=False, cursor=activity.profile_cursor(entries, None))
+        return StatementRead(
+            counters=activity.profile_counters(entries, limit),
+            cumulative=False,
+            cursor=activity.profile_cursor(entries, cursor),
+        )
+
+    async def read_query_samples(self, limit: int) -> SampleRead:
+        start, result = self.client.sent, CollectionResult()
+        try:
+            sessions = await self._runner.run(
+                result,
+                self._clock(),
+                CURRENT_OP,
+                self.client.fetch_current_op,
+                lambda reply: activity.operation_sessions(reply, APP_NAME, limit),
+            )
+        except ConnectionLost:
+            sessions = None
+        return SampleRead(sessions=sessions or (), errors=tuple(result.errors), statements=self._account(start))
+
+    def _account(self, start: int) -> int:
+        """Commands sent since `start`, taken out of the next collection's count (they are this read's)."""
+        sent = self.client.sent - start
+        self._accounted += sent
+        return sent
 
     # --- errors and privileges -----------------------------------------------------------------------
     def _error(self, query: str, exc: BaseException, target: str | None) -> QueryError:

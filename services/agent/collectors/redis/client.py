@@ -90,6 +90,7 @@ class RedisClient:
     ):
         self.host, self.port, self.db = host, port, db
         self.statements = 0  # commands sent over the life of this client
+        self.connections = 0  # connections opened: a new one has a new CLIENT ID
         self._password = password
         self._arguments: dict[str, Any] = {
             "host": host,
@@ -131,6 +132,21 @@ class RedisClient:
             raise redis_errors.InvalidResponse("LATENCY LATEST did not reply with a list")
         return reply
 
+    async def fetch_slowlog(self, count: int) -> list:
+        """SLOWLOG GET <count>: the raw reply, newest entry first (query intelligence's top queries)."""
+        reply = await self._call("SLOWLOG", "GET", count)
+        if not isinstance(reply, list):
+            raise redis_errors.InvalidResponse("SLOWLOG GET did not reply with a list")
+        return reply
+
+    async def fetch_client_list(self) -> str:
+        """CLIENT LIST: the raw reply text, one line per client (no command arguments in it)."""
+        return _text(await self._call("CLIENT", "LIST"))
+
+    async def fetch_client_id(self) -> int:
+        """CLIENT ID: this connection's id, to leave it out of CLIENT LIST."""
+        return int(await self._call("CLIENT", "ID"))
+
     async def fetch_cluster_info(self) -> str:
         """CLUSTER INFO: the raw reply text."""
         return _text(await self._call("CLUSTER", "INFO"))
@@ -166,6 +182,7 @@ class RedisClient:
         try:
             if not conn.is_connected:
                 await conn.connect()
+                self.connections += 1
             await conn.send_command(*args)
             return await conn.read_response()
         except redis_errors.ResponseError:
