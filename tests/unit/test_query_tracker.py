@@ -235,3 +235,15 @@ def test_a_read_held_back_after_a_refusal_is_no_news_not_an_empty_server():
     tracker.observe(read(stmt("a", 10**6, 10**4), statements=1), 60.0, limit=LIMIT)
     report = tracker.observe(read(stmt("a", 10**6 + 2, 10**4 + 1), statements=1), 120.0, limit=LIMIT)
     assert by_id(report) == {"a": (2, 1.0, 0)}  # history never reported as one interval
+
+
+def test_a_source_that_changes_kind_starts_a_new_baseline():
+    tracker = TopQueryTracker(10)
+    tracker.observe(read(stmt("ns find", 100, 5.0)), 0.0, limit=LIMIT)  # `top`: cumulative
+    tracker.observe(read(stmt("ns find", 110, 6.0)), 60.0, limit=LIMIT)
+    # the profiler was switched on: per-interval amounts, not comparable with top's totals
+    assert tracker.observe(read(stmt("shape", 3, 0.3), cumulative=False, cursor="t1"), 120.0, limit=LIMIT) is None
+    report = tracker.observe(read(stmt("shape", 2, 0.2), cumulative=False, cursor="t2"), 180.0, limit=LIMIT)
+    assert by_id(report) == {"shape": (2, 0.2, 0)} and report.interval_start == 120.0
+    # and back to top: a baseline again, no spike of top's totals
+    assert tracker.observe(read(stmt("ns find", 200, 9.0)), 240.0, limit=LIMIT) is None

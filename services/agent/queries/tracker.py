@@ -118,6 +118,10 @@ class TopQueryTracker:
         sent no statement (held back after a refusal), changes nothing."""
         if not read.counters and (read.errors or (read.statements == 0 and read.cumulative)):
             return None  # failed, or held back (a refusal's quiet retry): no news, not an empty server
+        if self.read_at is not None and self._incremental == read.cumulative:
+            # The source changed kind (MongoDB: the profiler was switched on or off): the numbers are not
+            # comparable with the previous read's, so this read is a new baseline.
+            self.read_at, self._baseline, self._totals, self._complete = None, {}, {}, False
         if read.cursor is not None or not read.cumulative:
             self.cursor = read.cursor
         self._incremental = not read.cumulative
