@@ -27,6 +27,9 @@ def _setup_logging(level: str) -> None:
     )
     for noisy in ("asyncio", "grpc", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # PyMongo's DEBUG log carries whole commands and replies: a currentOp or system.profile reply holds
+    # other clients' filter values, which must never reach a log (design property 9), whatever --log-level.
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
 
 
 def _load(args, role: str) -> Config:

@@ -13,6 +13,9 @@ import asyncio
 import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -26,7 +29,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as metrics_grpc
 
 from tests.security.support import dbintel
-from tests.security.test_secret_leaks import http_get, redis_dump, spawn, stop
+from tests.security.test_secret_leaks import http_get, redis_dump
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,6 +37,38 @@ pytestmark = pytest.mark.integration
 EMAIL = f"leak.victim.{secrets.token_hex(4)}@example.com"
 CARD = "4" + "".join(secrets.choice("0123456789") for _ in range(15))
 LITERALS = {"e-mail": EMAIL, "card number": CARD, "card digits": CARD[4:12]}
+
+
+class Process:
+    """A `dbintel` role at DEBUG, its output in a file: a pipe nobody reads would fill and block it."""
+
+    def __init__(self, role: str, config_path, env: dict[str, str], log_path, *args: str):
+        self.log_path = log_path
+        self._out = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "dbintel.cli", "--log-level", "debug", role, "--config", str(config_path), *args],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def stop(self) -> str:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._out.close()
+        return self.log_path.read_text(errors="replace")
+
+
+def stop(process: Process) -> str:
+    return process.stop()
 
 
 class Receiver(metrics_grpc.MetricsServiceServicer, logs_grpc.LogsServiceServicer):
@@ -178,7 +213,10 @@ async def test_no_query_literal_anywhere(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DBINTEL_")}, **env_secrets}
-    processes = {"coordinator": spawn("coordinator", path, env), "agent": spawn("agent", path, env, "--agent-id", "qa")}
+    processes = {
+        "coordinator": Process("coordinator", path, env, tmp_path / "coordinator.log"),
+        "agent": Process("agent", path, env, tmp_path / "agent.log", "--agent-id", "qa"),
+    }
     resources = [f"db:{d['type']}/{d['name']}" for d in databases]
     try:
         await asyncio.wait_for(_assigned(ports["a_metrics"], resources, processes), 30)
