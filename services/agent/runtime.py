@@ -449,10 +449,11 @@ class Agent:
             log.warning("on_coordinator_loss: stop — no longer polling %d database(s)", len(self._scheduler.held))
             held = self._scheduler.held
             self._release(held)
-            await self._scheduler.remove(held)
-            self._settle(held)
+            # Holding nothing from the moment polling stops (remove() stops it before it awaits the loops).
             self._holds_assignment = False
             self._assigned = frozenset()
+            await self._scheduler.remove(held)
+            self._settle(held)
 
     async def apply(self, assignment: types_pb2.Assignment) -> bool:
         """Apply `assignment` if newer than the one held (stale ones are ignored); True if applied."""
