@@ -460,15 +460,13 @@ class PollScheduler:
         delay = self._rng.random() * interval
         await self._query_loop(poller, interval, delay, lambda: self._read_samples(poller, settings))
 
-    def _query_collector(self, poller: _Poller, kind: str) -> DatabaseCollector | None:
+    def _query_collector(self, poller: _Poller) -> DatabaseCollector | None:
+        """The database's collector (created if the poll loop has not yet), or None if it cannot be."""
         try:
             if poller.collector is None:
                 poller.collector = self._factory(poller.resource_id, poller.database)
         except CollectorSetupError:
             return None  # the poll loop reports it
-        supported = poller.collector.supports_top_queries if kind == "top" else poller.collector.supports_query_samples
-        if not supported:
-            raise _Unsupported(kind)
         return poller.collector
 
     async def _read_top(self, poller: _Poller, settings: TopQueryCollection) -> bool:
@@ -477,22 +475,19 @@ class PollScheduler:
         assert tracker is not None
         timeout = poller.database.poll_timeout.total_seconds()
         async with self._semaphore, poller.turn:
-            try:
-                collector = self._query_collector(poller, "top")
-            except _Unsupported:
-                log.info("%s: %s has no top queries; not collecting them", poller.resource_id, poller.database.type)
-                return False
+            collector = self._query_collector(poller)
             if collector is None:
                 return True
+            if not collector.supports_top_queries:
+                log.info("%s: %s has no top queries; not collecting them", poller.resource_id, poller.database.type)
+                return False
             now = self._wall()
             errors: list[QueryError] = []
             try:
                 async with asyncio.timeout(timeout):
                     read = await collector.read_statement_stats(limit, tracker.cursor)
             except TimeoutError:
-                read = StatementRead(
-                    errors=(QueryError("read_statement_stats", "timeout", f"no answer within {timeout:g}s"),)
-                )
+                read = StatementRead(errors=(_timed_out("read_statement_stats", timeout),))
             errors += read.errors
             report = tracker.observe(read, now, limit=limit)
             if report is not None:
@@ -502,7 +497,7 @@ class PollScheduler:
                         async with asyncio.timeout(timeout):
                             poller.texts.put(await collector.fetch_statement_texts(missing))
                     except TimeoutError:
-                        errors.append(QueryError("fetch_statement_texts", "timeout", f"no answer within {timeout:g}s"))
+                        errors.append(_timed_out("fetch_statement_texts", timeout))
                 report = poller.texts.fill(report)
         poller.top_errors = tuple(errors)
         self._set_activity(poller, report=report)
@@ -511,21 +506,18 @@ class PollScheduler:
     async def _read_samples(self, poller: _Poller, settings: QuerySampleCollection) -> bool:
         timeout = poller.database.poll_timeout.total_seconds()
         async with self._semaphore, poller.turn:
-            try:
-                collector = self._query_collector(poller, "samples")
-            except _Unsupported:
-                log.info("%s: %s has no query samples; not collecting them", poller.resource_id, poller.database.type)
-                return False
+            collector = self._query_collector(poller)
             if collector is None:
                 return True
+            if not collector.supports_query_samples:
+                log.info("%s: %s has no query samples; not collecting them", poller.resource_id, poller.database.type)
+                return False
             now = self._wall()
             try:
                 async with asyncio.timeout(timeout):
                     read = await collector.read_query_samples(settings.max_rows_per_query)
             except TimeoutError:
-                read = SampleRead(
-                    errors=(QueryError("read_query_samples", "timeout", f"no answer within {timeout:g}s"),)
-                )
+                read = SampleRead(errors=(_timed_out("read_query_samples", timeout),))
         poller.sample_errors = read.errors
         failed = bool(read.errors) and not read.sessions
         self._set_activity(poller, sessions=None if failed else read, sessions_at=now)
@@ -561,5 +553,5 @@ class PollScheduler:
             self._on_activity(snapshot, updated)
 
 
-class _Unsupported(Exception):
-    """The database's collector has no such read."""
+def _timed_out(query: str, timeout: float) -> QueryError:
+    return QueryError(query, "timeout", f"no answer within {timeout:g}s")
